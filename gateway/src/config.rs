@@ -1,0 +1,298 @@
+//! Configuration: parse (defaults → TOML file → `TRACEGATE_<SECTION>__<KEY>` env → CLI flags),
+//! then validate. Unknown keys and bad values stop start-up with an error naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub writer: WriterConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// How long SIGTERM waits for in-flight requests before closing connections.
+    pub shutdown_timeout_ms: u64,
+    /// A request body that stalls longer than this is answered 408 and its bytes released.
+    pub body_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: ([127, 0, 0, 1], 4317).into(),
+            http_addr: ([127, 0, 0, 1], 4318).into(),
+            admin_addr: ([127, 0, 0, 1], 8888).into(),
+            data_dir: PathBuf::from("./tracegate-data"),
+            shutdown_timeout_ms: 30_000,
+            body_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Cap on one request's size after decompression (HTTP 413 / RESOURCE_EXHAUSTED).
+    pub max_request_bytes: usize,
+    /// Global bound on decompressed bytes of requests in flight (HTTP 503 / UNAVAILABLE over it).
+    pub max_inflight_bytes: usize,
+    /// Attributes per span, resource, scope, event and link.
+    pub max_attributes: usize,
+    /// Size of one attribute value (strings and bytes), counted whole, nested values included.
+    pub max_attribute_value_bytes: usize,
+    /// Nesting depth of AnyValue (arrays and kvlists). Values deeper than this are rejected.
+    pub max_attribute_depth: usize,
+    pub max_events_per_span: usize,
+    pub max_links_per_span: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 32 * 1024 * 1024,
+            max_inflight_bytes: 256 * 1024 * 1024,
+            max_attributes: 1024,
+            // LLM prompts and completions of 1 MiB and more are kept whole.
+            max_attribute_value_bytes: 16 * 1024 * 1024,
+            max_attribute_depth: 32,
+            max_events_per_span: 1024,
+            max_links_per_span: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Absolute time-to-live of a cached key record (not extended by reads).
+    pub cache_ttl_ms: u64,
+    /// Time-to-live of a cached "unknown key" answer.
+    pub negative_cache_ttl_ms: u64,
+    pub cache_max_keys: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            cache_ttl_ms: 60_000,
+            negative_cache_ttl_ms: 5_000,
+            cache_max_keys: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// A group is flushed when it holds this many spans…
+    pub max_batch_spans: usize,
+    /// …or this many bytes…
+    pub max_batch_bytes: usize,
+    /// …or when its first batch has waited this long.
+    pub max_wait_ms: u64,
+    /// Batches waiting for the writer (their bytes are also bounded by `max_inflight_bytes`).
+    pub queue_capacity: usize,
+    /// zstd level of archive objects.
+    pub compression_level: i32,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_spans: 50_000,
+            max_batch_bytes: 64 * 1024 * 1024,
+            max_wait_ms: 5,
+            queue_capacity: 4096,
+            compression_level: 3,
+        }
+    }
+}
+
+/// Command-line values that override the file and environment.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration error: {0}")]
+    Parse(String),
+    #[error("configuration error: `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Config {
+    /// Parses defaults, the optional TOML file, `TRACEGATE_*` env vars and overrides, then
+    /// validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, overrides, Env::prefixed("TRACEGATE_").split("__"))
+    }
+
+    fn load_with_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: Env,
+    ) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Parse(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(env);
+        let o = overrides;
+        if let Some(v) = o.grpc_addr {
+            fig = fig.merge(("server.grpc_addr", v));
+        }
+        if let Some(v) = o.http_addr {
+            fig = fig.merge(("server.http_addr", v));
+        }
+        if let Some(v) = o.admin_addr {
+            fig = fig.merge(("server.admin_addr", v));
+        }
+        if let Some(v) = &o.data_dir {
+            fig = fig.merge(("server.data_dir", v));
+        }
+        let cfg: Config = fig.extract().map_err(|e| {
+            // figment's errors name the key path ("for key `limits.max_attributes`").
+            ConfigError::Parse(e.to_string())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn positive(key: &'static str, v: u64) -> Result<(), ConfigError> {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be greater than 0".into(),
+                });
+            }
+            Ok(())
+        }
+        let l = &self.limits;
+        positive("limits.max_request_bytes", l.max_request_bytes as u64)?;
+        positive("limits.max_inflight_bytes", l.max_inflight_bytes as u64)?;
+        positive("limits.max_attribute_depth", l.max_attribute_depth as u64)?;
+        if l.max_inflight_bytes < l.max_request_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_inflight_bytes",
+                message: format!(
+                    "must be at least limits.max_request_bytes ({}), or a maximal request could never be admitted",
+                    l.max_request_bytes
+                ),
+            });
+        }
+        if l.max_attribute_depth >= 100 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_attribute_depth",
+                message: "must be below 100 (the protobuf decoder's recursion limit)".into(),
+            });
+        }
+        let w = &self.writer;
+        positive("writer.max_batch_spans", w.max_batch_spans as u64)?;
+        positive("writer.max_batch_bytes", w.max_batch_bytes as u64)?;
+        positive("writer.queue_capacity", w.queue_capacity as u64)?;
+        if !(1..=19).contains(&w.compression_level) {
+            return Err(ConfigError::Invalid {
+                key: "writer.compression_level",
+                message: "must be between 1 and 19".into(),
+            });
+        }
+        positive("auth.cache_max_keys", self.auth.cache_max_keys)?;
+        positive("auth.cache_ttl_ms", self.auth.cache_ttl_ms)?;
+        positive("server.body_timeout_ms", self.server.body_timeout_ms)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An env provider that sees no variables, so tests do not depend on the caller's env.
+    fn no_env() -> Env {
+        Env::prefixed("TRACEGATE_UNIT_TEST_NOTHING_").split("__")
+    }
+
+    #[test]
+    fn env_vars_override_and_unknown_env_keys_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TRACEGATE_LIMITS__MAX_ATTRIBUTES", "7");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.limits.max_attributes, 7);
+            jail.set_env("TRACEGATE_LIMITS__NOPE", "7");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("nope"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[limits]\nmax_atributes = 3\n").unwrap();
+        let err = Config::load_with_env(Some(&p), &Overrides::default(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_atributes"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[server]\nhttp_addr = \"not an address\"\n").unwrap();
+        let err = Config::load_with_env(Some(&p), &Overrides::default(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http_addr"), "{err}");
+    }
+
+    #[test]
+    fn invalid_relation_names_key() {
+        let mut c = Config::default();
+        c.limits.max_inflight_bytes = 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.max_inflight_bytes"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let o = Overrides {
+            http_addr: Some("127.0.0.1:9999".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::load_with_env(None, &o, no_env()).unwrap();
+        assert_eq!(c.server.http_addr.port(), 9999);
+    }
+}

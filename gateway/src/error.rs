@@ -1,0 +1,129 @@
+//! One error type for the whole request path, mapped to both an HTTP status and a gRPC code so
+//! that OTLP/HTTP and OTLP/gRPC clients get equivalent, spec-conformant answers
+//! (opentelemetry-proto `docs/specification.md`, "Failures").
+
+use std::time::Duration;
+
+/// What went wrong, in terms a client can act on. Each kind has exactly one HTTP status and one
+/// gRPC code; retryability follows from the kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Malformed payload: not retryable.
+    InvalidArgument,
+    /// No key, unknown key, malformed key.
+    Unauthenticated,
+    /// Decompressed request larger than the configured cap. Not retryable (no RetryInfo).
+    TooLarge,
+    /// Unsupported content type or content encoding.
+    UnsupportedMedia,
+    NotFound,
+    MethodNotAllowed,
+    /// Over a capacity bound (in-flight bytes, full queue): retryable.
+    Unavailable,
+    /// A bug or an unexpected local failure (e.g. the archive disk failed). Retryable over HTTP
+    /// as 503 so clients do not drop data for our fault.
+    Internal,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// Hint for retryable errors.
+    pub retry_after: Option<Duration>,
+}
+
+/// Default back-off we ask clients to wait before retrying a capacity refusal.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let retry_after = match kind {
+            ErrorKind::Unavailable | ErrorKind::Internal => Some(DEFAULT_RETRY_AFTER),
+            _ => None,
+        };
+        Self {
+            kind,
+            message: message.into(),
+            retry_after,
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message)
+    }
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unauthenticated, message)
+    }
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            ErrorKind::TooLarge,
+            format!("request exceeds the limit of {limit} bytes after decompression"),
+        )
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self.kind {
+            ErrorKind::InvalidArgument => S::BAD_REQUEST,
+            ErrorKind::Unauthenticated => S::UNAUTHORIZED,
+            ErrorKind::TooLarge => S::PAYLOAD_TOO_LARGE,
+            ErrorKind::UnsupportedMedia => S::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::NotFound => S::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
+            ErrorKind::Unavailable | ErrorKind::Internal => S::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code as C;
+        match self.kind {
+            ErrorKind::InvalidArgument => C::InvalidArgument,
+            ErrorKind::Unauthenticated => C::Unauthenticated,
+            // RESOURCE_EXHAUSTED without RetryInfo: the OTLP spec says clients must not retry.
+            ErrorKind::TooLarge => C::ResourceExhausted,
+            ErrorKind::UnsupportedMedia | ErrorKind::NotFound | ErrorKind::MethodNotAllowed => {
+                C::Unimplemented
+            }
+            ErrorKind::Unavailable | ErrorKind::Internal => C::Unavailable,
+        }
+    }
+
+    /// Bounded label value for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::UnsupportedMedia => "unsupported_media",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_kinds_carry_retry_after_and_map_to_retryable_codes() {
+        let e = ApiError::unavailable("busy");
+        assert_eq!(e.http_status(), 503);
+        assert_eq!(e.grpc_code(), tonic::Code::Unavailable);
+        assert!(e.retry_after.is_some());
+        let e = ApiError::too_large(10);
+        assert_eq!(e.http_status(), 413);
+        assert_eq!(e.grpc_code(), tonic::Code::ResourceExhausted);
+        assert!(e.retry_after.is_none());
+        assert_eq!(ApiError::invalid("x").http_status(), 400);
+    }
+}

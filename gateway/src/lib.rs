@@ -1,0 +1,17 @@
+//! tracegate: an OpenTelemetry trace ingestion gateway.
+//!
+//! Request path: listener → OTLP/HTTP or OTLP/gRPC receiver → auth → admission →
+//! decode + validate (blocking pool) → queue → writer → sinks (archive). See `docs/`.
+
+pub mod admission;
+pub mod app;
+pub mod archive;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+pub mod otlp;
+pub mod queue;
+pub mod server;

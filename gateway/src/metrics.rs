@@ -1,0 +1,63 @@
+//! Metric names (one place, all prefixed `tracegate_`) and the Prometheus recorder.
+//! Label values are bounded enums only: never tenant ids, keys or client input.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const SPANS_ACCEPTED: &str = "tracegate_spans_accepted_total";
+pub const SPANS_REJECTED: &str = "tracegate_spans_rejected_total";
+pub const REQUESTS: &str = "tracegate_requests_total";
+pub const REQUEST_DURATION: &str = "tracegate_request_duration_seconds";
+pub const REQUEST_BYTES: &str = "tracegate_request_bytes_total";
+pub const INFLIGHT_BYTES: &str = "tracegate_inflight_bytes";
+pub const INFLIGHT_BYTES_LIMIT: &str = "tracegate_inflight_bytes_limit";
+pub const BATCHES_WRITTEN: &str = "tracegate_batches_written_total";
+pub const ARCHIVE_OBJECTS_WRITTEN: &str = "tracegate_archive_objects_written_total";
+pub const ARCHIVE_BYTES_WRITTEN: &str = "tracegate_archive_bytes_written_total";
+pub const WRITE_DURATION: &str = "tracegate_write_duration_seconds";
+pub const WRITE_ERRORS: &str = "tracegate_write_errors_total";
+pub const QUEUE_BATCHES: &str = "tracegate_queue_batches";
+pub const AUTH_CACHE_LOOKUPS: &str = "tracegate_auth_store_lookups_total";
+pub const BUILD_INFO: &str = "tracegate_build_info";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the global recorder once per process and returns a handle that renders the
+/// Prometheus text format. Later calls (tests starting several servers) reuse the first.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("static bucket list is non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (e.g. in unit tests); keep our handle
+            // working either way.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(SPANS_ACCEPTED, "Spans accepted and durably queued");
+    describe_counter!(SPANS_REJECTED, "Spans rejected, by reason");
+    describe_counter!(REQUESTS, "Export requests by transport and status");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Export request latency");
+    describe_counter!(REQUEST_BYTES, Unit::Bytes, "Decompressed request bytes");
+    describe_gauge!(INFLIGHT_BYTES, Unit::Bytes, "Bytes of requests in flight");
+    describe_gauge!(INFLIGHT_BYTES_LIMIT, Unit::Bytes, "Bound on in-flight bytes");
+    describe_counter!(BATCHES_WRITTEN, "Batches written by the writer");
+    describe_counter!(ARCHIVE_OBJECTS_WRITTEN, "Archive objects written");
+    describe_counter!(ARCHIVE_BYTES_WRITTEN, Unit::Bytes, "Archive bytes written");
+    describe_histogram!(WRITE_DURATION, Unit::Seconds, "Writer flush latency");
+    describe_counter!(WRITE_ERRORS, "Writer flush failures");
+    describe_gauge!(QUEUE_BATCHES, "Batches waiting in the embedded queue");
+    describe_counter!(AUTH_CACHE_LOOKUPS, "API key store lookups (cache misses)");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}

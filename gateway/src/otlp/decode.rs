@@ -1,0 +1,188 @@
+//! Capped decompression and decoding of OTLP trace export requests.
+//!
+//! The size cap applies to the **decompressed** body and is enforced while inflating, so a
+//! compression bomb never puts more than the cap (plus one read chunk) in memory
+//! (cf. Collector CVE-2024-36129). Runs on the blocking pool: callers must not call it from an
+//! async worker.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use prost::Message;
+use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
+
+use crate::error::{ApiError, ErrorKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Identity,
+    Gzip,
+    Deflate,
+    Zstd,
+}
+
+impl Compression {
+    /// From a `Content-Encoding` (HTTP) or `grpc-encoding` (gRPC) header value.
+    pub fn from_header(value: Option<&str>) -> Result<Self, ApiError> {
+        let Some(v) = value else {
+            return Ok(Self::Identity);
+        };
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "identity" | "none" => Ok(Self::Identity),
+            "gzip" | "x-gzip" => Ok(Self::Gzip),
+            "deflate" => Ok(Self::Deflate),
+            "zstd" => Ok(Self::Zstd),
+            other => Err(ApiError::new(
+                ErrorKind::UnsupportedMedia,
+                format!("unsupported content encoding {other:?}; use gzip, deflate, zstd or identity"),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Protobuf,
+    Json,
+}
+
+/// zstd frames may ask for a window of up to 2 GiB; refuse windows over 32 MiB so one request
+/// cannot make the decoder allocate more than that (level 19 uses 8 MiB).
+const ZSTD_WINDOW_LOG_MAX: u32 = 25;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Decompresses `body`, never holding more than `cap` decompressed bytes.
+pub fn decompress(compression: Compression, body: Bytes, cap: usize) -> Result<Bytes, ApiError> {
+    let corrupt = |e: std::io::Error| ApiError::invalid(format!("corrupt {compression:?} body: {e}"));
+    match compression {
+        Compression::Identity => {
+            if body.len() > cap {
+                return Err(ApiError::too_large(cap));
+            }
+            Ok(body)
+        }
+        Compression::Gzip => read_capped(flate2::read::MultiGzDecoder::new(&body[..]), cap, body.len())
+            .map_err(|e| e.or_invalid(corrupt)),
+        Compression::Deflate => {
+            // HTTP "deflate" is zlib-wrapped (RFC 9110), but some clients send raw deflate.
+            let zlib = body.len() >= 2
+                && body[0] & 0x0f == 8
+                && (u16::from(body[0]) << 8 | u16::from(body[1])) % 31 == 0;
+            if zlib {
+                read_capped(flate2::read::ZlibDecoder::new(&body[..]), cap, body.len())
+            } else {
+                read_capped(flate2::read::DeflateDecoder::new(&body[..]), cap, body.len())
+            }
+            .map_err(|e| e.or_invalid(corrupt))
+        }
+        Compression::Zstd => {
+            let mut dec = zstd::stream::read::Decoder::new(&body[..]).map_err(corrupt)?;
+            dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(corrupt)?;
+            read_capped(dec, cap, body.len()).map_err(|e| e.or_invalid(corrupt))
+        }
+    }
+}
+
+enum CapError {
+    TooLarge(usize),
+    Io(std::io::Error),
+}
+
+impl CapError {
+    fn or_invalid(self, f: impl FnOnce(std::io::Error) -> ApiError) -> ApiError {
+        match self {
+            CapError::TooLarge(cap) => ApiError::too_large(cap),
+            CapError::Io(e) => f(e),
+        }
+    }
+}
+
+fn read_capped(mut r: impl Read, cap: usize, compressed_len: usize) -> Result<Bytes, CapError> {
+    // Start from a modest guess and grow in bounded steps so a bomb is caught at `cap` without
+    // a doubling overshoot.
+    let mut out: Vec<u8> = Vec::with_capacity(compressed_len.saturating_mul(4).clamp(READ_CHUNK, cap.saturating_add(1)));
+    loop {
+        if out.len() > cap {
+            return Err(CapError::TooLarge(cap));
+        }
+        let want = READ_CHUNK.min(cap + 1 - out.len());
+        if out.capacity() - out.len() < want {
+            let grow = out.capacity().max(READ_CHUNK).min(cap + 1 - out.len());
+            out.reserve_exact(grow.max(want));
+        }
+        let start = out.len();
+        out.resize(start + want, 0);
+        match r.read(&mut out[start..]) {
+            Ok(0) => {
+                out.truncate(start);
+                return Ok(Bytes::from(out));
+            }
+            Ok(n) => out.truncate(start + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => out.truncate(start),
+            Err(e) => return Err(CapError::Io(e)),
+        }
+    }
+}
+
+/// Decodes a decompressed body.
+pub fn decode(format: Format, body: &[u8]) -> Result<ExportTraceServiceRequest, ApiError> {
+    match format {
+        Format::Protobuf => ExportTraceServiceRequest::decode(body)
+            .map_err(|e| ApiError::invalid(format!("malformed protobuf: {e}"))),
+        Format::Json => {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Err(ApiError::invalid("malformed JSON: empty body"));
+            }
+            // serde_json stops at nesting depth 128, so deep JSON cannot exhaust the stack.
+            serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Bytes {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap().into()
+    }
+
+    #[test]
+    fn round_trips_each_encoding() {
+        let data = vec![7u8; 100_000];
+        assert_eq!(decompress(Compression::Gzip, gzip(&data), 1 << 20).unwrap(), data);
+        let z = zstd::encode_all(&data[..], 3).unwrap();
+        assert_eq!(decompress(Compression::Zstd, z.into(), 1 << 20).unwrap(), data);
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&data).unwrap();
+        assert_eq!(decompress(Compression::Deflate, e.finish().unwrap().into(), 1 << 20).unwrap(), data);
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&data).unwrap();
+        assert_eq!(decompress(Compression::Deflate, e.finish().unwrap().into(), 1 << 20).unwrap(), data);
+    }
+
+    #[test]
+    fn cap_is_exact_and_holds_for_bombs() {
+        let data = vec![0u8; 50 * 1024 * 1024];
+        let z: Bytes = zstd::encode_all(&data[..], 1).unwrap().into();
+        let e = decompress(Compression::Zstd, z.clone(), 1 << 20).unwrap_err();
+        assert_eq!(e.http_status(), 413);
+        assert_eq!(decompress(Compression::Zstd, z, data.len()).unwrap().len(), data.len());
+        let small = vec![1u8; 1000];
+        assert!(decompress(Compression::Gzip, gzip(&small), 1000).is_ok());
+        assert_eq!(decompress(Compression::Gzip, gzip(&small), 999).unwrap_err().http_status(), 413);
+        assert_eq!(decompress(Compression::Identity, small.clone().into(), 999).unwrap_err().http_status(), 413);
+    }
+
+    #[test]
+    fn corrupt_input_is_400() {
+        let e = decompress(Compression::Gzip, Bytes::from_static(b"not gzip"), 100).unwrap_err();
+        assert_eq!(e.http_status(), 400);
+        let e = decompress(Compression::Zstd, Bytes::from_static(b"not zstd"), 100).unwrap_err();
+        assert_eq!(e.http_status(), 400);
+        assert_eq!(Compression::from_header(Some("br")).unwrap_err().http_status(), 415);
+    }
+}

@@ -1,0 +1,225 @@
+//! The embedded queue: a bounded in-process channel from the receivers to one writer task that
+//! groups batches (max spans / bytes / wait) and hands each group to every sink. A publisher
+//! gets its answer only when the sinks have made its batch durable, so a 200 always means
+//! "on stable storage". Group commit: while one group is being written, the next accumulates.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracegate_proto::v1::Batch;
+
+use super::sink::Sink;
+use crate::config::WriterConfig;
+use crate::error::ApiError;
+use crate::metrics as m;
+
+/// The gateway's side of any queue (embedded here; Kafka later).
+pub trait BatchQueue: Send + Sync + 'static {
+    /// Resolves once the batch is durable (or failed). Never acknowledges early.
+    fn publish(&self, batch: Batch) -> BoxFuture<'_, Result<(), ApiError>>;
+    fn is_ready(&self) -> bool;
+}
+
+struct Pending {
+    batch: Batch,
+    bytes: usize,
+    ack: oneshot::Sender<Result<(), String>>,
+}
+
+pub struct EmbeddedQueue {
+    tx: mpsc::Sender<Pending>,
+    healthy: Arc<AtomicBool>,
+}
+
+pub struct WriterHandle {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl WriterHandle {
+    /// Stops taking new batches, writes what is queued, and waits for the writer to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+impl EmbeddedQueue {
+    pub fn start(cfg: WriterConfig, sinks: Vec<Arc<dyn Sink>>) -> (Self, WriterHandle) {
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn(writer_loop(cfg, sinks, rx, stop_rx, healthy.clone()));
+        (
+            Self { tx, healthy },
+            WriterHandle { stop: Some(stop_tx), task },
+        )
+    }
+}
+
+impl BatchQueue for EmbeddedQueue {
+    fn publish(&self, batch: Batch) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move {
+            let (ack, wait) = oneshot::channel();
+            let bytes = batch.encoded_len();
+            self.tx
+                .try_send(Pending { batch, bytes, ack })
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => ApiError::unavailable("writer queue is full, retry later"),
+                    mpsc::error::TrySendError::Closed(_) => ApiError::unavailable("gateway is shutting down"),
+                })?;
+            metrics::gauge!(m::QUEUE_BATCHES).increment(1.0);
+            match wait.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ApiError::internal(format!("write failed, retry later: {e}"))),
+                Err(_) => Err(ApiError::unavailable("writer stopped before the batch was written")),
+            }
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.tx.is_closed() && self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+async fn writer_loop(
+    cfg: WriterConfig,
+    sinks: Vec<Arc<dyn Sink>>,
+    mut rx: mpsc::Receiver<Pending>,
+    mut stop: oneshot::Receiver<()>,
+    healthy: Arc<AtomicBool>,
+) {
+    let max_wait = Duration::from_millis(cfg.max_wait_ms);
+    let mut stopping = false;
+    loop {
+        let first = if stopping {
+            match rx.recv().await {
+                Some(p) => p,
+                None => break,
+            }
+        } else {
+            tokio::select! {
+                p = rx.recv() => match p { Some(p) => p, None => break },
+                _ = &mut stop => {
+                    // Refuse new batches, then drain what is already queued.
+                    rx.close();
+                    stopping = true;
+                    continue;
+                }
+            }
+        };
+        let mut group = vec![first];
+        let mut spans = group[0].batch.span_count as usize;
+        let mut bytes = group[0].bytes;
+        let deadline = Instant::now() + max_wait;
+        while spans < cfg.max_batch_spans && bytes < cfg.max_batch_bytes {
+            let next = match rx.try_recv() {
+                Ok(p) => Some(p),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || stopping {
+                        None
+                    } else {
+                        tokio::time::timeout(left, rx.recv()).await.ok().flatten()
+                    }
+                }
+            };
+            let Some(p) = next else { break };
+            spans += p.batch.span_count as usize;
+            bytes += p.bytes;
+            group.push(p);
+        }
+        metrics::gauge!(m::QUEUE_BATCHES).decrement(group.len() as f64);
+        flush(&sinks, group, &healthy).await;
+    }
+    tracing::info!("embedded writer stopped");
+}
+
+async fn flush(sinks: &[Arc<dyn Sink>], group: Vec<Pending>, healthy: &AtomicBool) {
+    let started = Instant::now();
+    let (batches, acks): (Vec<Batch>, Vec<_>) = group.into_iter().map(|p| (p.batch, p.ack)).unzip();
+    let n = batches.len();
+    let batches = Arc::new(batches);
+    let mut result = Ok(());
+    for sink in sinks {
+        if let Err(e) = sink.write(batches.clone()).await {
+            tracing::error!(sink = sink.name(), error = %format!("{e:#}"), "sink write failed; batches will be refused for retry");
+            metrics::counter!(m::WRITE_ERRORS, "sink" => sink.name()).increment(1);
+            result = Err(format!("{} sink: {e}", sink.name()));
+            break;
+        }
+    }
+    healthy.store(result.is_ok(), Ordering::Relaxed);
+    metrics::histogram!(m::WRITE_DURATION).record(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        metrics::counter!(m::BATCHES_WRITTEN).increment(n as u64);
+    }
+    for ack in acks {
+        let _ = ack.send(result.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Recording(Mutex<Vec<usize>>, bool);
+    impl Sink for Recording {
+        fn name(&self) -> &'static str {
+            "rec"
+        }
+        fn write(&self, b: Arc<Vec<Batch>>) -> BoxFuture<'static, anyhow::Result<()>> {
+            self.0.lock().unwrap().push(b.len());
+            let fail = self.1;
+            Box::pin(async move {
+                if fail {
+                    anyhow::bail!("disk full")
+                }
+                Ok(())
+            })
+        }
+    }
+
+    fn batch() -> Batch {
+        Batch { span_count: 1, project_id: "p".into(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn acks_after_sink_and_groups_concurrent_publishes() {
+        let rec = Arc::new(Recording(Mutex::new(vec![]), false));
+        let cfg = WriterConfig { max_wait_ms: 50, ..Default::default() };
+        let (q, h) = EmbeddedQueue::start(cfg, vec![rec.clone()]);
+        let q = Arc::new(q);
+        let mut tasks = vec![];
+        for _ in 0..10 {
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move { q.publish(batch()).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let groups = rec.0.lock().unwrap().clone();
+        assert_eq!(groups.iter().sum::<usize>(), 10);
+        assert!(groups.len() < 10, "expected grouping, got {groups:?}");
+        h.shutdown().await;
+        assert!(q.publish(batch()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn sink_failure_is_retryable_error_not_ack() {
+        let rec = Arc::new(Recording(Mutex::new(vec![]), true));
+        let (q, _h) = EmbeddedQueue::start(WriterConfig::default(), vec![rec]);
+        let e = q.publish(batch()).await.unwrap_err();
+        assert_eq!(e.http_status(), 503);
+        assert!(!q.is_ready());
+    }
+}

@@ -1,0 +1,171 @@
+//! OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export` (unary).
+//!
+//! We read the length-prefixed message ourselves and decode it with the same capped pipeline as
+//! OTLP/HTTP, instead of tonic's generated service, because tonic's codec (a) inflates on the
+//! async worker, (b) answers an oversize uncompressed message with OUT_OF_RANGE where OTLP wants
+//! RESOURCE_EXHAUSTED, and (c) answers corrupt compression with INTERNAL where the client's
+//! mistake is INVALID_ARGUMENT. `tonic::Status` still writes the status headers
+//! (grpc-status, percent-encoded grpc-message, grpc-status-details-bin with RetryInfo).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use prost::Message;
+
+use super::listener::{Body, Handler};
+use crate::auth::authenticator::Authenticator;
+use crate::error::{ApiError, ErrorKind};
+use crate::ingest::{Ingest, RawRequest};
+use crate::metrics as m;
+use crate::otlp::decode::{Compression, Format};
+use crate::otlp::response::grpc_status_details;
+use tracegate_proto::v1::Transport;
+
+pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const ACCEPT_ENCODING: &str = "gzip,zstd,deflate,identity";
+
+pub struct GrpcReceiver {
+    pub ingest: Arc<Ingest>,
+    pub body_timeout: Duration,
+}
+
+impl Handler for GrpcReceiver {
+    async fn call(self: Arc<Self>, req: http::Request<Incoming>, peer: SocketAddr) -> http::Response<Body> {
+        let started = Instant::now();
+        let is_grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.starts_with("application/grpc"))
+            .unwrap_or(false);
+        if !is_grpc {
+            metrics::counter!(m::REQUESTS, "transport" => "grpc", "status" => "unsupported_media").increment(1);
+            let mut r = http::Response::new(super::listener::full("gRPC endpoint: content-type must be application/grpc\n"));
+            *r.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            return r;
+        }
+        let (resp, status) = match self.handle(req, peer).await {
+            Ok(msg) => (ok_response(msg), "ok"),
+            Err(e) => (error_response(&e), e.metric_label()),
+        };
+        metrics::counter!(m::REQUESTS, "transport" => "grpc", "status" => status).increment(1);
+        metrics::histogram!(m::REQUEST_DURATION, "transport" => "grpc").record(started.elapsed().as_secs_f64());
+        resp
+    }
+}
+
+fn base_headers(b: http::response::Builder) -> http::response::Builder {
+    b.status(200).header(http::header::CONTENT_TYPE, "application/grpc").header("grpc-accept-encoding", ACCEPT_ENCODING)
+}
+
+fn ok_response(msg: Bytes) -> http::Response<Body> {
+    let mut frame = BytesMut::with_capacity(5 + msg.len());
+    frame.extend_from_slice(&[0]);
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![Ok(Frame::data(frame.freeze())), Ok(Frame::trailers(trailers))];
+    let body = StreamBody::new(futures_util::stream::iter(frames));
+    base_headers(http::Response::builder()).body(BodyExt::boxed(body)).unwrap_or_else(|_| error_response(&ApiError::internal("response build failed")))
+}
+
+/// A "Trailers-Only" response: status in the headers, no body.
+fn error_response(e: &ApiError) -> http::Response<Body> {
+    let status = match grpc_status_details(e) {
+        Some(details) => tonic::Status::with_details(e.grpc_code(), e.message.clone(), details),
+        None => tonic::Status::new(e.grpc_code(), e.message.clone()),
+    };
+    let mut headers = http::HeaderMap::new();
+    let _ = status.add_header(&mut headers);
+    let mut r = base_headers(http::Response::builder()).body(super::listener::empty()).unwrap_or_default();
+    r.headers_mut().extend(headers);
+    r
+}
+
+impl GrpcReceiver {
+    async fn handle(&self, req: http::Request<Incoming>, peer: SocketAddr) -> Result<Bytes, ApiError> {
+        if req.uri().path() != EXPORT_PATH {
+            return Err(ApiError::new(ErrorKind::NotFound, format!("unknown method {}", req.uri().path())));
+        }
+        let compression = Compression::from_header(req.headers().get("grpc-encoding").map(|v| v.to_str().unwrap_or("<invalid>")))?;
+        let principal = self.ingest.authenticate(Authenticator::key_from_headers(req.headers())).await?;
+        let cap = self.ingest.limits.max_request_bytes;
+        // Room for the 5-byte prefix; a message over the cap is refused while reading.
+        let body = tokio::time::timeout(self.body_timeout, Limited::new(req.into_body(), cap + 5).collect())
+            .await
+            .map_err(|_| ApiError::invalid("timed out reading the request message"))?
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ApiError::too_large(cap)
+                } else {
+                    ApiError::invalid(format!("error reading the request: {e}"))
+                }
+            })?
+            .to_bytes();
+        let permit = self.ingest.admission.try_reserve(body.len())?;
+        let (flag, msg) = split_message(body)?;
+        let compression = match (flag, compression) {
+            (0, _) => Compression::Identity,
+            (1, Compression::Identity) => return Err(ApiError::invalid("compressed-flag set but no grpc-encoding")),
+            (1, c) => c,
+            (f, _) => return Err(ApiError::invalid(format!("invalid compressed-flag {f}"))),
+        };
+        let resp = self
+            .ingest
+            .export(
+                &principal,
+                RawRequest { transport: Transport::OtlpGrpc, format: Format::Protobuf, compression, body: msg, permit, client_addr: peer.to_string() },
+            )
+            .await?;
+        Ok(resp.encode_to_vec().into())
+    }
+}
+
+/// Splits a unary request body into (compressed-flag, message). Exactly one message.
+fn split_message(mut body: Bytes) -> Result<(u8, Bytes), ApiError> {
+    if body.len() < 5 {
+        return Err(ApiError::invalid("truncated gRPC message prefix"));
+    }
+    let flag = body[0];
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    body.advance(5);
+    if body.len() < len {
+        return Err(ApiError::invalid(format!("truncated gRPC message: prefix says {len} bytes, got {}", body.len())));
+    }
+    if body.len() > len {
+        return Err(ApiError::invalid("more than one message on a unary call"));
+    }
+    Ok((flag, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing() {
+        let mut b = vec![0, 0, 0, 0, 3];
+        b.extend_from_slice(b"abc");
+        assert_eq!(split_message(b.clone().into()).unwrap(), (0, Bytes::from_static(b"abc")));
+        assert!(split_message(Bytes::from(b[..6].to_vec())).is_err());
+        b.push(1);
+        assert!(split_message(b.into()).is_err());
+        assert!(split_message(Bytes::from_static(&[0, 0])).is_err());
+    }
+
+    #[test]
+    fn error_has_status_headers_and_retry_info() {
+        let r = error_response(&ApiError::unavailable("busy"));
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert!(r.headers().contains_key("grpc-status-details-bin"));
+        let r = error_response(&ApiError::too_large(5));
+        assert_eq!(r.headers()["grpc-status"], "8");
+        assert!(!r.headers().contains_key("grpc-status-details-bin"));
+    }
+}

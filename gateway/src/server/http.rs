@@ -1,0 +1,149 @@
+//! OTLP/HTTP receiver: `POST /v1/traces`, protobuf or JSON, gzip/deflate/zstd.
+//!
+//! Checks run cheapest-first so that junk costs little: route and method → content type and
+//! encoding (no body needed) → API key (cached; before reading the body so unauthenticated
+//! clients cannot make us inflate anything) → admission by declared length → read the body
+//! with a size cap and a timeout → the shared ingest pipeline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::listener::{full, Body, Handler};
+use crate::error::{ApiError, ErrorKind};
+use crate::ingest::{Ingest, RawRequest};
+use crate::metrics as m;
+use crate::otlp::decode::{Compression, Format};
+use crate::otlp::response::{encode_export_response, encode_status};
+use tracegate_proto::v1::Transport;
+
+pub const TRACES_PATH: &str = "/v1/traces";
+
+pub struct HttpReceiver {
+    pub ingest: Arc<Ingest>,
+    pub body_timeout: Duration,
+}
+
+fn media_type(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+impl Handler for HttpReceiver {
+    async fn call(self: Arc<Self>, req: http::Request<Incoming>, peer: SocketAddr) -> http::Response<Body> {
+        let started = Instant::now();
+        // Until we know the request's encoding, errors are answered in protobuf.
+        let mut format = Format::Protobuf;
+        let result = self.handle(req, peer, &mut format).await;
+        let (resp, status) = match result {
+            Ok(body) => {
+                let ct = match format {
+                    Format::Protobuf => "application/x-protobuf",
+                    Format::Json => "application/json",
+                };
+                let r = http::Response::builder().status(200).header(http::header::CONTENT_TYPE, ct).body(full(body));
+                (r, "ok")
+            }
+            Err(e) => (error_response(&e, format), e.metric_label()),
+        };
+        metrics::counter!(m::REQUESTS, "transport" => "http", "status" => status).increment(1);
+        metrics::histogram!(m::REQUEST_DURATION, "transport" => "http").record(started.elapsed().as_secs_f64());
+        resp.unwrap_or_else(|_| {
+            let mut r = http::Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        })
+    }
+}
+
+fn error_response(e: &ApiError, format: Format) -> http::Result<http::Response<Body>> {
+    let ct = match format {
+        Format::Protobuf => "application/x-protobuf",
+        Format::Json => "application/json",
+    };
+    let mut b = http::Response::builder().status(e.http_status()).header(http::header::CONTENT_TYPE, ct);
+    if let Some(ra) = e.retry_after {
+        b = b.header(http::header::RETRY_AFTER, ra.as_secs().max(1).to_string());
+    }
+    if e.kind == ErrorKind::MethodNotAllowed {
+        b = b.header(http::header::ALLOW, "POST");
+    }
+    if e.kind == ErrorKind::Unauthenticated {
+        b = b.header(http::header::WWW_AUTHENTICATE, "Bearer");
+    }
+    b.body(full(encode_status(format, e)))
+}
+
+impl HttpReceiver {
+    async fn handle(&self, req: http::Request<Incoming>, peer: SocketAddr, format: &mut Format) -> Result<Bytes, ApiError> {
+        if req.uri().path() != TRACES_PATH {
+            return Err(ApiError::new(ErrorKind::NotFound, format!("no such path {:?}; OTLP traces go to POST {TRACES_PATH}", req.uri().path())));
+        }
+        if req.method() != Method::POST {
+            return Err(ApiError::new(ErrorKind::MethodNotAllowed, format!("method {} not allowed; use POST", req.method())));
+        }
+        *format = match media_type(req.headers()).as_deref() {
+            Some("application/x-protobuf") | Some("application/protobuf") => Format::Protobuf,
+            Some("application/json") => Format::Json,
+            other => {
+                return Err(ApiError::new(
+                    ErrorKind::UnsupportedMedia,
+                    format!("unsupported content type {:?}; use application/x-protobuf or application/json", other.unwrap_or("")),
+                ))
+            }
+        };
+        let compression = Compression::from_header(
+            req.headers().get(http::header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("<invalid>")),
+        )?;
+        let principal = self
+            .ingest
+            .authenticate(crate::auth::authenticator::Authenticator::key_from_headers(req.headers()))
+            .await?;
+        let cap = self.ingest.limits.max_request_bytes;
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(len) = declared {
+            // A body larger than the cap is refused before reading (compressed bodies too: a
+            // compressed body larger than the decompressed cap is not a plausible OTLP request).
+            if len > cap as u64 {
+                return Err(ApiError::too_large(cap));
+            }
+        }
+        let declared_permit = match declared {
+            Some(len) => Some(self.ingest.admission.try_reserve(len as usize)?),
+            None => None,
+        };
+        let body = tokio::time::timeout(self.body_timeout, Limited::new(req.into_body(), cap).collect())
+            .await
+            .map_err(|_| ApiError::invalid("timed out reading the request body"))?
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ApiError::too_large(cap)
+                } else {
+                    ApiError::invalid(format!("error reading the request body: {e}"))
+                }
+            })?
+            .to_bytes();
+        let permit = match declared_permit {
+            Some(p) => p,
+            None => self.ingest.admission.try_reserve(body.len())?,
+        };
+        let transport = match format {
+            Format::Protobuf => Transport::OtlpHttpProtobuf,
+            Format::Json => Transport::OtlpHttpJson,
+        };
+        let resp = self
+            .ingest
+            .export(&principal, RawRequest { transport, format: *format, compression, body, permit, client_addr: peer.to_string() })
+            .await?;
+        Ok(encode_export_response(*format, &resp))
+    }
+}

@@ -1,0 +1,7 @@
+//! Network front: the accept loop shared by all listeners, the OTLP/HTTP and OTLP/gRPC
+//! receivers, and the admin endpoints.
+
+pub mod admin;
+pub mod grpc;
+pub mod http;
+pub mod listener;

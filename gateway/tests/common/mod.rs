@@ -1,0 +1,636 @@
+//! Shared harness for tracegate's integration tests.
+//!
+//! Starts the real `tracegate` binary (`env!("CARGO_BIN_EXE_tracegate")`) as a child process,
+//! waits for its `tracegate listening ...` line and exposes its addresses, plus helpers to build,
+//! encode and POST OTLP requests. Every wait is bounded: nothing here can hang a test forever.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+
+/// How long `start*` waits for the listening line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `terminate` waits for a clean exit after SIGTERM.
+pub const TERM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a CLI subcommand (`keys create`, `archive cat`) may run.
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default timeout for one HTTP request made by the helpers.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tracegate")
+}
+
+/// A running `tracegate serve` child process.
+pub struct Gateway {
+    child: Option<Child>,
+    _tempdir: Option<tempfile::TempDir>,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+/// Why a start attempt failed (used to retry binding on restart).
+enum StartError {
+    /// The process exited before printing the listening line.
+    Exited(ExitStatus),
+}
+
+impl Gateway {
+    /// Starts a gateway on a fresh temporary data dir (removed on drop), all ports 0.
+    pub fn start(env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::Builder::new()
+            .prefix("tracegate-test-")
+            .tempdir()
+            .expect("create temp data dir");
+        let path = dir.path().to_path_buf();
+        let mut gw = Self::start_or_panic(&path, "127.0.0.1:0", "127.0.0.1:0", env);
+        gw._tempdir = Some(dir);
+        gw
+    }
+
+    /// Starts a gateway on an existing data dir (owned and kept by the caller), all ports 0.
+    pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Gateway {
+        Self::start_or_panic(data_dir, "127.0.0.1:0", "127.0.0.1:0", env)
+    }
+
+    /// Starts a gateway on given OTLP/HTTP and OTLP/gRPC addresses (admin on port 0), e.g. to
+    /// restart on the ports of a killed instance. Retries for up to 15 s while the process
+    /// exits early (typically "address in use" right after a kill).
+    pub fn start_with_addrs(
+        data_dir: &Path,
+        http: &str,
+        grpc: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(data_dir, http, grpc, env) {
+                Ok(gw) => return gw,
+                Err(StartError::Exited(status)) => {
+                    if Instant::now() >= deadline {
+                        panic!(
+                            "tracegate serve --http-addr {http} --grpc-addr {grpc} exited with \
+                             {status} before listening, {attempt} attempts (see stderr above)"
+                        );
+                    }
+                    eprintln!("[harness] start attempt {attempt} exited with {status}; retrying");
+                    thread::sleep(Duration::from_millis(250));
+                }
+            }
+        }
+    }
+
+    fn start_or_panic(data_dir: &Path, http: &str, grpc: &str, env: &[(&str, &str)]) -> Gateway {
+        match Self::try_start(data_dir, http, grpc, env) {
+            Ok(gw) => gw,
+            Err(StartError::Exited(status)) => panic!(
+                "tracegate serve exited with {status} before printing the listening line \
+                 (data dir {}; see its stderr above)",
+                data_dir.display()
+            ),
+        }
+    }
+
+    fn try_start(
+        data_dir: &Path,
+        http: &str,
+        grpc: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Gateway, StartError> {
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--grpc-addr")
+            .arg(grpc)
+            .arg("--http-addr")
+            .arg(http)
+            .arg("--admin-addr")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tracegate serve");
+        let pid = child.id();
+
+        let stdout = child.stdout.take().expect("child stdout");
+        let stderr = child.stderr.take().expect("child stderr");
+        let (tx, rx) = mpsc::channel::<String>();
+        thread::spawn(move || {
+            // Keep draining stdout for the process's whole life so it never blocks on a pipe.
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[tracegate {pid} stdout] {line}");
+                if !sent && line.starts_with("tracegate listening") {
+                    sent = true;
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        forward_stderr(stderr, pid);
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        let line = loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => break line,
+                Err(mpsc::RecvTimeoutError::Timeout) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    if let Some(status) = child.try_wait().expect("try_wait") {
+                        // Give the reader a last chance (line printed just before exit).
+                        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                            break line;
+                        }
+                        return Err(StartError::Exited(status));
+                    }
+                    if Instant::now() >= deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!(
+                            "tracegate serve (pid {pid}) did not print 'tracegate listening ...' \
+                             within {START_TIMEOUT:?} (data dir {})",
+                            data_dir.display()
+                        );
+                    }
+                }
+            }
+        };
+
+        let (grpc_addr, http_addr, admin_addr) = parse_listening_line(&line);
+        Ok(Gateway {
+            child: Some(child),
+            _tempdir: None,
+            http: http_addr,
+            grpc: grpc_addr,
+            admin: admin_addr,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    /// PID of the server process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("gateway already stopped").id()
+    }
+
+    /// Runs `tracegate keys create --project P --data-dir D`; returns the last stdout line.
+    pub fn create_key(&self, project: &str) -> String {
+        create_key_in(&self.data_dir, project)
+    }
+
+    /// Runs `tracegate archive cat [--project P] --data-dir D` and parses its JSON lines.
+    pub fn archive_spans(&self, project: Option<&str>) -> Vec<serde_json::Value> {
+        archive_spans_in(&self.data_dir, project)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// `http_url() + "/v1/traces"`.
+    pub fn traces_url(&self) -> String {
+        format!("http://{}/v1/traces", self.http)
+    }
+
+    /// GET admin `/metrics` (panics on non-200 or transport error).
+    pub fn metrics(&self) -> String {
+        let resp = http_client()
+            .get(format!("{}/metrics", self.admin_url()))
+            .send()
+            .expect("GET /metrics");
+        assert_eq!(resp.status().as_u16(), 200, "GET /metrics status");
+        resp.text().expect("read /metrics body")
+    }
+
+    /// Sends SIGTERM and waits (at most 30 s) for the process to exit; returns its status.
+    /// Panics (after SIGKILLing it) if it does not exit in time.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("gateway already stopped");
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            self.child = None;
+            return status;
+        }
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on our own child's pid, which has not been reaped yet.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+        match wait_timeout(child, TERM_TIMEOUT) {
+            Some(status) => {
+                self.child = None;
+                status
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.child = None;
+                panic!("tracegate (pid {pid}) did not exit within {TERM_TIMEOUT:?} after SIGTERM");
+            }
+        }
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn forward_stderr(stderr: std::process::ChildStderr, pid: u32) {
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[tracegate {pid} stderr] {line}");
+        }
+    });
+}
+
+/// Parses `tracegate listening otlp_grpc=A otlp_http=B admin=C` into (grpc, http, admin).
+pub fn parse_listening_line(line: &str) -> (SocketAddr, SocketAddr, SocketAddr) {
+    let mut grpc = None;
+    let mut http = None;
+    let mut admin = None;
+    for tok in line.split_whitespace() {
+        if let Some((k, v)) = tok.split_once('=') {
+            let addr = || -> SocketAddr {
+                v.parse()
+                    .unwrap_or_else(|e| panic!("bad address {v:?} in listening line {line:?}: {e}"))
+            };
+            match k {
+                "otlp_grpc" => grpc = Some(addr()),
+                "otlp_http" => http = Some(addr()),
+                "admin" => admin = Some(addr()),
+                _ => {}
+            }
+        }
+    }
+    match (grpc, http, admin) {
+        (Some(g), Some(h), Some(a)) => (g, h, a),
+        _ => panic!("listening line lacks otlp_grpc=/otlp_http=/admin=: {line:?}"),
+    }
+}
+
+/// Polls `child` until it exits or `timeout` elapses.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `tracegate ARGS` to completion with a timeout (killed and panics past it).
+pub fn run_tracegate(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn tracegate {args:?}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = match wait_timeout(&mut child, timeout) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tracegate {args:?} did not finish within {timeout:?}");
+        }
+    };
+    Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    }
+}
+
+/// `tracegate keys create --project P --data-dir D` -> the key (last non-empty stdout line).
+pub fn create_key_in(data_dir: &Path, project: &str) -> String {
+    let dir = data_dir.to_str().expect("utf-8 data dir");
+    let out = run_tracegate(
+        &["keys", "create", "--project", project, "--data-dir", dir],
+        &[],
+        CMD_TIMEOUT,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tracegate keys create --project {project} failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_else(|| panic!("keys create printed no key; stdout: {stdout:?}"))
+        .to_string();
+    key
+}
+
+/// `tracegate archive cat [--project P] --data-dir D`, one JSON value per non-empty line.
+pub fn archive_spans_in(data_dir: &Path, project: Option<&str>) -> Vec<serde_json::Value> {
+    let dir = data_dir.to_str().expect("utf-8 data dir");
+    let mut args = vec!["archive", "cat"];
+    if let Some(p) = project {
+        args.push("--project");
+        args.push(p);
+    }
+    args.push("--data-dir");
+    args.push(dir);
+    let out = run_tracegate(&args, &[], Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tracegate {args:?} failed: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("archive cat printed a non-JSON line ({e}): {l:?}"))
+        })
+        .collect()
+}
+
+/// Span names found in archive records (`record["span"]["name"]`).
+pub fn span_names(records: &[serde_json::Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| {
+            r["span"]["name"]
+                .as_str()
+                .unwrap_or_else(|| panic!("archive record without span.name: {r}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// A project name unique within this machine run (tests share nothing, but be safe).
+pub fn unique_project(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{n}-{}", std::process::id(), t % 1_000_000_000)
+}
+
+// ---------------------------------------------------------------------------------------------
+// OTLP request builders
+// ---------------------------------------------------------------------------------------------
+
+/// Deterministic, non-zero 16-byte trace id for `n`.
+pub fn trace_id(n: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&0x7472_6163_6567_6174u64.to_be_bytes()); // "tracegat"
+    v.extend_from_slice(&(n + 1).to_be_bytes());
+    v
+}
+
+/// Deterministic, non-zero 8-byte span id for `n`.
+pub fn span_id(n: u64) -> Vec<u8> {
+    (n | 0x8000_0000_0000_0000).to_be_bytes().to_vec()
+}
+
+pub fn now_unix_nano() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+pub fn kv_str(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A span with the given ids and name, start = now, duration 1 ms, one string attribute.
+pub fn span(trace_id: Vec<u8>, span_id: Vec<u8>, name: &str) -> Span {
+    let start = now_unix_nano();
+    Span {
+        trace_id,
+        span_id,
+        name: name.to_string(),
+        kind: 1, // SPAN_KIND_INTERNAL
+        start_time_unix_nano: start,
+        end_time_unix_nano: start + 1_000_000,
+        attributes: vec![kv_str("test.attr", "v")],
+        ..Default::default()
+    }
+}
+
+/// One ResourceSpans / one ScopeSpans request holding `spans`.
+pub fn request_with_spans(spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv_str("service.name", "tracegate-tests")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "tracegate-tests".to_string(),
+                    version: "1".to_string(),
+                    ..Default::default()
+                }),
+                spans,
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
+/// A request with spans `first..first+n`: trace id `trace_id(i / 10)`, span id `span_id(i)`,
+/// name `format!("{prefix}-{i}")`.
+pub fn request_n(prefix: &str, first: u64, n: u64) -> ExportTraceServiceRequest {
+    let spans = (first..first + n)
+        .map(|i| span(trace_id(i / 10), span_id(i), &format!("{prefix}-{i}")))
+        .collect();
+    request_with_spans(spans)
+}
+
+/// Protobuf encoding.
+pub fn encode(req: &ExportTraceServiceRequest) -> Vec<u8> {
+    req.encode_to_vec()
+}
+
+/// OTLP/JSON encoding (opentelemetry-proto's serde: hex ids, camelCase).
+pub fn encode_json(req: &ExportTraceServiceRequest) -> Vec<u8> {
+    serde_json::to_vec(req).expect("serialize request as JSON")
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+pub fn decode_response(body: &[u8]) -> ExportTraceServiceResponse {
+    ExportTraceServiceResponse::decode(body).expect("decode ExportTraceServiceResponse")
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP helpers (blocking reqwest; never call from inside a tokio runtime)
+// ---------------------------------------------------------------------------------------------
+
+/// A blocking client with connect and total timeouts.
+pub fn http_client() -> reqwest::blocking::Client {
+    http_client_with_timeout(HTTP_TIMEOUT)
+}
+
+pub fn http_client_with_timeout(timeout: Duration) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .expect("build reqwest client")
+}
+
+/// Response of a POST: status code, headers, body bytes.
+pub type HttpResponse = (u16, reqwest::header::HeaderMap, Vec<u8>);
+
+/// POST `body` to `url` with `headers`; transport errors are returned.
+pub fn try_post(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<HttpResponse, reqwest::Error> {
+    let mut rb = client.post(url).body(body);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let resp = rb.send()?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes()?.to_vec();
+    Ok((status, headers, body))
+}
+
+/// POST with a fresh client; panics on transport error.
+pub fn post(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> HttpResponse {
+    try_post(&http_client(), url, headers, body)
+        .unwrap_or_else(|e| panic!("POST {url} failed: {e}"))
+}
+
+/// POST protobuf-encoded `req` to the gateway's `/v1/traces` with `Authorization: Bearer key`.
+pub fn post_protobuf(gw: &Gateway, key: &str, req: &ExportTraceServiceRequest) -> HttpResponse {
+    let auth = format!("Bearer {key}");
+    post(
+        &gw.traces_url(),
+        &[
+            ("content-type", "application/x-protobuf"),
+            ("authorization", &auth),
+        ],
+        encode(req),
+    )
+}
+
+/// POST JSON-encoded `req` to the gateway's `/v1/traces` with `Authorization: Bearer key`.
+pub fn post_json(gw: &Gateway, key: &str, req: &ExportTraceServiceRequest) -> HttpResponse {
+    let auth = format!("Bearer {key}");
+    post(
+        &gw.traces_url(),
+        &[("content-type", "application/json"), ("authorization", &auth)],
+        encode_json(req),
+    )
+}
+
+/// GET `url` with a fresh client; returns (status, body text).
+pub fn get(url: &str) -> (u16, String) {
+    let resp = http_client()
+        .get(url)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url} failed: {e}"));
+    let status = resp.status().as_u16();
+    (status, resp.text().unwrap_or_default())
+}
+
+/// Polls `f` every 50 ms until it returns true or `timeout` elapses; returns the last result.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,6 @@
+mod common;
+
+#[test]
+fn placeholder() {
+    let _ = common::bin();
+}
