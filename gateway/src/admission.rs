@@ -9,13 +9,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::ApiError;
 use crate::metrics as m;
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Admission {
     sem: Arc<Semaphore>,
     limit: usize,
 }
 
 /// Bytes held by one request; released on drop.
+#[derive(Debug)]
 pub struct BytesPermit {
     _permit: Option<OwnedSemaphorePermit>,
     admission: Admission,
@@ -31,7 +32,10 @@ impl Drop for BytesPermit {
 impl Admission {
     pub fn new(limit: usize) -> Self {
         metrics::gauge!(m::INFLIGHT_BYTES_LIMIT).set(limit as f64);
-        Self { sem: Arc::new(Semaphore::new(limit)), limit }
+        Self {
+            sem: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
     }
 
     fn report(&self) {
@@ -53,7 +57,10 @@ impl Admission {
             ))
         })?;
         self.report();
-        Ok(BytesPermit { _permit: Some(permit), admission: self.clone() })
+        Ok(BytesPermit {
+            _permit: Some(permit),
+            admission: self.clone(),
+        })
     }
 }
 

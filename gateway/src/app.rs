@@ -29,7 +29,11 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(cfg: &Config) -> Result<Self> {
-        let b = |a: SocketAddr, what: &'static str| async move { TcpListener::bind(a).await.with_context(|| format!("binding {what} listener on {a}")) };
+        let b = |a: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding {what} listener on {a}"))
+        };
         Ok(Self {
             grpc: b(cfg.server.grpc_addr, "server.grpc_addr").await?,
             http: b(cfg.server.http_addr, "server.http_addr").await?,
@@ -38,20 +42,31 @@ impl Listeners {
     }
 
     pub fn addrs(&self) -> Result<(SocketAddr, SocketAddr, SocketAddr)> {
-        Ok((self.grpc.local_addr()?, self.http.local_addr()?, self.admin.local_addr()?))
+        Ok((
+            self.grpc.local_addr()?,
+            self.http.local_addr()?,
+            self.admin.local_addr()?,
+        ))
     }
 }
 
 /// Runs the gateway until `shutdown` resolves, then: stop accepting, finish in-flight requests
 /// (whose spans the writer still makes durable), stop the writer after it drained, return.
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let prometheus = crate::metrics::install();
     let data_dir = config.server.data_dir.clone();
     let store = Arc::new(FileKeyStore::open(&data_dir)?);
     let archive = LocalArchive::new(&data_dir, config.writer.compression_level);
     let stale = archive.remove_stale_temp_files()?;
     if stale > 0 {
-        tracing::info!(count = stale, "removed unacknowledged temp files from an earlier crash");
+        tracing::info!(
+            count = stale,
+            "removed unacknowledged temp files from an earlier crash"
+        );
     }
     let sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(ArchiveSink::new(archive))];
     let (queue, writer) = EmbeddedQueue::start(config.writer.clone(), sinks);
@@ -68,12 +83,34 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
 
-    let http = tokio::spawn(listener::serve("otlp_http", listeners.http, Arc::new(HttpReceiver { ingest: ingest.clone(), body_timeout }), stop.clone(), drain));
-    let grpc = tokio::spawn(listener::serve("otlp_grpc", listeners.grpc, Arc::new(GrpcReceiver { ingest: ingest.clone(), body_timeout }), stop.clone(), drain));
+    let http = tokio::spawn(listener::serve(
+        "otlp_http",
+        listeners.http,
+        Arc::new(HttpReceiver {
+            ingest: ingest.clone(),
+            body_timeout,
+        }),
+        stop.clone(),
+        drain,
+    ));
+    let grpc = tokio::spawn(listener::serve(
+        "otlp_grpc",
+        listeners.grpc,
+        Arc::new(GrpcReceiver {
+            ingest: ingest.clone(),
+            body_timeout,
+        }),
+        stop.clone(),
+        drain,
+    ));
     let admin = tokio::spawn(listener::serve(
         "admin",
         listeners.admin,
-        Arc::new(Admin { prometheus, queue, shutting_down: shutting_down.clone() }),
+        Arc::new(Admin {
+            prometheus,
+            queue,
+            shutting_down: shutting_down.clone(),
+        }),
         admin_stop.clone(),
         Duration::from_secs(1),
     ));

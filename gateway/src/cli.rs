@@ -14,7 +14,11 @@ use crate::auth::file_store::FileKeyStore;
 use crate::config::{Config, Overrides};
 
 #[derive(Parser, Debug)]
-#[command(name = "tracegate", version, about = "OpenTelemetry trace ingestion gateway")]
+#[command(
+    name = "tracegate",
+    version,
+    about = "OpenTelemetry trace ingestion gateway"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -85,7 +89,10 @@ pub enum ArchiveCommand {
 
 impl CommonArgs {
     pub fn load(&self) -> Result<Config> {
-        let o = Overrides { data_dir: self.data_dir.clone(), ..Default::default() };
+        let o = Overrides {
+            data_dir: self.data_dir.clone(),
+            ..Default::default()
+        };
         Ok(Config::load(self.config.as_deref(), &o)?)
     }
 }
@@ -103,7 +110,12 @@ impl ServeArgs {
 }
 
 /// On first start (no keys yet) creates project `default` with one key and prints it once.
-pub fn bootstrap_first_key(cfg: &Config, http: SocketAddr, grpc: SocketAddr, out: &mut impl Write) -> Result<()> {
+pub fn bootstrap_first_key(
+    cfg: &Config,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    out: &mut impl Write,
+) -> Result<()> {
     let store = FileKeyStore::open(&cfg.server.data_dir)?;
     if !store.is_empty()? {
         return Ok(());

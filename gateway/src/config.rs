@@ -239,13 +239,16 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail dictates the closure type
     fn env_vars_override_and_unknown_env_keys_are_named() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TRACEGATE_LIMITS__MAX_ATTRIBUTES", "7");
             let c = Config::load(None, &Overrides::default()).unwrap();
             assert_eq!(c.limits.max_attributes, 7);
             jail.set_env("TRACEGATE_LIMITS__NOPE", "7");
-            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("nope"), "{err}");
             Ok(())
         });

@@ -46,7 +46,13 @@ pub struct Prepared {
 }
 
 /// Decompress (capped), decode and validate. Blocking: run it on the blocking pool.
-pub fn prepare(format: Format, compression: Compression, body: Bytes, limits: &LimitsConfig, admission: &Admission) -> Result<(Prepared, BytesPermit), ApiError> {
+pub fn prepare(
+    format: Format,
+    compression: Compression,
+    body: Bytes,
+    limits: &LimitsConfig,
+    admission: &Admission,
+) -> Result<(Prepared, BytesPermit), ApiError> {
     let plain = decode::decompress(compression, body, limits.max_request_bytes)?;
     // Account the decompressed bytes before materialising anything from them.
     let permit = admission.try_reserve(plain.len())?;
@@ -58,7 +64,14 @@ pub fn prepare(format: Format, compression: Compression, body: Bytes, limits: &L
     } else {
         Bytes::from(req.encode_to_vec())
     };
-    Ok((Prepared { otlp_request, outcome, decompressed_len: plain.len() }, permit))
+    Ok((
+        Prepared {
+            otlp_request,
+            outcome,
+            decompressed_len: plain.len(),
+        },
+        permit,
+    ))
 }
 
 impl Ingest {
@@ -66,10 +79,21 @@ impl Ingest {
         self.auth.authenticate(key).await
     }
 
-    pub async fn export(&self, principal: &Principal, raw: RawRequest) -> Result<ExportTraceServiceResponse, ApiError> {
+    pub async fn export(
+        &self,
+        principal: &Principal,
+        raw: RawRequest,
+    ) -> Result<ExportTraceServiceResponse, ApiError> {
         let limits = self.limits.clone();
         let admission = self.admission.clone();
-        let RawRequest { transport, format, compression, body, permit, client_addr } = raw;
+        let RawRequest {
+            transport,
+            format,
+            compression,
+            body,
+            permit,
+            client_addr,
+        } = raw;
         let (prepared, decompressed_permit) = tokio::task::spawn_blocking(move || {
             let r = prepare(format, compression, body, &limits, &admission);
             // The compressed body is gone now; release its reservation.
@@ -83,7 +107,8 @@ impl Ingest {
         let o = &prepared.outcome;
         for (i, r) in Reason::ALL.iter().enumerate() {
             if o.by_reason[i] > 0 {
-                metrics::counter!(m::SPANS_REJECTED, "reason" => r.label()).increment(o.by_reason[i] as u64);
+                metrics::counter!(m::SPANS_REJECTED, "reason" => r.label())
+                    .increment(o.by_reason[i] as u64);
             }
         }
         if o.accepted > 0 {
@@ -96,9 +121,15 @@ impl Ingest {
                 workspace_id: String::new(),
                 project_id: principal.project_id.clone(),
                 region: String::new(),
-                received_at_unix_nano: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+                received_at_unix_nano: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0),
                 transport: transport as i32,
-                source: Some(Source { client_addr, vpc_endpoint_id: String::new() }),
+                source: Some(Source {
+                    client_addr,
+                    vpc_endpoint_id: String::new(),
+                }),
                 span_count: o.accepted as u32,
                 otlp_request: prepared.otlp_request,
                 key_id: principal.key_id.clone(),

@@ -14,8 +14,12 @@ fn main() {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -27,13 +31,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             drop(stdout);
             serve(cfg)
         }
-        Command::Keys { command: KeysCommand::Create { project, common } } => cli::keys_create(&project, &common, &mut stdout),
-        Command::Archive { command: ArchiveCommand::Cat { project, common } } => cli::archive_cat(project.as_deref(), &common, &mut stdout),
+        Command::Keys {
+            command: KeysCommand::Create { project, common },
+        } => cli::keys_create(&project, &common, &mut stdout),
+        Command::Archive {
+            command: ArchiveCommand::Cat { project, common },
+        } => cli::archive_cat(project.as_deref(), &common, &mut stdout),
     }
 }
 
 fn serve(cfg: tracegate::config::Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listeners = tracegate::app::Listeners::bind(&cfg).await?;
         let (grpc, http, admin) = listeners.addrs()?;

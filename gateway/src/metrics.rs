@@ -51,7 +51,11 @@ fn describe() {
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Export request latency");
     describe_counter!(REQUEST_BYTES, Unit::Bytes, "Decompressed request bytes");
     describe_gauge!(INFLIGHT_BYTES, Unit::Bytes, "Bytes of requests in flight");
-    describe_gauge!(INFLIGHT_BYTES_LIMIT, Unit::Bytes, "Bound on in-flight bytes");
+    describe_gauge!(
+        INFLIGHT_BYTES_LIMIT,
+        Unit::Bytes,
+        "Bound on in-flight bytes"
+    );
     describe_counter!(BATCHES_WRITTEN, "Batches written by the writer");
     describe_counter!(ARCHIVE_OBJECTS_WRITTEN, "Archive objects written");
     describe_counter!(ARCHIVE_BYTES_WRITTEN, Unit::Bytes, "Archive bytes written");

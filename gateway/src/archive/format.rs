@@ -63,10 +63,13 @@ pub fn decode(object: &[u8]) -> Result<Vec<Batch>> {
             bail!("truncated record");
         }
         let body = raw.slice(4..4 + len);
-        let _ = bytes::Buf::advance(&mut raw, 4 + len);
+        bytes::Buf::advance(&mut raw, 4 + len);
         let batch = Batch::decode(body).context("decoding batch record")?;
         if batch.schema_version > tracegate_proto::BATCH_SCHEMA_VERSION {
-            bail!("batch schema version {} is newer than this build", batch.schema_version);
+            bail!(
+                "batch schema version {} is newer than this build",
+                batch.schema_version
+            );
         }
         out.push(batch);
     }
@@ -79,8 +82,18 @@ mod tests {
 
     #[test]
     fn round_trip_and_corruption_detected() {
-        let a = Batch { schema_version: 1, project_id: "p".into(), span_count: 3, otlp_request: Bytes::from_static(b"abc"), ..Default::default() };
-        let b = Batch { schema_version: 1, project_id: "q".into(), ..Default::default() };
+        let a = Batch {
+            schema_version: 1,
+            project_id: "p".into(),
+            span_count: 3,
+            otlp_request: Bytes::from_static(b"abc"),
+            ..Default::default()
+        };
+        let b = Batch {
+            schema_version: 1,
+            project_id: "q".into(),
+            ..Default::default()
+        };
         let obj = encode(&[&a, &b], 3).unwrap();
         assert_eq!(decode(&obj).unwrap(), vec![a, b]);
         let mut bad = obj.clone();

@@ -25,7 +25,10 @@ pub struct LocalArchive {
 
 impl LocalArchive {
     pub fn new(data_dir: &Path, level: i32) -> Self {
-        Self { root: data_dir.join("archive"), level }
+        Self {
+            root: data_dir.join("archive"),
+            level,
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -49,7 +52,10 @@ impl LocalArchive {
     pub fn write(&self, batches: &[Batch]) -> Result<Vec<(PathBuf, usize)>> {
         let mut by_tenant: BTreeMap<(&str, &str), Vec<&Batch>> = BTreeMap::new();
         for b in batches {
-            by_tenant.entry((b.org_id.as_str(), b.project_id.as_str())).or_default().push(b);
+            by_tenant
+                .entry((b.org_id.as_str(), b.project_id.as_str()))
+                .or_default()
+                .push(b);
         }
         let mut dirs = BTreeSet::new();
         let mut written = Vec::new();
@@ -72,9 +78,11 @@ impl LocalArchive {
             let tmp = dir.join(format!(".{name}.tmp"));
             let path = dir.join(&name);
             {
-                let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+                let mut f = fs::File::create(&tmp)
+                    .with_context(|| format!("creating {}", tmp.display()))?;
                 f.write_all(&bytes)?;
-                f.sync_all().with_context(|| format!("fsync {}", tmp.display()))?;
+                f.sync_all()
+                    .with_context(|| format!("fsync {}", tmp.display()))?;
             }
             fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
             dirs.insert(dir);
@@ -116,7 +124,13 @@ impl LocalArchive {
 fn safe_segment(s: &str) -> String {
     let cleaned: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     match cleaned.as_str() {
         "" | "." | ".." => "_".to_string(),
@@ -154,7 +168,13 @@ mod tests {
     fn writes_one_object_per_tenant_and_lists_by_project() {
         let d = tempfile::tempdir().unwrap();
         let a = LocalArchive::new(d.path(), 3);
-        let mk = |p: &str| Batch { schema_version: 1, org_id: "o".into(), project_id: p.into(), received_at_unix_nano: 1_700_000_000_000_000_000, ..Default::default() };
+        let mk = |p: &str| Batch {
+            schema_version: 1,
+            org_id: "o".into(),
+            project_id: p.into(),
+            received_at_unix_nano: 1_700_000_000_000_000_000,
+            ..Default::default()
+        };
         let w = a.write(&[mk("p1"), mk("p2"), mk("p1")]).unwrap();
         assert_eq!(w.len(), 2);
         assert!(w[0].0.to_string_lossy().contains("/o/p1/2023/11/14/"));

@@ -124,9 +124,15 @@ mod tests {
         let (other, _) = ApiKey::generate();
         let e = auth.authenticate(Some(&other.to_text())).await.unwrap_err();
         assert_eq!(e.http_status(), 401);
-        assert_eq!(auth.authenticate(None).await.unwrap_err().http_status(), 401);
         assert_eq!(
-            auth.authenticate(Some("tg_garbage")).await.unwrap_err().http_status(),
+            auth.authenticate(None).await.unwrap_err().http_status(),
+            401
+        );
+        assert_eq!(
+            auth.authenticate(Some("tg_garbage"))
+                .await
+                .unwrap_err()
+                .http_status(),
             401
         );
     }

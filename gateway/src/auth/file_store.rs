@@ -224,7 +224,10 @@ mod tests {
         assert!(a.is_empty().unwrap());
         let (rec, text) = a.create_key("proj-1").unwrap();
         let key = ApiKey::parse(&text).unwrap();
-        let found = b.lookup(&key.key_id).unwrap().expect("second handle sees new key");
+        let found = b
+            .lookup(&key.key_id)
+            .unwrap()
+            .expect("second handle sees new key");
         assert_eq!(found, rec);
         assert!(key.verify(b.pepper(), &hex::decode(&found.secret_hash).unwrap()));
         // the secret is not in the file

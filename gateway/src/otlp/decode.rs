@@ -34,7 +34,9 @@ impl Compression {
             "zstd" => Ok(Self::Zstd),
             other => Err(ApiError::new(
                 ErrorKind::UnsupportedMedia,
-                format!("unsupported content encoding {other:?}; use gzip, deflate, zstd or identity"),
+                format!(
+                    "unsupported content encoding {other:?}; use gzip, deflate, zstd or identity"
+                ),
             )),
         }
     }
@@ -53,7 +55,8 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// Decompresses `body`, never holding more than `cap` decompressed bytes.
 pub fn decompress(compression: Compression, body: Bytes, cap: usize) -> Result<Bytes, ApiError> {
-    let corrupt = |e: std::io::Error| ApiError::invalid(format!("corrupt {compression:?} body: {e}"));
+    let corrupt =
+        |e: std::io::Error| ApiError::invalid(format!("corrupt {compression:?} body: {e}"));
     match compression {
         Compression::Identity => {
             if body.len() > cap {
@@ -61,8 +64,12 @@ pub fn decompress(compression: Compression, body: Bytes, cap: usize) -> Result<B
             }
             Ok(body)
         }
-        Compression::Gzip => read_capped(flate2::read::MultiGzDecoder::new(&body[..]), cap, body.len())
-            .map_err(|e| e.or_invalid(corrupt)),
+        Compression::Gzip => read_capped(
+            flate2::read::MultiGzDecoder::new(&body[..]),
+            cap,
+            body.len(),
+        )
+        .map_err(|e| e.or_invalid(corrupt)),
         Compression::Deflate => {
             // HTTP "deflate" is zlib-wrapped (RFC 9110), but some clients send raw deflate.
             let zlib = body.len() >= 2
@@ -71,7 +78,11 @@ pub fn decompress(compression: Compression, body: Bytes, cap: usize) -> Result<B
             if zlib {
                 read_capped(flate2::read::ZlibDecoder::new(&body[..]), cap, body.len())
             } else {
-                read_capped(flate2::read::DeflateDecoder::new(&body[..]), cap, body.len())
+                read_capped(
+                    flate2::read::DeflateDecoder::new(&body[..]),
+                    cap,
+                    body.len(),
+                )
             }
             .map_err(|e| e.or_invalid(corrupt))
         }
@@ -100,7 +111,12 @@ impl CapError {
 fn read_capped(mut r: impl Read, cap: usize, compressed_len: usize) -> Result<Bytes, CapError> {
     // Start from a modest guess and grow in bounded steps so a bomb is caught at `cap` without
     // a doubling overshoot.
-    let mut out: Vec<u8> = Vec::with_capacity(compressed_len.saturating_mul(4).clamp(READ_CHUNK, cap.saturating_add(1)));
+    let mut out: Vec<u8> = Vec::with_capacity(
+        compressed_len
+            .saturating_mul(4)
+            .max(READ_CHUNK)
+            .min(cap.saturating_add(1)),
+    );
     loop {
         if out.len() > cap {
             return Err(CapError::TooLarge(cap));
@@ -134,7 +150,8 @@ pub fn decode(format: Format, body: &[u8]) -> Result<ExportTraceServiceRequest, 
                 return Err(ApiError::invalid("malformed JSON: empty body"));
             }
             // serde_json stops at nesting depth 128, so deep JSON cannot exhaust the stack.
-            serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))
         }
     }
 }
@@ -153,15 +170,27 @@ mod tests {
     #[test]
     fn round_trips_each_encoding() {
         let data = vec![7u8; 100_000];
-        assert_eq!(decompress(Compression::Gzip, gzip(&data), 1 << 20).unwrap(), data);
+        assert_eq!(
+            decompress(Compression::Gzip, gzip(&data), 1 << 20).unwrap(),
+            data
+        );
         let z = zstd::encode_all(&data[..], 3).unwrap();
-        assert_eq!(decompress(Compression::Zstd, z.into(), 1 << 20).unwrap(), data);
+        assert_eq!(
+            decompress(Compression::Zstd, z.into(), 1 << 20).unwrap(),
+            data
+        );
         let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(&data).unwrap();
-        assert_eq!(decompress(Compression::Deflate, e.finish().unwrap().into(), 1 << 20).unwrap(), data);
+        assert_eq!(
+            decompress(Compression::Deflate, e.finish().unwrap().into(), 1 << 20).unwrap(),
+            data
+        );
         let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(&data).unwrap();
-        assert_eq!(decompress(Compression::Deflate, e.finish().unwrap().into(), 1 << 20).unwrap(), data);
+        assert_eq!(
+            decompress(Compression::Deflate, e.finish().unwrap().into(), 1 << 20).unwrap(),
+            data
+        );
     }
 
     #[test]
@@ -170,11 +199,24 @@ mod tests {
         let z: Bytes = zstd::encode_all(&data[..], 1).unwrap().into();
         let e = decompress(Compression::Zstd, z.clone(), 1 << 20).unwrap_err();
         assert_eq!(e.http_status(), 413);
-        assert_eq!(decompress(Compression::Zstd, z, data.len()).unwrap().len(), data.len());
+        assert_eq!(
+            decompress(Compression::Zstd, z, data.len()).unwrap().len(),
+            data.len()
+        );
         let small = vec![1u8; 1000];
         assert!(decompress(Compression::Gzip, gzip(&small), 1000).is_ok());
-        assert_eq!(decompress(Compression::Gzip, gzip(&small), 999).unwrap_err().http_status(), 413);
-        assert_eq!(decompress(Compression::Identity, small.clone().into(), 999).unwrap_err().http_status(), 413);
+        assert_eq!(
+            decompress(Compression::Gzip, gzip(&small), 999)
+                .unwrap_err()
+                .http_status(),
+            413
+        );
+        assert_eq!(
+            decompress(Compression::Identity, small.clone().into(), 999)
+                .unwrap_err()
+                .http_status(),
+            413
+        );
     }
 
     #[test]
@@ -183,6 +225,11 @@ mod tests {
         assert_eq!(e.http_status(), 400);
         let e = decompress(Compression::Zstd, Bytes::from_static(b"not zstd"), 100).unwrap_err();
         assert_eq!(e.http_status(), 400);
-        assert_eq!(Compression::from_header(Some("br")).unwrap_err().http_status(), 415);
+        assert_eq!(
+            Compression::from_header(Some("br"))
+                .unwrap_err()
+                .http_status(),
+            415
+        );
     }
 }

@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use prost::Message;
-use tracegate_proto::otlp::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use tracegate_proto::otlp::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
 
 use super::decode::Format;
 use crate::error::ApiError;
@@ -11,7 +13,7 @@ use crate::error::ApiError;
 pub fn export_response(rejected: usize, error_message: String) -> ExportTraceServiceResponse {
     ExportTraceServiceResponse {
         // Unset when everything was kept: the spec's "full success".
-        partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
+        partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
             rejected_spans: rejected as i64,
             error_message,
         }),
@@ -84,7 +86,8 @@ mod tests {
     #[test]
     fn json_partial_success_shape() {
         let r = export_response(2, "bad".into());
-        let v: serde_json::Value = serde_json::from_slice(&encode_export_response(Format::Json, &r)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_export_response(Format::Json, &r)).unwrap();
         assert_eq!(v["partialSuccess"]["rejectedSpans"], "2");
         let r = export_response(0, String::new());
         assert_eq!(&encode_export_response(Format::Json, &r)[..], b"{}");

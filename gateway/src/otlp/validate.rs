@@ -78,7 +78,11 @@ impl Outcome {
         if self.rejected == 0 {
             return String::new();
         }
-        let mut s = format!("{} span(s) rejected: {}", self.rejected, self.messages.join("; "));
+        let mut s = format!(
+            "{} span(s) rejected: {}",
+            self.rejected,
+            self.messages.join("; ")
+        );
         if self.messages.len() == MAX_MESSAGES {
             s.push_str("; …");
         }
@@ -110,7 +114,8 @@ fn check_attributes(attrs: &[KeyValue], l: &LimitsConfig) -> Result<(), (Reason,
         }
         if let Some(v) = &kv.value {
             let mut size = 0usize;
-            check_value(v, 1, l, &mut size).map_err(|(r, m)| (r, format!("attribute {:?}: {m}", truncate(&kv.key))))?;
+            check_value(v, 1, l, &mut size)
+                .map_err(|(r, m)| (r, format!("attribute {:?}: {m}", truncate(&kv.key))))?;
         }
     }
     Ok(())
@@ -126,20 +131,37 @@ fn truncate(s: &str) -> &str {
 
 /// Recursion is bounded: the decoders stop at depth 100 (prost) / 128 (serde_json), and this
 /// check stops at `max_attribute_depth` (< 100, enforced by config validation).
-fn check_value(v: &AnyValue, depth: usize, l: &LimitsConfig, size: &mut usize) -> Result<(), (Reason, String)> {
+fn check_value(
+    v: &AnyValue,
+    depth: usize,
+    l: &LimitsConfig,
+    size: &mut usize,
+) -> Result<(), (Reason, String)> {
     if depth > l.max_attribute_depth {
         return Err((
             Reason::AttributeTooDeep,
             format!("value nested deeper than {}", l.max_attribute_depth),
         ));
     }
-    let too_large = || (Reason::AttributeTooLarge, format!("value larger than {} bytes", l.max_attribute_value_bytes));
+    let too_large = || {
+        (
+            Reason::AttributeTooLarge,
+            format!("value larger than {} bytes", l.max_attribute_value_bytes),
+        )
+    };
     match &v.value {
         Some(Value::StringValue(s)) => *size += s.len(),
         Some(Value::BytesValue(b)) => *size += b.len(),
         Some(Value::ArrayValue(a)) => {
             if a.values.len() > l.max_attributes {
-                return Err((Reason::TooManyAttributes, format!("array of {} values, limit {}", a.values.len(), l.max_attributes)));
+                return Err((
+                    Reason::TooManyAttributes,
+                    format!(
+                        "array of {} values, limit {}",
+                        a.values.len(),
+                        l.max_attributes
+                    ),
+                ));
             }
             for x in &a.values {
                 check_value(x, depth + 1, l, size)?;
@@ -147,7 +169,14 @@ fn check_value(v: &AnyValue, depth: usize, l: &LimitsConfig, size: &mut usize) -
         }
         Some(Value::KvlistValue(kv)) => {
             if kv.values.len() > l.max_attributes {
-                return Err((Reason::TooManyAttributes, format!("kvlist of {} entries, limit {}", kv.values.len(), l.max_attributes)));
+                return Err((
+                    Reason::TooManyAttributes,
+                    format!(
+                        "kvlist of {} entries, limit {}",
+                        kv.values.len(),
+                        l.max_attributes
+                    ),
+                ));
             }
             for x in &kv.values {
                 *size += x.key.len();
@@ -168,17 +197,24 @@ fn check_span(s: &Span, l: &LimitsConfig) -> Result<(), (Reason, String)> {
     check_id(&s.trace_id, 16).map_err(|m| (Reason::TraceId, format!("trace_id {m}")))?;
     check_id(&s.span_id, 8).map_err(|m| (Reason::SpanId, format!("span_id {m}")))?;
     if !s.parent_span_id.is_empty() {
-        check_id(&s.parent_span_id, 8).map_err(|m| (Reason::ParentSpanId, format!("parent_span_id {m}")))?;
+        check_id(&s.parent_span_id, 8)
+            .map_err(|m| (Reason::ParentSpanId, format!("parent_span_id {m}")))?;
     }
     check_attributes(&s.attributes, l)?;
     if s.events.len() > l.max_events_per_span {
-        return Err((Reason::TooManyEvents, format!("{} events, limit {}", s.events.len(), l.max_events_per_span)));
+        return Err((
+            Reason::TooManyEvents,
+            format!("{} events, limit {}", s.events.len(), l.max_events_per_span),
+        ));
     }
     for e in &s.events {
         check_attributes(&e.attributes, l).map_err(|(r, m)| (r, format!("event: {m}")))?;
     }
     if s.links.len() > l.max_links_per_span {
-        return Err((Reason::TooManyLinks, format!("{} links, limit {}", s.links.len(), l.max_links_per_span)));
+        return Err((
+            Reason::TooManyLinks,
+            format!("{} links, limit {}", s.links.len(), l.max_links_per_span),
+        ));
     }
     for k in &s.links {
         check_id(&k.trace_id, 16).map_err(|m| (Reason::TraceId, format!("link trace_id {m}")))?;
@@ -212,7 +248,9 @@ pub fn validate(req: &mut ExportTraceServiceRequest, l: &LimitsConfig) -> Outcom
             ss.spans.retain(|span| match check_span(span, l) {
                 Ok(()) => true,
                 Err((reason, m)) => {
-                    out.reject(1, reason, || format!("span {:?}: {m}", truncate(&span.name)));
+                    out.reject(1, reason, || {
+                        format!("span {:?}: {m}", truncate(&span.name))
+                    });
                     false
                 }
             });
@@ -240,27 +278,43 @@ mod tests {
     use tracegate_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans};
 
     fn span(trace: Vec<u8>, id: Vec<u8>) -> Span {
-        Span { trace_id: trace, span_id: id, name: "s".into(), ..Default::default() }
+        Span {
+            trace_id: trace,
+            span_id: id,
+            name: "s".into(),
+            ..Default::default()
+        }
     }
 
     fn req(spans: Vec<Span>) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
         }
     }
 
     fn nested(depth: usize) -> AnyValue {
-        let mut v = AnyValue { value: Some(Value::StringValue("x".into())) };
+        let mut v = AnyValue {
+            value: Some(Value::StringValue("x".into())),
+        };
         for i in 0..depth - 1 {
             v = if i % 2 == 0 {
-                AnyValue { value: Some(Value::ArrayValue(ArrayValue { values: vec![v] })) }
+                AnyValue {
+                    value: Some(Value::ArrayValue(ArrayValue { values: vec![v] })),
+                }
             } else {
                 AnyValue {
                     value: Some(Value::KvlistValue(KeyValueList {
-                        values: vec![KeyValue { key: "k".into(), value: Some(v) }],
+                        values: vec![KeyValue {
+                            key: "k".into(),
+                            value: Some(v),
+                            ..Default::default()
+                        }],
                     })),
                 }
             };
@@ -283,7 +337,9 @@ mod tests {
         assert_eq!((o.accepted, o.rejected), (1, 5));
         assert!(o.modified);
         assert_eq!(r.resource_spans[0].scope_spans[0].spans.len(), 1);
-        assert!(o.error_message().contains("trace_id must be 16 bytes, got 15"));
+        assert!(o
+            .error_message()
+            .contains("trace_id must be 16 bytes, got 15"));
         assert_eq!(o.by_reason[0], 3);
     }
 
@@ -301,15 +357,40 @@ mod tests {
 
     #[test]
     fn attribute_limits() {
-        let l = LimitsConfig { max_attributes: 10, max_attribute_depth: 5, max_attribute_value_bytes: 100, ..Default::default() };
+        let l = LimitsConfig {
+            max_attributes: 10,
+            max_attribute_depth: 5,
+            max_attribute_value_bytes: 100,
+            ..Default::default()
+        };
         let mut many = span(vec![1; 16], vec![1; 8]);
-        many.attributes = (0..11).map(|i| KeyValue { key: format!("k{i}"), value: None }).collect();
+        many.attributes = (0..11)
+            .map(|i| KeyValue {
+                key: format!("k{i}"),
+                value: None,
+                ..Default::default()
+            })
+            .collect();
         let mut deep = span(vec![1; 16], vec![2; 8]);
-        deep.attributes = vec![KeyValue { key: "d".into(), value: Some(nested(6)) }];
+        deep.attributes = vec![KeyValue {
+            key: "d".into(),
+            value: Some(nested(6)),
+            ..Default::default()
+        }];
         let mut ok_deep = span(vec![1; 16], vec![3; 8]);
-        ok_deep.attributes = vec![KeyValue { key: "d".into(), value: Some(nested(5)) }];
+        ok_deep.attributes = vec![KeyValue {
+            key: "d".into(),
+            value: Some(nested(5)),
+            ..Default::default()
+        }];
         let mut big = span(vec![1; 16], vec![4; 8]);
-        big.attributes = vec![KeyValue { key: "b".into(), value: Some(AnyValue { value: Some(Value::StringValue("x".repeat(101))) }) }];
+        big.attributes = vec![KeyValue {
+            key: "b".into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue("x".repeat(101))),
+            }),
+            ..Default::default()
+        }];
         let mut r = req(vec![many, deep, ok_deep, big]);
         let o = validate(&mut r, &l);
         assert_eq!((o.accepted, o.rejected), (1, 3));

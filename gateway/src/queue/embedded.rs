@@ -59,7 +59,10 @@ impl EmbeddedQueue {
         let task = tokio::spawn(writer_loop(cfg, sinks, rx, stop_rx, healthy.clone()));
         (
             Self { tx, healthy },
-            WriterHandle { stop: Some(stop_tx), task },
+            WriterHandle {
+                stop: Some(stop_tx),
+                task,
+            },
         )
     }
 }
@@ -72,14 +75,22 @@ impl BatchQueue for EmbeddedQueue {
             self.tx
                 .try_send(Pending { batch, bytes, ack })
                 .map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => ApiError::unavailable("writer queue is full, retry later"),
-                    mpsc::error::TrySendError::Closed(_) => ApiError::unavailable("gateway is shutting down"),
+                    mpsc::error::TrySendError::Full(_) => {
+                        ApiError::unavailable("writer queue is full, retry later")
+                    }
+                    mpsc::error::TrySendError::Closed(_) => {
+                        ApiError::unavailable("gateway is shutting down")
+                    }
                 })?;
             metrics::gauge!(m::QUEUE_BATCHES).increment(1.0);
             match wait.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(ApiError::internal(format!("write failed, retry later: {e}"))),
-                Err(_) => Err(ApiError::unavailable("writer stopped before the batch was written")),
+                Ok(Err(e)) => Err(ApiError::internal(format!(
+                    "write failed, retry later: {e}"
+                ))),
+                Err(_) => Err(ApiError::unavailable(
+                    "writer stopped before the batch was written",
+                )),
             }
         })
     }
@@ -190,13 +201,20 @@ mod tests {
     }
 
     fn batch() -> Batch {
-        Batch { span_count: 1, project_id: "p".into(), ..Default::default() }
+        Batch {
+            span_count: 1,
+            project_id: "p".into(),
+            ..Default::default()
+        }
     }
 
     #[tokio::test]
     async fn acks_after_sink_and_groups_concurrent_publishes() {
         let rec = Arc::new(Recording(Mutex::new(vec![]), false));
-        let cfg = WriterConfig { max_wait_ms: 50, ..Default::default() };
+        let cfg = WriterConfig {
+            max_wait_ms: 50,
+            ..Default::default()
+        };
         let (q, h) = EmbeddedQueue::start(cfg, vec![rec.clone()]);
         let q = Arc::new(q);
         let mut tasks = vec![];

@@ -18,7 +18,11 @@ pub struct Admin {
 }
 
 impl Handler for Admin {
-    async fn call(self: Arc<Self>, req: http::Request<Incoming>, _peer: SocketAddr) -> http::Response<Body> {
+    async fn call(
+        self: Arc<Self>,
+        req: http::Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> http::Response<Body> {
         let text = |status: u16, body: String| {
             http::Response::builder()
                 .status(status)
@@ -32,7 +36,10 @@ impl Handler for Admin {
         match req.uri().path() {
             "/metrics" => {
                 let mut r = text(200, self.prometheus.render());
-                r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
                 r
             }
             "/healthz" => text(200, "ok\n".into()),

@@ -35,7 +35,11 @@ pub struct GrpcReceiver {
 }
 
 impl Handler for GrpcReceiver {
-    async fn call(self: Arc<Self>, req: http::Request<Incoming>, peer: SocketAddr) -> http::Response<Body> {
+    async fn call(
+        self: Arc<Self>,
+        req: http::Request<Incoming>,
+        peer: SocketAddr,
+    ) -> http::Response<Body> {
         let started = Instant::now();
         let is_grpc = req
             .headers()
@@ -44,8 +48,11 @@ impl Handler for GrpcReceiver {
             .map(|v| v.starts_with("application/grpc"))
             .unwrap_or(false);
         if !is_grpc {
-            metrics::counter!(m::REQUESTS, "transport" => "grpc", "status" => "unsupported_media").increment(1);
-            let mut r = http::Response::new(super::listener::full("gRPC endpoint: content-type must be application/grpc\n"));
+            metrics::counter!(m::REQUESTS, "transport" => "grpc", "status" => "unsupported_media")
+                .increment(1);
+            let mut r = http::Response::new(super::listener::full(
+                "gRPC endpoint: content-type must be application/grpc\n",
+            ));
             *r.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
             return r;
         }
@@ -54,13 +61,16 @@ impl Handler for GrpcReceiver {
             Err(e) => (error_response(&e), e.metric_label()),
         };
         metrics::counter!(m::REQUESTS, "transport" => "grpc", "status" => status).increment(1);
-        metrics::histogram!(m::REQUEST_DURATION, "transport" => "grpc").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::REQUEST_DURATION, "transport" => "grpc")
+            .record(started.elapsed().as_secs_f64());
         resp
     }
 }
 
 fn base_headers(b: http::response::Builder) -> http::response::Builder {
-    b.status(200).header(http::header::CONTENT_TYPE, "application/grpc").header("grpc-accept-encoding", ACCEPT_ENCODING)
+    b.status(200)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header("grpc-accept-encoding", ACCEPT_ENCODING)
 }
 
 fn ok_response(msg: Bytes) -> http::Response<Body> {
@@ -70,9 +80,14 @@ fn ok_response(msg: Bytes) -> http::Response<Body> {
     frame.extend_from_slice(&msg);
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![Ok(Frame::data(frame.freeze())), Ok(Frame::trailers(trailers))];
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+        Ok(Frame::data(frame.freeze())),
+        Ok(Frame::trailers(trailers)),
+    ];
     let body = StreamBody::new(futures_util::stream::iter(frames));
-    base_headers(http::Response::builder()).body(BodyExt::boxed(body)).unwrap_or_else(|_| error_response(&ApiError::internal("response build failed")))
+    base_headers(http::Response::builder())
+        .body(BodyExt::boxed(body))
+        .unwrap_or_else(|_| error_response(&ApiError::internal("response build failed")))
 }
 
 /// A "Trailers-Only" response: status in the headers, no body.
@@ -83,36 +98,59 @@ fn error_response(e: &ApiError) -> http::Response<Body> {
     };
     let mut headers = http::HeaderMap::new();
     let _ = status.add_header(&mut headers);
-    let mut r = base_headers(http::Response::builder()).body(super::listener::empty()).unwrap_or_default();
+    let mut r = base_headers(http::Response::builder())
+        .body(super::listener::empty())
+        .unwrap_or_default();
     r.headers_mut().extend(headers);
     r
 }
 
 impl GrpcReceiver {
-    async fn handle(&self, req: http::Request<Incoming>, peer: SocketAddr) -> Result<Bytes, ApiError> {
+    async fn handle(
+        &self,
+        req: http::Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Bytes, ApiError> {
         if req.uri().path() != EXPORT_PATH {
-            return Err(ApiError::new(ErrorKind::NotFound, format!("unknown method {}", req.uri().path())));
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!("unknown method {}", req.uri().path()),
+            ));
         }
-        let compression = Compression::from_header(req.headers().get("grpc-encoding").map(|v| v.to_str().unwrap_or("<invalid>")))?;
-        let principal = self.ingest.authenticate(Authenticator::key_from_headers(req.headers())).await?;
+        let compression = Compression::from_header(
+            req.headers()
+                .get("grpc-encoding")
+                .map(|v| v.to_str().unwrap_or("<invalid>")),
+        )?;
+        let principal = self
+            .ingest
+            .authenticate(Authenticator::key_from_headers(req.headers()))
+            .await?;
         let cap = self.ingest.limits.max_request_bytes;
         // Room for the 5-byte prefix; a message over the cap is refused while reading.
-        let body = tokio::time::timeout(self.body_timeout, Limited::new(req.into_body(), cap + 5).collect())
-            .await
-            .map_err(|_| ApiError::invalid("timed out reading the request message"))?
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    ApiError::too_large(cap)
-                } else {
-                    ApiError::invalid(format!("error reading the request: {e}"))
-                }
-            })?
-            .to_bytes();
+        let body = tokio::time::timeout(
+            self.body_timeout,
+            Limited::new(req.into_body(), cap + 5).collect(),
+        )
+        .await
+        .map_err(|_| ApiError::invalid("timed out reading the request message"))?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::too_large(cap)
+            } else {
+                ApiError::invalid(format!("error reading the request: {e}"))
+            }
+        })?
+        .to_bytes();
         let permit = self.ingest.admission.try_reserve(body.len())?;
         let (flag, msg) = split_message(body)?;
         let compression = match (flag, compression) {
             (0, _) => Compression::Identity,
-            (1, Compression::Identity) => return Err(ApiError::invalid("compressed-flag set but no grpc-encoding")),
+            (1, Compression::Identity) => {
+                return Err(ApiError::invalid(
+                    "compressed-flag set but no grpc-encoding",
+                ))
+            }
             (1, c) => c,
             (f, _) => return Err(ApiError::invalid(format!("invalid compressed-flag {f}"))),
         };
@@ -120,7 +158,14 @@ impl GrpcReceiver {
             .ingest
             .export(
                 &principal,
-                RawRequest { transport: Transport::OtlpGrpc, format: Format::Protobuf, compression, body: msg, permit, client_addr: peer.to_string() },
+                RawRequest {
+                    transport: Transport::OtlpGrpc,
+                    format: Format::Protobuf,
+                    compression,
+                    body: msg,
+                    permit,
+                    client_addr: peer.to_string(),
+                },
             )
             .await?;
         Ok(resp.encode_to_vec().into())
@@ -136,7 +181,10 @@ fn split_message(mut body: Bytes) -> Result<(u8, Bytes), ApiError> {
     let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
     body.advance(5);
     if body.len() < len {
-        return Err(ApiError::invalid(format!("truncated gRPC message: prefix says {len} bytes, got {}", body.len())));
+        return Err(ApiError::invalid(format!(
+            "truncated gRPC message: prefix says {len} bytes, got {}",
+            body.len()
+        )));
     }
     if body.len() > len {
         return Err(ApiError::invalid("more than one message on a unary call"));
@@ -152,7 +200,10 @@ mod tests {
     fn framing() {
         let mut b = vec![0, 0, 0, 0, 3];
         b.extend_from_slice(b"abc");
-        assert_eq!(split_message(b.clone().into()).unwrap(), (0, Bytes::from_static(b"abc")));
+        assert_eq!(
+            split_message(b.clone().into()).unwrap(),
+            (0, Bytes::from_static(b"abc"))
+        );
         assert!(split_message(Bytes::from(b[..6].to_vec())).is_err());
         b.push(1);
         assert!(split_message(b.into()).is_err());

@@ -31,11 +31,21 @@ pub struct HttpReceiver {
 
 fn media_type(headers: &http::HeaderMap) -> Option<String> {
     let v = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    Some(
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
 }
 
 impl Handler for HttpReceiver {
-    async fn call(self: Arc<Self>, req: http::Request<Incoming>, peer: SocketAddr) -> http::Response<Body> {
+    async fn call(
+        self: Arc<Self>,
+        req: http::Request<Incoming>,
+        peer: SocketAddr,
+    ) -> http::Response<Body> {
         let started = Instant::now();
         // Until we know the request's encoding, errors are answered in protobuf.
         let mut format = Format::Protobuf;
@@ -46,13 +56,17 @@ impl Handler for HttpReceiver {
                     Format::Protobuf => "application/x-protobuf",
                     Format::Json => "application/json",
                 };
-                let r = http::Response::builder().status(200).header(http::header::CONTENT_TYPE, ct).body(full(body));
+                let r = http::Response::builder()
+                    .status(200)
+                    .header(http::header::CONTENT_TYPE, ct)
+                    .body(full(body));
                 (r, "ok")
             }
             Err(e) => (error_response(&e, format), e.metric_label()),
         };
         metrics::counter!(m::REQUESTS, "transport" => "http", "status" => status).increment(1);
-        metrics::histogram!(m::REQUEST_DURATION, "transport" => "http").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::REQUEST_DURATION, "transport" => "http")
+            .record(started.elapsed().as_secs_f64());
         resp.unwrap_or_else(|_| {
             let mut r = http::Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
@@ -66,7 +80,9 @@ fn error_response(e: &ApiError, format: Format) -> http::Result<http::Response<B
         Format::Protobuf => "application/x-protobuf",
         Format::Json => "application/json",
     };
-    let mut b = http::Response::builder().status(e.http_status()).header(http::header::CONTENT_TYPE, ct);
+    let mut b = http::Response::builder()
+        .status(e.http_status())
+        .header(http::header::CONTENT_TYPE, ct);
     if let Some(ra) = e.retry_after {
         b = b.header(http::header::RETRY_AFTER, ra.as_secs().max(1).to_string());
     }
@@ -80,12 +96,26 @@ fn error_response(e: &ApiError, format: Format) -> http::Result<http::Response<B
 }
 
 impl HttpReceiver {
-    async fn handle(&self, req: http::Request<Incoming>, peer: SocketAddr, format: &mut Format) -> Result<Bytes, ApiError> {
+    async fn handle(
+        &self,
+        req: http::Request<Incoming>,
+        peer: SocketAddr,
+        format: &mut Format,
+    ) -> Result<Bytes, ApiError> {
         if req.uri().path() != TRACES_PATH {
-            return Err(ApiError::new(ErrorKind::NotFound, format!("no such path {:?}; OTLP traces go to POST {TRACES_PATH}", req.uri().path())));
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no such path {:?}; OTLP traces go to POST {TRACES_PATH}",
+                    req.uri().path()
+                ),
+            ));
         }
         if req.method() != Method::POST {
-            return Err(ApiError::new(ErrorKind::MethodNotAllowed, format!("method {} not allowed; use POST", req.method())));
+            return Err(ApiError::new(
+                ErrorKind::MethodNotAllowed,
+                format!("method {} not allowed; use POST", req.method()),
+            ));
         }
         *format = match media_type(req.headers()).as_deref() {
             Some("application/x-protobuf") | Some("application/protobuf") => Format::Protobuf,
@@ -93,16 +123,23 @@ impl HttpReceiver {
             other => {
                 return Err(ApiError::new(
                     ErrorKind::UnsupportedMedia,
-                    format!("unsupported content type {:?}; use application/x-protobuf or application/json", other.unwrap_or("")),
+                    format!(
+                    "unsupported content type {:?}; use application/x-protobuf or application/json",
+                    other.unwrap_or("")
+                ),
                 ))
             }
         };
         let compression = Compression::from_header(
-            req.headers().get(http::header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("<invalid>")),
+            req.headers()
+                .get(http::header::CONTENT_ENCODING)
+                .map(|v| v.to_str().unwrap_or("<invalid>")),
         )?;
         let principal = self
             .ingest
-            .authenticate(crate::auth::authenticator::Authenticator::key_from_headers(req.headers()))
+            .authenticate(crate::auth::authenticator::Authenticator::key_from_headers(
+                req.headers(),
+            ))
             .await?;
         let cap = self.ingest.limits.max_request_bytes;
         let declared = req
@@ -121,17 +158,20 @@ impl HttpReceiver {
             Some(len) => Some(self.ingest.admission.try_reserve(len as usize)?),
             None => None,
         };
-        let body = tokio::time::timeout(self.body_timeout, Limited::new(req.into_body(), cap).collect())
-            .await
-            .map_err(|_| ApiError::invalid("timed out reading the request body"))?
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    ApiError::too_large(cap)
-                } else {
-                    ApiError::invalid(format!("error reading the request body: {e}"))
-                }
-            })?
-            .to_bytes();
+        let body = tokio::time::timeout(
+            self.body_timeout,
+            Limited::new(req.into_body(), cap).collect(),
+        )
+        .await
+        .map_err(|_| ApiError::invalid("timed out reading the request body"))?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::too_large(cap)
+            } else {
+                ApiError::invalid(format!("error reading the request body: {e}"))
+            }
+        })?
+        .to_bytes();
         let permit = match declared_permit {
             Some(p) => p,
             None => self.ingest.admission.try_reserve(body.len())?,
@@ -142,7 +182,17 @@ impl HttpReceiver {
         };
         let resp = self
             .ingest
-            .export(&principal, RawRequest { transport, format: *format, compression, body, permit, client_addr: peer.to_string() })
+            .export(
+                &principal,
+                RawRequest {
+                    transport,
+                    format: *format,
+                    compression,
+                    body,
+                    permit,
+                    client_addr: peer.to_string(),
+                },
+            )
             .await?;
         Ok(encode_export_response(*format, &resp))
     }

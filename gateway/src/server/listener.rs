@@ -30,13 +30,30 @@ pub fn empty() -> Body {
 
 /// A request handler: gets the request and the peer address.
 pub trait Handler: Send + Sync + 'static {
-    fn call(self: Arc<Self>, req: http::Request<Incoming>, peer: SocketAddr) -> impl Future<Output = http::Response<Body>> + Send;
+    fn call(
+        self: Arc<Self>,
+        req: http::Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = http::Response<Body>> + Send;
 }
 
-pub async fn serve<H: Handler>(name: &'static str, listener: TcpListener, handler: Arc<H>, shutdown: CancellationToken, drain_timeout: Duration) {
+pub async fn serve<H: Handler>(
+    name: &'static str,
+    listener: TcpListener,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+) {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
-    builder.http2().timer(hyper_util::rt::TokioTimer::new()).keep_alive_interval(Duration::from_secs(30)).max_concurrent_streams(1024);
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .max_concurrent_streams(1024);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -57,7 +74,9 @@ pub async fn serve<H: Handler>(name: &'static str, listener: TcpListener, handle
             let h = h.clone();
             async move { Ok::<_, Infallible>(h.call(req, peer).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -67,7 +86,13 @@ pub async fn serve<H: Handler>(name: &'static str, listener: TcpListener, handle
     }
     drop(listener);
     tracing::info!(listener = name, "stopped accepting; draining connections");
-    if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!(listener = name, "drain timeout; closing remaining connections");
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = name,
+            "drain timeout; closing remaining connections"
+        );
     }
 }

@@ -156,7 +156,8 @@ impl Gateway {
         let line = loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(line) => break line,
-                Err(mpsc::RecvTimeoutError::Timeout) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(mpsc::RecvTimeoutError::Timeout)
+                | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     if let Some(status) = child.try_wait().expect("try_wait") {
                         // Give the reader a last chance (line printed just before exit).
                         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -606,7 +607,10 @@ pub fn post_json(gw: &Gateway, key: &str, req: &ExportTraceServiceRequest) -> Ht
     let auth = format!("Bearer {key}");
     post(
         &gw.traces_url(),
-        &[("content-type", "application/json"), ("authorization", &auth)],
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &auth),
+        ],
         encode_json(req),
     )
 }
