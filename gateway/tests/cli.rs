@@ -1,0 +1,220 @@
+//! Command-line contract: config errors name the key, first start prints a working key and stores
+//! only its hash, `keys create` output, admin endpoints, and SIGTERM finishing in-flight requests.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn unknown_env_key_and_bad_value_stop_startup_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = run_tracegate(
+        &[
+            "serve",
+            "--data-dir",
+            d,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ],
+        &[("TRACEGATE_LIMITS__MAX_ATRIBUTES", "5")],
+        CMD_TIMEOUT,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_atributes"), "stderr: {err}");
+
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[limits]\nmax_request_bytes = \"lots\"\n").unwrap();
+    let out = run_tracegate(
+        &["serve", "--config", cfg.to_str().unwrap(), "--data-dir", d],
+        &[],
+        CMD_TIMEOUT,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_request_bytes"), "stderr: {err}");
+
+    let out = run_tracegate(
+        &["serve", "--data-dir", d],
+        &[("TRACEGATE_LIMITS__MAX_INFLIGHT_BYTES", "10")],
+        CMD_TIMEOUT,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_inflight_bytes"));
+}
+
+#[test]
+fn first_start_prints_a_working_key_once_and_stores_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin())
+        .args([
+            "serve",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut key = None;
+    let mut http = None;
+    let mut saw_otel_env = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.trim().starts_with("tg_") {
+            key = Some(line.trim().to_string());
+        }
+        saw_otel_env |= line.contains("OTEL_EXPORTER_OTLP_HEADERS");
+        if line.starts_with("tracegate listening") {
+            http = Some(parse_listening_line(&line).1);
+            break;
+        }
+    }
+    let key = key.expect("first start prints a key");
+    assert!(
+        saw_otel_env,
+        "first start prints OTEL_EXPORTER_OTLP_* example"
+    );
+    let keys_json = std::fs::read_to_string(dir.path().join("keys.json")).unwrap();
+    assert!(
+        !keys_json.contains(&key[20..80]),
+        "secret must not be stored"
+    );
+    assert!(keys_json.contains("\"default\""));
+    let req = request_n("first", 1, 3);
+    let r = post(
+        &format!("http://{}/v1/traces", http.unwrap()),
+        &[
+            ("authorization", &format!("Bearer {key}")),
+            ("content-type", "application/x-protobuf"),
+        ],
+        encode(&req),
+    );
+    assert_eq!(r.0, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+    // A second start does not create or print another key.
+    let mut gw = Gateway::start_in(dir.path(), &[]);
+    let keys_after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("keys.json")).unwrap())
+            .unwrap();
+    assert_eq!(keys_after["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(span_names(&gw.archive_spans(Some("default"))).len(), 3);
+    assert!(gw.terminate().success());
+}
+
+#[test]
+fn keys_create_prints_id_and_secret_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_tracegate(
+        &[
+            "keys",
+            "create",
+            "--project",
+            "p-1",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+        CMD_TIMEOUT,
+    );
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    let id = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("key_id: "))
+        .expect("key_id line");
+    let secret = lines.last().unwrap();
+    assert!(secret.starts_with(&format!("tg_{id}_")), "{stdout}");
+    let out = run_tracegate(
+        &[
+            "keys",
+            "create",
+            "--project",
+            "../evil",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+        CMD_TIMEOUT,
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
+fn admin_endpoints() {
+    let gw = Gateway::start(&[]);
+    assert_eq!(get(&format!("{}/healthz", gw.admin_url())).0, 200);
+    assert_eq!(get(&format!("{}/readyz", gw.admin_url())).0, 200);
+    assert_eq!(get(&format!("{}/nope", gw.admin_url())).0, 404);
+    let m = gw.metrics();
+    for name in ["tracegate_inflight_bytes_limit", "tracegate_build_info"] {
+        assert!(m.contains(name), "missing {name}");
+    }
+}
+
+/// SIGTERM while a request is half-sent: the request still completes with 200, its spans are in
+/// the archive, new connections are refused, and the process exits 0.
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+    let mut gw = Gateway::start(&[]);
+    let key = gw.create_key("drain");
+    let body = encode(&request_n("drain", 1, 20));
+    let mut s = TcpStream::connect(gw.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "POST /v1/traces HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let half = body.len() / 2;
+    s.write_all(&body[..half]).unwrap();
+    s.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = gw.pid() as i32;
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        TcpStream::connect_timeout(&gw.http, Duration::from_secs(2)).is_err(),
+        "listener must be closed after SIGTERM"
+    );
+    s.write_all(&body[half..]).unwrap();
+    let mut resp = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        resp.extend_from_slice(&buf[..n]);
+        if resp.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&resp);
+    assert!(head.starts_with("HTTP/1.1 200"), "response: {head}");
+    drop(s);
+    let status = gw.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(span_names(&gw.archive_spans(Some("drain"))).len(), 20);
+}
