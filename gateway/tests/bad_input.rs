@@ -1698,14 +1698,14 @@ fn oversize_and_bombs() {
 
     l.begin("http_oversize_chunked_413");
     let n = l.marker("rej", false);
-    let auth = h.bearer();
-    let r = post_chunked(
-        &h,
-        &mut l,
-        &[("content-type", PB), ("authorization", &auth)],
-        pb_request_of_size(&n, LIMIT + 1024),
-    );
-    expect_status(&mut l, &r, 413);
+    match raw_chunked_post(gw.http, &key, pb_request_of_size(&n, LIMIT + 1024)) {
+        Ok((st, head)) => {
+            l.check(st == 413, || {
+                format!("chunked oversize body: expected 413, got {head:?}")
+            });
+        }
+        Err(e) => l.fail(format!("chunked oversize body: no HTTP response: {e}")),
+    }
 
     l.begin("grpc_oversize_8_no_retry_info");
     let n = l.marker("rej", false);
@@ -1771,6 +1771,44 @@ fn oversize_and_bombs() {
 // Test 3: in-flight overload — 503 + Retry-After / UNAVAILABLE + RetryInfo
 // ---------------------------------------------------------------------------------------------
 
+/// Current value of the `tracegate_inflight_bytes` gauge, if exported.
+fn inflight_bytes(gw: &Gateway) -> Option<u64> {
+    gw.metrics()
+        .lines()
+        .find(|l| l.starts_with("tracegate_inflight_bytes "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// POSTs `body` to /v1/traces over a raw connection with `Transfer-Encoding: chunked` (no
+/// Content-Length), writing from a second thread while the response head is read, so an early
+/// answer from the server is seen even if it stops reading the body. Returns (status, head).
+fn raw_chunked_post(addr: SocketAddr, key: &str, body: Vec<u8>) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(REQ_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(REQ_TIMEOUT)).unwrap();
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {PB}\r\n\
+         Authorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    s.write_all(head.as_bytes())
+        .map_err(|e| format!("write head: {e}"))?;
+    let mut w = s.try_clone().map_err(|e| format!("clone socket: {e}"))?;
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        for chunk in body.chunks(64 * 1024) {
+            w.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+            w.write_all(chunk)?;
+            w.write_all(b"\r\n")?;
+        }
+        w.write_all(b"0\r\n\r\n")
+    });
+    let r = read_response_head(&mut s);
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+    r
+}
+
 /// Reads an HTTP/1.1 response head from `s`; returns (status, head text).
 fn read_response_head(s: &mut TcpStream) -> Result<(u16, String), String> {
     let mut buf = Vec::new();
@@ -1824,6 +1862,28 @@ fn inflight_overload() {
     s.write_all(&held_body[..1000])
         .expect("write first body bytes");
     s.flush().unwrap();
+    // Wait until the server has read request 1's head and reserved its declared length (the
+    // gauge is the only outside view of that), so request 2 cannot race ahead of it.
+    let reserved = common::wait_until(Duration::from_secs(5), || {
+        inflight_bytes(&gw).is_some_and(|b| b >= HELD as u64)
+    });
+    if !reserved {
+        eprintln!(
+            "[bad_input inflight_overload] tracegate_inflight_bytes never reached {HELD} \
+             (gauge: {:?}); going on after the wait",
+            inflight_bytes(&gw)
+        );
+    }
+    s.set_nonblocking(true).unwrap();
+    let mut early = [0u8; 512];
+    match s.read(&mut early) {
+        Ok(n) if n > 0 => l.fail(format!(
+            "request 1 (Content-Length {HELD}, body still being sent) was answered early: {:?}",
+            String::from_utf8_lossy(&early[..n])
+        )),
+        _ => {}
+    }
+    s.set_nonblocking(false).unwrap();
 
     // Request 2 (10 KB) while request 1 is in flight: 503 + Retry-After. The server may take a
     // moment to read request 1's head, so poll briefly; every attempt has its own marker.
@@ -1924,6 +1984,22 @@ fn inflight_overload() {
         std::thread::sleep(Duration::from_millis(100));
     }
     if !expect_pb_ok(&mut l, &last) {
+        l.unexpect_stored(&[n]);
+    }
+
+    // One request of 60 000 bytes (< max_request_bytes = max_inflight_bytes = 64 KiB) with
+    // nothing else in flight must be accepted: it is not "over max_inflight_bytes".
+    l.begin("http_single_request_near_limit_200");
+    let n = l.marker("ok", true);
+    let r = h.pb(&mut l, pb_request_of_size(&n, HELD));
+    if !expect_pb_ok(&mut l, &r) {
+        l.unexpect_stored(&[n]);
+    }
+
+    l.begin("grpc_single_request_near_limit_ok");
+    let n = l.marker("ok", true);
+    let r = g.export(&mut l, &pb_request_of_size(&n, HELD), None);
+    if !expect_grpc_ok(&mut l, &r, None) {
         l.unexpect_stored(&[n]);
     }
 

@@ -47,9 +47,10 @@ impl LocalArchive {
         Ok(n)
     }
 
-    /// Writes `batches` as one object per (org, project); returns after every object and its
-    /// directory entry are on stable storage.
-    pub fn write(&self, batches: &[Batch]) -> Result<Vec<(PathBuf, usize)>> {
+    /// Writes `batches` as one object per (org, project), named by `group_id`; returns after
+    /// every object and its directory entry are on stable storage. An object that already exists
+    /// (the same group written again after a crash) is kept, not overwritten or duplicated.
+    pub fn write(&self, group_id: &str, batches: &[Batch]) -> Result<Vec<(PathBuf, usize)>> {
         let mut by_tenant: BTreeMap<(&str, &str), Vec<&Batch>> = BTreeMap::new();
         for b in batches {
             by_tenant
@@ -70,13 +71,16 @@ impl LocalArchive {
                 .join(format!("{:02}", when.month()))
                 .join(format!("{:02}", when.day()));
             create_dir_all_durable(&dir)?;
+            let name = format!("{}.{OBJECT_EXT}", safe_segment(group_id));
+            let path = dir.join(&name);
+            if path.exists() {
+                dirs.insert(dir);
+                continue;
+            }
+            let bytes = format::encode(&group, self.level)?;
             let mut rnd = [0u8; 6];
             rand::rng().fill_bytes(&mut rnd);
-            // Sorts by time; the random suffix keeps concurrent writers apart.
-            let name = format!("{ts:020}-{}.{OBJECT_EXT}", hex::encode(rnd));
-            let bytes = format::encode(&group, self.level)?;
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let path = dir.join(&name);
+            let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(rnd)));
             {
                 let mut f = fs::File::create(&tmp)
                     .with_context(|| format!("creating {}", tmp.display()))?;
@@ -84,9 +88,16 @@ impl LocalArchive {
                 f.sync_all()
                     .with_context(|| format!("fsync {}", tmp.display()))?;
             }
-            fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+            // link(2) never replaces an existing name: a concurrent or repeated write of the
+            // same group keeps the first object (a conditional put, like S3 If-None-Match).
+            let linked = fs::hard_link(&tmp, &path);
+            let _ = fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => written.push((path, bytes.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).with_context(|| format!("linking {}", path.display())),
+            }
             dirs.insert(dir);
-            written.push((path, bytes.len()));
         }
         for d in dirs {
             sync_dir(&d)?;
@@ -175,12 +186,16 @@ mod tests {
             received_at_unix_nano: 1_700_000_000_000_000_000,
             ..Default::default()
         };
-        let w = a.write(&[mk("p1"), mk("p2"), mk("p1")]).unwrap();
+        let w = a.write("g:0:1-3", &[mk("p1"), mk("p2"), mk("p1")]).unwrap();
         assert_eq!(w.len(), 2);
         assert!(w[0].0.to_string_lossy().contains("/o/p1/2023/11/14/"));
         let p1 = a.list(Some("p1")).unwrap();
         assert_eq!(p1.len(), 1);
         assert_eq!(LocalArchive::read_object(&p1[0]).unwrap().len(), 2);
+        assert_eq!(a.list(None).unwrap().len(), 2);
+        // Writing the same group again creates nothing new.
+        let again = a.write("g:0:1-3", &[mk("p1"), mk("p2"), mk("p1")]).unwrap();
+        assert!(again.is_empty());
         assert_eq!(a.list(None).unwrap().len(), 2);
         assert_eq!(safe_segment(".."), "_");
         assert_eq!(safe_segment("a/b"), "a_b");

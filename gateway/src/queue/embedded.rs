@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracegate_proto::v1::Batch;
 
-use super::sink::Sink;
+use super::sink::{Sink, WriteGroup};
 use crate::config::WriterConfig;
 use crate::error::ApiError;
 use crate::metrics as m;
@@ -158,10 +158,20 @@ async fn flush(sinks: &[Arc<dyn Sink>], group: Vec<Pending>, healthy: &AtomicBoo
     let started = Instant::now();
     let (batches, acks): (Vec<Batch>, Vec<_>) = group.into_iter().map(|p| (p.batch, p.ack)).unzip();
     let n = batches.len();
-    let batches = Arc::new(batches);
+    let mut rnd = [0u8; 6];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut rnd);
+    // The embedded queue has no offsets: a time-ordered unique id names the group.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let group = Arc::new(WriteGroup {
+        id: format!("embedded-{now:020}-{}", hex::encode(rnd)),
+        batches,
+    });
     let mut result = Ok(());
     for sink in sinks {
-        if let Err(e) = sink.write(batches.clone()).await {
+        if let Err(e) = sink.write(group.clone()).await {
             tracing::error!(sink = sink.name(), error = %format!("{e:#}"), "sink write failed; batches will be refused for retry");
             metrics::counter!(m::WRITE_ERRORS, "sink" => sink.name()).increment(1);
             result = Err(format!("{} sink: {e}", sink.name()));
@@ -188,8 +198,8 @@ mod tests {
         fn name(&self) -> &'static str {
             "rec"
         }
-        fn write(&self, b: Arc<Vec<Batch>>) -> BoxFuture<'static, anyhow::Result<()>> {
-            self.0.lock().unwrap().push(b.len());
+        fn write(&self, g: Arc<WriteGroup>) -> BoxFuture<'static, anyhow::Result<()>> {
+            self.0.lock().unwrap().push(g.batches.len());
             let fail = self.1;
             Box::pin(async move {
                 if fail {

@@ -9,9 +9,26 @@ use tracegate_proto::v1::Batch;
 use crate::archive::local::LocalArchive;
 use crate::metrics as m;
 
+/// What the writer hands to its sinks: batches plus an id that names the group
+/// deterministically where the source allows it (Kafka: `topic:partition:first-last`), so a
+/// group written again after a crash is recognised as the same group (idempotent writes).
+#[derive(Debug, Clone, Default)]
+pub struct WriteGroup {
+    pub id: String,
+    pub batches: Vec<Batch>,
+}
+
+impl WriteGroup {
+    pub fn span_count(&self) -> u64 {
+        self.batches.iter().map(|b| u64::from(b.span_count)).sum()
+    }
+}
+
 pub trait Sink: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    fn write(&self, batches: Arc<Vec<Batch>>) -> BoxFuture<'static, anyhow::Result<()>>;
+    /// Resolves once the group is durable in this sink. Writing the same group (same id and
+    /// batches) twice must not duplicate it where the sink can prevent that.
+    fn write(&self, group: Arc<WriteGroup>) -> BoxFuture<'static, anyhow::Result<()>>;
 }
 
 /// The local archive as a sink; file I/O and compression run on the blocking pool.
@@ -30,10 +47,12 @@ impl Sink for ArchiveSink {
         "archive"
     }
 
-    fn write(&self, batches: Arc<Vec<Batch>>) -> BoxFuture<'static, anyhow::Result<()>> {
+    fn write(&self, group: Arc<WriteGroup>) -> BoxFuture<'static, anyhow::Result<()>> {
         let archive = self.archive.clone();
         Box::pin(async move {
-            let written = tokio::task::spawn_blocking(move || archive.write(&batches)).await??;
+            let written =
+                tokio::task::spawn_blocking(move || archive.write(&group.id, &group.batches))
+                    .await??;
             for (_, len) in &written {
                 metrics::counter!(m::ARCHIVE_OBJECTS_WRITTEN).increment(1);
                 metrics::counter!(m::ARCHIVE_BYTES_WRITTEN).increment(*len as u64);
