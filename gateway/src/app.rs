@@ -13,9 +13,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
 use crate::archive::local::LocalArchive;
+use crate::audit::Audit;
 use crate::auth::authenticator::Authenticator;
 use crate::auth::file_store::FileKeyStore;
+use crate::auth::pepper::Pepper;
+use crate::auth::ratelimit::RateLimits;
+use crate::auth::store::KeyStore;
+use crate::auth::token::TokenVerifier;
 use crate::config::Config;
+use crate::config::StoreKind;
 use crate::ingest::Ingest;
 use crate::queue::embedded::{BatchQueue, EmbeddedQueue};
 use crate::queue::sink::{ArchiveSink, Sink};
@@ -50,6 +56,31 @@ impl Listeners {
     }
 }
 
+/// Opens the configured key store; the file store also starts watching its file.
+pub async fn open_key_store(cfg: &Config) -> Result<Arc<dyn KeyStore>> {
+    match cfg.auth.store {
+        StoreKind::File => {
+            let s = Arc::new(FileKeyStore::open(&cfg.key_file_path())?);
+            if tokio::runtime::Handle::try_current().is_ok() {
+                s.spawn_watcher(Duration::from_millis(cfg.auth.file_poll_ms.max(10)));
+            }
+            Ok(s)
+        }
+        StoreKind::Postgres => {
+            let url = cfg.auth.database_url.as_deref().unwrap_or_default();
+            Ok(crate::auth::postgres::PgKeyStore::connect(url).await?)
+        }
+    }
+}
+
+/// The pepper from `auth.pepper`, else `auth.pepper_file` (created if `create` and missing).
+pub fn load_pepper(cfg: &Config, create: bool) -> Result<Pepper> {
+    match &cfg.auth.pepper {
+        Some(hex) => Pepper::from_hex(hex),
+        None => Pepper::from_file(&cfg.pepper_file_path(), create),
+    }
+}
+
 /// Runs the gateway until `shutdown` resolves, then: stop accepting, finish in-flight requests
 /// (whose spans the writer still makes durable), stop the writer after it drained, return.
 pub async fn run(
@@ -59,7 +90,25 @@ pub async fn run(
 ) -> Result<()> {
     let prometheus = crate::metrics::install();
     let data_dir = config.server.data_dir.clone();
-    let store = Arc::new(FileKeyStore::open(&data_dir)?);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let audit = Audit::from_config(&config)?;
+    let _audit_flusher =
+        audit.spawn_flusher(Duration::from_millis(config.audit.aggregate_window_ms));
+    let store = open_key_store(&config).await?;
+    let pepper = load_pepper(&config, true)?;
+    let tokens = match TokenVerifier::new(&config.tokens) {
+        Some(v) => {
+            let v = Arc::new(v);
+            if let Err(e) = v.refresh().await {
+                // Start anyway: API keys keep working and the refresher retries.
+                tracing::warn!(error = %format!("{e:#}"), "initial JWKS load failed");
+            }
+            v.spawn_refresher();
+            Some(v)
+        }
+        None => None,
+    };
     let archive = LocalArchive::new(&data_dir, config.writer.compression_level);
     let stale = archive.remove_stale_temp_files()?;
     if stale > 0 {
@@ -72,10 +121,12 @@ pub async fn run(
     let (queue, writer) = EmbeddedQueue::start(config.writer.clone(), sinks);
     let queue: Arc<dyn BatchQueue> = Arc::new(queue);
     let ingest = Arc::new(Ingest {
-        auth: Authenticator::new(store, &config.auth),
+        auth: Authenticator::from_config(&config, store, pepper, audit.clone(), tokens),
         admission: Admission::new(config.limits.max_inflight_bytes),
+        rate_limits: RateLimits::new(config.auth.cache_max_keys),
         queue: queue.clone(),
         limits: config.limits.clone(),
+        tenant_attribute_keys: Arc::new(config.auth.tenant_attribute_keys.clone()),
     });
     let body_timeout = Duration::from_millis(config.server.body_timeout_ms);
     let drain = Duration::from_millis(config.server.shutdown_timeout_ms);

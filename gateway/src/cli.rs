@@ -10,7 +10,12 @@ use prost::Message;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::archive::local::LocalArchive;
+use std::sync::Arc;
+
+use crate::audit::Audit;
 use crate::auth::file_store::FileKeyStore;
+use crate::auth::record::KeyRecord;
+use crate::auth::service::{KeyService, NewKey};
 use crate::config::{Config, Overrides};
 
 #[derive(Parser, Debug)]
@@ -65,15 +70,90 @@ pub struct ServeArgs {
     pub admin_addr: Option<SocketAddr>,
 }
 
+#[derive(Args, Debug, Default, Clone)]
+pub struct StoreArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Key store: file (default, from the config) or postgres.
+    #[arg(long, value_parser = ["file", "postgres"])]
+    pub store: Option<String>,
+    /// PostgreSQL URL for --store postgres (a role that may write api_keys).
+    #[arg(long, env = "TRACEGATE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
-    /// Create an API key for a project; the secret is printed once, alone on the last line.
+    /// Create an API key; prints `key_id: <id>` and then the secret, once, alone on the last line.
     Create {
         #[arg(long)]
         project: String,
+        #[arg(long, default_value = "default")]
+        org: String,
+        #[arg(long, default_value = "default")]
+        workspace: String,
+        /// Region of the key [default: gateway.region].
+        #[arg(long)]
+        region: Option<String>,
+        /// Comma-separated scopes.
+        #[arg(long, default_value = "traces:write", value_delimiter = ',')]
+        scopes: Vec<String>,
+        #[arg(long)]
+        spans_per_sec: Option<u64>,
+        #[arg(long)]
+        bytes_per_sec: Option<u64>,
+        /// Bucket size as milliseconds of quota [default: 1000].
+        #[arg(long)]
+        burst_ms: Option<u64>,
+        /// Allowed AWS VPC endpoint ids (comma-separated; empty = any).
+        #[arg(long, value_delimiter = ',')]
+        vpce: Vec<String>,
+        /// Allowed source CIDRs (comma-separated; empty = any).
+        #[arg(long, value_delimiter = ',')]
+        cidr: Vec<String>,
+        /// Lifetime, e.g. 90d, 12h, 30m, 45s.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<chrono::Duration>,
         #[command(flatten)]
-        common: CommonArgs,
+        store: StoreArgs,
     },
+    /// List keys (never secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        key_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// New secret for a key id (the old one stops working); the secret is the last line.
+    Rotate {
+        key_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Apply the PostgreSQL key store migrations (idempotent).
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 90d, 12h, 30m, 45s)"))?;
+    match unit {
+        "d" => Ok(chrono::Duration::days(n)),
+        "h" => Ok(chrono::Duration::hours(n)),
+        "m" => Ok(chrono::Duration::minutes(n)),
+        "s" | "" => Ok(chrono::Duration::seconds(n)),
+        _ => Err(format!("bad duration unit in {s:?} (use d, h, m or s)")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,18 +189,148 @@ impl ServeArgs {
     }
 }
 
-/// On first start (no keys yet) creates project `default` with one key and prints it once.
-pub fn bootstrap_first_key(
+impl StoreArgs {
+    fn config(&self) -> Result<Config> {
+        let mut cfg = self.common.load()?;
+        match self.store.as_deref() {
+            Some("postgres") => cfg.auth.store = crate::config::StoreKind::Postgres,
+            Some(_) => cfg.auth.store = crate::config::StoreKind::File,
+            None => {}
+        }
+        if let Some(url) = &self.database_url {
+            cfg.auth.database_url = Some(url.clone());
+        }
+        if cfg.auth.store == crate::config::StoreKind::Postgres && cfg.auth.database_url.is_none() {
+            anyhow::bail!("--store postgres needs --database-url (or auth.database_url)");
+        }
+        Ok(cfg)
+    }
+
+    async fn service(&self) -> Result<(Config, KeyService)> {
+        let cfg = self.config()?;
+        let store = crate::app::open_key_store(&cfg).await?;
+        // A file store creates its pepper on first use; a shared store must be given one.
+        let create = cfg.auth.store == crate::config::StoreKind::File;
+        let pepper = crate::app::load_pepper(&cfg, create)?;
+        let audit = Audit::from_config(&cfg)?;
+        Ok((
+            cfg,
+            KeyService {
+                store,
+                pepper,
+                audit,
+            },
+        ))
+    }
+}
+
+fn print_record(out: &mut impl Write, r: &KeyRecord) -> Result<()> {
+    writeln!(
+        out,
+        "{}\torg={}\tproject={}\tregion={}\tscopes={}\trevoked={}\texpires={}\tspans/s={}\tbytes/s={}",
+        r.key_id,
+        r.org_id,
+        r.project_id,
+        r.region,
+        r.scopes.join(","),
+        r.revoked,
+        r.expires_at.as_deref().unwrap_or("never"),
+        r.spans_per_sec.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+        r.bytes_per_sec.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+    )?;
+    Ok(())
+}
+
+pub async fn keys(cmd: KeysCommand, out: &mut impl Write) -> Result<()> {
+    match cmd {
+        KeysCommand::Create {
+            project,
+            org,
+            workspace,
+            region,
+            scopes,
+            spans_per_sec,
+            bytes_per_sec,
+            burst_ms,
+            vpce,
+            cidr,
+            expires_in,
+            store,
+        } => {
+            let (cfg, svc) = store.service().await?;
+            let spec = NewKey {
+                org_id: org,
+                workspace_id: workspace,
+                project_id: project,
+                region: region.unwrap_or(cfg.gateway.region.clone()),
+                scopes,
+                spans_per_sec,
+                bytes_per_sec,
+                burst_ms,
+                allowed_vpce_ids: vpce,
+                allowed_cidrs: cidr,
+                expires_in,
+            };
+            let (rec, key) = svc.create(spec).await?;
+            writeln!(out, "project: {}", rec.project_id)?;
+            writeln!(out, "region: {}", rec.region)?;
+            writeln!(out, "key_id: {}", rec.key_id)?;
+            writeln!(out, "{key}")?;
+        }
+        KeysCommand::List { store } => {
+            let (_, svc) = store.service().await?;
+            for r in svc.list().await? {
+                print_record(out, &r)?;
+            }
+        }
+        KeysCommand::Revoke { key_id, store } => {
+            let (_, svc) = store.service().await?;
+            let r = svc.revoke(&key_id).await?;
+            writeln!(out, "revoked: {}", r.key_id)?;
+        }
+        KeysCommand::Rotate { key_id, store } => {
+            let (_, svc) = store.service().await?;
+            let (r, key) = svc.rotate(&key_id).await?;
+            writeln!(out, "key_id: {}", r.key_id)?;
+            writeln!(out, "{key}")?;
+        }
+        KeysCommand::Migrate { store } => {
+            let cfg = store.config()?;
+            let url = cfg
+                .auth
+                .database_url
+                .as_deref()
+                .context("--database-url is required")?;
+            let applied = crate::auth::postgres::PgKeyStore::migrate(url).await?;
+            writeln!(out, "migrations applied: {applied:?}")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// On first start (no keys yet)/// On first start (no keys yet) creates project `default` with one key and prints it once.
+pub async fn bootstrap_first_key(
     cfg: &Config,
     http: SocketAddr,
     grpc: SocketAddr,
     out: &mut impl Write,
 ) -> Result<()> {
-    let store = FileKeyStore::open(&cfg.server.data_dir)?;
+    if cfg.auth.store != crate::config::StoreKind::File {
+        return Ok(());
+    }
+    let store = Arc::new(FileKeyStore::open(&cfg.key_file_path())?);
     if !store.is_empty()? {
         return Ok(());
     }
-    let (rec, key) = store.create_key("default")?;
+    let svc = KeyService {
+        store,
+        pepper: crate::app::load_pepper(cfg, true)?,
+        audit: Audit::from_config(cfg)?,
+    };
+    let (rec, key) = svc
+        .create(NewKey::for_project("default", &cfg.gateway.region))
+        .await?;
     writeln!(
         out,
         "\ntracegate: first start — created project \"{project}\" and API key {id}.\n\
@@ -137,16 +347,6 @@ pub fn bootstrap_first_key(
         id = rec.key_id,
         dir = cfg.server.data_dir.display(),
     )?;
-    Ok(())
-}
-
-pub fn keys_create(project: &str, common: &CommonArgs, out: &mut impl Write) -> Result<()> {
-    let cfg = common.load()?;
-    let store = FileKeyStore::open(&cfg.server.data_dir)?;
-    let (rec, key) = store.create_key(project)?;
-    writeln!(out, "project: {}", rec.project_id)?;
-    writeln!(out, "key_id: {}", rec.key_id)?;
-    writeln!(out, "{key}")?;
     Ok(())
 }
 

@@ -11,10 +11,89 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    pub gateway: GatewayConfig,
     pub server: ServerConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    pub tokens: TokensConfig,
+    pub audit: AuditConfig,
     pub writer: WriterConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// The region this gateway serves. Keys of another region are refused (403): data never
+    /// lands in the wrong region. Keys created without `--region` get this one.
+    pub region: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            region: "local".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    File,
+    Postgres,
+}
+
+/// Control-plane tokens (JWT, EdDSA only) verified offline against a JWKS.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// JWKS source: a file path or an http(s) URL. Empty = tokens disabled.
+    pub jwks: String,
+    pub issuer: String,
+    pub audience: String,
+    /// Tokens whose `exp - iat` exceeds this are refused.
+    pub max_lifetime_secs: u64,
+    /// Clock skew tolerated on exp/nbf.
+    pub leeway_secs: u64,
+    pub refresh_interval_secs: u64,
+    /// An unknown `kid` triggers a refetch at most this often.
+    pub min_refetch_interval_secs: u64,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            jwks: String::new(),
+            issuer: String::new(),
+            audience: "tracegate".into(),
+            max_lifetime_secs: 3600,
+            leeway_secs: 30,
+            refresh_interval_secs: 300,
+            min_refetch_interval_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `stdout`, `file`, or `off`.
+    pub sink: String,
+    /// For `sink = "file"`; default `<data_dir>/audit.log`.
+    pub path: Option<PathBuf>,
+    /// Refused authentications are aggregated per (key id, reason) over this window.
+    pub aggregate_window_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sink: "file".into(),
+            path: None,
+            aggregate_window_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,20 +157,69 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    /// `file` (embedded default) or `postgres`.
+    pub store: StoreKind,
+    /// Key file of the `file` store; default `<data_dir>/keys.json`.
+    pub file_path: Option<PathBuf>,
+    /// How often the key file is checked for changes.
+    pub file_poll_ms: u64,
+    /// PostgreSQL URL of the `postgres` store (the gateway needs only a read-only role).
+    pub database_url: Option<String>,
+    /// Pepper as hex (e.g. from `TRACEGATE_AUTH__PEPPER`); wins over `pepper_file`.
+    pub pepper: Option<String>,
+    /// Pepper file; default `<data_dir>/pepper`, created on first start.
+    pub pepper_file: Option<PathBuf>,
     /// Absolute time-to-live of a cached key record (not extended by reads).
     pub cache_ttl_ms: u64,
     /// Time-to-live of a cached "unknown key" answer.
     pub negative_cache_ttl_ms: u64,
     pub cache_max_keys: u64,
+    /// While the store is unreachable, a record older than its TTL is still used for this long.
+    pub stale_grace_ms: u64,
+    /// Resource attribute keys that claim a tenant; overwritten with the authenticated tenant.
+    pub tenant_attribute_keys: Vec<String>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
+            store: StoreKind::File,
+            file_path: None,
+            file_poll_ms: 1_000,
+            database_url: None,
+            pepper: None,
+            pepper_file: None,
             cache_ttl_ms: 60_000,
             negative_cache_ttl_ms: 5_000,
             cache_max_keys: 100_000,
+            stale_grace_ms: 600_000,
+            tenant_attribute_keys: vec![
+                "tracegate.org_id".into(),
+                "tracegate.workspace_id".into(),
+                "tracegate.project_id".into(),
+            ],
         }
+    }
+}
+
+impl Config {
+    pub fn key_file_path(&self) -> PathBuf {
+        self.auth
+            .file_path
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join("keys.json"))
+    }
+    pub fn pepper_file_path(&self) -> PathBuf {
+        self.auth
+            .pepper_file
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join("pepper"))
+    }
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit
+            .path
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join("audit.log"))
     }
 }
 
@@ -225,6 +353,36 @@ impl Config {
         positive("auth.cache_max_keys", self.auth.cache_max_keys)?;
         positive("auth.cache_ttl_ms", self.auth.cache_ttl_ms)?;
         positive("server.body_timeout_ms", self.server.body_timeout_ms)?;
+        crate::auth::record::validate_name("gateway.region", &self.gateway.region).map_err(
+            |e| ConfigError::Invalid {
+                key: "gateway.region",
+                message: e.to_string(),
+            },
+        )?;
+        if self.auth.store == StoreKind::Postgres && self.auth.database_url.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "auth.database_url",
+                message: "is required when auth.store = \"postgres\"".into(),
+            });
+        }
+        if let Some(p) = &self.auth.pepper {
+            crate::auth::pepper::Pepper::from_hex(p).map_err(|e| ConfigError::Invalid {
+                key: "auth.pepper",
+                message: e.to_string(),
+            })?;
+        }
+        if !matches!(self.audit.sink.as_str(), "stdout" | "file" | "off") {
+            return Err(ConfigError::Invalid {
+                key: "audit.sink",
+                message: "must be \"stdout\", \"file\" or \"off\"".into(),
+            });
+        }
+        if !self.tokens.jwks.is_empty() && self.tokens.issuer.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "tokens.issuer",
+                message: "is required when tokens.jwks is set".into(),
+            });
+        }
         Ok(())
     }
 }

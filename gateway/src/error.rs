@@ -12,6 +12,10 @@ pub enum ErrorKind {
     InvalidArgument,
     /// No key, unknown key, malformed key.
     Unauthenticated,
+    /// Known credential without the right to do this (scope, region, network).
+    Forbidden,
+    /// Over the project's quota: retryable after the given delay.
+    RateLimited,
     /// Decompressed request larger than the configured cap. Not retryable (no RetryInfo).
     TooLarge,
     /// Unsupported content type or content encoding.
@@ -61,6 +65,16 @@ impl ApiError {
             format!("request exceeds the limit of {limit} bytes after decompression"),
         )
     }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, message)
+    }
+    pub fn rate_limited(message: impl Into<String>, retry_after: Duration) -> Self {
+        Self {
+            kind: ErrorKind::RateLimited,
+            message: message.into(),
+            retry_after: Some(retry_after.max(Duration::from_secs(1))),
+        }
+    }
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unavailable, message)
     }
@@ -73,6 +87,8 @@ impl ApiError {
         match self.kind {
             ErrorKind::InvalidArgument => S::BAD_REQUEST,
             ErrorKind::Unauthenticated => S::UNAUTHORIZED,
+            ErrorKind::Forbidden => S::FORBIDDEN,
+            ErrorKind::RateLimited => S::TOO_MANY_REQUESTS,
             ErrorKind::TooLarge => S::PAYLOAD_TOO_LARGE,
             ErrorKind::UnsupportedMedia => S::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::NotFound => S::NOT_FOUND,
@@ -86,6 +102,9 @@ impl ApiError {
         match self.kind {
             ErrorKind::InvalidArgument => C::InvalidArgument,
             ErrorKind::Unauthenticated => C::Unauthenticated,
+            ErrorKind::Forbidden => C::PermissionDenied,
+            // With RetryInfo attached, so OTLP clients retry after the delay.
+            ErrorKind::RateLimited => C::ResourceExhausted,
             // RESOURCE_EXHAUSTED without RetryInfo: the OTLP spec says clients must not retry.
             ErrorKind::TooLarge => C::ResourceExhausted,
             ErrorKind::UnsupportedMedia | ErrorKind::NotFound | ErrorKind::MethodNotAllowed => {
@@ -100,6 +119,8 @@ impl ApiError {
         match self.kind {
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::RateLimited => "rate_limited",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::UnsupportedMedia => "unsupported_media",
             ErrorKind::NotFound => "not_found",

@@ -1,5 +1,6 @@
-//! The transport-independent ingest pipeline: (authenticated) body in → decompress, decode and
-//! validate on the blocking pool → stamp the tenant → queue → answer once durable.
+//! The transport-independent ingest pipeline: (authenticated) body in → decompress, decode,
+//! validate and stamp the tenant on the blocking pool → project quota → queue → answer once
+//! durable.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -7,11 +8,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use prost::Message;
 use rand::RngCore;
-use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceResponse;
+use tracegate_proto::otlp::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tracegate_proto::otlp::common::v1::{any_value::Value, AnyValue};
 use tracegate_proto::v1::{Batch, Source, Transport};
 
 use crate::admission::{Admission, BytesPermit};
-use crate::auth::authenticator::{Authenticator, Principal};
+use crate::auth::authenticator::{Authenticator, Origin, Principal};
+use crate::auth::ratelimit::RateLimits;
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
 use crate::metrics as m;
@@ -21,10 +26,13 @@ use crate::otlp::validate::{self, Reason};
 use crate::queue::embedded::BatchQueue;
 
 pub struct Ingest {
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     pub admission: Admission,
+    pub rate_limits: RateLimits,
     pub queue: Arc<dyn BatchQueue>,
     pub limits: LimitsConfig,
+    /// Resource attribute keys that claim a tenant (`auth.tenant_attribute_keys`).
+    pub tenant_attribute_keys: Arc<Vec<String>>,
 }
 
 /// A body as received, with what the receiver learned about it.
@@ -35,7 +43,7 @@ pub struct RawRequest {
     pub body: Bytes,
     /// Reservation covering `body`; swapped for one covering the decompressed bytes.
     pub permit: BytesPermit,
-    pub client_addr: String,
+    pub origin: Origin,
 }
 
 /// Result of the CPU-heavy step.
@@ -45,21 +53,61 @@ pub struct Prepared {
     pub decompressed_len: usize,
 }
 
-/// Decompress (capped), decode and validate. Blocking: run it on the blocking pool.
+/// Which tenant value a claiming attribute gets: by its name (`…org…`, `…workspace…`, else the
+/// project).
+fn tenant_value<'a>(key: &str, p: &'a Principal) -> &'a str {
+    if key.contains("org") {
+        &p.org_id
+    } else if key.contains("workspace") {
+        &p.workspace_id
+    } else {
+        &p.project_id
+    }
+}
+
+/// Overwrites resource attributes that claim a tenant with the authenticated one. Returns
+/// whether anything changed.
+pub fn stamp_tenant(req: &mut ExportTraceServiceRequest, keys: &[String], p: &Principal) -> bool {
+    let mut changed = false;
+    for rs in &mut req.resource_spans {
+        let Some(res) = rs.resource.as_mut() else {
+            continue;
+        };
+        for kv in &mut res.attributes {
+            if keys.iter().any(|k| *k == kv.key) {
+                let want = tenant_value(&kv.key, p);
+                let is_same = matches!(&kv.value, Some(AnyValue { value: Some(Value::StringValue(s)) }) if s == want);
+                if !is_same {
+                    kv.value = Some(AnyValue {
+                        value: Some(Value::StringValue(want.to_string())),
+                    });
+                    changed = true;
+                }
+            }
+        }
+    }
+    changed
+}
+
+/// Decompress (capped), decode, validate and stamp. Blocking: run it on the blocking pool.
 pub fn prepare(
     format: Format,
     compression: Compression,
     body: Bytes,
     limits: &LimitsConfig,
     admission: &Admission,
+    tenant: Option<(&[String], &Principal)>,
 ) -> Result<(Prepared, BytesPermit), ApiError> {
     let plain = decode::decompress(compression, body, limits.max_request_bytes)?;
     // Account the decompressed bytes before materialising anything from them.
     let permit = admission.try_reserve(plain.len())?;
     let mut req = decode::decode(format, &plain)?;
-    let outcome = validate::validate(&mut req, limits);
+    let mut outcome = validate::validate(&mut req, limits);
+    if let Some((keys, p)) = tenant {
+        outcome.modified |= stamp_tenant(&mut req, keys, p);
+    }
     let otlp_request = if !outcome.modified && format == Format::Protobuf {
-        // Nothing removed: keep the client's bytes, no re-encode.
+        // Nothing removed or stamped: keep the client's bytes, no re-encode.
         plain.clone()
     } else {
         Bytes::from(req.encode_to_vec())
@@ -75,8 +123,12 @@ pub fn prepare(
 }
 
 impl Ingest {
-    pub async fn authenticate(&self, key: Option<&str>) -> Result<Principal, ApiError> {
-        self.auth.authenticate(key).await
+    pub async fn authenticate(
+        &self,
+        credential: Option<&str>,
+        origin: &Origin,
+    ) -> Result<Principal, ApiError> {
+        self.auth.authenticate(credential, origin).await
     }
 
     pub async fn export(
@@ -86,16 +138,25 @@ impl Ingest {
     ) -> Result<ExportTraceServiceResponse, ApiError> {
         let limits = self.limits.clone();
         let admission = self.admission.clone();
+        let keys = self.tenant_attribute_keys.clone();
+        let p = principal.clone();
         let RawRequest {
             transport,
             format,
             compression,
             body,
             permit,
-            client_addr,
+            origin,
         } = raw;
         let (prepared, decompressed_permit) = tokio::task::spawn_blocking(move || {
-            let r = prepare(format, compression, body, &limits, &admission);
+            let r = prepare(
+                format,
+                compression,
+                body,
+                &limits,
+                &admission,
+                Some((&keys, &p)),
+            );
             // The compressed body is gone now; release its reservation.
             drop(permit);
             r
@@ -111,6 +172,15 @@ impl Ingest {
                     .increment(o.by_reason[i] as u64);
             }
         }
+        if let Err(e) = self.rate_limits.check(
+            &principal.project_id,
+            principal.quota,
+            o.accepted as u64,
+            prepared.decompressed_len as u64,
+        ) {
+            metrics::counter!(m::RATE_LIMITED).increment(1);
+            return Err(e);
+        }
         if o.accepted > 0 {
             let mut id = [0u8; 16];
             rand::rng().fill_bytes(&mut id);
@@ -118,17 +188,17 @@ impl Ingest {
                 schema_version: tracegate_proto::BATCH_SCHEMA_VERSION,
                 batch_id: Bytes::copy_from_slice(&id),
                 org_id: principal.org_id.clone(),
-                workspace_id: String::new(),
+                workspace_id: principal.workspace_id.clone(),
                 project_id: principal.project_id.clone(),
-                region: String::new(),
+                region: principal.region.clone(),
                 received_at_unix_nano: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_nanos() as u64)
                     .unwrap_or(0),
                 transport: transport as i32,
                 source: Some(Source {
-                    client_addr,
-                    vpc_endpoint_id: String::new(),
+                    client_addr: origin.client_addr,
+                    vpc_endpoint_id: origin.vpc_endpoint_id.unwrap_or_default(),
                 }),
                 span_count: o.accepted as u32,
                 otlp_request: prepared.otlp_request,
@@ -138,5 +208,49 @@ impl Ingest {
             metrics::counter!(m::SPANS_ACCEPTED).increment(o.accepted as u64);
         }
         Ok(export_response(o.rejected, o.error_message()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracegate_proto::otlp::common::v1::KeyValue;
+    use tracegate_proto::otlp::resource::v1::Resource;
+    use tracegate_proto::otlp::trace::v1::ResourceSpans;
+
+    #[test]
+    fn claiming_attributes_are_overwritten() {
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        };
+        let mut req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("tracegate.project_id", "victim"),
+                        kv("tracegate.org_id", "evil-org"),
+                        kv("service.name", "s"),
+                    ],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        };
+        let p = Principal {
+            org_id: "o".into(),
+            project_id: "mine".into(),
+            ..Default::default()
+        };
+        let keys = crate::config::AuthConfig::default().tenant_attribute_keys;
+        assert!(stamp_tenant(&mut req, &keys, &p));
+        let attrs = &req.resource_spans[0].resource.as_ref().unwrap().attributes;
+        assert_eq!(attrs[0], kv("tracegate.project_id", "mine"));
+        assert_eq!(attrs[1], kv("tracegate.org_id", "o"));
+        assert_eq!(attrs[2], kv("service.name", "s"));
+        assert!(!stamp_tenant(&mut req, &keys, &p));
     }
 }

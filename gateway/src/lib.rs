@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod app;
 pub mod archive;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use clap::Parser;
-use tracegate::cli::{self, ArchiveCommand, Cli, Command, KeysCommand, ServeArgs};
+use tracegate::cli::{self, ArchiveCommand, Cli, Command, ServeArgs};
 
 fn main() {
     let cli = Cli::parse();
@@ -31,9 +31,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             drop(stdout);
             serve(cfg)
         }
-        Command::Keys {
-            command: KeysCommand::Create { project, common },
-        } => cli::keys_create(&project, &common, &mut stdout),
+        Command::Keys { command } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(cli::keys(command, &mut stdout))
+        }
         Command::Archive {
             command: ArchiveCommand::Cat { project, common },
         } => cli::archive_cat(project.as_deref(), &common, &mut stdout),
@@ -49,7 +52,7 @@ fn serve(cfg: tracegate::config::Config) -> anyhow::Result<()> {
         let (grpc, http, admin) = listeners.addrs()?;
         {
             let mut out = std::io::stdout().lock();
-            cli::bootstrap_first_key(&cfg, http, grpc, &mut out)?;
+            cli::bootstrap_first_key(&cfg, http, grpc, &mut out).await?;
             writeln!(out, "tracegate listening otlp_grpc={grpc} otlp_http={http} admin={admin}")?;
             out.flush()?;
         }

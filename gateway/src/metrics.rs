@@ -17,6 +17,9 @@ pub const WRITE_DURATION: &str = "tracegate_write_duration_seconds";
 pub const WRITE_ERRORS: &str = "tracegate_write_errors_total";
 pub const QUEUE_BATCHES: &str = "tracegate_queue_batches";
 pub const AUTH_CACHE_LOOKUPS: &str = "tracegate_auth_store_lookups_total";
+pub const AUTH_STORE_ERRORS: &str = "tracegate_auth_store_errors_total";
+pub const AUTH_REFUSED: &str = "tracegate_auth_refused_total";
+pub const RATE_LIMITED: &str = "tracegate_rate_limited_requests_total";
 pub const BUILD_INFO: &str = "tracegate_build_info";
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -63,5 +66,8 @@ fn describe() {
     describe_counter!(WRITE_ERRORS, "Writer flush failures");
     describe_gauge!(QUEUE_BATCHES, "Batches waiting in the embedded queue");
     describe_counter!(AUTH_CACHE_LOOKUPS, "API key store lookups (cache misses)");
+    describe_counter!(AUTH_STORE_ERRORS, "Key store lookups that failed");
+    describe_counter!(AUTH_REFUSED, "Refused credentials, by reason");
+    describe_counter!(RATE_LIMITED, "Requests refused by a project quota");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

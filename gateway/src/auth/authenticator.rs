@@ -1,29 +1,68 @@
-//! The request path's view of auth: key text in, tenant out. Parses the key (shape and checksum
-//! first, so junk never reaches the cache), then looks the record up through a bounded `moka`
-//! cache with an absolute TTL, a shorter TTL for unknown keys, and request coalescing (N
-//! concurrent requests with one uncached key cause one store lookup).
+//! The request path's view of auth: credential in, tenant out.
+//!
+//! API keys: shape and checksum first (junk never reaches the cache), then the record through a
+//! bounded `moka` cache with an absolute TTL, a short TTL for unknown keys, and request
+//! coalescing (N concurrent requests with one uncached key cause one store lookup). A key whose
+//! secret verified once is remembered with its entry, so the hot path is a hash-map hit and a
+//! constant-time compare (no HMAC). Store changes (file reload, PostgreSQL NOTIFY) drop cached
+//! entries at once; the TTL bounds staleness if a notification is lost. While the store is
+//! down, records older than the TTL are still used for `stale_grace_ms`; unknown keys get a
+//! retryable 503, never 401.
+//!
+//! Control-plane JWTs are verified offline (`token`). Then policy: revoked/expired → 401;
+//! missing scope, other region, disallowed source network → 403. Every refusal is audited.
 
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use moka::Expiry;
+use subtle::ConstantTimeEq;
 
-use super::file_store::{FileKeyStore, KeyRecord};
 use super::key::ApiKey;
-use crate::config::AuthConfig;
+use super::pepper::Pepper;
+use super::ratelimit::ProjectQuota;
+use super::record::{KeyRecord, SCOPE_TRACES_WRITE};
+use super::store::{Change, KeyStore};
+use super::token::{looks_like_jwt, TokenVerifier};
+use crate::audit::Audit;
+use crate::config::{AuthConfig, Config};
 use crate::error::ApiError;
 use crate::metrics as m;
 
 /// Who sent a request: stamped on every batch. Nothing the client sends can change it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Principal {
+    /// Key id, or `jwt:<kid-less subject or jti>` for tokens; for audit and the batch.
     pub key_id: String,
     pub org_id: String,
+    pub workspace_id: String,
     pub project_id: String,
+    pub region: String,
+    pub scopes: Vec<String>,
+    pub quota: ProjectQuota,
+    pub allowed_vpce_ids: Vec<String>,
+    pub allowed_cidrs: Vec<String>,
 }
 
-type Entry = Option<Arc<KeyRecord>>;
+/// What the connection tells us about where a request came from.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub client_ip: Option<IpAddr>,
+    pub client_addr: String,
+    pub vpc_endpoint_id: Option<String>,
+}
+
+struct Cached {
+    record: Option<KeyRecord>,
+    /// Served from the stale copy because the store failed: re-check soon.
+    stale: bool,
+    /// The secret that verified against `record.secret_hash` (hot path: no HMAC).
+    verified: OnceLock<String>,
+}
+
+type Entry = Arc<Cached>;
 
 struct TtlPolicy {
     positive: Duration,
@@ -32,21 +71,39 @@ struct TtlPolicy {
 
 impl Expiry<String, Entry> for TtlPolicy {
     fn expire_after_create(&self, _k: &String, v: &Entry, _now: Instant) -> Option<Duration> {
-        Some(if v.is_some() {
-            self.positive
-        } else {
+        Some(if v.stale || v.record.is_none() {
             self.negative
+        } else {
+            self.positive
         })
     }
 }
 
 pub struct Authenticator {
-    store: Arc<FileKeyStore>,
+    store: Arc<dyn KeyStore>,
+    pepper: Pepper,
     cache: Cache<String, Entry>,
+    /// Last known good records, kept `ttl + stale_grace` for store outages.
+    stale: moka::sync::Cache<String, KeyRecord>,
+    tokens: Option<Arc<TokenVerifier>>,
+    region: String,
+    audit: Audit,
+}
+
+enum Lookup {
+    Found(Entry),
+    StoreDown,
 }
 
 impl Authenticator {
-    pub fn new(store: Arc<FileKeyStore>, cfg: &AuthConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn KeyStore>,
+        pepper: Pepper,
+        cfg: &AuthConfig,
+        region: &str,
+        tokens: Option<Arc<TokenVerifier>>,
+        audit: Audit,
+    ) -> Arc<Self> {
         let cache = Cache::builder()
             .max_capacity(cfg.cache_max_keys)
             .expire_after(TtlPolicy {
@@ -54,10 +111,54 @@ impl Authenticator {
                 negative: Duration::from_millis(cfg.negative_cache_ttl_ms.max(1)),
             })
             .build();
-        Self { store, cache }
+        let stale = moka::sync::Cache::builder()
+            .max_capacity(cfg.cache_max_keys)
+            .time_to_live(Duration::from_millis(cfg.cache_ttl_ms + cfg.stale_grace_ms))
+            .build();
+        let a = Arc::new(Self {
+            store: store.clone(),
+            pepper,
+            cache,
+            stale,
+            tokens,
+            region: region.to_string(),
+            audit,
+        });
+        if let Some(mut rx) = store.subscribe() {
+            let weak = Arc::downgrade(&a);
+            tokio::spawn(async move {
+                loop {
+                    let change = rx.recv().await;
+                    let Some(a) = weak.upgrade() else { break };
+                    match change {
+                        Ok(Change::Key(id)) => {
+                            a.cache.invalidate(&id).await;
+                            a.stale.invalidate(&id);
+                        }
+                        // Lagged means notifications were lost: drop everything.
+                        Ok(Change::All)
+                        | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            a.cache.invalidate_all();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            });
+        }
+        a
     }
 
-    /// Extracts the key from `Authorization: Bearer <key>` or `x-api-key: <key>`.
+    pub fn from_config(
+        cfg: &Config,
+        store: Arc<dyn KeyStore>,
+        pepper: Pepper,
+        audit: Audit,
+        tokens: Option<Arc<TokenVerifier>>,
+    ) -> Arc<Self> {
+        Self::new(store, pepper, &cfg.auth, &cfg.gateway.region, tokens, audit)
+    }
+
+    /// Extracts the credential from `Authorization: Bearer <key>` or `x-api-key: <key>`.
     pub fn key_from_headers(headers: &http::HeaderMap) -> Option<&str> {
         if let Some(v) = headers.get(http::header::AUTHORIZATION) {
             let v = v.to_str().ok()?.trim();
@@ -73,80 +174,390 @@ impl Authenticator {
             .map(str::trim)
     }
 
-    pub async fn authenticate(&self, key_text: Option<&str>) -> Result<Principal, ApiError> {
-        let Some(text) = key_text else {
-            return Err(ApiError::unauthenticated(
-                "missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
+    async fn lookup(&self, key_id: &str) -> Lookup {
+        let store = self.store.clone();
+        let stale = self.stale.clone();
+        let id = key_id.to_string();
+        let r = self
+            .cache
+            .try_get_with(key_id.to_string(), async move {
+                metrics::counter!(m::AUTH_CACHE_LOOKUPS).increment(1);
+                match store.get(&id).await {
+                    Ok(record) => {
+                        match &record {
+                            Some(r) => stale.insert(id.clone(), r.clone()),
+                            None => stale.invalidate(&id),
+                        }
+                        Ok(Arc::new(Cached {
+                            record,
+                            stale: false,
+                            verified: OnceLock::new(),
+                        }))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "key store lookup failed");
+                        metrics::counter!(m::AUTH_STORE_ERRORS).increment(1);
+                        match stale.get(&id) {
+                            Some(r) => Ok(Arc::new(Cached {
+                                record: Some(r),
+                                stale: true,
+                                verified: OnceLock::new(),
+                            })),
+                            None => Err(e),
+                        }
+                    }
+                }
+            })
+            .await;
+        match r {
+            Ok(e) => Lookup::Found(e),
+            Err(_) => Lookup::StoreDown,
+        }
+    }
+
+    fn refuse(
+        &self,
+        id: &str,
+        reason: &'static str,
+        project: &str,
+        origin: &Origin,
+        err: ApiError,
+    ) -> ApiError {
+        self.audit.refusal(id, reason, project, &origin.client_addr);
+        metrics::counter!(m::AUTH_REFUSED, "reason" => reason).increment(1);
+        err
+    }
+
+    /// Authenticates and authorizes a request that wants `traces:write`.
+    pub async fn authenticate(
+        &self,
+        credential: Option<&str>,
+        origin: &Origin,
+    ) -> Result<Principal, ApiError> {
+        let Some(text) = credential else {
+            return Err(self.refuse(
+                "-",
+                "missing_credential",
+                "",
+                origin,
+                ApiError::unauthenticated(
+                    "missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
+                ),
             ));
         };
-        let key = ApiKey::parse(text)
-            .map_err(|e| ApiError::unauthenticated(format!("invalid API key: {e}")))?;
-        let store = self.store.clone();
-        let id = key.key_id.clone();
-        let entry = self
-            .cache
-            .try_get_with(key.key_id.clone(), async move {
-                metrics::counter!(m::AUTH_CACHE_LOOKUPS).increment(1);
-                store.lookup(&id).map(|r| r.map(Arc::new))
-            })
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "key store lookup failed");
-                ApiError::unavailable("key store unavailable, retry later")
-            })?;
-        let Some(record) = entry else {
-            return Err(ApiError::unauthenticated("unknown API key"));
+        let principal = if looks_like_jwt(text) {
+            self.from_token(text, origin).await?
+        } else {
+            self.from_api_key(text, origin).await?
         };
-        let stored = hex::decode(&record.secret_hash).unwrap_or_default();
-        if record.revoked || !key.verify(self.store.pepper(), &stored) {
-            return Err(ApiError::unauthenticated("unknown API key"));
+        self.authorize(principal, origin)
+    }
+
+    async fn from_token(&self, token: &str, origin: &Origin) -> Result<Principal, ApiError> {
+        let Some(v) = &self.tokens else {
+            return Err(self.refuse(
+                "jwt",
+                "tokens_disabled",
+                "",
+                origin,
+                ApiError::unauthenticated("tokens are not accepted by this gateway"),
+            ));
+        };
+        match v.verify(token).await {
+            Ok(c) => Ok(Principal {
+                key_id: format!(
+                    "jwt:{}",
+                    c.jti.clone().or(c.sub.clone()).unwrap_or_default()
+                ),
+                org_id: c.org_id.clone(),
+                workspace_id: c.workspace_id.clone().unwrap_or_default(),
+                project_id: c.project_id.clone(),
+                region: c.region.clone(),
+                scopes: c.all_scopes(),
+                quota: ProjectQuota {
+                    spans_per_sec: c.spans_per_sec,
+                    bytes_per_sec: c.bytes_per_sec,
+                    burst_ms: None,
+                },
+                allowed_vpce_ids: vec![],
+                allowed_cidrs: vec![],
+            }),
+            Err(e) => Err(self.refuse(
+                "jwt",
+                e.reason(),
+                "",
+                origin,
+                ApiError::unauthenticated(format!("invalid token ({})", e.reason())),
+            )),
+        }
+    }
+
+    async fn from_api_key(&self, text: &str, origin: &Origin) -> Result<Principal, ApiError> {
+        let key = ApiKey::parse(text).map_err(|e| {
+            self.refuse(
+                "-",
+                "malformed_key",
+                "",
+                origin,
+                ApiError::unauthenticated(format!("invalid API key: {e}")),
+            )
+        })?;
+        let entry = match self.lookup(&key.key_id).await {
+            Lookup::Found(e) => e,
+            Lookup::StoreDown => {
+                return Err(ApiError::unavailable("key store unavailable, retry later"))
+            }
+        };
+        let Some(record) = &entry.record else {
+            return Err(self.refuse(
+                &key.key_id,
+                "unknown_key",
+                "",
+                origin,
+                ApiError::unauthenticated("unknown API key"),
+            ));
+        };
+        let fast = entry
+            .verified
+            .get()
+            .map(|s| bool::from(s.as_bytes().ct_eq(key.secret().as_bytes())))
+            .unwrap_or(false);
+        if !fast {
+            let stored = hex::decode(&record.secret_hash).unwrap_or_default();
+            if !key.verify(self.pepper.bytes(), &stored) {
+                return Err(self.refuse(
+                    &key.key_id,
+                    "bad_secret",
+                    &record.project_id,
+                    origin,
+                    ApiError::unauthenticated("unknown API key"),
+                ));
+            }
+            let _ = entry.verified.set(key.secret().to_string());
+        }
+        if record.revoked {
+            return Err(self.refuse(
+                &key.key_id,
+                "revoked",
+                &record.project_id,
+                origin,
+                ApiError::unauthenticated("API key revoked"),
+            ));
+        }
+        if record.expired_at(chrono::Utc::now()) {
+            return Err(self.refuse(
+                &key.key_id,
+                "expired",
+                &record.project_id,
+                origin,
+                ApiError::unauthenticated("API key expired"),
+            ));
         }
         Ok(Principal {
             key_id: record.key_id.clone(),
             org_id: record.org_id.clone(),
+            workspace_id: record.workspace_id.clone(),
             project_id: record.project_id.clone(),
+            region: record.region.clone(),
+            scopes: record.scopes.clone(),
+            quota: ProjectQuota {
+                spans_per_sec: record.spans_per_sec,
+                bytes_per_sec: record.bytes_per_sec,
+                burst_ms: record.burst_ms,
+            },
+            allowed_vpce_ids: record.allowed_vpce_ids.clone(),
+            allowed_cidrs: record.allowed_cidrs.clone(),
         })
+    }
+
+    fn authorize(&self, p: Principal, origin: &Origin) -> Result<Principal, ApiError> {
+        if !p.scopes.iter().any(|s| s == SCOPE_TRACES_WRITE) {
+            return Err(self.refuse(
+                &p.key_id,
+                "missing_scope",
+                &p.project_id,
+                origin,
+                ApiError::forbidden(format!("credential lacks the {SCOPE_TRACES_WRITE} scope")),
+            ));
+        }
+        if p.region != self.region {
+            return Err(self.refuse(
+                &p.key_id,
+                "wrong_region",
+                &p.project_id,
+                origin,
+                ApiError::forbidden(format!(
+                    "credential belongs to region {:?}; this gateway serves region {:?}",
+                    p.region, self.region
+                )),
+            ));
+        }
+        if !p.allowed_cidrs.is_empty() {
+            let ok = origin.client_ip.is_some_and(|ip| {
+                p.allowed_cidrs
+                    .iter()
+                    .filter_map(|c| c.parse::<ipnet::IpNet>().ok())
+                    .any(|n| n.contains(&ip))
+            });
+            if !ok {
+                return Err(self.refuse(
+                    &p.key_id,
+                    "source_not_allowed",
+                    &p.project_id,
+                    origin,
+                    ApiError::forbidden("credential is not allowed from this source address"),
+                ));
+            }
+        }
+        if !p.allowed_vpce_ids.is_empty() {
+            let ok = origin
+                .vpc_endpoint_id
+                .as_ref()
+                .is_some_and(|v| p.allowed_vpce_ids.contains(v));
+            if !ok {
+                return Err(self.refuse(
+                    &p.key_id,
+                    "vpce_not_allowed",
+                    &p.project_id,
+                    origin,
+                    ApiError::forbidden("credential is not allowed from this VPC endpoint"),
+                ));
+            }
+        }
+        Ok(p)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::file_store::FileKeyStore;
+    use crate::auth::service::{KeyService, NewKey};
+
+    fn setup(cfg: AuthConfig) -> (tempfile::TempDir, KeyService, Arc<Authenticator>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn KeyStore> =
+            Arc::new(FileKeyStore::open(&dir.path().join("keys.json")).unwrap());
+        let pepper = Pepper::from_file(&dir.path().join("pepper"), true).unwrap();
+        let svc = KeyService {
+            store: store.clone(),
+            pepper: pepper.clone(),
+            audit: Audit::off(),
+        };
+        let auth = Authenticator::new(store, pepper, &cfg, "eu", None, Audit::off());
+        (dir, svc, auth)
+    }
 
     #[tokio::test]
-    async fn accepts_known_and_refuses_unknown_and_tampered() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FileKeyStore::open(dir.path()).unwrap());
-        let (_, text) = store.create_key("p1").unwrap();
-        let auth = Authenticator::new(store.clone(), &AuthConfig::default());
-        let p = auth.authenticate(Some(&text)).await.unwrap();
+    async fn accepts_known_refuses_unknown_tampered_revoked_and_policy() {
+        let (_d, svc, auth) = setup(AuthConfig {
+            cache_ttl_ms: 60_000,
+            ..Default::default()
+        });
+        let o = Origin {
+            client_ip: Some("10.1.2.3".parse().unwrap()),
+            ..Default::default()
+        };
+        let (_, text) = svc.create(NewKey::for_project("p1", "eu")).await.unwrap();
+        let p = auth.authenticate(Some(&text), &o).await.unwrap();
         assert_eq!(p.project_id, "p1");
-        let (other, _) = ApiKey::generate();
-        let e = auth.authenticate(Some(&other.to_text())).await.unwrap_err();
-        assert_eq!(e.http_status(), 401);
+        // cached fast path
         assert_eq!(
-            auth.authenticate(None).await.unwrap_err().http_status(),
-            401
+            auth.authenticate(Some(&text), &o).await.unwrap().project_id,
+            "p1"
         );
+        let (other, _) = ApiKey::generate();
         assert_eq!(
-            auth.authenticate(Some("tg_garbage"))
+            auth.authenticate(Some(&other.to_text()), &o)
                 .await
                 .unwrap_err()
                 .http_status(),
             401
         );
+        assert_eq!(
+            auth.authenticate(None, &o).await.unwrap_err().http_status(),
+            401
+        );
+        assert_eq!(
+            auth.authenticate(Some("tg_garbage"), &o)
+                .await
+                .unwrap_err()
+                .http_status(),
+            401
+        );
+        // wrong secret for a known id, after the right one was cached
+        let key = ApiKey::parse(&text).unwrap();
+        let forged = ApiKey::regenerate(&key.key_id).unwrap();
+        assert_eq!(
+            auth.authenticate(Some(&forged), &o)
+                .await
+                .unwrap_err()
+                .http_status(),
+            401
+        );
+
+        let (_, us) = svc.create(NewKey::for_project("p2", "us")).await.unwrap();
+        let e = auth.authenticate(Some(&us), &o).await.unwrap_err();
+        assert_eq!(e.http_status(), 403);
+        assert!(e.message.contains("\"us\""));
+        let mut spec = NewKey::for_project("p3", "eu");
+        spec.scopes = vec!["metrics:write".into()];
+        let (_, noscope) = svc.create(spec).await.unwrap();
+        assert_eq!(
+            auth.authenticate(Some(&noscope), &o)
+                .await
+                .unwrap_err()
+                .http_status(),
+            403
+        );
+        let mut spec = NewKey::for_project("p4", "eu");
+        spec.allowed_cidrs = vec!["192.168.0.0/16".into()];
+        let (_, cidr) = svc.create(spec).await.unwrap();
+        assert_eq!(
+            auth.authenticate(Some(&cidr), &o)
+                .await
+                .unwrap_err()
+                .http_status(),
+            403
+        );
+        let mut spec = NewKey::for_project("p5", "eu");
+        spec.expires_in = Some(chrono::Duration::seconds(-1));
+        let (_, old) = svc.create(spec).await.unwrap();
+        assert_eq!(
+            auth.authenticate(Some(&old), &o)
+                .await
+                .unwrap_err()
+                .http_status(),
+            401
+        );
+
+        // revocation through the store invalidates the cached entry
+        svc.revoke(&key.key_id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            auth.authenticate(Some(&text), &o)
+                .await
+                .unwrap_err()
+                .message,
+            "API key revoked"
+        );
     }
 
-    #[test]
-    fn header_extraction() {
-        let mut h = http::HeaderMap::new();
-        h.insert("authorization", "Bearer abc".parse().unwrap());
-        assert_eq!(Authenticator::key_from_headers(&h), Some("abc"));
-        let mut h = http::HeaderMap::new();
-        h.insert("x-api-key", "xyz".parse().unwrap());
-        assert_eq!(Authenticator::key_from_headers(&h), Some("xyz"));
-        let mut h = http::HeaderMap::new();
-        h.insert("authorization", "Basic abc".parse().unwrap());
-        assert_eq!(Authenticator::key_from_headers(&h), None);
+    #[tokio::test]
+    async fn rotation_invalidates_old_secret() {
+        let (_d, svc, auth) = setup(AuthConfig::default());
+        let o = Origin::default();
+        let (rec, old) = svc.create(NewKey::for_project("p", "eu")).await.unwrap();
+        auth.authenticate(Some(&old), &o).await.unwrap();
+        let (_, new) = svc.rotate(&rec.key_id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(auth.authenticate(Some(&new), &o).await.is_ok());
+        assert_eq!(
+            auth.authenticate(Some(&old), &o)
+                .await
+                .unwrap_err()
+                .http_status(),
+            401
+        );
     }
 }

@@ -1,33 +1,22 @@
-//! The embedded key store: `<data dir>/keys.json` (records with hashed secrets) and
-//! `<data dir>/pepper` (the HMAC key, mode 0600). Writers replace the file atomically under an
-//! exclusive lock; the server re-reads it when it changed, so keys created by
-//! `tracegate keys create` work without a restart.
+//! The embedded key store: a JSON file of key records (hashed secrets only). Writers replace the
+//! file atomically under an exclusive lock; readers reload it when it changes (polled), and
+//! tell the authenticator so cached records are dropped at once — revoking a key in the file
+//! takes effect without a restart.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use rand::RngCore;
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
-use super::key::ApiKey;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct KeyRecord {
-    pub key_id: String,
-    pub org_id: String,
-    pub project_id: String,
-    /// Hex of `HMAC-SHA256(pepper, secret)`.
-    pub secret_hash: String,
-    pub created_at: String,
-    #[serde(default)]
-    pub revoked: bool,
-}
+use super::record::KeyRecord;
+use super::store::{Change, KeyStore};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct KeyFile {
@@ -35,46 +24,43 @@ struct KeyFile {
     keys: Vec<KeyRecord>,
 }
 
+type Stamp = Option<(SystemTime, u64, u64)>;
+
 struct Loaded {
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Stamp,
     by_id: HashMap<String, KeyRecord>,
 }
 
 pub struct FileKeyStore {
     path: PathBuf,
     lock_path: PathBuf,
-    pepper: Vec<u8>,
     loaded: Mutex<Loaded>,
+    changes: broadcast::Sender<Change>,
 }
 
-pub const DEFAULT_ORG: &str = "default";
-
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
     let m = fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
 impl FileKeyStore {
-    /// Opens (creating the data dir and pepper if needed) the store in `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Self> {
-        fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-        let pepper = load_or_create_pepper(&data_dir.join("pepper"))?;
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let (changes, _) = broadcast::channel(64);
         let store = Self {
-            path: data_dir.join("keys.json"),
-            lock_path: data_dir.join("keys.lock"),
-            pepper,
+            path: path.to_path_buf(),
+            lock_path: path.with_extension("lock"),
             loaded: Mutex::new(Loaded {
                 stamp: None,
                 by_id: HashMap::new(),
             }),
+            changes,
         };
         store.reload_if_changed()?;
         Ok(store)
-    }
-
-    pub fn pepper(&self) -> &[u8] {
-        &self.pepper
     }
 
     fn read_file(&self) -> Result<KeyFile> {
@@ -89,98 +75,122 @@ impl FileKeyStore {
         }
     }
 
-    fn reload_if_changed(&self) -> Result<()> {
+    /// Re-reads the file if its mtime, size or inode changed. Returns whether it did.
+    fn reload_if_changed(&self) -> Result<bool> {
         let now = stamp(&self.path);
-        let mut loaded = self.loaded.lock().expect("key store lock poisoned");
-        if loaded.stamp.is_some() && loaded.stamp == now {
-            return Ok(());
+        {
+            let loaded = self.loaded.lock().expect("key store lock poisoned");
+            if loaded.stamp.is_some() && loaded.stamp == now {
+                return Ok(false);
+            }
         }
         let file = self.read_file()?;
+        let mut loaded = self.loaded.lock().expect("key store lock poisoned");
         loaded.by_id = file
             .keys
             .into_iter()
             .map(|r| (r.key_id.clone(), r))
             .collect();
         loaded.stamp = now;
+        Ok(true)
+    }
+
+    /// Polls the file for changes and broadcasts `Change::All` when it changed.
+    pub fn spawn_watcher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(store) = store.upgrade() else { break };
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.reload_if_changed()).await {
+                    Ok(Ok(true)) => {
+                        tracing::info!(path = %store.path.display(), "key file changed; reloaded");
+                        let _ = store.changes.send(Change::All);
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %format!("{e:#}"), "key file reload failed; keeping the previous keys")
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+    }
+
+    fn modify(&self, f: impl FnOnce(&mut KeyFile) -> Result<()>) -> Result<()> {
+        let _lock = FileLock::exclusive(&self.lock_path)?;
+        let mut file = self.read_file()?;
+        f(&mut file)?;
+        file.version = 1;
+        let bytes = serde_json::to_vec_pretty(&file)?;
+        crate::archive::fsutil::write_atomic(&self.path, &bytes, 0o600)?;
+        drop(_lock);
+        self.reload_if_changed()?;
+        let _ = self.changes.send(Change::All);
         Ok(())
     }
 
-    /// The record for `key_id`, re-reading the file first if it changed on disk.
-    pub fn lookup(&self, key_id: &str) -> Result<Option<KeyRecord>> {
+    pub fn get_sync(&self, key_id: &str) -> Result<Option<KeyRecord>> {
         self.reload_if_changed()?;
-        let loaded = self.loaded.lock().expect("key store lock poisoned");
-        Ok(loaded.by_id.get(key_id).cloned())
+        Ok(self
+            .loaded
+            .lock()
+            .expect("key store lock poisoned")
+            .by_id
+            .get(key_id)
+            .cloned())
     }
 
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.read_file()?.keys.is_empty())
     }
 
-    /// Creates a key for `project` and returns the full key text (shown once, never stored).
-    pub fn create_key(&self, project: &str) -> Result<(KeyRecord, String)> {
-        validate_project_name(project)?;
-        let _lock = FileLock::exclusive(&self.lock_path)?;
-        let mut file = self.read_file()?;
-        let (key, text) = ApiKey::generate();
-        let record = KeyRecord {
-            key_id: key.key_id.clone(),
-            org_id: DEFAULT_ORG.to_string(),
-            project_id: project.to_string(),
-            secret_hash: hex::encode(key.hash(&self.pepper)),
-            created_at: chrono::Utc::now().to_rfc3339(),
-            revoked: false,
-        };
-        file.version = 1;
-        file.keys.push(record.clone());
-        let bytes = serde_json::to_vec_pretty(&file)?;
-        crate::archive::fsutil::write_atomic(&self.path, &bytes, 0o600)?;
-        drop(_lock);
-        self.reload_if_changed()?;
-        Ok((record, text))
+    pub fn insert_sync(&self, record: KeyRecord) -> Result<()> {
+        self.modify(|f| {
+            if f.keys.iter().any(|k| k.key_id == record.key_id) {
+                bail!("key id {} already exists", record.key_id);
+            }
+            f.keys.push(record);
+            Ok(())
+        })
+    }
+
+    pub fn update_sync(&self, record: KeyRecord) -> Result<()> {
+        self.modify(|f| {
+            let Some(slot) = f.keys.iter_mut().find(|k| k.key_id == record.key_id) else {
+                bail!("no key with id {}", record.key_id);
+            };
+            *slot = record;
+            Ok(())
+        })
+    }
+
+    pub fn list_sync(&self) -> Result<Vec<KeyRecord>> {
+        Ok(self.read_file()?.keys)
     }
 }
 
-/// Project names end up in object paths and queries: keep them to a safe alphabet.
-pub fn validate_project_name(project: &str) -> Result<()> {
-    let ok = !project.is_empty()
-        && project.len() <= 64
-        && project
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && !project.starts_with('.');
-    if !ok {
-        bail!("project name must be 1-64 chars of [A-Za-z0-9._-], not starting with '.'");
+impl KeyStore for FileKeyStore {
+    fn kind(&self) -> &'static str {
+        "file"
     }
-    Ok(())
-}
-
-fn load_or_create_pepper(path: &Path) -> Result<Vec<u8>> {
-    match fs::read(path) {
-        Ok(p) if p.len() >= 32 => return Ok(p),
-        Ok(_) => bail!("{} is shorter than 32 bytes", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    fn get<'a>(&'a self, key_id: &'a str) -> BoxFuture<'a, Result<Option<KeyRecord>>> {
+        Box::pin(async move { self.get_sync(key_id) })
     }
-    let mut pepper = vec![0u8; 32];
-    rand::rng().fill_bytes(&mut pepper);
-    // create_new: two processes racing on first start must not end with different peppers.
-    match fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(mut f) => {
-            f.write_all(&pepper)?;
-            f.sync_all()?;
-            crate::archive::fsutil::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-            Ok(pepper)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            Ok(fs::read(path)?)
-        }
-        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    fn insert(&self, record: KeyRecord) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.insert_sync(record) })
+    }
+    fn update(&self, record: KeyRecord) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.update_sync(record) })
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<KeyRecord>>> {
+        Box::pin(async move { self.list_sync() })
+    }
+    fn subscribe(&self) -> Option<broadcast::Receiver<Change>> {
+        Some(self.changes.subscribe())
     }
 }
 
@@ -216,30 +226,47 @@ impl Drop for FileLock {
 mod tests {
     use super::*;
 
-    #[test]
-    fn create_then_lookup_from_another_handle() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = FileKeyStore::open(dir.path()).unwrap();
-        let b = FileKeyStore::open(dir.path()).unwrap();
-        assert!(a.is_empty().unwrap());
-        let (rec, text) = a.create_key("proj-1").unwrap();
-        let key = ApiKey::parse(&text).unwrap();
-        let found = b
-            .lookup(&key.key_id)
-            .unwrap()
-            .expect("second handle sees new key");
-        assert_eq!(found, rec);
-        assert!(key.verify(b.pepper(), &hex::decode(&found.secret_hash).unwrap()));
-        // the secret is not in the file
-        let raw = fs::read_to_string(dir.path().join("keys.json")).unwrap();
-        assert!(!raw.contains(&text[20..60]));
+    fn rec(id: &str) -> KeyRecord {
+        KeyRecord {
+            key_id: id.into(),
+            project_id: "p".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
-    fn project_names_are_checked() {
-        assert!(validate_project_name("ok-name_1.x").is_ok());
-        assert!(validate_project_name("../etc").is_err());
-        assert!(validate_project_name("").is_err());
-        assert!(validate_project_name("a/b").is_err());
+    fn second_handle_sees_inserts_and_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let a = FileKeyStore::open(&path).unwrap();
+        let b = FileKeyStore::open(&path).unwrap();
+        assert!(a.is_empty().unwrap());
+        a.insert_sync(rec("k1")).unwrap();
+        assert!(a.insert_sync(rec("k1")).is_err());
+        assert_eq!(b.get_sync("k1").unwrap().unwrap().project_id, "p");
+        let mut r = rec("k1");
+        r.revoked = true;
+        a.update_sync(r).unwrap();
+        assert!(b.get_sync("k1").unwrap().unwrap().revoked);
+        assert!(a.update_sync(rec("nope")).is_err());
+        assert_eq!(b.list_sync().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn watcher_broadcasts_external_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let a = Arc::new(FileKeyStore::open(&path).unwrap());
+        let mut rx = a.subscribe().unwrap();
+        let _w = a.spawn_watcher(Duration::from_millis(20));
+        // Another process writes the file.
+        let other = FileKeyStore::open(&path).unwrap();
+        other.insert_sync(rec("k2")).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Change::All);
+        assert!(a.get_sync("k2").unwrap().is_some());
     }
 }

@@ -64,6 +64,24 @@ impl ApiKey {
         (key, text)
     }
 
+    /// A new secret for an existing key id (rotation).
+    pub fn regenerate(key_id: &str) -> Result<String, KeyFormatError> {
+        if key_id.len() != ID_HEX || !is_lower_hex(key_id) {
+            return Err(KeyFormatError::Shape);
+        }
+        let mut secret = [0u8; SECRET_HEX / 2];
+        rand::rng().fill_bytes(&mut secret);
+        Ok(ApiKey {
+            key_id: key_id.to_string(),
+            secret: hex::encode(secret),
+        }
+        .to_text())
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
     fn body(&self) -> String {
         format!("{PREFIX}{}_{}", self.key_id, self.secret)
     }

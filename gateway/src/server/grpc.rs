@@ -18,7 +18,7 @@ use hyper::body::{Frame, Incoming};
 use prost::Message;
 
 use super::listener::{Body, Handler};
-use crate::auth::authenticator::Authenticator;
+
 use crate::error::{ApiError, ErrorKind};
 use crate::ingest::{Ingest, RawRequest};
 use crate::metrics as m;
@@ -122,9 +122,17 @@ impl GrpcReceiver {
                 .get("grpc-encoding")
                 .map(|v| v.to_str().unwrap_or("<invalid>")),
         )?;
+        let origin = crate::auth::authenticator::Origin {
+            client_ip: Some(peer.ip()),
+            client_addr: peer.to_string(),
+            vpc_endpoint_id: None,
+        };
         let principal = self
             .ingest
-            .authenticate(Authenticator::key_from_headers(req.headers()))
+            .authenticate(
+                crate::auth::authenticator::Authenticator::key_from_headers(req.headers()),
+                &origin,
+            )
             .await?;
         let cap = self.ingest.limits.max_request_bytes;
         // Room for the 5-byte prefix; a message over the cap is refused while reading.
@@ -164,7 +172,7 @@ impl GrpcReceiver {
                     compression,
                     body: msg,
                     permit,
-                    client_addr: peer.to_string(),
+                    origin,
                 },
             )
             .await?;

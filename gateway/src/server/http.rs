@@ -135,11 +135,17 @@ impl HttpReceiver {
                 .get(http::header::CONTENT_ENCODING)
                 .map(|v| v.to_str().unwrap_or("<invalid>")),
         )?;
+        let origin = crate::auth::authenticator::Origin {
+            client_ip: Some(peer.ip()),
+            client_addr: peer.to_string(),
+            vpc_endpoint_id: None,
+        };
         let principal = self
             .ingest
-            .authenticate(crate::auth::authenticator::Authenticator::key_from_headers(
-                req.headers(),
-            ))
+            .authenticate(
+                crate::auth::authenticator::Authenticator::key_from_headers(req.headers()),
+                &origin,
+            )
             .await?;
         let cap = self.ingest.limits.max_request_bytes;
         let declared = req
@@ -190,7 +196,7 @@ impl HttpReceiver {
                     compression,
                     body,
                     permit,
-                    client_addr: peer.to_string(),
+                    origin,
                 },
             )
             .await?;
