@@ -8,6 +8,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use prost::Message;
 use tracegate::admission::Admission;
+use tracegate::auth::authenticator::Principal;
 use tracegate::config::LimitsConfig;
 use tracegate::ingest::prepare;
 use tracegate::otlp::decode::{Compression, Format};
@@ -35,6 +36,25 @@ fn bench(c: &mut Criterion) {
     );
     let limits = LimitsConfig::default();
     let admission = Admission::new(limits.max_inflight_bytes);
+    let keys = tracegate::config::AuthConfig::default().tenant_attribute_keys;
+    let principal = Principal {
+        project_id: "bench".into(),
+        org_id: "o".into(),
+        ..Default::default()
+    };
+    // What the request path does per request: reserve, decompress, decode, validate, stamp.
+    let run = |format: Format, compression: Compression, body: &Bytes| {
+        let permit = admission.try_reserve(body.len()).unwrap();
+        prepare(
+            format,
+            compression,
+            body.clone(),
+            &limits,
+            permit,
+            Some((&keys, &principal)),
+        )
+        .unwrap()
+    };
 
     let mut g = c.benchmark_group("ingest_512_spans");
     g.throughput(Throughput::Elements(SPANS as u64));
@@ -42,52 +62,16 @@ fn bench(c: &mut Criterion) {
         b.iter(|| ExportTraceServiceRequest::decode(proto.clone()).unwrap())
     });
     g.bench_function("decode_validate_protobuf", |b| {
-        b.iter(|| {
-            prepare(
-                Format::Protobuf,
-                Compression::Identity,
-                proto.clone(),
-                &limits,
-                &admission,
-            )
-            .unwrap()
-        })
+        b.iter(|| run(Format::Protobuf, Compression::Identity, &proto))
     });
     g.bench_function("decode_validate_protobuf_gzip", |b| {
-        b.iter(|| {
-            prepare(
-                Format::Protobuf,
-                Compression::Gzip,
-                gz.clone(),
-                &limits,
-                &admission,
-            )
-            .unwrap()
-        })
+        b.iter(|| run(Format::Protobuf, Compression::Gzip, &gz))
     });
     g.bench_function("decode_validate_protobuf_zstd", |b| {
-        b.iter(|| {
-            prepare(
-                Format::Protobuf,
-                Compression::Zstd,
-                zs.clone(),
-                &limits,
-                &admission,
-            )
-            .unwrap()
-        })
+        b.iter(|| run(Format::Protobuf, Compression::Zstd, &zs))
     });
     g.bench_function("decode_validate_json", |b| {
-        b.iter(|| {
-            prepare(
-                Format::Json,
-                Compression::Identity,
-                json.clone(),
-                &limits,
-                &admission,
-            )
-            .unwrap()
-        })
+        b.iter(|| run(Format::Json, Compression::Identity, &json))
     });
     g.bench_function("gunzip_reference", |b| {
         b.iter_batched(

@@ -29,6 +29,29 @@ impl Drop for BytesPermit {
     }
 }
 
+impl BytesPermit {
+    pub fn bytes(&self) -> usize {
+        self._permit.as_ref().map(|p| p.num_permits()).unwrap_or(0)
+    }
+
+    /// Grows this reservation to `total` bytes (no-op if it already holds that much), so one
+    /// request's bytes are never counted twice: a request alone always fits the limit.
+    pub fn grow_to(&mut self, total: usize) -> Result<(), ApiError> {
+        let have = self.bytes();
+        if total <= have {
+            return Ok(());
+        }
+        let mut extra = self.admission.try_reserve(total - have)?;
+        match (self._permit.as_mut(), extra._permit.take()) {
+            (Some(mine), Some(more)) => mine.merge(more),
+            (None, more) => self._permit = more,
+            (_, None) => {}
+        }
+        self.admission.report();
+        Ok(())
+    }
+}
+
 impl Admission {
     pub fn new(limit: usize) -> Self {
         metrics::gauge!(m::INFLIGHT_BYTES_LIMIT).set(limit as f64);
@@ -74,6 +97,14 @@ mod tests {
         let p = a.try_reserve(60).unwrap();
         assert_eq!(a.try_reserve(60).unwrap_err().http_status(), 503);
         assert_eq!(a.in_flight(), 60);
+        drop(p);
+        assert_eq!(a.in_flight(), 0);
+        let mut p = a.try_reserve(60).unwrap();
+        p.grow_to(100).unwrap();
+        assert_eq!(a.in_flight(), 100);
+        p.grow_to(50).unwrap();
+        assert_eq!(p.bytes(), 100);
+        assert!(a.try_reserve(1).is_err());
         drop(p);
         assert_eq!(a.in_flight(), 0);
         assert!(a.try_reserve(100).is_ok());

@@ -82,6 +82,8 @@ pub struct StoreArgs {
     pub database_url: Option<String>,
 }
 
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
     /// Create an API key; prints `key_id: <id>` and then the secret, once, alone on the last line.

@@ -38,18 +38,31 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
 }
 
+/// Longest error message sent to a client.
+const MAX_MESSAGE: usize = 512;
+
 /// Default back-off we ask clients to wait before retrying a capacity refusal.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE {
+            // Decoder errors can echo long paths; clients need the gist, not kilobytes.
+            let mut end = MAX_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
         let retry_after = match kind {
             ErrorKind::Unavailable | ErrorKind::Internal => Some(DEFAULT_RETRY_AFTER),
             _ => None,
         };
         Self {
             kind,
-            message: message.into(),
+            message,
             retry_after,
         }
     }

@@ -74,7 +74,7 @@ pub fn stamp_tenant(req: &mut ExportTraceServiceRequest, keys: &[String], p: &Pr
             continue;
         };
         for kv in &mut res.attributes {
-            if keys.iter().any(|k| *k == kv.key) {
+            if keys.contains(&kv.key) {
                 let want = tenant_value(&kv.key, p);
                 let is_same = matches!(&kv.value, Some(AnyValue { value: Some(Value::StringValue(s)) }) if s == want);
                 if !is_same {
@@ -95,12 +95,13 @@ pub fn prepare(
     compression: Compression,
     body: Bytes,
     limits: &LimitsConfig,
-    admission: &Admission,
+    mut permit: BytesPermit,
     tenant: Option<(&[String], &Principal)>,
 ) -> Result<(Prepared, BytesPermit), ApiError> {
     let plain = decode::decompress(compression, body, limits.max_request_bytes)?;
-    // Account the decompressed bytes before materialising anything from them.
-    let permit = admission.try_reserve(plain.len())?;
+    // Account the decompressed bytes before materialising anything from them. The reservation
+    // grows to cover them (it already covers the raw body), so nothing is counted twice.
+    permit.grow_to(plain.len())?;
     let mut req = decode::decode(format, &plain)?;
     let mut outcome = validate::validate(&mut req, limits);
     if let Some((keys, p)) = tenant {
@@ -137,7 +138,6 @@ impl Ingest {
         raw: RawRequest,
     ) -> Result<ExportTraceServiceResponse, ApiError> {
         let limits = self.limits.clone();
-        let admission = self.admission.clone();
         let keys = self.tenant_attribute_keys.clone();
         let p = principal.clone();
         let RawRequest {
@@ -148,22 +148,20 @@ impl Ingest {
             permit,
             origin,
         } = raw;
-        let (prepared, decompressed_permit) = tokio::task::spawn_blocking(move || {
-            let r = prepare(
+        let (prepared, permit) = tokio::task::spawn_blocking(move || {
+            prepare(
                 format,
                 compression,
                 body,
                 &limits,
-                &admission,
+                permit,
                 Some((&keys, &p)),
-            );
-            // The compressed body is gone now; release its reservation.
-            drop(permit);
-            r
+            )
         })
         .await
         .map_err(|e| ApiError::internal(format!("decode task failed: {e}")))??;
-        let _permit = decompressed_permit;
+        // Held until the batch is durable: its bytes are still in memory until then.
+        let _permit = permit;
         metrics::counter!(m::REQUEST_BYTES).increment(prepared.decompressed_len as u64);
         let o = &prepared.outcome;
         for (i, r) in Reason::ALL.iter().enumerate() {

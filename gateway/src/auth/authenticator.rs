@@ -246,14 +246,18 @@ impl Authenticator {
             ));
         };
         let principal = if looks_like_jwt(text) {
-            self.from_token(text, origin).await?
+            self.principal_from_token(text, origin).await?
         } else {
-            self.from_api_key(text, origin).await?
+            self.principal_from_api_key(text, origin).await?
         };
         self.authorize(principal, origin)
     }
 
-    async fn from_token(&self, token: &str, origin: &Origin) -> Result<Principal, ApiError> {
+    async fn principal_from_token(
+        &self,
+        token: &str,
+        origin: &Origin,
+    ) -> Result<Principal, ApiError> {
         let Some(v) = &self.tokens else {
             return Err(self.refuse(
                 "jwt",
@@ -292,7 +296,11 @@ impl Authenticator {
         }
     }
 
-    async fn from_api_key(&self, text: &str, origin: &Origin) -> Result<Principal, ApiError> {
+    async fn principal_from_api_key(
+        &self,
+        text: &str,
+        origin: &Origin,
+    ) -> Result<Principal, ApiError> {
         let key = ApiKey::parse(text).map_err(|e| {
             self.refuse(
                 "-",

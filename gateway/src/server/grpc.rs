@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use prost::Message;
 
@@ -56,7 +56,13 @@ impl Handler for GrpcReceiver {
             *r.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
             return r;
         }
-        let (resp, status) = match self.handle(req, peer).await {
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
+        let result = self.handle(&parts, &mut body, peer).await;
+        if let Some(unread) = body {
+            super::body::drain(unread).await;
+        }
+        let (resp, status) = match result {
             Ok(msg) => (ok_response(msg), "ok"),
             Err(e) => (error_response(&e), e.metric_label()),
         };
@@ -108,17 +114,18 @@ fn error_response(e: &ApiError) -> http::Response<Body> {
 impl GrpcReceiver {
     async fn handle(
         &self,
-        req: http::Request<Incoming>,
+        req: &http::request::Parts,
+        body: &mut Option<Incoming>,
         peer: SocketAddr,
     ) -> Result<Bytes, ApiError> {
-        if req.uri().path() != EXPORT_PATH {
+        if req.uri.path() != EXPORT_PATH {
             return Err(ApiError::new(
                 ErrorKind::NotFound,
-                format!("unknown method {}", req.uri().path()),
+                format!("unknown method {}", req.uri.path()),
             ));
         }
         let compression = Compression::from_header(
-            req.headers()
+            req.headers
                 .get("grpc-encoding")
                 .map(|v| v.to_str().unwrap_or("<invalid>")),
         )?;
@@ -130,26 +137,17 @@ impl GrpcReceiver {
         let principal = self
             .ingest
             .authenticate(
-                crate::auth::authenticator::Authenticator::key_from_headers(req.headers()),
+                crate::auth::authenticator::Authenticator::key_from_headers(&req.headers),
                 &origin,
             )
             .await?;
         let cap = self.ingest.limits.max_request_bytes;
         // Room for the 5-byte prefix; a message over the cap is refused while reading.
-        let body = tokio::time::timeout(
-            self.body_timeout,
-            Limited::new(req.into_body(), cap + 5).collect(),
-        )
-        .await
-        .map_err(|_| ApiError::invalid("timed out reading the request message"))?
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::too_large(cap)
-            } else {
-                ApiError::invalid(format!("error reading the request: {e}"))
-            }
-        })?
-        .to_bytes();
+        let Some(incoming) = body.take() else {
+            return Err(ApiError::internal("request body already taken"));
+        };
+        // Room for the 5-byte prefix; a message over the cap is refused while reading.
+        let body = super::body::read_capped(incoming, cap + 5, self.body_timeout, None).await?;
         let permit = self.ingest.admission.try_reserve(body.len())?;
         let (flag, msg) = split_message(body)?;
         let compression = match (flag, compression) {

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::listener::{full, Body, Handler};
@@ -49,7 +48,13 @@ impl Handler for HttpReceiver {
         let started = Instant::now();
         // Until we know the request's encoding, errors are answered in protobuf.
         let mut format = Format::Protobuf;
-        let result = self.handle(req, peer, &mut format).await;
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
+        let result = self.handle(&parts, &mut body, peer, &mut format).await;
+        if let Some(unread) = body {
+            // Refused before reading: let the client finish sending so it sees our answer.
+            super::body::drain(unread).await;
+        }
         let (resp, status) = match result {
             Ok(body) => {
                 let ct = match format {
@@ -98,26 +103,27 @@ fn error_response(e: &ApiError, format: Format) -> http::Result<http::Response<B
 impl HttpReceiver {
     async fn handle(
         &self,
-        req: http::Request<Incoming>,
+        req: &http::request::Parts,
+        body: &mut Option<Incoming>,
         peer: SocketAddr,
         format: &mut Format,
     ) -> Result<Bytes, ApiError> {
-        if req.uri().path() != TRACES_PATH {
+        if req.uri.path() != TRACES_PATH {
             return Err(ApiError::new(
                 ErrorKind::NotFound,
                 format!(
                     "no such path {:?}; OTLP traces go to POST {TRACES_PATH}",
-                    req.uri().path()
+                    req.uri.path()
                 ),
             ));
         }
-        if req.method() != Method::POST {
+        if req.method != Method::POST {
             return Err(ApiError::new(
                 ErrorKind::MethodNotAllowed,
-                format!("method {} not allowed; use POST", req.method()),
+                format!("method {} not allowed; use POST", req.method),
             ));
         }
-        *format = match media_type(req.headers()).as_deref() {
+        *format = match media_type(&req.headers).as_deref() {
             Some("application/x-protobuf") | Some("application/protobuf") => Format::Protobuf,
             Some("application/json") => Format::Json,
             other => {
@@ -131,7 +137,7 @@ impl HttpReceiver {
             }
         };
         let compression = Compression::from_header(
-            req.headers()
+            req.headers
                 .get(http::header::CONTENT_ENCODING)
                 .map(|v| v.to_str().unwrap_or("<invalid>")),
         )?;
@@ -143,13 +149,13 @@ impl HttpReceiver {
         let principal = self
             .ingest
             .authenticate(
-                crate::auth::authenticator::Authenticator::key_from_headers(req.headers()),
+                crate::auth::authenticator::Authenticator::key_from_headers(&req.headers),
                 &origin,
             )
             .await?;
         let cap = self.ingest.limits.max_request_bytes;
         let declared = req
-            .headers()
+            .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v: &HeaderValue| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
@@ -164,20 +170,16 @@ impl HttpReceiver {
             Some(len) => Some(self.ingest.admission.try_reserve(len as usize)?),
             None => None,
         };
-        let body = tokio::time::timeout(
+        let Some(incoming) = body.take() else {
+            return Err(ApiError::internal("request body already taken"));
+        };
+        let body = super::body::read_capped(
+            incoming,
+            cap,
             self.body_timeout,
-            Limited::new(req.into_body(), cap).collect(),
+            declared.map(|d| d as usize),
         )
-        .await
-        .map_err(|_| ApiError::invalid("timed out reading the request body"))?
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::too_large(cap)
-            } else {
-                ApiError::invalid(format!("error reading the request body: {e}"))
-            }
-        })?
-        .to_bytes();
+        .await?;
         let permit = match declared_permit {
             Some(p) => p,
             None => self.ingest.admission.try_reserve(body.len())?,

@@ -2,6 +2,7 @@
 //! receivers, and the admin endpoints.
 
 pub mod admin;
+pub mod body;
 pub mod grpc;
 pub mod http;
 pub mod listener;

@@ -1,0 +1,60 @@
+//! Reading request bodies with a size cap and a deadline — and draining what a refused request
+//! still sends. Closing a connection while the client is still writing makes it see a broken
+//! pipe or reset instead of our 401/413/503 (RFC 9112 §9.6), so before answering early we read
+//! and discard the rest of the body, bounded in bytes and time.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::error::ApiError;
+
+/// Most bytes we discard for a refused request before giving up and closing.
+pub const DRAIN_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Longest we keep draining a refused request.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads the whole body, refusing (413) past `cap` bytes and (400) past `timeout`.
+pub async fn read_capped(
+    mut body: Incoming,
+    cap: usize,
+    timeout: Duration,
+    size_hint: Option<usize>,
+) -> Result<Bytes, ApiError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = BytesMut::with_capacity(size_hint.unwrap_or(0).min(cap));
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(ApiError::invalid("timed out reading the request body")),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::invalid(format!(
+                    "error reading the request body: {e}"
+                )))
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > cap {
+                drop(buf);
+                drain(body).await;
+                return Err(ApiError::too_large(cap));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+}
+
+/// Reads and discards the rest of a body, within `DRAIN_MAX_BYTES` and `DRAIN_TIMEOUT`.
+pub async fn drain(mut body: Incoming) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    let mut seen = 0usize;
+    while seen <= DRAIN_MAX_BYTES {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => seen += f.data_ref().map(|d| d.len()).unwrap_or(0),
+            _ => return,
+        }
+    }
+}
