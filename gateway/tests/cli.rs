@@ -144,6 +144,31 @@ fn keys_create_prints_id_and_secret_last() {
         .expect("key_id line");
     let secret = lines.last().unwrap();
     assert!(secret.starts_with(&format!("tg_{id}_")), "{stdout}");
+    let d = dir.path().to_str().unwrap();
+    let out = run_tracegate(&["keys", "rotate", id, "--data-dir", d], &[], CMD_TIMEOUT);
+    assert!(out.status.success());
+    let rotated = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(rotated.starts_with(&format!("tg_{id}_")) && rotated != *secret);
+    let out = run_tracegate(&["keys", "revoke", id, "--data-dir", d], &[], CMD_TIMEOUT);
+    assert!(out.status.success());
+    let out = run_tracegate(&["keys", "list", "--data-dir", d], &[], CMD_TIMEOUT);
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        listed.contains(id) && listed.contains("revoked=true"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret[20..]) && !listed.contains(&rotated[20..]));
+    // Lifecycle events are audited, without secrets.
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    for ev in ["key.created", "key.rotated", "key.revoked"] {
+        assert!(audit.contains(ev), "{audit}");
+    }
+    assert!(!audit.contains(&secret[20..]) && !audit.contains(&rotated[20..]));
     let out = run_tracegate(
         &[
             "keys",
