@@ -78,7 +78,8 @@ pub struct StoreArgs {
     #[arg(long, value_parser = ["file", "postgres"])]
     pub store: Option<String>,
     /// PostgreSQL URL for --store postgres (a role that may write api_keys).
-    #[arg(long, env = "TRACEGATE_DATABASE_URL", hide_env_values = true)]
+    /// Default: auth.database_url (`TRACEGATE_AUTH__DATABASE_URL`).
+    #[arg(long)]
     pub database_url: Option<String>,
 }
 

@@ -271,7 +271,12 @@ impl Config {
     /// Parses defaults, the optional TOML file, `TRACEGATE_*` env vars and overrides, then
     /// validates.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        Self::load_with_env(file, overrides, Env::prefixed("TRACEGATE_").split("__"))
+        // Only `TRACEGATE_<SECTION>__<KEY>` is config; other TRACEGATE_* variables (e.g. used by
+        // scripts) are not ours to refuse.
+        let env = Env::prefixed("TRACEGATE_")
+            .filter(|k| k.as_str().contains("__"))
+            .split("__");
+        Self::load_with_env(file, overrides, env)
     }
 
     fn load_with_env(
@@ -401,6 +406,7 @@ mod tests {
     fn env_vars_override_and_unknown_env_keys_are_named() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TRACEGATE_LIMITS__MAX_ATTRIBUTES", "7");
+            jail.set_env("TRACEGATE_TEST_TIMEOUT", "9"); // not `<SECTION>__<KEY>`: not ours
             let c = Config::load(None, &Overrides::default()).unwrap();
             assert_eq!(c.limits.max_attributes, 7);
             jail.set_env("TRACEGATE_LIMITS__NOPE", "7");
