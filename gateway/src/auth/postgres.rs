@@ -2,8 +2,9 @@
 //! `deploy/postgres/migrations/`, applied by `tracegate keys migrate`). The gateway needs only a
 //! read-only role. A background task keeps one connection open, `LISTEN`s on
 //! `tracegate_api_keys` and turns each notification into a cache invalidation; when the
-//! connection drops it reconnects with back-off and invalidates everything, since
-//! notifications may have been missed meanwhile.
+//! connection drops (or stops answering a periodic ping: a half-open TCP connection would
+//! otherwise swallow notifications silently) it reconnects with back-off and invalidates
+//! everything, since notifications may have been missed meanwhile. Every query is bounded.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -13,7 +14,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 
 use super::record::KeyRecord;
 use super::store::{Change, KeyStore};
@@ -30,9 +31,61 @@ const COLUMNS: &str = "key_id, org_id, workspace_id, project_id, secret_hash, sc
     allowed_vpce_ids, allowed_cidrs, spans_per_sec, bytes_per_sec, burst_ms, expires_at, revoked, \
     created_at, last_rotated_at";
 
+/// Bound on one query, and on connecting.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the listening connection is checked; one that does not answer within
+/// `PING_TIMEOUT` is dropped and replaced (so a half-open connection, which would swallow
+/// NOTIFYs, costs at most about 5 s).
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The live connection: its client and the prepared key lookup.
+#[derive(Clone)]
+struct Conn {
+    client: Arc<Client>,
+    get: Statement,
+}
+
 pub struct PgKeyStore {
-    client: RwLock<Option<Arc<Client>>>,
+    conn: RwLock<Option<Conn>>,
     changes: broadcast::Sender<Change>,
+}
+
+/// Runs `f` with `QUERY_TIMEOUT`.
+async fn bounded<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    bounded_by(QUERY_TIMEOUT, what, f).await
+}
+
+async fn bounded_by<T>(
+    limit: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.with_context(|| format!("PostgreSQL key store: {what}")),
+        Err(_) => bail!("PostgreSQL key store: {what} timed out after {limit:?}"),
+    }
+}
+
+async fn connect_raw(
+    url: &str,
+) -> Result<(
+    Client,
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+)> {
+    let mut cfg: tokio_postgres::Config = url.parse().context("bad PostgreSQL URL")?;
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(NoTls)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => bail!("timed out connecting to PostgreSQL after {CONNECT_TIMEOUT:?}"),
+    }
 }
 
 fn ts(t: &Option<String>) -> Result<Option<DateTime<Utc>>> {
@@ -86,30 +139,26 @@ impl PgKeyStore {
     pub async fn connect(url: &str) -> Result<Arc<Self>> {
         let (changes, _) = broadcast::channel(1024);
         let store = Arc::new(Self {
-            client: RwLock::new(None),
+            conn: RwLock::new(None),
             changes,
         });
-        let first = Self::open(url, &store)
+        let (conn, driver) = Self::open(url, &store)
             .await
             .context("connecting to the PostgreSQL key store")?;
-        *store.client.write().expect("lock") = Some(first.0);
+        *store.conn.write().expect("lock") = Some(conn.clone());
         tokio::spawn(Self::supervise(
             url.to_string(),
             Arc::downgrade(&store),
-            first.1,
+            conn,
+            driver,
         ));
         Ok(store)
     }
 
-    /// One connection: returns the client and a future that ends when the connection does.
-    async fn open(
-        url: &str,
-        store: &Arc<Self>,
-    ) -> Result<(Arc<Client>, tokio::task::JoinHandle<()>)> {
-        let (client, mut conn) =
-            tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
-                .await
-                .map_err(|_| anyhow!("timed out connecting to PostgreSQL"))??;
+    /// One connection, listening: returns it and the task that drives it (it ends when the
+    /// connection does; aborting it closes the connection).
+    async fn open(url: &str, store: &Arc<Self>) -> Result<(Conn, tokio::task::JoinHandle<()>)> {
+        let (client, mut conn) = connect_raw(url).await?;
         let tx = store.changes.clone();
         let driver = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -126,20 +175,63 @@ impl PgKeyStore {
                 }
             }
         });
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-        Ok((Arc::new(client), driver))
+        let ready = async {
+            bounded("LISTEN", client.batch_execute(&format!("LISTEN {CHANNEL}"))).await?;
+            let q = format!("SELECT {COLUMNS} FROM api_keys WHERE key_id = $1");
+            bounded("prepare", client.prepare(&q)).await
+        }
+        .await;
+        match ready {
+            Ok(get) => Ok((
+                Conn {
+                    client: Arc::new(client),
+                    get,
+                },
+                driver,
+            )),
+            Err(e) => {
+                driver.abort();
+                Err(e)
+            }
+        }
     }
 
+    /// Keeps the store connected: waits for the connection to end or stop answering, then
+    /// reconnects with back-off. Cached records are dropped on both edges, because
+    /// notifications may have been lost in between.
     async fn supervise(
         url: String,
         store: std::sync::Weak<Self>,
+        mut conn: Conn,
         mut driver: tokio::task::JoinHandle<()>,
     ) {
         loop {
-            let _ = (&mut driver).await;
+            let mut ping = tokio::time::interval(PING_INTERVAL);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ping.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut driver => break,
+                    _ = ping.tick() => {
+                        if store.strong_count() == 0 {
+                            driver.abort();
+                            return;
+                        }
+                        let alive = conn.client.simple_query("SELECT 1");
+                        if let Err(e) = bounded_by(PING_TIMEOUT, "ping", alive).await {
+                            tracing::warn!(
+                                error = %format!("{e:#}"),
+                                "PostgreSQL key store connection unresponsive; reconnecting"
+                            );
+                            driver.abort();
+                            let _ = (&mut driver).await;
+                            break;
+                        }
+                    }
+                }
+            }
             let Some(s) = store.upgrade() else { return };
-            *s.client.write().expect("lock") = None;
-            // Notifications may have been lost while disconnected.
+            *s.conn.write().expect("lock") = None;
             let _ = s.changes.send(Change::All);
             drop(s);
             let mut backoff = Duration::from_millis(100);
@@ -147,24 +239,25 @@ impl PgKeyStore {
                 tokio::time::sleep(backoff).await;
                 let Some(s) = store.upgrade() else { return };
                 match Self::open(&url, &s).await {
-                    Ok((client, d)) => {
-                        *s.client.write().expect("lock") = Some(client);
+                    Ok((c, d)) => {
+                        *s.conn.write().expect("lock") = Some(c.clone());
                         let _ = s.changes.send(Change::All);
                         tracing::info!("PostgreSQL key store reconnected");
+                        conn = c;
                         driver = d;
                         break;
                     }
                     Err(e) => {
                         tracing::debug!(error = %format!("{e:#}"), "PostgreSQL reconnect failed");
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
             }
         }
     }
 
-    fn client(&self) -> Result<Arc<Client>> {
-        self.client
+    fn conn(&self) -> Result<Conn> {
+        self.conn
             .read()
             .expect("lock")
             .clone()
@@ -173,9 +266,7 @@ impl PgKeyStore {
 
     /// Applies pending migrations (needs a role that may create tables).
     pub async fn migrate(url: &str) -> Result<Vec<i32>> {
-        let (mut client, conn) = tokio_postgres::connect(url, NoTls)
-            .await
-            .context("connecting to PostgreSQL")?;
+        let (mut client, conn) = connect_raw(url).await.context("connecting to PostgreSQL")?;
         let driver = tokio::spawn(conn);
         client
             .batch_execute("CREATE TABLE IF NOT EXISTS tracegate_schema_migrations (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
@@ -219,20 +310,16 @@ impl KeyStore for PgKeyStore {
 
     fn get<'a>(&'a self, key_id: &'a str) -> BoxFuture<'a, Result<Option<KeyRecord>>> {
         Box::pin(async move {
-            let c = self.client()?;
-            let q = format!("SELECT {COLUMNS} FROM api_keys WHERE key_id = $1");
-            let row =
-                tokio::time::timeout(Duration::from_secs(5), c.query_opt(q.as_str(), &[&key_id]))
-                    .await
-                    .map_err(|_| anyhow!("key store query timed out"))??;
+            let c = self.conn()?;
+            let row = bounded("key lookup", c.client.query_opt(&c.get, &[&key_id])).await?;
             row.as_ref().map(from_row).transpose()
         })
     }
 
     fn insert(&self, r: KeyRecord) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let c = self.client()?;
-            let n = c
+            let c = self.conn()?;
+            let n = bounded("insert", c.client
                 .execute(
                     "INSERT INTO api_keys (key_id, org_id, workspace_id, project_id, secret_hash, scopes, region, \
                      allowed_vpce_ids, allowed_cidrs, spans_per_sec, bytes_per_sec, burst_ms, expires_at, revoked, created_at, last_rotated_at) \
@@ -243,7 +330,7 @@ impl KeyStore for PgKeyStore {
                         &to_i64(r.burst_ms), &ts(&r.expires_at)?, &r.revoked, &ts(&Some(r.created_at.clone()).filter(|s| !s.is_empty()))?,
                         &ts(&r.last_rotated_at)?,
                     ],
-                )
+                ))
                 .await?;
             if n == 0 {
                 bail!("key id {} already exists", r.key_id);
@@ -254,18 +341,20 @@ impl KeyStore for PgKeyStore {
 
     fn update(&self, r: KeyRecord) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let c = self.client()?;
-            let n = c
+            let c = self.conn()?;
+            // Revocation is one-way: `revoked` is OR-ed in, so a rotate (or any read-modify-write)
+            // racing with a revoke cannot bring the revoked key back.
+            let n = bounded("update", c.client
                 .execute(
                     "UPDATE api_keys SET org_id=$2, workspace_id=$3, project_id=$4, secret_hash=$5, scopes=$6, region=$7, \
                      allowed_vpce_ids=$8, allowed_cidrs=$9, spans_per_sec=$10, bytes_per_sec=$11, burst_ms=$12, expires_at=$13, \
-                     revoked=$14, last_rotated_at=$15 WHERE key_id=$1",
+                     revoked=(api_keys.revoked OR $14), last_rotated_at=$15 WHERE key_id=$1",
                     &[
                         &r.key_id, &r.org_id, &r.workspace_id, &r.project_id, &r.secret_hash, &r.scopes, &r.region,
                         &r.allowed_vpce_ids, &r.allowed_cidrs, &to_i64(r.spans_per_sec), &to_i64(r.bytes_per_sec),
                         &to_i64(r.burst_ms), &ts(&r.expires_at)?, &r.revoked, &ts(&r.last_rotated_at)?,
                     ],
-                )
+                ))
                 .await?;
             if n == 0 {
                 bail!("no key with id {}", r.key_id);
@@ -276,13 +365,9 @@ impl KeyStore for PgKeyStore {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<KeyRecord>>> {
         Box::pin(async move {
-            let c = self.client()?;
-            let rows = c
-                .query(
-                    format!("SELECT {COLUMNS} FROM api_keys ORDER BY created_at, key_id").as_str(),
-                    &[],
-                )
-                .await?;
+            let c = self.conn()?;
+            let q = format!("SELECT {COLUMNS} FROM api_keys ORDER BY created_at, key_id");
+            let rows = bounded("list", c.client.query(q.as_str(), &[])).await?;
             rows.iter().map(from_row).collect()
         })
     }
