@@ -23,6 +23,7 @@ struct Counting {
     lookups: AtomicU64,
     down: AtomicBool,
     delay: Duration,
+    changes: broadcast::Sender<Change>,
 }
 
 impl KeyStore for Counting {
@@ -32,11 +33,13 @@ impl KeyStore for Counting {
     fn get<'a>(&'a self, key_id: &'a str) -> BoxFuture<'a, anyhow::Result<Option<KeyRecord>>> {
         Box::pin(async move {
             self.lookups.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(self.delay).await;
             if self.down.load(Ordering::SeqCst) {
                 anyhow::bail!("store down");
             }
-            self.inner.get(key_id).await
+            // Read first, answer late: like a query whose result is in flight.
+            let r = self.inner.get(key_id).await;
+            tokio::time::sleep(self.delay).await;
+            r
         })
     }
     fn insert(&self, r: KeyRecord) -> BoxFuture<'_, anyhow::Result<()>> {
@@ -49,7 +52,7 @@ impl KeyStore for Counting {
         self.inner.list()
     }
     fn subscribe(&self) -> Option<broadcast::Receiver<Change>> {
-        None
+        Some(self.changes.subscribe())
     }
 }
 
@@ -67,6 +70,7 @@ fn setup(cfg: AuthConfig, delay: Duration) -> Setup {
         lookups: AtomicU64::new(0),
         down: AtomicBool::new(false),
         delay,
+        changes: broadcast::channel(16).0,
     });
     let pepper = Pepper::from_file(&dir.path().join("pepper"), true).unwrap();
     let svc = KeyService {
@@ -224,4 +228,42 @@ async fn store_outage_keeps_cached_keys_and_answers_503_for_new_ones() {
             .project_id,
         "q"
     );
+}
+
+/// A revocation notice that arrives while the record is being fetched must not leave the
+/// pre-revocation record cached for a whole TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_during_fetch_is_not_overwritten_by_the_fill() {
+    let s = setup(
+        AuthConfig {
+            cache_ttl_ms: 600_000,
+            ..Default::default()
+        },
+        Duration::from_millis(300),
+    );
+    let (rec, key) = s
+        .svc
+        .create(NewKey::for_project("p", "local"))
+        .await
+        .unwrap();
+    let auth = s.auth.clone();
+    let k = key.clone();
+    let first = tokio::spawn(async move { auth.authenticate(Some(&k), &Origin::default()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Revoked while the lookup above is in flight (it may have read the old record).
+    let mut r = rec.clone();
+    r.revoked = true;
+    s.store.inner.update_sync(r).unwrap();
+    s.store
+        .changes
+        .send(Change::Key(rec.key_id.clone()))
+        .unwrap();
+    let _ = first.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let e = s
+        .auth
+        .authenticate(Some(&key), &Origin::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.message, "API key revoked");
 }

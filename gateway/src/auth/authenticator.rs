@@ -58,6 +58,9 @@ struct Cached {
     record: Option<KeyRecord>,
     /// Served from the stale copy because the store failed: re-check soon.
     stale: bool,
+    /// An invalidation arrived while this record was being fetched, so it may predate it:
+    /// serve the requests that waited for it, then fetch again.
+    raced: bool,
     /// The secret that verified against `record.secret_hash` (hot path: no HMAC).
     verified: OnceLock<String>,
 }
@@ -71,7 +74,9 @@ struct TtlPolicy {
 
 impl Expiry<String, Entry> for TtlPolicy {
     fn expire_after_create(&self, _k: &String, v: &Entry, _now: Instant) -> Option<Duration> {
-        Some(if v.stale || v.record.is_none() {
+        Some(if v.raced {
+            Duration::ZERO
+        } else if v.stale || v.record.is_none() {
             self.negative
         } else {
             self.positive
@@ -88,6 +93,8 @@ pub struct Authenticator {
     tokens: Option<Arc<TokenVerifier>>,
     region: String,
     audit: Audit,
+    /// Bumped on every store change notification (see `Cached::raced`).
+    invalidations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 enum Lookup {
@@ -123,6 +130,7 @@ impl Authenticator {
             tokens,
             region: region.to_string(),
             audit,
+            invalidations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         });
         if let Some(mut rx) = store.subscribe() {
             let weak = Arc::downgrade(&a);
@@ -130,6 +138,8 @@ impl Authenticator {
                 loop {
                     let change = rx.recv().await;
                     let Some(a) = weak.upgrade() else { break };
+                    a.invalidations
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     match change {
                         Ok(Change::Key(id)) => {
                             a.cache.invalidate(&id).await;
@@ -178,11 +188,16 @@ impl Authenticator {
         let store = self.store.clone();
         let stale = self.stale.clone();
         let id = key_id.to_string();
+        let invalidations = self.invalidations.clone();
         let r = self
             .cache
             .try_get_with(key_id.to_string(), async move {
                 metrics::counter!(m::AUTH_CACHE_LOOKUPS).increment(1);
-                match store.get(&id).await {
+                let generation = invalidations.load(std::sync::atomic::Ordering::SeqCst);
+                let fetched = store.get(&id).await;
+                // moka does not cancel a fill that an invalidation overtook; detect it instead.
+                let raced = invalidations.load(std::sync::atomic::Ordering::SeqCst) != generation;
+                match fetched {
                     Ok(record) => {
                         match &record {
                             Some(r) => stale.insert(id.clone(), r.clone()),
@@ -191,6 +206,7 @@ impl Authenticator {
                         Ok(Arc::new(Cached {
                             record,
                             stale: false,
+                            raced,
                             verified: OnceLock::new(),
                         }))
                     }
@@ -201,6 +217,7 @@ impl Authenticator {
                             Some(r) => Ok(Arc::new(Cached {
                                 record: Some(r),
                                 stale: true,
+                                raced,
                                 verified: OnceLock::new(),
                             })),
                             None => Err(e),
