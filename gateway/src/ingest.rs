@@ -128,13 +128,13 @@ impl Ingest {
         &self,
         credential: Option<&str>,
         origin: &Origin,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Arc<Principal>, ApiError> {
         self.auth.authenticate(credential, origin).await
     }
 
     pub async fn export(
         &self,
-        principal: &Principal,
+        principal: &Arc<Principal>,
         raw: RawRequest,
     ) -> Result<ExportTraceServiceResponse, ApiError> {
         let limits = self.limits.clone();

@@ -20,7 +20,7 @@ use moka::future::Cache;
 use moka::Expiry;
 use subtle::ConstantTimeEq;
 
-use super::key::ApiKey;
+use super::key::KeyRef;
 use super::pepper::Pepper;
 use super::ratelimit::ProjectQuota;
 use super::record::{KeyRecord, SCOPE_TRACES_WRITE};
@@ -56,6 +56,10 @@ pub struct Origin {
 
 struct Cached {
     record: Option<KeyRecord>,
+    /// Built once per fill: the hot path hands out clones of this `Arc`.
+    principal: Option<Arc<Principal>>,
+    /// Parsed once; an unreadable expiry fails closed (already expired).
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Served from the stale copy because the store failed: re-check soon.
     stale: bool,
     /// An invalidation arrived while this record was being fetched, so it may predate it:
@@ -66,6 +70,43 @@ struct Cached {
 }
 
 type Entry = Arc<Cached>;
+
+impl Cached {
+    fn new(record: Option<KeyRecord>, stale: bool, raced: bool) -> Entry {
+        let principal = record.as_ref().map(|r| {
+            Arc::new(Principal {
+                key_id: r.key_id.clone(),
+                org_id: r.org_id.clone(),
+                workspace_id: r.workspace_id.clone(),
+                project_id: r.project_id.clone(),
+                region: r.region.clone(),
+                scopes: r.scopes.clone(),
+                quota: ProjectQuota {
+                    spans_per_sec: r.spans_per_sec,
+                    bytes_per_sec: r.bytes_per_sec,
+                    burst_ms: r.burst_ms,
+                },
+                allowed_vpce_ids: r.allowed_vpce_ids.clone(),
+                allowed_cidrs: r.allowed_cidrs.clone(),
+            })
+        });
+        let expires_at = record.as_ref().and_then(|r| {
+            r.expires_at.as_ref().map(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|d| d.with_timezone(&chrono::Utc))
+                    .unwrap_or(chrono::DateTime::UNIX_EPOCH)
+            })
+        });
+        Arc::new(Cached {
+            record,
+            principal,
+            expires_at,
+            stale,
+            raced,
+            verified: OnceLock::new(),
+        })
+    }
+}
 
 struct TtlPolicy {
     positive: Duration,
@@ -185,6 +226,10 @@ impl Authenticator {
     }
 
     async fn lookup(&self, key_id: &str) -> Lookup {
+        // Hits skip building the fill future below.
+        if let Some(e) = self.cache.get(key_id).await {
+            return Lookup::Found(e);
+        }
         let store = self.store.clone();
         let stale = self.stale.clone();
         let id = key_id.to_string();
@@ -203,23 +248,13 @@ impl Authenticator {
                             Some(r) => stale.insert(id.clone(), r.clone()),
                             None => stale.invalidate(&id),
                         }
-                        Ok(Arc::new(Cached {
-                            record,
-                            stale: false,
-                            raced,
-                            verified: OnceLock::new(),
-                        }))
+                        Ok(Cached::new(record, false, raced))
                     }
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "key store lookup failed");
                         metrics::counter!(m::AUTH_STORE_ERRORS).increment(1);
                         match stale.get(&id) {
-                            Some(r) => Ok(Arc::new(Cached {
-                                record: Some(r),
-                                stale: true,
-                                raced,
-                                verified: OnceLock::new(),
-                            })),
+                            Some(r) => Ok(Cached::new(Some(r), true, raced)),
                             None => Err(e),
                         }
                     }
@@ -250,7 +285,7 @@ impl Authenticator {
         &self,
         credential: Option<&str>,
         origin: &Origin,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Arc<Principal>, ApiError> {
         let Some(text) = credential else {
             return Err(self.refuse(
                 "-",
@@ -274,7 +309,7 @@ impl Authenticator {
         &self,
         token: &str,
         origin: &Origin,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Arc<Principal>, ApiError> {
         let Some(v) = &self.tokens else {
             return Err(self.refuse(
                 "jwt",
@@ -285,7 +320,7 @@ impl Authenticator {
             ));
         };
         match v.verify(token).await {
-            Ok(c) => Ok(Principal {
+            Ok(c) => Ok(Arc::new(Principal {
                 key_id: format!(
                     "jwt:{}",
                     c.jti.clone().or(c.sub.clone()).unwrap_or_default()
@@ -302,7 +337,7 @@ impl Authenticator {
                 },
                 allowed_vpce_ids: vec![],
                 allowed_cidrs: vec![],
-            }),
+            })),
             Err(e) => Err(self.refuse(
                 "jwt",
                 e.reason(),
@@ -317,8 +352,8 @@ impl Authenticator {
         &self,
         text: &str,
         origin: &Origin,
-    ) -> Result<Principal, ApiError> {
-        let key = ApiKey::parse(text).map_err(|e| {
+    ) -> Result<Arc<Principal>, ApiError> {
+        let key = KeyRef::parse(text).map_err(|e| {
             self.refuse(
                 "-",
                 "malformed_key",
@@ -327,15 +362,15 @@ impl Authenticator {
                 ApiError::unauthenticated(format!("invalid API key: {e}")),
             )
         })?;
-        let entry = match self.lookup(&key.key_id).await {
+        let entry = match self.lookup(key.key_id).await {
             Lookup::Found(e) => e,
             Lookup::StoreDown => {
                 return Err(ApiError::unavailable("key store unavailable, retry later"))
             }
         };
-        let Some(record) = &entry.record else {
+        let (Some(record), Some(principal)) = (&entry.record, &entry.principal) else {
             return Err(self.refuse(
-                &key.key_id,
+                key.key_id,
                 "unknown_key",
                 "",
                 origin,
@@ -345,57 +380,43 @@ impl Authenticator {
         let fast = entry
             .verified
             .get()
-            .map(|s| bool::from(s.as_bytes().ct_eq(key.secret().as_bytes())))
+            .map(|s| bool::from(s.as_bytes().ct_eq(key.secret.as_bytes())))
             .unwrap_or(false);
         if !fast {
             let stored = hex::decode(&record.secret_hash).unwrap_or_default();
             if !key.verify(self.pepper.bytes(), &stored) {
                 return Err(self.refuse(
-                    &key.key_id,
+                    key.key_id,
                     "bad_secret",
                     &record.project_id,
                     origin,
                     ApiError::unauthenticated("unknown API key"),
                 ));
             }
-            let _ = entry.verified.set(key.secret().to_string());
+            let _ = entry.verified.set(key.secret.to_string());
         }
         if record.revoked {
             return Err(self.refuse(
-                &key.key_id,
+                key.key_id,
                 "revoked",
                 &record.project_id,
                 origin,
                 ApiError::unauthenticated("API key revoked"),
             ));
         }
-        if record.expired_at(chrono::Utc::now()) {
+        if entry.expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
             return Err(self.refuse(
-                &key.key_id,
+                key.key_id,
                 "expired",
                 &record.project_id,
                 origin,
                 ApiError::unauthenticated("API key expired"),
             ));
         }
-        Ok(Principal {
-            key_id: record.key_id.clone(),
-            org_id: record.org_id.clone(),
-            workspace_id: record.workspace_id.clone(),
-            project_id: record.project_id.clone(),
-            region: record.region.clone(),
-            scopes: record.scopes.clone(),
-            quota: ProjectQuota {
-                spans_per_sec: record.spans_per_sec,
-                bytes_per_sec: record.bytes_per_sec,
-                burst_ms: record.burst_ms,
-            },
-            allowed_vpce_ids: record.allowed_vpce_ids.clone(),
-            allowed_cidrs: record.allowed_cidrs.clone(),
-        })
+        Ok(principal.clone())
     }
 
-    fn authorize(&self, p: Principal, origin: &Origin) -> Result<Principal, ApiError> {
+    fn authorize(&self, p: Arc<Principal>, origin: &Origin) -> Result<Arc<Principal>, ApiError> {
         if !p.scopes.iter().any(|s| s == SCOPE_TRACES_WRITE) {
             return Err(self.refuse(
                 &p.key_id,
@@ -457,6 +478,7 @@ impl Authenticator {
 mod tests {
     use super::*;
     use crate::auth::file_store::FileKeyStore;
+    use crate::auth::key::ApiKey;
     use crate::auth::service::{KeyService, NewKey};
 
     fn setup(cfg: AuthConfig) -> (tempfile::TempDir, KeyService, Arc<Authenticator>) {

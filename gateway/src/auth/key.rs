@@ -49,6 +49,45 @@ fn is_lower_hex(s: &str) -> bool {
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A parsed key borrowing the request's text: the request path's allocation-free form.
+#[derive(Clone, Copy)]
+pub struct KeyRef<'a> {
+    pub key_id: &'a str,
+    pub secret: &'a str,
+}
+
+impl<'a> KeyRef<'a> {
+    /// Shape and checksum check; no lookup, no allocation.
+    pub fn parse(text: &'a str) -> Result<Self, KeyFormatError> {
+        if text.len() != KEY_LEN || !text.is_ascii() || !text.starts_with(PREFIX) {
+            return Err(KeyFormatError::Shape);
+        }
+        let rest = &text[PREFIX.len()..];
+        let (id, rest) = rest.split_at(ID_HEX);
+        let Some(rest) = rest.strip_prefix('_') else {
+            return Err(KeyFormatError::Shape);
+        };
+        let (secret, crc) = rest.split_at(SECRET_HEX);
+        if !is_lower_hex(id) || !is_lower_hex(secret) || !is_lower_hex(crc) {
+            return Err(KeyFormatError::Shape);
+        }
+        let body = &text[..text.len() - CRC_HEX];
+        let want = u32::from_str_radix(crc, 16).map_err(|_| KeyFormatError::Shape)?;
+        if crc32fast::hash(body.as_bytes()) != want {
+            return Err(KeyFormatError::Checksum);
+        }
+        Ok(KeyRef { key_id: id, secret })
+    }
+
+    /// Constant-time check of the secret against a stored `HMAC-SHA256(pepper, secret)`.
+    pub fn verify(&self, pepper: &[u8], stored: &[u8]) -> bool {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(pepper).expect("HMAC takes any key");
+        mac.update(self.secret.as_bytes());
+        let h: [u8; 32] = mac.finalize().into_bytes().into();
+        h.ct_eq(stored).into()
+    }
+}
+
 impl ApiKey {
     pub fn generate() -> (Self, String) {
         let mut rng = rand::rng();
@@ -95,26 +134,10 @@ impl ApiKey {
 
     /// Shape and checksum check; no lookup.
     pub fn parse(text: &str) -> Result<Self, KeyFormatError> {
-        if text.len() != KEY_LEN || !text.is_ascii() || !text.starts_with(PREFIX) {
-            return Err(KeyFormatError::Shape);
-        }
-        let rest = &text[PREFIX.len()..];
-        let (id, rest) = rest.split_at(ID_HEX);
-        let Some(rest) = rest.strip_prefix('_') else {
-            return Err(KeyFormatError::Shape);
-        };
-        let (secret, crc) = rest.split_at(SECRET_HEX);
-        if !is_lower_hex(id) || !is_lower_hex(secret) || !is_lower_hex(crc) {
-            return Err(KeyFormatError::Shape);
-        }
-        let body = &text[..text.len() - CRC_HEX];
-        let want = u32::from_str_radix(crc, 16).map_err(|_| KeyFormatError::Shape)?;
-        if crc32fast::hash(body.as_bytes()) != want {
-            return Err(KeyFormatError::Checksum);
-        }
+        let k = KeyRef::parse(text)?;
         Ok(ApiKey {
-            key_id: id.to_string(),
-            secret: secret.to_string(),
+            key_id: k.key_id.to_string(),
+            secret: k.secret.to_string(),
         })
     }
 
