@@ -18,6 +18,8 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub audit: AuditConfig,
     pub writer: WriterConfig,
+    /// Kafka transport: present → `serve` produces to Kafka; `write` consumes from it.
+    pub kafka: Option<crate::kafka::config::KafkaConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -387,6 +389,9 @@ impl Config {
                 key: "tokens.issuer",
                 message: "is required when tokens.jwks is set".into(),
             });
+        }
+        if let Some(k) = &self.kafka {
+            k.validate()?;
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod kafka;
 pub mod metrics;
 pub mod otlp;
 pub mod queue;

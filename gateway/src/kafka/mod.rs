@@ -1,0 +1,6 @@
+//! Kafka transport (docs/kafka.md): the gateway's idempotent producer (a `BatchQueue`), the
+//! consumer-group writer behind `tracegate write`, their configuration, the splitting of large
+//! batches into messages that fit the broker's limit, and librdkafka statistics as metrics.
+
+pub mod config;
+pub mod split;
