@@ -118,8 +118,20 @@ pub async fn run(
         );
     }
     let sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(ArchiveSink::new(archive))];
-    let (queue, writer) = EmbeddedQueue::start(config.writer.clone(), sinks);
-    let queue: Arc<dyn BatchQueue> = Arc::new(queue);
+    // A `[kafka]` section replaces the embedded queue + writer with the Kafka producer.
+    let (queue, stop_queue): (
+        Arc<dyn BatchQueue>,
+        futures_util::future::BoxFuture<'static, ()>,
+    ) = match &config.kafka {
+        Some(k) => {
+            let (q, h) = crate::kafka::producer::KafkaQueue::start(k)?;
+            (Arc::new(q), Box::pin(h.shutdown()))
+        }
+        None => {
+            let (q, w) = EmbeddedQueue::start(config.writer.clone(), sinks);
+            (Arc::new(q), Box::pin(w.shutdown()))
+        }
+    };
     let ingest = Arc::new(Ingest {
         auth: Authenticator::from_config(&config, store, pepper, audit.clone(), tokens),
         admission: Admission::new(config.limits.max_inflight_bytes),
@@ -173,7 +185,7 @@ pub async fn run(
     let _ = http.await;
     let _ = grpc.await;
     // Every request that could still be answered has been; now flush and stop the writer.
-    writer.shutdown().await;
+    stop_queue.await;
     admin_stop.cancel();
     let _ = admin.await;
     tracing::info!("shutdown complete");

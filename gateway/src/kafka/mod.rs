@@ -3,4 +3,6 @@
 //! batches into messages that fit the broker's limit, and librdkafka statistics as metrics.
 
 pub mod config;
+pub mod producer;
 pub mod split;
+pub mod stats;
