@@ -6,3 +6,4 @@ pub mod config;
 pub mod producer;
 pub mod split;
 pub mod stats;
+pub mod writer;
