@@ -61,13 +61,20 @@ impl Reachability {
 pub struct StatsContext {
     pub client: &'static str,
     pub reach: Arc<Reachability>,
+    /// Last logged error kind, when, and how many repeats were not logged since.
+    last_error: std::sync::Mutex<(String, Option<Instant>, u64)>,
 }
+
+/// A repeated error (e.g. "all brokers down" while a broker is down) is logged at most this
+/// often; the metric counts every occurrence.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl StatsContext {
     pub fn new(client: &'static str) -> Self {
         Self {
             client,
             reach: Arc::new(Reachability::default()),
+            last_error: std::sync::Mutex::new((String::new(), None, 0)),
         }
     }
 }
@@ -101,9 +108,21 @@ impl ClientContext for StatsContext {
             metrics::gauge!(m::KAFKA_BROKERS_UP, "client" => self.client).set(0.0);
         }
         let label = code.map_or_else(|| "other".to_string(), |c| format!("{c:?}"));
+        {
+            let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+            let repeat =
+                last.0 == label && last.1.is_some_and(|t| t.elapsed() < ERROR_LOG_INTERVAL);
+            if repeat {
+                last.2 += 1;
+            } else {
+                let suppressed = last.2;
+                *last = (label.clone(), Some(Instant::now()), 0);
+                drop(last);
+                tracing::warn!(client = self.client, error = %error, reason, repeats_not_logged = suppressed, "kafka client error");
+            }
+        }
         metrics::counter!(m::KAFKA_CLIENT_ERRORS, "client" => self.client, "kind" => label)
             .increment(1);
-        tracing::warn!(client = self.client, error = %error, reason, "kafka client error");
     }
 
     fn stats(&self, s: Statistics) {
