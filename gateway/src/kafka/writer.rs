@@ -267,7 +267,14 @@ struct Driver {
     shared: Arc<Shared>,
     quarantine: PathBuf,
     shutdown_timeout: Duration,
+    /// Negative control for the crash tests only (env [`IGNORE_INTENT_ENV`]).
+    ignore_intent: bool,
 }
+
+/// Test-only switch: `1` makes the writer ignore recorded intents when it resumes a partition,
+/// so that the writer-crash test can show that without them a re-read batch gets a different
+/// id (and is duplicated). Never set it anywhere else.
+pub const IGNORE_INTENT_ENV: &str = "TG_TEST_WRITER_IGNORE_INTENT";
 
 impl Driver {
     fn run(mut self) {
@@ -412,7 +419,7 @@ impl Driver {
                         continue;
                     }
                     part.intent = match (e.offset(), parse_intent(e.metadata())) {
-                        (Offset::Offset(c), Some(end)) if end >= c => {
+                        (Offset::Offset(c), Some(end)) if end >= c && !self.ignore_intent => {
                             tracing::info!(topic = %tp.0, partition = tp.1, first = c, last = end, "resuming a batch that was cut before");
                             Intent::End(end)
                         }
@@ -1026,7 +1033,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         shared: shared.clone(),
         quarantine: data_dir.join("kafka-quarantine"),
         shutdown_timeout: Duration::from_millis(config.server.shutdown_timeout_ms),
+        ignore_intent: std::env::var(IGNORE_INTENT_ENV).is_ok_and(|v| v == "1"),
     };
+    if driver.ignore_intent {
+        tracing::warn!(
+            "{IGNORE_INTENT_ENV}=1: recorded batch intents are IGNORED (test negative control); \
+             re-read batches will get new ids and be duplicated"
+        );
+    }
     let (fin_tx, fin_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("kafka-writer".into())
