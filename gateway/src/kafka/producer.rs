@@ -199,6 +199,14 @@ impl BatchQueue for KafkaQueue {
     fn publish(&self, batch: Batch) -> BoxFuture<'_, Result<(), ApiError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
+            if inner.reach.is_fatal() {
+                return Err(refuse(
+                    "fatal",
+                    ApiError::unavailable(
+                        "the Kafka producer failed fatally; this gateway must be restarted",
+                    ),
+                ));
+            }
             if !inner.reach.is_up() {
                 return Err(refuse(
                     "no_broker",

@@ -22,6 +22,8 @@ pub struct Reachability {
     up: AtomicBool,
     /// Milliseconds since `epoch` of the last "all brokers down" error.
     last_all_down_ms: AtomicU64,
+    /// librdkafka raised a fatal error: this client instance can never work again.
+    fatal: AtomicBool,
     epoch: Instant,
 }
 
@@ -30,6 +32,7 @@ impl Default for Reachability {
         Self {
             up: AtomicBool::new(false),
             last_all_down_ms: AtomicU64::new(0),
+            fatal: AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
@@ -37,11 +40,15 @@ impl Default for Reachability {
 
 impl Reachability {
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed) && !self.is_fatal()
     }
 
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
+    }
+
+    pub fn is_fatal(&self) -> bool {
+        self.fatal.load(Ordering::Relaxed)
     }
 
     fn mark_all_down(&self) {
@@ -103,6 +110,12 @@ impl ClientContext for StatsContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         let code = error.rdkafka_error_code();
+        if code == Some(RDKafkaErrorCode::Fatal) {
+            // With the idempotent producer this means the broker broke the sequence guarantees
+            // (e.g. lost acknowledged data); the instance refuses all work from now on.
+            self.reach.fatal.store(true, Ordering::Relaxed);
+            tracing::error!(client = self.client, error = %error, reason, "fatal Kafka client error: this process must be restarted");
+        }
         if code == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.reach.mark_all_down();
             metrics::gauge!(m::KAFKA_BROKERS_UP, "client" => self.client).set(0.0);

@@ -297,7 +297,7 @@ impl Driver {
                     Some(Ok(msg)) => {
                         polled += 1;
                         let tp = (msg.topic().to_string(), msg.partition());
-                        let payload = msg.payload().map(<[u8]>::to_vec);
+                        let payload = msg.payload().map(bytes::Bytes::copy_from_slice);
                         let offset = msg.offset();
                         drop(msg);
                         self.apply_events();
@@ -438,7 +438,7 @@ impl Driver {
         }
     }
 
-    fn on_message(&mut self, tp: Tp, offset: i64, payload: Option<Vec<u8>>) {
+    fn on_message(&mut self, tp: Tp, offset: i64, payload: Option<bytes::Bytes>) {
         let Some(part) = self.parts.get_mut(&tp) else {
             tracing::debug!(topic = %tp.0, partition = tp.1, offset, "message for an unassigned partition ignored");
             return;
@@ -446,8 +446,9 @@ impl Driver {
         if part.last_offset.is_some_and(|l| offset <= l) {
             return; // already buffered (a re-fetch after pause/resume)
         }
-        let bytes = payload.as_ref().map_or(0, Vec::len);
-        let batch = match payload.as_deref().map(Batch::decode) {
+        let bytes = payload.as_ref().map_or(0, bytes::Bytes::len);
+        // Decoding from `Bytes` keeps `otlp_request` a slice of the payload (no second copy).
+        let batch = match payload.clone().map(Batch::decode) {
             Some(Ok(b)) if b.schema_version <= tracegate_proto::BATCH_SCHEMA_VERSION => Some(b),
             other => {
                 let reason = match other {
