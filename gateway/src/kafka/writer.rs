@@ -106,6 +106,10 @@ struct CommitDone {
 struct WriterContext {
     stats: StatsContext,
     events: Mutex<Vec<Event>>,
+    /// Partitions this member owns, with the driver's epoch for each. The revoke callback
+    /// removes entries at once (inside `poll`), so the committer never commits for a partition
+    /// after it was revoked, even with commit requests still queued.
+    owned: Arc<Mutex<HashMap<Tp, u64>>>,
 }
 
 fn tps(tpl: &TopicPartitionList) -> Vec<Tp> {
@@ -130,7 +134,16 @@ impl ClientContext for WriterContext {
 impl ConsumerContext for WriterContext {
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Revoke(tpl) => self.push(Event::Revoke(tps(tpl))),
+            Rebalance::Revoke(tpl) => {
+                let list = tps(tpl);
+                {
+                    let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+                    for tp in &list {
+                        owned.remove(tp);
+                    }
+                }
+                self.push(Event::Revoke(list));
+            }
             Rebalance::Assign(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance error"),
         }
@@ -355,8 +368,22 @@ impl Driver {
                 Event::Assign(list) => {
                     metrics::counter!(m::KAFKA_WRITER_REBALANCES, "kind" => "assign").increment(1);
                     tracing::info!(partitions = ?list, "partitions assigned");
+                    let mut resume = TopicPartitionList::new();
+                    for tp in &list {
+                        resume.add_partition(&tp.0, tp.1);
+                    }
+                    // A partition we paused before it was revoked must not stay paused.
+                    if let Err(e) = self.consumer.resume(&resume) {
+                        tracing::warn!(error = %e, "resuming newly assigned partitions failed");
+                    }
                     for tp in list {
                         self.next_epoch += 1;
+                        self.consumer
+                            .context()
+                            .owned
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(tp.clone(), self.next_epoch);
                         let part = Part {
                             tp: tp.clone(),
                             epoch: self.next_epoch,
@@ -796,12 +823,23 @@ fn committer(
     tx: mpsc::Sender<CommitDone>,
 ) {
     for req in rx {
-        let r = commit_sync(&consumer, &req.tp, req.offset, &req.metadata);
+        let owned = consumer
+            .context()
+            .owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&req.tp)
+            == Some(&req.epoch);
+        let r = if owned {
+            commit_sync(&consumer, &req.tp, req.offset, &req.metadata).map_err(|e| e.to_string())
+        } else {
+            Err("partition revoked; commit dropped".to_string())
+        };
         let _ = tx.send(CommitDone {
             tp: req.tp,
             epoch: req.epoch,
             offset: req.offset,
-            error: r.err().map(|e| e.to_string()),
+            error: r.err(),
         });
     }
 }
@@ -996,6 +1034,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let ctx = WriterContext {
         stats: stats_ctx,
         events: Mutex::new(Vec::new()),
+        owned: Arc::new(Mutex::new(HashMap::new())),
     };
     let consumer: BaseConsumer<WriterContext> = kcfg
         .consumer_config()
