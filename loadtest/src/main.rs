@@ -3,7 +3,7 @@
 //! ```text
 //! loadtest --endpoint http://127.0.0.1:4318 --api-key tg_... [--protocol http|grpc]
 //!          [--duration 30s] [--rate 0] [--concurrency 8] [--spans-per-request 100]
-//!          [--compression none|gzip] [--threads 1]
+//!          [--compression none|gzip] [--threads 1] [--max-requests 0]
 //! ```
 //! Requests carry realistic spans (about 870 B encoded: 20 string attributes and one int, like
 //! the field notes' measurements), pre-encoded once. `--rate` is requests per second over all
@@ -15,7 +15,7 @@
 //! p50_ms=… p99_ms=… max_ms=… failures=<code>:<n>,…`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,9 @@ struct Args {
     /// Per-request timeout.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Stop after this many requests were sent (0 = no limit; --duration still applies).
+    #[arg(long, default_value_t = 0)]
+    max_requests: u64,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -303,6 +306,12 @@ fn main() -> Result<()> {
 async fn run(a: Args, pool: Vec<ExportTraceServiceRequest>, request_bytes: usize) -> Result<()> {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let max_requests = if a.max_requests == 0 {
+        u64::MAX
+    } else {
+        a.max_requests
+    };
     let started = Instant::now();
     let deadline = started + a.duration;
     // Each worker sends one request at a time; with --rate they share the rate evenly.
@@ -310,7 +319,7 @@ async fn run(a: Args, pool: Vec<ExportTraceServiceRequest>, request_bytes: usize
     let mut tasks = Vec::new();
     for w in 0..a.concurrency {
         let mut client = build_client(&a, &pool).await?;
-        let (tally, stop) = (tally.clone(), stop.clone());
+        let (tally, stop, sent) = (tally.clone(), stop.clone(), sent.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = w;
             let mut next = Instant::now()
@@ -321,6 +330,9 @@ async fn run(a: Args, pool: Vec<ExportTraceServiceRequest>, request_bytes: usize
                 if let Some(iv) = interval {
                     tokio::time::sleep_until(next.into()).await;
                     next += iv;
+                }
+                if sent.fetch_add(1, Ordering::Relaxed) >= max_requests {
+                    break;
                 }
                 let t = Instant::now();
                 let r = client.send(i).await;
