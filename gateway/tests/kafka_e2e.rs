@@ -297,3 +297,46 @@ pub fn parse_object_name(name: &str) -> Option<(i32, i64, i64)> {
         last.parse().ok()?,
     ))
 }
+
+#[test]
+fn kafka_config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // `write` without a [kafka] section.
+    let out = common::run_tracegate(&["write", "--data-dir", d], &[], common::CMD_TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("kafka"), "{err}");
+    // A bad broker list, from the environment, for both commands.
+    for cmd in [
+        &["write", "--data-dir", d][..],
+        &["serve", "--data-dir", d][..],
+    ] {
+        let out = common::run_tracegate(
+            cmd,
+            &[("TRACEGATE_KAFKA__BROKERS", "no-port")],
+            common::CMD_TIMEOUT,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("kafka.brokers"),
+            "{cmd:?}: {err}"
+        );
+    }
+    // An unknown key in the section, from a file.
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[kafka]\nbrokers = \"127.0.0.1:9\"\nbatch_max_spanz = 3\n",
+    )
+    .unwrap();
+    let out = common::run_tracegate(
+        &["write", "--config", cfg.to_str().unwrap(), "--data-dir", d],
+        &[],
+        common::CMD_TIMEOUT,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("batch_max_spanz"),
+        "{err}"
+    );
+}
