@@ -8,6 +8,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::netconfig::{ProxyProtocolConfig, TlsConfig};
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -18,6 +20,8 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub audit: AuditConfig,
     pub writer: WriterConfig,
+    pub tls: TlsConfig,
+    pub proxy_protocol: ProxyProtocolConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -388,6 +392,7 @@ impl Config {
                 message: "is required when tokens.jwks is set".into(),
             });
         }
+        crate::netconfig::validate(self)?;
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
+pub mod netconfig;
 pub mod otlp;
 pub mod queue;
 pub mod server;
