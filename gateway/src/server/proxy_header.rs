@@ -176,6 +176,14 @@ pub fn parse_v1(line: &[u8]) -> Result<ProxyInfo, ProxyError> {
     if !line.ends_with(b"\r\n") {
         return Err(ProxyError::Truncated);
     }
+    // ASCII only, and CR only in the final CRLF. `ppp` (2.3.0) slices its `&str` input at the
+    // first CR + 2 bytes, which panics when a multi-byte character follows that CR (found by the
+    // fuzz target; regression test `v1_non_ascii_after_cr_is_refused_not_a_panic`).
+    if !line.is_ascii() || line[..line.len() - 2].contains(&b'\r') {
+        return Err(ProxyError::Invalid(
+            "v1 header is not a single ASCII line".into(),
+        ));
+    }
     let text = std::str::from_utf8(line).map_err(|_| ProxyError::Invalid("not ASCII".into()))?;
     let header = Header::try_from(text).map_err(|e| ProxyError::Invalid(e.to_string()))?;
     match header.addresses {
@@ -366,6 +374,16 @@ mod tests {
         assert!(parse_v1(b"PROXY TCP4 300.0.2.1 198.51.100.1 56324 443\r\n").is_err());
     }
 
+    #[test]
+    fn v1_non_ascii_after_cr_is_refused_not_a_panic() {
+        // Minimised from fuzz/artifacts: a CR followed by a 4-byte UTF-8 character.
+        let mut line = b"PROXY \x1b\x00A\r\xf3\xae\xaa\xb2P".to_vec();
+        line.extend_from_slice(b"\r\n");
+        assert!(parse_v1(&line).is_err());
+        assert!(parse_v1(b"PROXY TCP4 1.2.3.4\r5.6.7.8 1 2\r\n").is_err());
+        assert!(parse_v1("PROXY TCP4 1.2.3.4 5.6.7.8 1 2é\r\n".as_bytes()).is_err());
+    }
+
     mod prop {
         use super::super::*;
         use proptest::prelude::*;
@@ -388,6 +406,14 @@ mod tests {
                     prop_assert!(n <= data.len());
                 }
                 let _ = parse_v1(&data);
+            }
+
+            /// v1 lines with arbitrary Unicode and stray CRs (the class of input that made
+            /// `ppp` panic) are parsed or refused, never a panic.
+            #[test]
+            fn random_v1_lines(body in "(\\PC|\r| |TCP4|TCP6|[0-9.:]){0,40}") {
+                let line = format!("PROXY {body}\r\n");
+                let _ = parse_v1(line.as_bytes());
             }
 
             /// Random bytes behind a valid signature reach the deep paths (families, TLVs).

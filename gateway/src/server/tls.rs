@@ -200,6 +200,10 @@ impl TlsListener {
         let files = Files::of(&self.settings);
         tokio::spawn(async move {
             let mut last = files.read().await;
+            // New bytes that failed once: certificate and key are two files, so a rotation is
+            // briefly "new certificate, old key". Such a pair is retried on the next tick and
+            // only reported if it still fails then.
+            let mut failed_once: Option<Pair> = None;
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
@@ -208,17 +212,24 @@ impl TlsListener {
                 let Some(me) = weak.upgrade() else { break };
                 let now = files.read().await;
                 if now.pair != last.pair {
-                    me.reload_pair(&now.pair);
+                    let settled = failed_once.as_ref() == Some(&now.pair);
+                    if me.reload_pair(&now.pair, settled) || settled {
+                        last.pair = now.pair;
+                        failed_once = None;
+                    } else {
+                        failed_once = Some(now.pair);
+                    }
                 }
                 if now.ca != last.ca {
                     me.reload_ca(now.ca.as_deref());
+                    last.ca = now.ca;
                 }
-                last = now;
             }
         })
     }
 
-    fn reload_pair(&self, pair: &Option<(Vec<u8>, Vec<u8>)>) {
+    /// Loads and swaps in `pair`; `report`: log and count a failure (else debug only).
+    fn reload_pair(&self, pair: &Pair, report: bool) -> bool {
         let s = &self.settings;
         let result = match pair {
             Some((c, k)) => load_pair(c, k, &self.provider),
@@ -235,6 +246,11 @@ impl TlsListener {
                     serial = serial.as_deref().unwrap_or("?"),
                     "TLS certificate reloaded"
                 );
+                true
+            }
+            Err(e) if !report => {
+                tracing::debug!(listener = self.listener, error = %format!("{e:#}"), "new TLS certificate/key not loadable yet; retrying once");
+                false
             }
             Err(e) => {
                 metrics::counter!(m::TLS_CERT_RELOADS, "result" => "error").increment(1);
@@ -245,6 +261,7 @@ impl TlsListener {
                     error = %format!("{e:#}"),
                     "new TLS certificate/key not loaded; still serving the previous one"
                 );
+                false
             }
         }
     }
@@ -309,8 +326,10 @@ struct Files {
     ca: Option<PathBuf>,
 }
 
+type Pair = Option<(Vec<u8>, Vec<u8>)>;
+
 struct Snapshot {
-    pair: Option<(Vec<u8>, Vec<u8>)>,
+    pair: Pair,
     ca: Option<Vec<u8>>,
 }
 
