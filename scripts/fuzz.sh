@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 SECONDS_TO_RUN="${1:-600}"
 if ! command -v cargo-fuzz >/dev/null; then
   echo "== installing cargo-fuzz"
-  cargo install cargo-fuzz --locked --quiet
+  env -u CARGO_TARGET_DIR cargo install cargo-fuzz --locked --quiet
 fi
 export RUSTC_BOOTSTRAP=1
 # Keep fuzz builds next to the others (CI points CARGO_TARGET_DIR at its cache).

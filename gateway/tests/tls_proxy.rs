@@ -240,6 +240,26 @@ fn one_span_request(prefix: &str, i: u64) -> Vec<u8> {
     encode(&request_n(prefix, i, 1))
 }
 
+/// `opentelemetry_http::HttpClient` over our reqwest 0.12 blocking client (what the exporter's
+/// built-in reqwest-blocking client does, with our TLS settings).
+#[derive(Debug)]
+struct TlsHttpClient(reqwest::blocking::Client);
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for TlsHttpClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let resp = self.0.execute(request.try_into()?)?;
+        let mut out = http::Response::builder().status(resp.status().as_u16());
+        for (k, v) in resp.headers() {
+            out = out.header(k.as_str(), v.as_bytes());
+        }
+        Ok(out.body(resp.bytes()?)?)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // TLS
 // ---------------------------------------------------------------------------------------------
@@ -324,18 +344,9 @@ fn otel_exporters_over_tls() {
         .build()
         .unwrap();
 
-    // OTLP/HTTP through the exporter's own reqwest (0.13) with a ring-based rustls config.
-    let http_client = {
-        let mut cfg = (*rustls_client_config(&ca_pem)).clone();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        reqwest013::blocking::Client::builder()
-            .tls_backend_preconfigured(cfg)
-            .resolve("localhost", gw.http)
-            .timeout(Duration::from_secs(10))
-            .no_proxy()
-            .build()
-            .expect("reqwest 0.13 client")
-    };
+    // OTLP/HTTP: the exporter's HTTP client seam, with a reqwest (rustls, ring) that trusts
+    // our CA.
+    let http_client = TlsHttpClient(https_client(&ca_pem, gw.http, None, false));
     let http = SpanExporter::builder()
         .with_http()
         .with_http_client(http_client)
