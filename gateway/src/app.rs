@@ -23,8 +23,10 @@ use crate::auth::token::TokenVerifier;
 use crate::config::Config;
 use crate::config::StoreKind;
 use crate::ingest::Ingest;
+use crate::netconfig::OtlpListener;
 use crate::queue::embedded::{BatchQueue, EmbeddedQueue};
 use crate::queue::sink::{ArchiveSink, Sink};
+use crate::server::conn::ConnSetup;
 use crate::server::{admin::Admin, grpc::GrpcReceiver, http::HttpReceiver, listener};
 
 pub struct Listeners {
@@ -35,6 +37,8 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(cfg: &Config) -> Result<Self> {
+        // Bad TLS material stops start-up before anything listens.
+        crate::server::conn::ConnSetup::preflight(cfg)?;
         let b = |a: SocketAddr, what: &'static str| async move {
             TcpListener::bind(a)
                 .await
@@ -146,7 +150,10 @@ pub async fn run(
     let stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
 
-    let http = tokio::spawn(listener::serve(
+    let http_setup = ConnSetup::for_listener(&config, OtlpListener::Http)?;
+    let grpc_setup = ConnSetup::for_listener(&config, OtlpListener::Grpc)?;
+    tracing::info!(otlp_http = %http_setup.describe(), otlp_grpc = %grpc_setup.describe(), "listener security");
+    let http = tokio::spawn(listener::serve_with(
         "otlp_http",
         listeners.http,
         Arc::new(HttpReceiver {
@@ -155,8 +162,9 @@ pub async fn run(
         }),
         stop.clone(),
         drain,
+        http_setup,
     ));
-    let grpc = tokio::spawn(listener::serve(
+    let grpc = tokio::spawn(listener::serve_with(
         "otlp_grpc",
         listeners.grpc,
         Arc::new(GrpcReceiver {
@@ -165,6 +173,7 @@ pub async fn run(
         }),
         stop.clone(),
         drain,
+        grpc_setup,
     ));
     let admin = tokio::spawn(listener::serve(
         "admin",

@@ -8,6 +8,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::netconfig::{ProxyProtocolConfig, TlsConfig};
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -20,6 +22,8 @@ pub struct Config {
     pub writer: WriterConfig,
     /// Kafka transport: present → `serve` produces to Kafka; `write` consumes from it.
     pub kafka: Option<crate::kafka::config::KafkaConfig>,
+    pub tls: TlsConfig,
+    pub proxy_protocol: ProxyProtocolConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -393,6 +397,7 @@ impl Config {
         if let Some(k) = &self.kafka {
             k.validate()?;
         }
+        crate::netconfig::validate(self)?;
         Ok(())
     }
 }
