@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 # Every test has its own timeouts; this is the outer guard so CI can never hang.
 TEST_TIMEOUT="${TRACEGATE_TEST_TIMEOUT:-2400}"
 
+# Install what is missing on a fresh machine (PostgreSQL, openssl, compilers); a no-op otherwise.
+bash scripts/deps.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what building and testing tracegate needs on a fresh Debian machine, skipping
+# everything already present (idempotent and fast when nothing is missing). Needs root for apt.
+set -euo pipefail
+
+# Build prerequisites: the Rust toolchain, a C compiler and make (zstd-sys and librdkafka, via
+# rdkafka-sys, build C from source; librdkafka runs its own ./configure + make). No protoc,
+# cmake or libclang needed.
+need_apt=()
+command -v cc >/dev/null || need_apt+=(gcc)
+command -v make >/dev/null || need_apt+=(make)
+# openssl s_client drives the TLS handshake tests (gateway/tests/tls_proxy.rs); libFuzzer (the
+# PROXY parser fuzz target, scripts/fuzz.sh) is C++.
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v c++ >/dev/null || need_apt+=(g++)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+
+# PostgreSQL server binaries for the postgres key store tests (gateway/tests/auth_postgres.rs
+# starts throwaway clusters with scripts/pg.sh; they fail, never skip, without them).
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
