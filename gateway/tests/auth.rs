@@ -276,6 +276,9 @@ fn region_scope_and_expiry_of_api_keys() {
         && !n.starts_with("reg-cidr-denied")));
 }
 
+/// (spans accepted, requests refused with 429, other failures, Retry-After seen, elapsed).
+type SenderTally = (u64, u64, u64, bool, Duration);
+
 /// A project with a 5 000 spans/s quota offered 10 000 spans/s gets 5 000 ± 10 % accepted, while a
 /// second project sending 1 000 spans/s sees no refusals.
 #[test]
@@ -343,10 +346,24 @@ fn per_project_quota_isolates_noisy_project() {
             (ok, limited, other, retry_after_seen, start.elapsed())
         })
     };
-    let noisy_t = run(noisy, 100, 100); // 10 000 spans/s offered
-    let quiet_t = run(quiet, 10, 100); // 1 000 spans/s offered
-    let (n_ok, n_lim, n_other, n_ra, n_el) = noisy_t.join().unwrap();
-    let (q_ok, q_lim, q_other, _, _) = quiet_t.join().unwrap();
+    // Several open-loop senders per project, so a slow response on a loaded machine does not
+    // lower the offered rate.
+    let spawn_many = |key: &str, spans: u64, per_thread_rps: u64, threads: usize| -> Vec<_> {
+        (0..threads)
+            .map(|_| run(key.to_string(), spans, per_thread_rps))
+            .collect()
+    };
+    let noisy_ts = spawn_many(&noisy, 100, 25, 4); // 10 000 spans/s offered
+    let quiet_ts = spawn_many(&quiet, 10, 50, 2); // 1 000 spans/s offered
+    let join = |ts: Vec<std::thread::JoinHandle<SenderTally>>| {
+        ts.into_iter()
+            .map(|t| t.join().unwrap())
+            .fold((0, 0, 0, false, Duration::ZERO), |a, b| {
+                (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 || b.3, a.4.max(b.4))
+            })
+    };
+    let (n_ok, n_lim, n_other, n_ra, n_el) = join(noisy_ts);
+    let (q_ok, q_lim, q_other, _, _) = join(quiet_ts);
     let rate = n_ok as f64 / n_el.as_secs_f64();
     eprintln!("noisy accepted {rate:.0} spans/s ({n_lim} refused), quiet accepted {q_ok} spans, {q_lim} refused");
     assert_eq!(n_other, 0);

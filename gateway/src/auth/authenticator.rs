@@ -135,6 +135,19 @@ pub struct Authenticator {
     audit: Audit,
     /// Bumped on every store change notification (see `Cached::raced`).
     invalidations: Arc<std::sync::atomic::AtomicU64>,
+    /// Read-mostly front of `cache` for verified, fresh records: the per-request hit costs one
+    /// uncontended read lock and a hash lookup instead of moka's read bookkeeping. An entry is
+    /// used only while the invalidation counter is unchanged and for at most `front_ttl`, so it
+    /// never outlives what moka would serve.
+    front: std::sync::RwLock<std::collections::HashMap<String, FrontEntry>>,
+    front_ttl: Duration,
+    front_max: usize,
+}
+
+struct FrontEntry {
+    entry: Entry,
+    generation: u64,
+    until: Instant,
 }
 
 enum Lookup {
@@ -171,6 +184,9 @@ impl Authenticator {
             region: region.to_string(),
             audit,
             invalidations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            front: std::sync::RwLock::new(std::collections::HashMap::new()),
+            front_ttl: Duration::from_millis(cfg.cache_ttl_ms.min(1_000)),
+            front_max: usize::try_from(cfg.cache_max_keys).unwrap_or(usize::MAX),
         });
         if let Some(mut rx) = store.subscribe() {
             let weak = Arc::downgrade(&a);
@@ -192,6 +208,10 @@ impl Authenticator {
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                     }
+                    // Again after the invalidation: a front entry filled from the old cache
+                    // entry in between carries the intermediate generation and is now unusable.
+                    a.invalidations
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             });
         }
@@ -224,7 +244,47 @@ impl Authenticator {
             .map(str::trim)
     }
 
+    fn front_get(&self, key_id: &str) -> Option<Entry> {
+        let generation = self.invalidations.load(std::sync::atomic::Ordering::SeqCst);
+        let front = self.front.read().ok()?;
+        let f = front.get(key_id)?;
+        (f.generation == generation && Instant::now() < f.until).then(|| f.entry.clone())
+    }
+
+    fn front_put(&self, key_id: &str, entry: &Entry, generation: u64) {
+        // Only records that moka would keep for a full TTL; never stale or raced ones.
+        if entry.record.is_none() || entry.stale || entry.raced {
+            return;
+        }
+        if let Ok(mut front) = self.front.write() {
+            if front.len() >= self.front_max {
+                front.clear();
+            }
+            front.insert(
+                key_id.to_string(),
+                FrontEntry {
+                    entry: entry.clone(),
+                    generation,
+                    until: Instant::now() + self.front_ttl,
+                },
+            );
+        }
+    }
+
     async fn lookup(&self, key_id: &str) -> Lookup {
+        if let Some(e) = self.front_get(key_id) {
+            return Lookup::Found(e);
+        }
+        // Read before the lookup: a change that lands meanwhile makes the front entry unusable.
+        let generation = self.invalidations.load(std::sync::atomic::Ordering::SeqCst);
+        let found = self.lookup_cache(key_id).await;
+        if let Lookup::Found(e) = &found {
+            self.front_put(key_id, e, generation);
+        }
+        found
+    }
+
+    async fn lookup_cache(&self, key_id: &str) -> Lookup {
         // Hits skip building the fill future below.
         if let Some(e) = self.cache.get(key_id).await {
             return Lookup::Found(e);
