@@ -30,8 +30,9 @@ pub struct ClickHouseConfig {
     pub ttl_days: u32,
     /// Inserts remembered per table for deduplication (set on the tables by `tracegate migrate`).
     pub deduplication_window: u64,
-    /// Send `insert_deduplication_token` (and `insert_deduplicate=1`). Switching it off exists
-    /// only to show what the tokens prevent (the crash test's negative control).
+    /// Send the deterministic `insert_deduplication_token` (and `insert_deduplicate=1`).
+    /// `false` makes every attempt a new insert (a unique token per attempt): it exists only to
+    /// show what the tokens prevent (the crash test's negative control).
     pub insert_deduplication: bool,
     /// While ClickHouse inserts are on, the embedded writer gathers a group for at least this
     /// long (ClickHouse wants about one insert per second per table, or ≥ 5 000 rows)…

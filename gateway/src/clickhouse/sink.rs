@@ -438,7 +438,12 @@ impl Inner {
             ins.with_setting("insert_deduplicate", "1")
                 .with_setting("insert_deduplication_token", token)
         } else {
+            // Every attempt is a new insert. A unique token is needed as well: a MergeTree with
+            // a deduplication window also drops a block whose *content hash* it has seen, and
+            // chdb (ClickHouse 26.9) does so even with insert_deduplicate=0.
+            let unique = format!("{token}@{:016x}", rand::random::<u64>());
             ins.with_setting("insert_deduplicate", "0")
+                .with_setting("insert_deduplication_token", unique)
         };
         let all = async {
             for f in frames {
