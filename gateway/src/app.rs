@@ -120,18 +120,14 @@ pub async fn run(
     let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(ArchiveSink::new(archive))];
     let mut writer_cfg = config.writer.clone();
     // ClickHouse sink (docs/clickhouse.md): after the archive, in the same acknowledged path.
-    let clickhouse_stop = config.clickhouse.as_ref().map(|ch| {
-        let sink = crate::clickhouse::sink::ClickHouseSink::new(
-            ch,
-            &data_dir,
-            config.writer.compression_level,
-        );
-        // ClickHouse wants few, large inserts: gather a group for at least the insert interval.
-        writer_cfg.max_wait_ms = writer_cfg.max_wait_ms.max(ch.insert_interval_ms);
-        let stop = sink.stop_token();
-        sinks.push(Arc::new(sink));
+    let clickhouse_stop = crate::clickhouse::sink::from_config(&config).map(|(sink, stop)| {
+        sinks.push(sink);
         stop
     });
+    if let Some(ch) = &config.clickhouse {
+        // ClickHouse wants few, large inserts: gather a group for at least the insert interval.
+        writer_cfg.max_wait_ms = writer_cfg.max_wait_ms.max(ch.insert_interval_ms);
+    }
     let (queue, writer) = EmbeddedQueue::start(writer_cfg, sinks);
     let queue: Arc<dyn BatchQueue> = Arc::new(queue);
     let ingest = Arc::new(Ingest {

@@ -81,9 +81,21 @@ fn describe() {
         "ClickHouse insert attempts by table and result (ok, error = retried, rejected)"
     );
     describe_counter!(CLICKHOUSE_ROWS, "Rows inserted into ClickHouse, by table");
-    describe_histogram!(CLICKHOUSE_INSERT_DURATION, Unit::Seconds, "One successful ClickHouse insert");
-    describe_histogram!(CLICKHOUSE_ENCODE_DURATION, Unit::Seconds, "RowBinary encoding of one group");
-    describe_histogram!(CLICKHOUSE_WRITE_DURATION, Unit::Seconds, "One group written to ClickHouse");
+    describe_histogram!(
+        CLICKHOUSE_INSERT_DURATION,
+        Unit::Seconds,
+        "One successful ClickHouse insert"
+    );
+    describe_histogram!(
+        CLICKHOUSE_ENCODE_DURATION,
+        Unit::Seconds,
+        "RowBinary encoding of one group"
+    );
+    describe_histogram!(
+        CLICKHOUSE_WRITE_DURATION,
+        Unit::Seconds,
+        "One group written to ClickHouse"
+    );
     describe_counter!(
         CLICKHOUSE_DEAD_LETTER_BATCHES,
         "Batches ClickHouse rejected (or unreadable) kept in the dead-letter archive, by reason"

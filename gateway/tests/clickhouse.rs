@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{ChFront, Gateway};
 use opentelemetry::trace::{
-    Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer as _, TracerProvider as _,
+    Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig, WithHttpConfig};
@@ -25,7 +25,11 @@ use opentelemetry_proto::tonic::trace::v1::Status as PStatus;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 
-fn setup(db: &str, front_args: &[&str], extra_env: &[(&str, &str)]) -> (ChFront, Vec<(String, String)>) {
+fn setup(
+    db: &str,
+    front_args: &[&str],
+    extra_env: &[(&str, &str)],
+) -> (ChFront, Vec<(String, String)>) {
     let front = ChFront::start(front_args);
     let mut env = common::clickhouse_env(&front, db);
     for (k, v) in extra_env {
@@ -54,9 +58,8 @@ fn migrate_is_idempotent_versioned_and_applies_retention() {
     let out = common::migrate(&env);
     assert!(out.contains("migrations applied: []"), "{out}");
     assert!(out.contains("migrations already present: [1]"), "{out}");
-    let tables = front.query(
-        "SELECT name FROM system.tables WHERE database = 'mig' ORDER BY name FORMAT TSV",
-    );
+    let tables = front
+        .query("SELECT name FROM system.tables WHERE database = 'mig' ORDER BY name FORMAT TSV");
     for t in [
         "otel_traces",
         "otel_traces_payloads",
@@ -69,9 +72,15 @@ fn migrate_is_idempotent_versioned_and_applies_retention() {
     let engine = front.query(
         "SELECT engine_full FROM system.tables WHERE database = 'mig' AND name = 'otel_traces'",
     );
-    assert!(engine.contains("non_replicated_deduplication_window = 1000"), "{engine}");
+    assert!(
+        engine.contains("non_replicated_deduplication_window = 1000"),
+        "{engine}"
+    );
     assert!(engine.contains("toIntervalDay(30)"), "{engine}");
-    assert!(engine.contains("ORDER BY (OrgId, WorkspaceId, ProjectId"), "{engine}");
+    assert!(
+        engine.contains("ORDER BY (OrgId, WorkspaceId, ProjectId"),
+        "{engine}"
+    );
     env.push(("TRACEGATE_CLICKHOUSE__TTL_DAYS".into(), "7".into()));
     let out = common::migrate(&env);
     assert!(out.contains("ttl updated: [\"otel_traces\""), "{out}");
@@ -228,11 +237,7 @@ fn round_trip_from_the_otel_exporter_keeps_every_field() {
 
     // A raw OTLP request for what the SDK cannot produce: kvlist, bytes and empty values, scope
     // attributes, flags and dropped counts.
-    let mut raw = common::span(
-        common::trace_id(77),
-        common::span_id(77),
-        "raw-span",
-    );
+    let mut raw = common::span(common::trace_id(77), common::span_id(77), "raw-span");
     raw.start_time_unix_nano = nanos(t0);
     raw.end_time_unix_nano = nanos(t0) + 5;
     raw.flags = 0x101;
@@ -351,8 +356,14 @@ fn round_trip_from_the_otel_exporter_keeps_every_field() {
     assert_eq!(num(&sdk["ev_ts"][0]), nanos(t_event));
     assert_eq!(sdk["ev_name"], serde_json::json!(["gen_ai.choice"]));
     assert_eq!(sdk["ev_attrs"][0]["index"], "0");
-    assert_eq!(sdk["ev_attrs"][0]["gen_ai.completion"], utf8_prefix(&completion, 256));
-    assert_eq!(sdk["l_trace"], serde_json::json!(["4bf92f3577b34da6a3ce929d0e0e4736"]));
+    assert_eq!(
+        sdk["ev_attrs"][0]["gen_ai.completion"],
+        utf8_prefix(&completion, 256)
+    );
+    assert_eq!(
+        sdk["l_trace"],
+        serde_json::json!(["4bf92f3577b34da6a3ce929d0e0e4736"])
+    );
     assert_eq!(sdk["l_span"], serde_json::json!(["00f067aa0ba902b7"]));
     assert_eq!(sdk["l_state"], serde_json::json!(["l=1"]));
     assert_eq!(sdk["l_attrs"], serde_json::json!([{"link.attr": "x"}]));
@@ -377,7 +388,10 @@ fn round_trip_from_the_otel_exporter_keeps_every_field() {
     assert_eq!(payloads.len(), 2);
     assert_eq!(payloads[0]["Location"], "span");
     assert_eq!(payloads[0]["Key"], "gen_ai.input.messages");
-    assert!(payloads[0]["Value"].as_str() == Some(prompt.as_str()), "1 MiB prompt differs");
+    assert!(
+        payloads[0]["Value"].as_str() == Some(prompt.as_str()),
+        "1 MiB prompt differs"
+    );
     assert_eq!(num(&payloads[0]["ValueBytes"]), prompt.len() as u64);
     assert_eq!(payloads[0]["SpanId"], span_id.to_string());
     assert_eq!(num(&payloads[0]["ts"]), nanos(t0));
@@ -402,7 +416,10 @@ fn round_trip_from_the_otel_exporter_keeps_every_field() {
     assert_eq!(num(&raw["DroppedEventsCount"]), 4);
     assert_eq!(num(&raw["DroppedLinksCount"]), 5);
     assert_eq!(raw["ScopeAttributes"]["scope.attr"], "s");
-    assert_eq!(raw["GenAiProvider"], "anthropic", "gen_ai.system is the fallback");
+    assert_eq!(
+        raw["GenAiProvider"], "anthropic",
+        "gen_ai.system is the fallback"
+    );
     assert_eq!(raw["ev_name"], serde_json::json!([]));
     assert_eq!(raw["PayloadKeys"], serde_json::json!([]));
 
@@ -453,11 +470,17 @@ fn send_sequenced(
                 }
                 let body = common::encode(&common::request_n(prefix, r * per_request, per_request));
                 loop {
-                    assert!(Instant::now() < stop_by, "request {r} not acknowledged in time");
+                    assert!(
+                        Instant::now() < stop_by,
+                        "request {r} not acknowledged in time"
+                    );
                     match common::try_post(
                         &client,
                         &url,
-                        &[("content-type", "application/x-protobuf"), ("authorization", &auth)],
+                        &[
+                            ("content-type", "application/x-protobuf"),
+                            ("authorization", &auth),
+                        ],
                         body.clone(),
                     ) {
                         Ok((200, _, _)) => {
@@ -482,7 +505,10 @@ fn send_sequenced(
     for h in handles {
         h.join().expect("client thread");
     }
-    (acked.load(Ordering::SeqCst), failures.load(Ordering::SeqCst))
+    (
+        acked.load(Ordering::SeqCst),
+        failures.load(Ordering::SeqCst),
+    )
 }
 
 /// (count(), uniqExact(TraceId, SpanId)) of the project's spans.
@@ -509,7 +535,10 @@ fn lost_insert_acks_are_deduplicated_and_negative_control_duplicates() {
         let (front, env) = setup(
             db,
             &["--fault-ack-loss", "0.3", "--seed", "42"],
-            &[("TRACEGATE_CLICKHOUSE__INSERT_DEDUPLICATION", if dedup { "true" } else { "false" })],
+            &[(
+                "TRACEGATE_CLICKHOUSE__INSERT_DEDUPLICATION",
+                if dedup { "true" } else { "false" },
+            )],
         );
         let gw = Gateway::start(&common::env_refs(&env));
         let project = common::unique_project(db);
@@ -528,17 +557,28 @@ fn lost_insert_acks_are_deduplicated_and_negative_control_duplicates() {
         let metrics = gw.metrics();
         let retried = metrics
             .lines()
-            .filter(|l| l.starts_with("tracegate_clickhouse_inserts_total") && l.contains("result=\"error\""))
+            .filter(|l| {
+                l.starts_with("tracegate_clickhouse_inserts_total")
+                    && l.contains("result=\"error\"")
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>();
-        eprintln!("dedup={dedup}: acked {acked}, count {count}, uniq {uniq}, retried inserts {retried}");
-        assert!(retried > 0.0, "the fault injection lost no ack: the test proves nothing");
+        eprintln!(
+            "dedup={dedup}: acked {acked}, count {count}, uniq {uniq}, retried inserts {retried}"
+        );
+        assert!(
+            retried > 0.0,
+            "the fault injection lost no ack: the test proves nothing"
+        );
         assert_eq!(uniq, acked, "every acknowledged span is in ClickHouse");
         if dedup {
             assert_eq!(count, acked, "count() equals acknowledged spans");
             assert_eq!(count - uniq, 0, "no duplicates");
         } else {
-            assert!(count > uniq, "negative control: without tokens the retries duplicate");
+            assert!(
+                count > uniq,
+                "negative control: without tokens the retries duplicate"
+            );
         }
     }
 }
@@ -592,7 +632,10 @@ fn clickhouse_killed_repeatedly_no_loss_no_duplicate() {
 }
 
 fn rand_ms(lo: u64, hi: u64) -> u64 {
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
     lo + t % (hi - lo).max(1)
 }
 
@@ -662,7 +705,10 @@ fn clickhouse_down_30s_no_loss_no_duplicate_bounded_memory() {
         load_started.elapsed() >= Duration::from_secs(outage),
         "the load finished before the outage ended: the test proves nothing"
     );
-    assert!(failures > 0, "no request was refused while ClickHouse was down");
+    assert!(
+        failures > 0,
+        "no request was refused while ClickHouse was down"
+    );
     assert_eq!(count, acked);
     assert_eq!(count - uniq, 0);
     assert!(
@@ -676,7 +722,11 @@ fn clickhouse_down_30s_no_loss_no_duplicate_bounded_memory() {
 /// writer does not stall.
 #[test]
 fn rejected_batch_is_dead_lettered_and_does_not_block() {
-    let (front, env) = setup("dl", &[], &[("TRACEGATE_CLICKHOUSE__INSERT_INTERVAL_MS", "300")]);
+    let (front, env) = setup(
+        "dl",
+        &[],
+        &[("TRACEGATE_CLICKHOUSE__INSERT_INTERVAL_MS", "300")],
+    );
     front.query("ALTER TABLE dl.otel_traces ADD CONSTRAINT no_poison CHECK SpanName != 'poison'");
     let gw = Gateway::start(&common::env_refs(&env));
     let project = common::unique_project("dl");
@@ -687,7 +737,11 @@ fn rejected_batch_is_dead_lettered_and_does_not_block() {
             let url = gw.traces_url();
             let key = key.clone();
             thread::spawn(move || {
-                let name = if i == 2 { "poison".to_string() } else { format!("good-{i}") };
+                let name = if i == 2 {
+                    "poison".to_string()
+                } else {
+                    format!("good-{i}")
+                };
                 let req = common::request_with_spans(vec![common::span(
                     common::trace_id(1000 + i),
                     common::span_id(1000 + i),
@@ -696,7 +750,10 @@ fn rejected_batch_is_dead_lettered_and_does_not_block() {
                 let auth = format!("Bearer {key}");
                 common::post(
                     &url,
-                    &[("content-type", "application/x-protobuf"), ("authorization", &auth)],
+                    &[
+                        ("content-type", "application/x-protobuf"),
+                        ("authorization", &auth),
+                    ],
                     common::encode(&req),
                 )
                 .0
@@ -709,12 +766,14 @@ fn rejected_batch_is_dead_lettered_and_does_not_block() {
     let names = front.query(&format!(
         "SELECT SpanName FROM dl.otel_traces WHERE ProjectId = '{project}' ORDER BY SpanName FORMAT TSV"
     ));
-    assert_eq!(names.lines().collect::<Vec<_>>(), vec!["good-0", "good-1", "good-3"]);
+    assert_eq!(
+        names.lines().collect::<Vec<_>>(),
+        vec!["good-0", "good-1", "good-3"]
+    );
     let metrics = gw.metrics();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("tracegate_clickhouse_dead_letter_batches_total{reason=\"rejected\"} 1")),
+        metrics.lines().any(|l| l
+            .starts_with("tracegate_clickhouse_dead_letter_batches_total{reason=\"rejected\"} 1")),
         "{metrics}"
     );
     let dead = common::archive_spans_in(&gw.data_dir.join("clickhouse-dead-letter"), None);
@@ -723,7 +782,9 @@ fn rejected_batch_is_dead_lettered_and_does_not_block() {
     let (status, _, _) = common::post_protobuf(&gw, &key, &common::request_n("after", 5000, 3));
     assert_eq!(status, 200);
     assert_eq!(
-        front.query_u64(&format!("SELECT count() FROM dl.otel_traces WHERE ProjectId = '{project}'")),
+        front.query_u64(&format!(
+            "SELECT count() FROM dl.otel_traces WHERE ProjectId = '{project}'"
+        )),
         6
     );
 }

@@ -447,7 +447,7 @@ impl Encoder {
         for_each(&batch.otlp_request, 1, |rs| self.resource_spans(rs, out))
     }
 
-    fn resource_spans<'a>(&mut self, rs: &'a [u8], out: &mut Encoded) -> Result<(), PbError> {
+    fn resource_spans(&mut self, rs: &[u8], out: &mut Encoded) -> Result<(), PbError> {
         // Fields may come in any order: find the resource first, then walk the scopes.
         let mut resource: &[u8] = &[];
         let mut r = Reader::new(rs);
@@ -477,11 +477,14 @@ impl Encoder {
         put_varint(&mut self.resource_attrs, count);
         self.resource_attrs.extend_from_slice(&body);
         self.scratch = body;
-        put_str(&mut self.service_name, service.as_deref().unwrap_or_default());
+        put_str(
+            &mut self.service_name,
+            service.as_deref().unwrap_or_default(),
+        );
         for_each(rs, 2, |ss| self.scope_spans(ss, out))
     }
 
-    fn scope_spans<'a>(&mut self, ss: &'a [u8], out: &mut Encoded) -> Result<(), PbError> {
+    fn scope_spans(&mut self, ss: &[u8], out: &mut Encoded) -> Result<(), PbError> {
         let mut scope: &[u8] = &[];
         let mut r = Reader::new(ss);
         while let Some((n, v)) = r.next_field()? {
@@ -583,7 +586,7 @@ impl Encoder {
         Ok(())
     }
 
-    fn span<'a>(&mut self, msg: &'a [u8], out: &mut Encoded) -> Result<(), PbError> {
+    fn span(&mut self, msg: &[u8], out: &mut Encoded) -> Result<(), PbError> {
         let mut s = SpanRef::default();
         let (mut n_attrs, mut n_events, mut n_links) = (0u64, 0u64, 0u64);
         let mut r = Reader::new(msg);

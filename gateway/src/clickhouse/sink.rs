@@ -246,6 +246,16 @@ impl ClickHouseSink {
     }
 }
 
+/// The sink for `config.clickhouse`, if configured, with the token that stops its retries at
+/// shutdown (cancel it after the sources have drained, before the writer's last flush). The
+/// dead-letter archive goes under `config.server.data_dir`.
+pub fn from_config(config: &crate::config::Config) -> Option<(Arc<dyn Sink>, CancellationToken)> {
+    let ch = config.clickhouse.as_ref()?;
+    let sink = ClickHouseSink::new(ch, &config.server.data_dir, config.writer.compression_level);
+    let stop = sink.stop_token();
+    Some((Arc::new(sink), stop))
+}
+
 impl Sink for ClickHouseSink {
     fn name(&self) -> &'static str {
         "clickhouse"
@@ -281,8 +291,7 @@ impl Inner {
             tokio::task::spawn_blocking(move || encode_group(&g.batches, opts, rows, bytes))
                 .await
                 .context("row encoding task")?;
-        metrics::histogram!(m::CLICKHOUSE_ENCODE_DURATION)
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::CLICKHOUSE_ENCODE_DURATION).record(started.elapsed().as_secs_f64());
 
         // Batch index -> reason it goes to the dead-letter archive.
         let mut dead: BTreeMap<usize, &'static str> = BTreeMap::new();
@@ -383,7 +392,12 @@ impl Inner {
                     metrics::histogram!(m::CLICKHOUSE_INSERT_DURATION, "table" => t)
                         .record(started.elapsed().as_secs_f64());
                     if attempt > 0 {
-                        tracing::info!(token, table = t, attempt, "ClickHouse insert succeeded after retries");
+                        tracing::info!(
+                            token,
+                            table = t,
+                            attempt,
+                            "ClickHouse insert succeeded after retries"
+                        );
                     }
                     return Ok(());
                 }
@@ -400,7 +414,7 @@ impl Inner {
                     }
                     let wait = self.backoff(attempt);
                     // Log the first failures, then every 10th, so an outage does not flood.
-                    if attempt < 3 || attempt % 10 == 0 {
+                    if attempt < 3 || attempt.is_multiple_of(10) {
                         tracing::warn!(token, table = t, attempt, error = %e, retry_in_ms = wait.as_millis() as u64, "ClickHouse insert failed; retrying the same insert");
                     }
                     attempt += 1;
@@ -512,11 +526,14 @@ mod tests {
             }
         };
         let mut batches: Vec<Batch> = (0..5).map(|_| batch(3)).collect();
-        batches.insert(2, Batch {
-            span_count: 1,
-            otlp_request: vec![0x0a, 0x05, 1].into(),
-            ..Default::default()
-        });
+        batches.insert(
+            2,
+            Batch {
+                span_count: 1,
+                otlp_request: vec![0x0a, 0x05, 1].into(),
+                ..Default::default()
+            },
+        );
         let e = encode_group(&batches, EncodeOptions::default(), 6, usize::MAX);
         assert_eq!(e.undecodable.len(), 1);
         assert_eq!(e.undecodable[0].0, 2);

@@ -1112,9 +1112,15 @@ pub fn clickhouse_env(front: &ChFront, db: &str) -> Vec<(String, String)> {
         ("TRACEGATE_CLICKHOUSE__URL".into(), front.url()),
         ("TRACEGATE_CLICKHOUSE__DATABASE".into(), db.into()),
         // Short groups and fast retries keep the tests quick.
-        ("TRACEGATE_CLICKHOUSE__INSERT_INTERVAL_MS".into(), "50".into()),
+        (
+            "TRACEGATE_CLICKHOUSE__INSERT_INTERVAL_MS".into(),
+            "50".into(),
+        ),
         ("TRACEGATE_CLICKHOUSE__RETRY_MAX_MS".into(), "1000".into()),
-        ("TRACEGATE_CLICKHOUSE__INSERT_TIMEOUT_MS".into(), "30000".into()),
+        (
+            "TRACEGATE_CLICKHOUSE__INSERT_TIMEOUT_MS".into(),
+            "30000".into(),
+        ),
     ]
 }
 
