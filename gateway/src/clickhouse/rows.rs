@@ -78,8 +78,12 @@ pub struct Encoder {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-#[inline]
+#[inline(always)]
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    if v < 0x80 {
+        out.push(v as u8);
+        return;
+    }
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -87,7 +91,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-#[inline]
+#[inline(always)]
 fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     put_varint(out, s.len() as u64);
     out.extend_from_slice(s);
@@ -725,6 +729,8 @@ impl Encoder {
         self.payload_key_count = 0;
 
         let o = &mut out.spans;
+        // The row is about as long as the span's protobuf: grow once, not per column.
+        o.reserve(msg.len() + self.resource_attrs.len() + self.scope_attrs.len() + 256);
         o.extend_from_slice(&self.tenant);
         put_i64(o, s.start as i64);
         put_hex(o, s.trace_id);
@@ -860,6 +866,52 @@ mod tests {
         assert_eq!(f(3.0), "3");
         assert_eq!(f(f64::NAN), "NaN");
         assert_eq!(f(f64::NEG_INFINITY), "-Inf");
+    }
+
+    #[test]
+    fn fast_paths_agree_with_the_generic_reader() {
+        use prost::Message;
+        use tracegate_proto::otlp::common::v1::{any_value, AnyValue, KeyValue};
+        let kv = KeyValue {
+            key: "k".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("v".repeat(300))),
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let (k, v) = parse_kv(&kv).unwrap();
+        assert_eq!(parse_kv_slow(&kv).unwrap(), (k, v));
+        assert_eq!(k, b"k");
+        assert!(matches!(parse_any(v).unwrap(), Any::Str(s) if s.len() == 300));
+        // Fields in reverse order and a repeated oneof: the generic path decides.
+        let rev = [0x12, 2, 0x18, 0x05, 0x0a, 0x01, b'k'];
+        let (k, v) = parse_kv(&rev).unwrap();
+        assert_eq!(k, b"k");
+        assert!(matches!(parse_any(v).unwrap(), Any::Int(5)));
+        let twice = [0x0a, 1, b'a', 0x18, 7];
+        assert!(matches!(parse_any(&twice).unwrap(), Any::Int(7)));
+    }
+
+    #[test]
+    fn nested_values_become_json() {
+        let mut scratch = Vec::new();
+        let mut itoa = itoa::Buffer::new();
+        // kvlist { "a": [1, "x\n"], "b": bytes [1] }
+        let arr = [
+            0x0a, 0x02, 0x18, 0x01, // AnyValue{int 1}
+            0x0a, 0x04, 0x0a, 0x02, b'x', b'\n', // AnyValue{string "x\n"}
+        ];
+        let mut a_kv = vec![0x0a, 0x01, b'a', 0x12, (arr.len() + 2) as u8, 0x2a, arr.len() as u8];
+        a_kv.extend_from_slice(&arr);
+        let b_kv = [0x0a, 0x01, b'b', 0x12, 0x03, 0x3a, 0x01, 0x01];
+        let mut list = vec![0x0a, a_kv.len() as u8];
+        list.extend_from_slice(&a_kv);
+        list.push(0x0a);
+        list.push(b_kv.len() as u8);
+        list.extend_from_slice(&b_kv);
+        let s = any_string(Any::KvList(&list), &mut scratch, &mut itoa).unwrap();
+        assert_eq!(std::str::from_utf8(s).unwrap(), r#"{"a":[1,"x\n"],"b":"AQ=="}"#);
     }
 
     #[test]
