@@ -15,4 +15,14 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
-timeout --signal=KILL "$TEST_TIMEOUT" cargo test --workspace --locked -- --test-threads="${TRACEGATE_TEST_THREADS:-4}"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+timeout --signal=KILL "$TEST_TIMEOUT" cargo test --workspace --locked --lib --bins --tests \
+  -- --test-threads="${TRACEGATE_TEST_THREADS:-4}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo prints one `test result:` per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -23,8 +23,10 @@ use crate::auth::token::TokenVerifier;
 use crate::config::Config;
 use crate::config::StoreKind;
 use crate::ingest::Ingest;
+use crate::netconfig::OtlpListener;
 use crate::queue::embedded::{BatchQueue, EmbeddedQueue};
 use crate::queue::sink::{ArchiveSink, Sink};
+use crate::server::conn::ConnSetup;
 use crate::server::{admin::Admin, grpc::GrpcReceiver, http::HttpReceiver, listener};
 
 pub struct Listeners {
@@ -35,6 +37,8 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(cfg: &Config) -> Result<Self> {
+        // Bad TLS material stops start-up before anything listens.
+        crate::server::conn::ConnSetup::preflight(cfg)?;
         let b = |a: SocketAddr, what: &'static str| async move {
             TcpListener::bind(a)
                 .await
@@ -120,16 +124,33 @@ pub async fn run(
     let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(ArchiveSink::new(archive))];
     let mut writer_cfg = config.writer.clone();
     // ClickHouse sink (docs/clickhouse.md): after the archive, in the same acknowledged path.
-    let clickhouse_stop = crate::clickhouse::sink::from_config(&config).map(|(sink, stop)| {
-        sinks.push(sink);
-        stop
-    });
+    // With `[kafka]`, `tracegate write` inserts instead.
+    let clickhouse_stop = if config.kafka.is_none() {
+        crate::clickhouse::sink::from_config(&config).map(|(sink, stop)| {
+            sinks.push(sink);
+            stop
+        })
+    } else {
+        None
+    };
     if let Some(ch) = &config.clickhouse {
         // ClickHouse wants few, large inserts: gather a group for at least the insert interval.
         writer_cfg.max_wait_ms = writer_cfg.max_wait_ms.max(ch.insert_interval_ms);
     }
-    let (queue, writer) = EmbeddedQueue::start(writer_cfg, sinks);
-    let queue: Arc<dyn BatchQueue> = Arc::new(queue);
+    // A `[kafka]` section replaces the embedded queue + writer with the Kafka producer.
+    let (queue, stop_queue): (
+        Arc<dyn BatchQueue>,
+        futures_util::future::BoxFuture<'static, ()>,
+    ) = match &config.kafka {
+        Some(k) => {
+            let (q, h) = crate::kafka::producer::KafkaQueue::start(k)?;
+            (Arc::new(q), Box::pin(h.shutdown()))
+        }
+        None => {
+            let (q, w) = EmbeddedQueue::start(writer_cfg, sinks);
+            (Arc::new(q), Box::pin(w.shutdown()))
+        }
+    };
     let ingest = Arc::new(Ingest {
         auth: Authenticator::from_config(&config, store, pepper, audit.clone(), tokens),
         admission: Admission::new(config.limits.max_inflight_bytes),
@@ -144,7 +165,10 @@ pub async fn run(
     let stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
 
-    let http = tokio::spawn(listener::serve(
+    let http_setup = ConnSetup::for_listener(&config, OtlpListener::Http)?;
+    let grpc_setup = ConnSetup::for_listener(&config, OtlpListener::Grpc)?;
+    tracing::info!(otlp_http = %http_setup.describe(), otlp_grpc = %grpc_setup.describe(), "listener security");
+    let http = tokio::spawn(listener::serve_with(
         "otlp_http",
         listeners.http,
         Arc::new(HttpReceiver {
@@ -153,8 +177,9 @@ pub async fn run(
         }),
         stop.clone(),
         drain,
+        http_setup,
     ));
-    let grpc = tokio::spawn(listener::serve(
+    let grpc = tokio::spawn(listener::serve_with(
         "otlp_grpc",
         listeners.grpc,
         Arc::new(GrpcReceiver {
@@ -163,6 +188,7 @@ pub async fn run(
         }),
         stop.clone(),
         drain,
+        grpc_setup,
     ));
     let admin = tokio::spawn(listener::serve(
         "admin",
@@ -187,7 +213,7 @@ pub async fn run(
     if let Some(stop) = &clickhouse_stop {
         stop.cancel();
     }
-    writer.shutdown().await;
+    stop_queue.await;
     admin_stop.cancel();
     let _ = admin.await;
     tracing::info!("shutdown complete");

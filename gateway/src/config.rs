@@ -8,6 +8,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::netconfig::{ProxyProtocolConfig, TlsConfig};
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -18,6 +20,10 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub audit: AuditConfig,
     pub writer: WriterConfig,
+    /// Kafka transport: present → `serve` produces to Kafka; `write` consumes from it.
+    pub kafka: Option<crate::kafka::config::KafkaConfig>,
+    pub tls: TlsConfig,
+    pub proxy_protocol: ProxyProtocolConfig,
     /// ClickHouse sink; on when `clickhouse.url` is set (see `crate::clickhouse::config`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clickhouse: Option<crate::clickhouse::config::ClickHouseConfig>,
@@ -394,6 +400,10 @@ impl Config {
                 message: "is required when tokens.jwks is set".into(),
             });
         }
+        if let Some(k) = &self.kafka {
+            k.validate()?;
+        }
+        crate::netconfig::validate(self)?;
         Ok(())
     }
 }

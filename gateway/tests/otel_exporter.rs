@@ -1,6 +1,6 @@
 //! End-to-end tests with the real OpenTelemetry Rust SDK + `opentelemetry-otlp` exporter
 //! (0.33, matching the gateway's opentelemetry-proto) sending to a real `tracegate serve`:
-//! OTLP/HTTP protobuf, OTLP/HTTP JSON and OTLP/gRPC (tonic), each plain and gzip-compressed.
+//! OTLP/HTTP protobuf, OTLP/HTTP JSON and OTLP/gRPC (tonic), each plain and gzip-compressed (and zstd for HTTP protobuf and gRPC).
 
 mod common;
 
@@ -32,7 +32,7 @@ fn build_exporter(
     gw: &Gateway,
     key: &str,
     transport: Transport,
-    gzip: bool,
+    compression: Option<Compression>,
     rt: &tokio::runtime::Runtime,
 ) -> SpanExporter {
     let bearer = format!("Bearer {key}");
@@ -49,8 +49,8 @@ fn build_exporter(
                 .with_protocol(protocol)
                 .with_timeout(EXPORT_TIMEOUT)
                 .with_headers(headers);
-            if gzip {
-                b = b.with_compression(Compression::Gzip);
+            if let Some(c) = compression {
+                b = b.with_compression(c);
             }
             b.build().expect("build OTLP/HTTP span exporter")
         }
@@ -63,8 +63,8 @@ fn build_exporter(
                 .with_protocol(Protocol::Grpc)
                 .with_timeout(EXPORT_TIMEOUT)
                 .with_metadata(md);
-            if gzip {
-                b = b.with_compression(Compression::Gzip);
+            if let Some(c) = compression {
+                b = b.with_compression(c);
             }
             // tonic's channel spawns its connection task on the ambient tokio runtime.
             let _guard = rt.enter();
@@ -130,9 +130,13 @@ fn metric_sum(text: &str, name: &str) -> Option<f64> {
     found
 }
 
-fn run_case(transport: Transport, gzip: bool) {
+fn run_case(transport: Transport, compression: Option<Compression>) {
     let gw = Gateway::start(&[]);
-    let label = format!("{transport:?}{}", if gzip { "-gzip" } else { "" }).to_lowercase();
+    let label = match compression {
+        Some(c) => format!("{transport:?}-{c:?}"),
+        None => format!("{transport:?}"),
+    }
+    .to_lowercase();
     let project = common::unique_project(&format!("otel-{label}"));
     let key = gw.create_key(&project);
 
@@ -141,7 +145,7 @@ fn run_case(transport: Transport, gzip: bool) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let exporter = build_exporter(&gw, &key, transport, gzip, &rt);
+    let exporter = build_exporter(&gw, &key, transport, compression, &rt);
     let prefix = format!("span-{label}");
     emit_spans(exporter, &prefix);
     rt.shutdown_timeout(Duration::from_secs(5));
@@ -254,30 +258,40 @@ fn run_case(transport: Transport, gzip: bool) {
 
 #[test]
 fn otlp_http_protobuf() {
-    run_case(Transport::HttpProtobuf, false);
+    run_case(Transport::HttpProtobuf, None);
 }
 
 #[test]
 fn otlp_http_protobuf_gzip() {
-    run_case(Transport::HttpProtobuf, true);
+    run_case(Transport::HttpProtobuf, Some(Compression::Gzip));
 }
 
 #[test]
 fn otlp_http_json() {
-    run_case(Transport::HttpJson, false);
+    run_case(Transport::HttpJson, None);
 }
 
 #[test]
 fn otlp_http_json_gzip() {
-    run_case(Transport::HttpJson, true);
+    run_case(Transport::HttpJson, Some(Compression::Gzip));
 }
 
 #[test]
 fn otlp_grpc() {
-    run_case(Transport::Grpc, false);
+    run_case(Transport::Grpc, None);
 }
 
 #[test]
 fn otlp_grpc_gzip() {
-    run_case(Transport::Grpc, true);
+    run_case(Transport::Grpc, Some(Compression::Gzip));
+}
+
+#[test]
+fn otlp_http_protobuf_zstd() {
+    run_case(Transport::HttpProtobuf, Some(Compression::Zstd));
+}
+
+#[test]
+fn otlp_grpc_zstd() {
+    run_case(Transport::Grpc, Some(Compression::Zstd));
 }

@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use moka::Expiry;
-use subtle::ConstantTimeEq;
 
-use super::key::KeyRef;
+use super::key::{secrets_equal, KeyRef};
 use super::pepper::Pepper;
 use super::ratelimit::ProjectQuota;
 use super::record::{KeyRecord, SCOPE_TRACES_WRITE};
@@ -275,7 +274,13 @@ impl Authenticator {
         origin: &Origin,
         err: ApiError,
     ) -> ApiError {
-        self.audit.refusal(id, reason, project, &origin.client_addr);
+        self.audit.refusal(
+            id,
+            reason,
+            project,
+            &origin.client_addr,
+            origin.vpc_endpoint_id.as_deref(),
+        );
         metrics::counter!(m::AUTH_REFUSED, "reason" => reason).increment(1);
         err
     }
@@ -297,7 +302,8 @@ impl Authenticator {
                 ),
             ));
         };
-        let principal = if looks_like_jwt(text) {
+        // API keys carry their type prefix: no need to scan them for JWT shape.
+        let principal = if !text.starts_with(super::key::PREFIX) && looks_like_jwt(text) {
             self.principal_from_token(text, origin).await?
         } else {
             self.principal_from_api_key(text, origin).await?
@@ -380,7 +386,7 @@ impl Authenticator {
         let fast = entry
             .verified
             .get()
-            .map(|s| bool::from(s.as_bytes().ct_eq(key.secret.as_bytes())))
+            .map(|s| secrets_equal(s.as_bytes(), key.secret.as_bytes()))
             .unwrap_or(false);
         if !fast {
             let stored = hex::decode(&record.secret_hash).unwrap_or_default();

@@ -49,6 +49,28 @@ fn is_lower_hex(s: &str) -> bool {
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Constant-time equality for secrets: no early exit, no data-dependent branch. Works a machine
+/// word at a time, several times faster than a byte-wise loop on the request's hot path.
+/// Lengths are not secret (every key has the same length).
+pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut acc = 0u64;
+    let (ac, ar) = (a.chunks_exact(8), a.chunks_exact(8).remainder());
+    let (bc, br) = (b.chunks_exact(8), b.chunks_exact(8).remainder());
+    for (x, y) in ac.zip(bc) {
+        let x = u64::from_ne_bytes(x.try_into().unwrap_or([0; 8]));
+        let y = u64::from_ne_bytes(y.try_into().unwrap_or([0; 8]));
+        acc |= x ^ y;
+    }
+    for (x, y) in ar.iter().zip(br) {
+        acc |= u64::from(x ^ y);
+    }
+    // Keep the compiler from turning the accumulation into an early exit.
+    std::hint::black_box(acc) == 0
+}
+
 /// A parsed key borrowing the request's text: the request path's allocation-free form.
 #[derive(Clone, Copy)]
 pub struct KeyRef<'a> {
@@ -191,6 +213,19 @@ mod tests {
             ApiKey::parse(&text.to_uppercase()),
             Err(KeyFormatError::Shape)
         );
+    }
+
+    #[test]
+    fn secrets_equal_matches_eq() {
+        let a = b"0123456789abcdef0123456789abcdefX";
+        assert!(secrets_equal(a, a));
+        for i in 0..a.len() {
+            let mut b = *a;
+            b[i] ^= 1;
+            assert!(!secrets_equal(a, &b), "differs at {i}");
+        }
+        assert!(!secrets_equal(a, &a[..32]));
+        assert!(secrets_equal(b"", b""));
     }
 
     #[test]

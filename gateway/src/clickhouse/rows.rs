@@ -902,7 +902,15 @@ mod tests {
             0x0a, 0x02, 0x18, 0x01, // AnyValue{int 1}
             0x0a, 0x04, 0x0a, 0x02, b'x', b'\n', // AnyValue{string "x\n"}
         ];
-        let mut a_kv = vec![0x0a, 0x01, b'a', 0x12, (arr.len() + 2) as u8, 0x2a, arr.len() as u8];
+        let mut a_kv = vec![
+            0x0a,
+            0x01,
+            b'a',
+            0x12,
+            (arr.len() + 2) as u8,
+            0x2a,
+            arr.len() as u8,
+        ];
         a_kv.extend_from_slice(&arr);
         let b_kv = [0x0a, 0x01, b'b', 0x12, 0x03, 0x3a, 0x01, 0x01];
         let mut list = vec![0x0a, a_kv.len() as u8];
@@ -911,7 +919,10 @@ mod tests {
         list.push(b_kv.len() as u8);
         list.extend_from_slice(&b_kv);
         let s = any_string(Any::KvList(&list), &mut scratch, &mut itoa).unwrap();
-        assert_eq!(std::str::from_utf8(s).unwrap(), r#"{"a":[1,"x\n"],"b":"AQ=="}"#);
+        assert_eq!(
+            std::str::from_utf8(s).unwrap(),
+            r#"{"a":[1,"x\n"],"b":"AQ=="}"#
+        );
     }
 
     #[test]
