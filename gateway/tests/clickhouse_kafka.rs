@@ -8,8 +8,8 @@
 //! To make "ClickHouse committed the insert but the writer never learned it" frequent rather
 //! than a matter of luck, the front also drops 20 % of insert answers after committing them.
 //! The negative control runs the same scenario without deterministic tokens and must see
-//! duplicates. Scale: the issue asks for 1 000 000 spans and 20 kills; this runs about 10 000
-//! to 20 000 spans and `TRACEGATE_TEST_KAFKA_CH_KILLS` (default 10) kills, to stay within CI
+//! duplicates. Scale: the issue asks for 1 000 000 spans and 20 kills; this runs about 20 000
+//! to 50 000 spans and `TRACEGATE_TEST_KAFKA_CH_KILLS` (default 10) kills, to stay within CI
 //! time on 2 cores (docs/testing.md).
 
 mod common;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::{ChFront, Gateway, Load, TestBroker, Writer};
 
-const SPANS_PER_REQUEST: u64 = 50;
+const SPANS_PER_REQUEST: u64 = 10;
 
 struct Outcome {
     acked_spans: u64,
@@ -68,7 +68,9 @@ fn run(topic: &str, db: &str, dedup: bool) -> Outcome {
         "kch",
         2,
         SPANS_PER_REQUEST,
-        Duration::from_millis(10),
+        // About 300 spans/s: what the chdb front (a Python HTTP layer) absorbs on 2 shared
+        // cores while it also loses answers and the writer restarts.
+        Duration::from_millis(50),
         Duration::from_millis(100),
     );
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
@@ -103,7 +105,7 @@ fn run(topic: &str, db: &str, dedup: bool) -> Outcome {
         let mut it = out.split_whitespace().map(|v| v.parse::<u64>().unwrap());
         (it.next().unwrap(), it.next().unwrap())
     };
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(240);
     while read().1 < acked_spans && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -127,8 +129,14 @@ fn kafka_writer_killed_repeatedly_exactly_once_in_clickhouse() {
         o.kills, o.acked_spans, o.count, o.uniq
     );
     assert!(o.acked_spans > 0);
-    assert_eq!(o.uniq, o.acked_spans, "every acknowledged span is in ClickHouse");
-    assert_eq!(o.count, o.acked_spans, "count() equals the acknowledged spans");
+    assert_eq!(
+        o.uniq, o.acked_spans,
+        "every acknowledged span is in ClickHouse"
+    );
+    assert_eq!(
+        o.count, o.acked_spans,
+        "count() equals the acknowledged spans"
+    );
     assert_eq!(o.count - o.uniq, 0, "no duplicates");
 }
 
