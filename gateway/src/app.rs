@@ -121,7 +121,22 @@ pub async fn run(
             "removed unacknowledged temp files from an earlier crash"
         );
     }
-    let sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(ArchiveSink::new(archive))];
+    let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(ArchiveSink::new(archive))];
+    let mut writer_cfg = config.writer.clone();
+    // ClickHouse sink (docs/clickhouse.md): after the archive, in the same acknowledged path.
+    // With `[kafka]`, `tracegate write` inserts instead.
+    let clickhouse_stop = if config.kafka.is_none() {
+        crate::clickhouse::sink::from_config(&config).map(|(sink, stop)| {
+            sinks.push(sink);
+            stop
+        })
+    } else {
+        None
+    };
+    if let Some(ch) = &config.clickhouse {
+        // ClickHouse wants few, large inserts: gather a group for at least the insert interval.
+        writer_cfg.max_wait_ms = writer_cfg.max_wait_ms.max(ch.insert_interval_ms);
+    }
     // A `[kafka]` section replaces the embedded queue + writer with the Kafka producer.
     let (queue, stop_queue): (
         Arc<dyn BatchQueue>,
@@ -132,7 +147,7 @@ pub async fn run(
             (Arc::new(q), Box::pin(h.shutdown()))
         }
         None => {
-            let (q, w) = EmbeddedQueue::start(config.writer.clone(), sinks);
+            let (q, w) = EmbeddedQueue::start(writer_cfg, sinks);
             (Arc::new(q), Box::pin(w.shutdown()))
         }
     };
@@ -194,6 +209,10 @@ pub async fn run(
     let _ = http.await;
     let _ = grpc.await;
     // Every request that could still be answered has been; now flush and stop the writer.
+    // A ClickHouse insert that fails from now on is not retried, so the drain cannot hang.
+    if let Some(stop) = &clickhouse_stop {
+        stop.cancel();
+    }
     stop_queue.await;
     admin_stop.cancel();
     let _ = admin.await;

@@ -1,4 +1,4 @@
-//! Command line: `serve` (the default), `keys create`, `archive cat`.
+//! Command line: `serve` (the default), `keys create`, `archive cat`, `migrate`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -43,6 +43,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ArchiveCommand,
     },
+    /// Create or upgrade the ClickHouse schema (`[clickhouse]` config; idempotent, versioned).
+    Migrate(CommonArgs),
     /// Run the Kafka consumer-group writer (needs a `[kafka]` section).
     Write(WriteArgs),
 }

@@ -40,6 +40,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Archive {
             command: ArchiveCommand::Cat { project, common },
         } => cli::archive_cat(project.as_deref(), &common, &mut stdout),
+        Command::Migrate(common) => {
+            let cfg = common.load()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(tracegate::clickhouse::schema::migrate_command(
+                &cfg,
+                &mut stdout,
+            ))
+        }
         Command::Write(args) => {
             let cfg = args.load()?;
             init_logging();

@@ -23,6 +23,13 @@ pub const CONNECTIONS_REFUSED: &str = "tracegate_connections_refused_total";
 pub const TLS_CERT_RELOADS: &str = "tracegate_tls_cert_reloads_total";
 pub const RATE_LIMITED: &str = "tracegate_rate_limited_requests_total";
 pub const BUILD_INFO: &str = "tracegate_build_info";
+// ClickHouse sink (gateway/src/clickhouse/sink.rs).
+pub const CLICKHOUSE_INSERTS: &str = "tracegate_clickhouse_inserts_total";
+pub const CLICKHOUSE_ROWS: &str = "tracegate_clickhouse_rows_inserted_total";
+pub const CLICKHOUSE_INSERT_DURATION: &str = "tracegate_clickhouse_insert_duration_seconds";
+pub const CLICKHOUSE_ENCODE_DURATION: &str = "tracegate_clickhouse_encode_duration_seconds";
+pub const CLICKHOUSE_WRITE_DURATION: &str = "tracegate_clickhouse_write_duration_seconds";
+pub const CLICKHOUSE_DEAD_LETTER_BATCHES: &str = "tracegate_clickhouse_dead_letter_batches_total";
 
 // Kafka transport (gateway/src/kafka). `client` label: producer | consumer.
 pub const KAFKA_PRODUCED_MESSAGES: &str = "tracegate_kafka_produced_messages_total";
@@ -107,6 +114,30 @@ fn describe() {
         "Certificate/CA reloads, by result (ok, error)"
     );
     describe_counter!(RATE_LIMITED, "Requests refused by a project quota");
+    describe_counter!(
+        CLICKHOUSE_INSERTS,
+        "ClickHouse insert attempts by table and result (ok, error = retried, rejected)"
+    );
+    describe_counter!(CLICKHOUSE_ROWS, "Rows inserted into ClickHouse, by table");
+    describe_histogram!(
+        CLICKHOUSE_INSERT_DURATION,
+        Unit::Seconds,
+        "One successful ClickHouse insert"
+    );
+    describe_histogram!(
+        CLICKHOUSE_ENCODE_DURATION,
+        Unit::Seconds,
+        "RowBinary encoding of one group"
+    );
+    describe_histogram!(
+        CLICKHOUSE_WRITE_DURATION,
+        Unit::Seconds,
+        "One group written to ClickHouse"
+    );
+    describe_counter!(
+        CLICKHOUSE_DEAD_LETTER_BATCHES,
+        "Batches ClickHouse rejected (or unreadable) kept in the dead-letter archive, by reason"
+    );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     describe_kafka();
 }
