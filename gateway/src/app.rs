@@ -12,7 +12,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
-use crate::archive::local::LocalArchive;
 use crate::audit::Audit;
 use crate::auth::authenticator::Authenticator;
 use crate::auth::file_store::FileKeyStore;
@@ -24,7 +23,7 @@ use crate::config::Config;
 use crate::config::StoreKind;
 use crate::ingest::Ingest;
 use crate::queue::embedded::{BatchQueue, EmbeddedQueue};
-use crate::queue::sink::{ArchiveSink, Sink};
+use crate::queue::sink::Sink;
 use crate::server::{admin::Admin, grpc::GrpcReceiver, http::HttpReceiver, listener};
 
 pub struct Listeners {
@@ -109,15 +108,7 @@ pub async fn run(
         }
         None => None,
     };
-    let archive = LocalArchive::new(&data_dir, config.writer.compression_level);
-    let stale = archive.remove_stale_temp_files()?;
-    if stale > 0 {
-        tracing::info!(
-            count = stale,
-            "removed unacknowledged temp files from an earlier crash"
-        );
-    }
-    let sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(ArchiveSink::new(archive))];
+    let sinks: Vec<Arc<dyn Sink>> = vec![crate::archive::store::archive_sink(&config)?];
     let (queue, writer) = EmbeddedQueue::start(config.writer.clone(), sinks);
     let queue: Arc<dyn BatchQueue> = Arc::new(queue);
     let ingest = Arc::new(Ingest {

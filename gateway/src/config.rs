@@ -18,6 +18,8 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub audit: AuditConfig,
     pub writer: WriterConfig,
+    /// Archive location and keys (`crate::archive::config`).
+    pub archive: crate::archive::config::ArchiveConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -382,6 +384,7 @@ impl Config {
                 message: "must be \"stdout\", \"file\" or \"off\"".into(),
             });
         }
+        self.archive.validate(&self.server.data_dir)?;
         if !self.tokens.jwks.is_empty() && self.tokens.issuer.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "tokens.issuer",
