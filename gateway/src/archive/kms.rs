@@ -70,10 +70,17 @@ impl Kms {
             .send()
             .await
             .map_err(|e| {
-                anyhow::anyhow!(
-                    "KMS GenerateDataKey with key {key_id} failed: {}",
-                    aws_sdk_kms::error::DisplayErrorContext(e)
-                )
+                use aws_sdk_kms::error::ProvideErrorMetadata;
+                match e.code().map(str::to_string) {
+                    Some(code) => anyhow::anyhow!(
+                        "KMS GenerateDataKey with key {key_id} refused: {code}{}",
+                        e.message().map(|m| format!(": {m}")).unwrap_or_default()
+                    ),
+                    None => anyhow::anyhow!(
+                        "KMS GenerateDataKey with key {key_id} failed: {}",
+                        aws_sdk_kms::error::DisplayErrorContext(e)
+                    ),
+                }
             })?;
         let pt = out
             .plaintext()
@@ -113,18 +120,27 @@ impl Kms {
             .send()
             .await
             .map_err(|e| {
-                let invalid = e
-                    .as_service_error()
-                    .is_some_and(|s| s.is_invalid_ciphertext_exception());
-                let detail = aws_sdk_kms::error::DisplayErrorContext(e);
-                if invalid {
-                    anyhow::anyhow!(
-                        "integrity check failed: KMS refused to decrypt the data key with key \
-                         {key_id} for context {ctx} (InvalidCiphertextException: the header was \
-                         modified, or the object belongs to another tenant or group): {detail}"
-                    )
-                } else {
-                    anyhow::anyhow!("KMS Decrypt with key {key_id} failed: {detail}")
+                use aws_sdk_kms::error::ProvideErrorMetadata;
+                match e.code().map(str::to_string) {
+                    Some(code)
+                        if code == "InvalidCiphertextException"
+                            || code == "IncorrectKeyException" =>
+                    {
+                        anyhow::anyhow!(
+                            "integrity check failed: KMS refused to decrypt the data key with key \
+                             {key_id} for context {ctx} ({code}: the header was modified, or the \
+                             object belongs to another tenant or group)"
+                        )
+                    }
+                    Some(code) => anyhow::anyhow!(
+                        "KMS refused to decrypt the data key with key {key_id} for context {ctx} \
+                         ({code}{}: the caller may not use this key, or the header was modified)",
+                        e.message().map(|m| format!(": {m}")).unwrap_or_default()
+                    ),
+                    None => anyhow::anyhow!(
+                        "KMS Decrypt with key {key_id} failed: {}",
+                        aws_sdk_kms::error::DisplayErrorContext(e)
+                    ),
                 }
             })?;
         let pt = out
