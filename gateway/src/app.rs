@@ -108,8 +108,22 @@ pub async fn run(
         }
         None => None,
     };
-    let sinks: Vec<Arc<dyn Sink>> = vec![crate::archive::store::archive_sink(&config)?];
-    let (queue, writer) = EmbeddedQueue::start(config.writer.clone(), sinks);
+    let mut sinks: Vec<Arc<dyn Sink>> = vec![crate::archive::store::archive_sink(&config)?];
+    let mut writer_cfg = config.writer.clone();
+    // ClickHouse sink (docs/clickhouse.md): after the archive, in the same acknowledged path.
+    let clickhouse_stop = config.clickhouse.as_ref().map(|ch| {
+        let sink = crate::clickhouse::sink::ClickHouseSink::new(
+            ch,
+            &data_dir,
+            config.writer.compression_level,
+        );
+        // ClickHouse wants few, large inserts: gather a group for at least the insert interval.
+        writer_cfg.max_wait_ms = writer_cfg.max_wait_ms.max(ch.insert_interval_ms);
+        let stop = sink.stop_token();
+        sinks.push(Arc::new(sink));
+        stop
+    });
+    let (queue, writer) = EmbeddedQueue::start(writer_cfg, sinks);
     let queue: Arc<dyn BatchQueue> = Arc::new(queue);
     let ingest = Arc::new(Ingest {
         auth: Authenticator::from_config(&config, store, pepper, audit.clone(), tokens),
@@ -164,6 +178,10 @@ pub async fn run(
     let _ = http.await;
     let _ = grpc.await;
     // Every request that could still be answered has been; now flush and stop the writer.
+    // A ClickHouse insert that fails from now on is not retried, so the drain cannot hang.
+    if let Some(stop) = &clickhouse_stop {
+        stop.cancel();
+    }
     writer.shutdown().await;
     admin_stop.cancel();
     let _ = admin.await;

@@ -1,4 +1,5 @@
-//! Command line: `serve` (the default), `keys …`, `archive ls|cat|replay|rotate-key|keys`.
+//! Command line: `serve` (the default), `keys …`, `archive ls|cat|replay|rotate-key|keys`,
+//! `migrate`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -40,6 +41,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ArchiveCommand,
     },
+    /// Create or upgrade the ClickHouse schema (`[clickhouse]` config; idempotent, versioned).
+    Migrate(CommonArgs),
 }
 
 #[derive(Args, Debug, Default, Clone)]

@@ -20,6 +20,9 @@ pub struct Config {
     pub writer: WriterConfig,
     /// Archive location and keys (`crate::archive::config`).
     pub archive: crate::archive::config::ArchiveConfig,
+    /// ClickHouse sink; on when `clickhouse.url` is set (see `crate::clickhouse::config`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clickhouse: Option<crate::clickhouse::config::ClickHouseConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -385,6 +388,9 @@ impl Config {
             });
         }
         self.archive.validate(&self.server.data_dir)?;
+        if let Some(ch) = &self.clickhouse {
+            ch.validate()?;
+        }
         if !self.tokens.jwks.is_empty() && self.tokens.issuer.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "tokens.issuer",
@@ -454,6 +460,41 @@ mod tests {
         c.limits.max_inflight_bytes = 1;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("limits.max_inflight_bytes"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail dictates the closure type
+    fn clickhouse_section_from_env_and_errors_name_keys() {
+        figment::Jail::expect_with(|jail| {
+            assert!(Config::load(None, &Overrides::default())
+                .unwrap()
+                .clickhouse
+                .is_none());
+            jail.set_env("TRACEGATE_CLICKHOUSE__URL", "http://127.0.0.1:8123");
+            jail.set_env("TRACEGATE_CLICKHOUSE__PASSWORD", "pw");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            let ch = c.clickhouse.unwrap();
+            assert_eq!(ch.password, "pw");
+            assert_eq!(ch.database, "tracegate");
+            jail.set_env("TRACEGATE_CLICKHOUSE__URL", "ftp://x");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("clickhouse.url"), "{err}");
+            jail.set_env("TRACEGATE_CLICKHOUSE__URL", "http://127.0.0.1:8123");
+            jail.set_env("TRACEGATE_CLICKHOUSE__DATABASE", "bad-name");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("clickhouse.database"), "{err}");
+            jail.set_env("TRACEGATE_CLICKHOUSE__DATABASE", "ok");
+            jail.set_env("TRACEGATE_CLICKHOUSE__MAX_INSERT_ROWZ", "1");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_insert_rowz"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod archive;
 pub mod audit;
 pub mod auth;
 pub mod cli;
+pub mod clickhouse;
 pub mod config;
 pub mod error;
 pub mod ingest;

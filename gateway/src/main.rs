@@ -38,6 +38,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(cli::keys(command, &mut stdout))
         }
         Command::Archive { command } => cli::archive(command, &mut stdout),
+        Command::Migrate(common) => {
+            let cfg = common.load()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(tracegate::clickhouse::schema::migrate_command(
+                &cfg,
+                &mut stdout,
+            ))
+        }
     }
 }
 

@@ -21,6 +21,13 @@ pub const AUTH_STORE_ERRORS: &str = "tracegate_auth_store_errors_total";
 pub const AUTH_REFUSED: &str = "tracegate_auth_refused_total";
 pub const RATE_LIMITED: &str = "tracegate_rate_limited_requests_total";
 pub const BUILD_INFO: &str = "tracegate_build_info";
+// ClickHouse sink (gateway/src/clickhouse/sink.rs).
+pub const CLICKHOUSE_INSERTS: &str = "tracegate_clickhouse_inserts_total";
+pub const CLICKHOUSE_ROWS: &str = "tracegate_clickhouse_rows_inserted_total";
+pub const CLICKHOUSE_INSERT_DURATION: &str = "tracegate_clickhouse_insert_duration_seconds";
+pub const CLICKHOUSE_ENCODE_DURATION: &str = "tracegate_clickhouse_encode_duration_seconds";
+pub const CLICKHOUSE_WRITE_DURATION: &str = "tracegate_clickhouse_write_duration_seconds";
+pub const CLICKHOUSE_DEAD_LETTER_BATCHES: &str = "tracegate_clickhouse_dead_letter_batches_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -69,5 +76,29 @@ fn describe() {
     describe_counter!(AUTH_STORE_ERRORS, "Key store lookups that failed");
     describe_counter!(AUTH_REFUSED, "Refused credentials, by reason");
     describe_counter!(RATE_LIMITED, "Requests refused by a project quota");
+    describe_counter!(
+        CLICKHOUSE_INSERTS,
+        "ClickHouse insert attempts by table and result (ok, error = retried, rejected)"
+    );
+    describe_counter!(CLICKHOUSE_ROWS, "Rows inserted into ClickHouse, by table");
+    describe_histogram!(
+        CLICKHOUSE_INSERT_DURATION,
+        Unit::Seconds,
+        "One successful ClickHouse insert"
+    );
+    describe_histogram!(
+        CLICKHOUSE_ENCODE_DURATION,
+        Unit::Seconds,
+        "RowBinary encoding of one group"
+    );
+    describe_histogram!(
+        CLICKHOUSE_WRITE_DURATION,
+        Unit::Seconds,
+        "One group written to ClickHouse"
+    );
+    describe_counter!(
+        CLICKHOUSE_DEAD_LETTER_BATCHES,
+        "Batches ClickHouse rejected (or unreadable) kept in the dead-letter archive, by reason"
+    );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

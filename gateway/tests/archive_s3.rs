@@ -17,10 +17,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
-    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
 fn names(records: &[serde_json::Value]) -> BTreeSet<String> {
     span_names(records).into_iter().collect()
 }

@@ -85,11 +85,18 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// The sinks a replay sends to: every configured sink of the writer except the archive itself.
-/// None exists yet besides the archive; the ClickHouse sink (issue: ClickHouse storage) joins
-/// here.
-pub fn replay_sinks(_cfg: &Config) -> Result<Vec<Arc<dyn Sink>>> {
-    Ok(vec![])
+/// The sinks a replay sends to: every configured sink of the writer except the archive itself
+/// (today: ClickHouse, when `clickhouse.url` is set).
+pub fn replay_sinks(cfg: &Config) -> Result<Vec<Arc<dyn Sink>>> {
+    let mut sinks: Vec<Arc<dyn Sink>> = vec![];
+    if let Some(ch) = &cfg.clickhouse {
+        sinks.push(Arc::new(crate::clickhouse::sink::ClickHouseSink::new(
+            ch,
+            &cfg.server.data_dir,
+            cfg.writer.compression_level,
+        )));
+    }
+    Ok(sinks)
 }
 
 pub fn run(cmd: ArchiveCommand, out: &mut impl Write) -> Result<()> {
@@ -125,14 +132,17 @@ pub fn run(cmd: ArchiveCommand, out: &mut impl Write) -> Result<()> {
                 bail!("--from {from} is after --to {to}");
             }
             let cfg = common.load()?;
-            let sinks = if dry_run { vec![] } else { replay_sinks(&cfg)? };
-            if !dry_run && sinks.is_empty() {
-                bail!(
-                    "nothing to replay into: no sink besides the archive is configured (replay \
-                     sends to ClickHouse; use --dry-run to only read and check the groups)"
-                );
-            }
-            runtime()?.block_on(run_replay(&cfg, from, to, project.as_deref(), &sinks, out))
+            runtime()?.block_on(async {
+                let sinks = if dry_run { vec![] } else { replay_sinks(&cfg)? };
+                if !dry_run && sinks.is_empty() {
+                    bail!(
+                        "nothing to replay into: no sink besides the archive is configured \
+                         (replay sends to ClickHouse: set clickhouse.url; --dry-run only reads \
+                         and checks the groups)"
+                    );
+                }
+                run_replay(&cfg, from, to, project.as_deref(), &sinks, out).await
+            })
         }
         ArchiveCommand::RotateKey { common } => {
             let cfg = common.load()?;

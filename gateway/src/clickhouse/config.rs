@@ -1,0 +1,142 @@
+//! `[clickhouse]` configuration (docs/configuration.md). Present only when configured: setting
+//! `clickhouse.url` (e.g. `TRACEGATE_CLICKHOUSE__URL`) turns the ClickHouse sink on.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// A single server: deduplication through `non_replicated_deduplication_window`.
+    #[default]
+    MergeTree,
+    /// Replicated tables (production clusters; ClickHouse Cloud's SharedMergeTree behaves the
+    /// same): deduplication through `replicated_deduplication_window`.
+    ReplicatedMergeTree,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP(S) endpoint, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    /// Table engine used by `tracegate migrate` for new tables.
+    pub engine: Engine,
+    /// Retention in days (partitions older than this are dropped whole); 0 = keep forever.
+    /// `tracegate migrate` applies changes to existing tables.
+    pub ttl_days: u32,
+    /// Inserts remembered per table for deduplication (set on the tables by `tracegate migrate`).
+    pub deduplication_window: u64,
+    /// Send the deterministic `insert_deduplication_token` (and `insert_deduplicate=1`).
+    /// `false` makes every attempt a new insert (a unique token per attempt): it exists only to
+    /// show what the tokens prevent (the crash test's negative control).
+    pub insert_deduplication: bool,
+    /// While ClickHouse inserts are on, the embedded writer gathers a group for at least this
+    /// long (ClickHouse wants about one insert per second per table, or ≥ 5 000 rows)…
+    pub insert_interval_ms: u64,
+    /// …and one insert carries at most this many rows…
+    pub max_insert_rows: usize,
+    /// …and at most this many bytes of RowBinary (a group is split into several inserts).
+    pub max_insert_bytes: usize,
+    /// Attribute values longer than this go to `otel_traces_payloads` whole…
+    pub payload_threshold_bytes: usize,
+    /// …leaving a preview of this many bytes in the span's attribute map.
+    pub payload_preview_bytes: usize,
+    /// Time limit of one insert (sending and waiting for ClickHouse's answer).
+    pub insert_timeout_ms: u64,
+    /// First retry delay after a failed insert; doubles up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            database: "tracegate".into(),
+            user: "default".into(),
+            password: String::new(),
+            engine: Engine::MergeTree,
+            ttl_days: 30,
+            deduplication_window: 1000,
+            insert_deduplication: true,
+            insert_interval_ms: 1000,
+            max_insert_rows: 200_000,
+            max_insert_bytes: 128 * 1024 * 1024,
+            payload_threshold_bytes: 16 * 1024,
+            payload_preview_bytes: 256,
+            insert_timeout_ms: 120_000,
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+        }
+    }
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl ClickHouseConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.url.is_empty() {
+            return Err(invalid(
+                "clickhouse.url",
+                "is required when the [clickhouse] section is present",
+            ));
+        }
+        let ok_url = (self.url.starts_with("http://") || self.url.starts_with("https://"))
+            && self.url.len() > "http://".len()
+            && http::Uri::try_from(self.url.as_str()).is_ok();
+        if !ok_url {
+            return Err(invalid(
+                "clickhouse.url",
+                "must be an http:// or https:// URL, e.g. http://127.0.0.1:8123",
+            ));
+        }
+        if self.database.is_empty()
+            || !self
+                .database
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(invalid(
+                "clickhouse.database",
+                "must be a non-empty name of letters, digits and '_'",
+            ));
+        }
+        if self.user.is_empty() {
+            return Err(invalid("clickhouse.user", "must not be empty"));
+        }
+        for (key, v) in [
+            ("clickhouse.deduplication_window", self.deduplication_window),
+            ("clickhouse.max_insert_rows", self.max_insert_rows as u64),
+            ("clickhouse.max_insert_bytes", self.max_insert_bytes as u64),
+            ("clickhouse.insert_timeout_ms", self.insert_timeout_ms),
+            ("clickhouse.retry_initial_ms", self.retry_initial_ms),
+            ("clickhouse.retry_max_ms", self.retry_max_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.payload_preview_bytes > self.payload_threshold_bytes {
+            return Err(invalid(
+                "clickhouse.payload_preview_bytes",
+                "must not exceed clickhouse.payload_threshold_bytes",
+            ));
+        }
+        if self.retry_max_ms < self.retry_initial_ms {
+            return Err(invalid(
+                "clickhouse.retry_max_ms",
+                "must be at least clickhouse.retry_initial_ms",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,8 @@
+//! ClickHouse: the `[clickhouse]` config, the schema and its migrations (`tracegate migrate`),
+//! the RowBinary row encoding and the writer sink. See docs/clickhouse.md.
+
+pub mod config;
+pub mod pb;
+pub mod rows;
+pub mod schema;
+pub mod sink;

@@ -1,0 +1,206 @@
+//! A minimal, zero-copy protobuf wire reader: just enough to walk an encoded
+//! `ExportTraceServiceRequest` field by field and borrow its strings and bytes, so the writer can
+//! encode RowBinary straight from the queued bytes without materialising owned OTLP structs
+//! (prost's owned decode allocates every string and vector and is the slowest step of the path).
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PbError {
+    #[error("truncated protobuf")]
+    Truncated,
+    #[error("varint too long")]
+    VarintTooLong,
+    #[error("invalid wire type {0}")]
+    WireType(u8),
+    #[error("unbalanced protobuf group")]
+    Group,
+    #[error("nesting too deep")]
+    TooDeep,
+}
+
+/// One field value. Groups (deprecated wire types 3/4) are skipped by the reader.
+#[derive(Debug, Clone, Copy)]
+pub enum Value<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Bytes(&'a [u8]),
+    Fixed32(u32),
+}
+
+impl<'a> Value<'a> {
+    #[inline]
+    pub fn bytes(self) -> &'a [u8] {
+        match self {
+            Value::Bytes(b) => b,
+            _ => &[],
+        }
+    }
+    #[inline]
+    pub fn u64(self) -> u64 {
+        match self {
+            Value::Varint(v) | Value::Fixed64(v) => v,
+            Value::Fixed32(v) => u64::from(v),
+            Value::Bytes(_) => 0,
+        }
+    }
+}
+
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+const MAX_GROUP_DEPTH: usize = 64;
+
+impl<'a> Reader<'a> {
+    #[inline]
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    #[inline]
+    fn varint(&mut self) -> Result<u64, PbError> {
+        let mut v: u64 = 0;
+        let mut shift = 0;
+        loop {
+            let b = *self.buf.get(self.pos).ok_or(PbError::Truncated)?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+            shift += 7;
+            if shift >= 70 {
+                return Err(PbError::VarintTooLong);
+            }
+        }
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PbError> {
+        let end = self.pos.checked_add(n).ok_or(PbError::Truncated)?;
+        let s = self.buf.get(self.pos..end).ok_or(PbError::Truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// The next field (number, value), or `None` at the end of the message.
+    #[inline]
+    pub fn next_field(&mut self) -> Result<Option<(u32, Value<'a>)>, PbError> {
+        loop {
+            if self.pos >= self.buf.len() {
+                return Ok(None);
+            }
+            let key = self.varint()?;
+            let field = (key >> 3) as u32;
+            let wire = (key & 7) as u8;
+            let v = match wire {
+                0 => Value::Varint(self.varint()?),
+                1 => {
+                    let b = self.take(8)?;
+                    Value::Fixed64(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                }
+                2 => {
+                    let n = self.varint()?;
+                    let n = usize::try_from(n).map_err(|_| PbError::Truncated)?;
+                    Value::Bytes(self.take(n)?)
+                }
+                5 => {
+                    let b = self.take(4)?;
+                    Value::Fixed32(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+                }
+                3 => {
+                    self.skip_group(field, 1)?;
+                    continue;
+                }
+                w => return Err(PbError::WireType(w)),
+            };
+            return Ok(Some((field, v)));
+        }
+    }
+
+    fn skip_group(&mut self, field: u32, depth: usize) -> Result<(), PbError> {
+        if depth > MAX_GROUP_DEPTH {
+            return Err(PbError::TooDeep);
+        }
+        loop {
+            if self.pos >= self.buf.len() {
+                return Err(PbError::Group);
+            }
+            let key = self.varint()?;
+            let f = (key >> 3) as u32;
+            match (key & 7) as u8 {
+                0 => {
+                    self.varint()?;
+                }
+                1 => {
+                    self.take(8)?;
+                }
+                2 => {
+                    let n = self.varint()?;
+                    self.take(usize::try_from(n).map_err(|_| PbError::Truncated)?)?;
+                }
+                5 => {
+                    self.take(4)?;
+                }
+                3 => self.skip_group(f, depth + 1)?,
+                4 if f == field => return Ok(()),
+                4 => return Err(PbError::Group),
+                w => return Err(PbError::WireType(w)),
+            }
+        }
+    }
+}
+
+/// Calls `f` for every length-delimited occurrence of field `num` in `msg`.
+#[inline]
+pub fn for_each<'a>(
+    msg: &'a [u8],
+    num: u32,
+    mut f: impl FnMut(&'a [u8]) -> Result<(), PbError>,
+) -> Result<(), PbError> {
+    let mut r = Reader::new(msg);
+    while let Some((n, v)) = r.next_field()? {
+        if n == num {
+            if let Value::Bytes(b) = v {
+                f(b)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_fields_and_skips_groups() {
+        // field 1 varint 150, field 2 group {field 1 varint 1}, field 3 bytes "hi", field 4 fixed32
+        let msg = [
+            0x08, 0x96, 0x01, 0x13, 0x08, 0x01, 0x14, 0x1a, 0x02, b'h', b'i', 0x25, 1, 0, 0, 0,
+        ];
+        let mut r = Reader::new(&msg);
+        let (n, v) = r.next_field().unwrap().unwrap();
+        assert_eq!((n, v.u64()), (1, 150));
+        let (n, v) = r.next_field().unwrap().unwrap();
+        assert_eq!((n, v.bytes()), (3, &b"hi"[..]));
+        let (n, v) = r.next_field().unwrap().unwrap();
+        assert_eq!((n, v.u64()), (4, 1));
+        assert!(r.next_field().unwrap().is_none());
+    }
+
+    #[test]
+    fn truncation_is_an_error() {
+        assert_eq!(
+            Reader::new(&[0x1a, 0x05, b'a']).next_field().unwrap_err(),
+            PbError::Truncated
+        );
+        assert_eq!(
+            Reader::new(&[0x13, 0x08]).next_field().unwrap_err(),
+            PbError::Truncated
+        );
+        assert!(Reader::new(&[0x0f]).next_field().is_err());
+    }
+}

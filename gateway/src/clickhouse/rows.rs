@@ -1,0 +1,778 @@
+//! RowBinary encoding of spans, straight from the queued protobuf bytes (see `pb.rs`): one row of
+//! `otel_traces` per span (column order: `schema::SPAN_COLUMNS`) and one row of
+//! `otel_traces_payloads` per large attribute value (`schema::PAYLOAD_COLUMNS`).
+//!
+//! Value rules (compatible with the OpenTelemetry Collector's clickhouseexporter):
+//! - ids are lowercase hex (`TraceId` 32 chars, `SpanId` 16); an empty parent is `''`;
+//! - `SpanKind`: `Unspecified|Internal|Server|Client|Producer|Consumer`; `StatusCode`:
+//!   `Unset|Ok|Error`;
+//! - attribute values become strings: strings as they are, ints in decimal, doubles in the
+//!   shortest decimal form that reads back to the same double (`NaN`, `+Inf`, `-Inf`), bools
+//!   `true|false`, bytes as standard base64, arrays and kvlists as JSON (bytes inside as base64
+//!   strings, keys in their original order), an empty value as `''`;
+//! - a span or event attribute whose string form is longer than `payload_threshold_bytes` keeps
+//!   only a preview (its first `payload_preview_bytes`, cut at a UTF-8 boundary) in the map; the
+//!   whole value goes to `otel_traces_payloads` and its location to `PayloadKeys`
+//!   (`span:<key>` or `event:<index>:<key>`).
+
+use std::io::Write as _;
+
+use base64::Engine as _;
+use tracegate_proto::v1::Batch;
+
+use super::pb::{for_each, PbError, Reader, Value};
+
+/// Rows encoded from one or more batches.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    pub spans: Vec<u8>,
+    pub span_rows: usize,
+    pub payloads: Vec<u8>,
+    pub payload_rows: usize,
+}
+
+impl Encoded {
+    pub fn clear(&mut self) {
+        self.spans.clear();
+        self.payloads.clear();
+        self.span_rows = 0;
+        self.payload_rows = 0;
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions {
+    pub payload_threshold_bytes: usize,
+    pub payload_preview_bytes: usize,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self {
+            payload_threshold_bytes: 16 * 1024,
+            payload_preview_bytes: 256,
+        }
+    }
+}
+
+/// Reusable encoder (scratch buffers survive between batches, so steady state allocates
+/// nothing per span).
+pub struct Encoder {
+    opts: EncodeOptions,
+    tenant: Vec<u8>,
+    received_at: i64,
+    resource_attrs: Vec<u8>,
+    service_name: Vec<u8>,
+    scope_name_version: Vec<u8>,
+    scope_attrs: Vec<u8>,
+    scratch: Vec<u8>,
+    json: Vec<u8>,
+    payload_keys: Vec<u8>,
+    payload_key_count: usize,
+    payload_prefix: Vec<u8>,
+    itoa: itoa::Buffer,
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+#[inline]
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+#[inline]
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s);
+}
+
+#[inline]
+fn put_hex(out: &mut Vec<u8>, id: &[u8]) {
+    put_varint(out, (id.len() * 2) as u64);
+    for b in id {
+        out.push(HEX[(b >> 4) as usize]);
+        out.push(HEX[(b & 15) as usize]);
+    }
+}
+
+#[inline]
+fn put_i64(out: &mut Vec<u8>, v: i64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+#[inline]
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+#[inline]
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// The longest prefix of `s` of at most `n` bytes that does not split a UTF-8 sequence.
+fn utf8_prefix(s: &[u8], n: usize) -> &[u8] {
+    if s.len() <= n {
+        return s;
+    }
+    let mut end = n;
+    // Back up over continuation bytes (10xxxxxx) so the cut lands on a char start.
+    while end > 0 && (s[end] & 0xc0) == 0x80 {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+pub fn span_kind(k: u64) -> &'static str {
+    match k {
+        1 => "Internal",
+        2 => "Server",
+        3 => "Client",
+        4 => "Producer",
+        5 => "Consumer",
+        _ => "Unspecified",
+    }
+}
+
+pub fn status_code(c: u64) -> &'static str {
+    match c {
+        1 => "Ok",
+        2 => "Error",
+        _ => "Unset",
+    }
+}
+
+/// Formats a double like Go's `strconv.FormatFloat(v, 'f', -1, 64)` (what the Collector uses).
+pub fn format_double(out: &mut Vec<u8>, v: f64) {
+    if v.is_nan() {
+        out.extend_from_slice(b"NaN");
+    } else if v.is_infinite() {
+        out.extend_from_slice(if v > 0.0 { b"+Inf" } else { b"-Inf" });
+    } else {
+        // Rust's Display for f64 is the shortest round-tripping form, never in exponent notation.
+        let _ = write!(out, "{v}");
+    }
+}
+
+fn json_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        let esc: Option<&[u8]> = match b {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            0..=0x1f => None,
+            _ => continue,
+        };
+        out.extend_from_slice(&s[start..i]);
+        match esc {
+            Some(e) => out.extend_from_slice(e),
+            None => {
+                let _ = write!(out, "\\u{:04x}", b);
+            }
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'"');
+}
+
+/// The decoded oneof of an `AnyValue` (last field wins, as in protobuf).
+#[derive(Clone, Copy)]
+enum Any<'a> {
+    Empty,
+    Str(&'a [u8]),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Array(&'a [u8]),
+    KvList(&'a [u8]),
+    Bytes(&'a [u8]),
+}
+
+fn parse_any(msg: &[u8]) -> Result<Any<'_>, PbError> {
+    let mut r = Reader::new(msg);
+    let mut v = Any::Empty;
+    while let Some((n, f)) = r.next_field()? {
+        v = match (n, f) {
+            (1, Value::Bytes(b)) => Any::Str(b),
+            (2, f) => Any::Bool(f.u64() != 0),
+            (3, f) => Any::Int(f.u64() as i64),
+            (4, Value::Fixed64(b)) => Any::Double(f64::from_bits(b)),
+            (5, Value::Bytes(b)) => Any::Array(b),
+            (6, Value::Bytes(b)) => Any::KvList(b),
+            (7, Value::Bytes(b)) => Any::Bytes(b),
+            _ => continue,
+        };
+    }
+    Ok(v)
+}
+
+/// Splits a `KeyValue` message into its key and value message.
+#[inline]
+fn parse_kv(msg: &[u8]) -> Result<(&[u8], &[u8]), PbError> {
+    let mut r = Reader::new(msg);
+    let (mut k, mut v): (&[u8], &[u8]) = (&[], &[]);
+    while let Some((n, f)) = r.next_field()? {
+        match (n, f) {
+            (1, Value::Bytes(b)) => k = b,
+            (2, Value::Bytes(b)) => v = b,
+            _ => {}
+        }
+    }
+    Ok((k, v))
+}
+
+/// JSON form of an AnyValue nested in an array or kvlist.
+fn any_json(out: &mut Vec<u8>, v: Any<'_>) -> Result<(), PbError> {
+    match v {
+        Any::Empty => out.extend_from_slice(b"null"),
+        Any::Str(s) => json_str(out, s),
+        Any::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+        Any::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
+        Any::Double(d) => {
+            if d.is_finite() {
+                format_double(out, d)
+            } else {
+                let mut s = Vec::new();
+                format_double(&mut s, d);
+                json_str(out, &s)
+            }
+        }
+        Any::Bytes(b) => {
+            out.push(b'"');
+            let mut s = String::new();
+            base64::engine::general_purpose::STANDARD.encode_string(b, &mut s);
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
+        }
+        Any::Array(a) => {
+            out.push(b'[');
+            let mut first = true;
+            for_each(a, 1, |item| {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                any_json(out, parse_any(item)?)
+            })?;
+            out.push(b']');
+        }
+        Any::KvList(l) => {
+            out.push(b'{');
+            let mut first = true;
+            for_each(l, 1, |kv| {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                let (k, v) = parse_kv(kv)?;
+                json_str(out, k);
+                out.push(b':');
+                any_json(out, parse_any(v)?)
+            })?;
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+/// The string form of a top-level attribute value (see the module docs). Borrowed for strings,
+/// else written to `scratch`.
+fn any_string<'a>(
+    v: Any<'a>,
+    scratch: &'a mut Vec<u8>,
+    itoa: &mut itoa::Buffer,
+) -> Result<&'a [u8], PbError> {
+    scratch.clear();
+    match v {
+        Any::Empty => return Ok(&[]),
+        Any::Str(s) => return Ok(s),
+        Any::Bool(b) => return Ok(if b { b"true" } else { b"false" }),
+        Any::Int(i) => scratch.extend_from_slice(itoa.format(i).as_bytes()),
+        Any::Double(d) => format_double(scratch, d),
+        Any::Bytes(b) => {
+            let mut s = String::new();
+            base64::engine::general_purpose::STANDARD.encode_string(b, &mut s);
+            scratch.extend_from_slice(s.as_bytes());
+        }
+        Any::Array(_) | Any::KvList(_) => any_json(scratch, v)?,
+    }
+    Ok(scratch)
+}
+
+/// GenAI semantic-convention attributes promoted to columns.
+#[derive(Default)]
+struct GenAi<'a> {
+    provider: &'a [u8],
+    system: &'a [u8],
+    operation: &'a [u8],
+    request_model: &'a [u8],
+    response_model: &'a [u8],
+    input_tokens: u64,
+    output_tokens: u64,
+    input_tokens_set: bool,
+    output_tokens_set: bool,
+}
+
+fn token_count(v: Any<'_>) -> Option<u64> {
+    match v {
+        Any::Int(i) => Some(i.max(0) as u64),
+        Any::Double(d) if d.is_finite() && d >= 0.0 => Some(d as u64),
+        Any::Str(s) => std::str::from_utf8(s).ok()?.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_str(v: Any<'_>) -> &[u8] {
+    match v {
+        Any::Str(s) => s,
+        _ => &[],
+    }
+}
+
+impl<'a> GenAi<'a> {
+    #[inline]
+    fn observe(&mut self, key: &[u8], v: Any<'a>) {
+        if !key.starts_with(b"gen_ai.") {
+            return;
+        }
+        match &key[7..] {
+            b"provider.name" => self.provider = as_str(v),
+            b"system" => self.system = as_str(v),
+            b"operation.name" => self.operation = as_str(v),
+            b"request.model" => self.request_model = as_str(v),
+            b"response.model" => self.response_model = as_str(v),
+            b"usage.input_tokens" => {
+                if let Some(n) = token_count(v) {
+                    self.input_tokens = n;
+                    self.input_tokens_set = true;
+                }
+            }
+            b"usage.prompt_tokens" if !self.input_tokens_set => {
+                self.input_tokens = token_count(v).unwrap_or(self.input_tokens)
+            }
+            b"usage.output_tokens" => {
+                if let Some(n) = token_count(v) {
+                    self.output_tokens = n;
+                    self.output_tokens_set = true;
+                }
+            }
+            b"usage.completion_tokens" if !self.output_tokens_set => {
+                self.output_tokens = token_count(v).unwrap_or(self.output_tokens)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Where a large value came from (payload table `Location`, `EventIndex`).
+#[derive(Clone, Copy)]
+enum Loc {
+    Span,
+    Event(u32),
+}
+
+/// Per-span fields, borrowed from the request bytes.
+#[derive(Default)]
+struct SpanRef<'a> {
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    trace_state: &'a [u8],
+    parent_span_id: &'a [u8],
+    name: &'a [u8],
+    kind: u64,
+    start: u64,
+    end: u64,
+    dropped_attributes: u32,
+    dropped_events: u32,
+    dropped_links: u32,
+    status_message: &'a [u8],
+    status_code: u64,
+    flags: u32,
+}
+
+impl Encoder {
+    pub fn new(opts: EncodeOptions) -> Self {
+        Self {
+            opts,
+            tenant: Vec::new(),
+            received_at: 0,
+            resource_attrs: Vec::new(),
+            service_name: Vec::new(),
+            scope_name_version: Vec::new(),
+            scope_attrs: Vec::new(),
+            scratch: Vec::new(),
+            json: Vec::new(),
+            payload_keys: Vec::new(),
+            payload_key_count: 0,
+            payload_prefix: Vec::new(),
+            itoa: itoa::Buffer::new(),
+        }
+    }
+
+    /// Appends the rows of `batch` to `out`. On error (the batch's OTLP bytes are not a readable
+    /// `ExportTraceServiceRequest`) `out` is restored to what it was before the call.
+    pub fn encode_batch(&mut self, batch: &Batch, out: &mut Encoded) -> Result<(), PbError> {
+        let (s_len, s_rows, p_len, p_rows) = (
+            out.spans.len(),
+            out.span_rows,
+            out.payloads.len(),
+            out.payload_rows,
+        );
+        let r = self.encode_inner(batch, out);
+        if r.is_err() {
+            out.spans.truncate(s_len);
+            out.span_rows = s_rows;
+            out.payloads.truncate(p_len);
+            out.payload_rows = p_rows;
+        }
+        r
+    }
+
+    fn encode_inner(&mut self, batch: &Batch, out: &mut Encoded) -> Result<(), PbError> {
+        self.tenant.clear();
+        put_str(&mut self.tenant, batch.org_id.as_bytes());
+        put_str(&mut self.tenant, batch.workspace_id.as_bytes());
+        put_str(&mut self.tenant, batch.project_id.as_bytes());
+        put_str(&mut self.tenant, batch.region.as_bytes());
+        self.received_at = batch.received_at_unix_nano as i64;
+        for_each(&batch.otlp_request, 1, |rs| self.resource_spans(rs, out))
+    }
+
+    fn resource_spans<'a>(&mut self, rs: &'a [u8], out: &mut Encoded) -> Result<(), PbError> {
+        // Fields may come in any order: find the resource first, then walk the scopes.
+        let mut resource: &[u8] = &[];
+        let mut r = Reader::new(rs);
+        while let Some((n, v)) = r.next_field()? {
+            if n == 1 {
+                resource = v.bytes();
+            }
+        }
+        self.resource_attrs.clear();
+        self.service_name.clear();
+        let mut count = 0u64;
+        let mut service: Option<Vec<u8>> = None;
+        let mut body = std::mem::take(&mut self.scratch);
+        body.clear();
+        for_each(resource, 1, |kv| {
+            let (k, v) = parse_kv(kv)?;
+            let v = parse_any(v)?;
+            let s = any_string(v, &mut self.json, &mut self.itoa)?;
+            if k == b"service.name" {
+                service = Some(s.to_vec());
+            }
+            put_str(&mut body, k);
+            put_str(&mut body, s);
+            count += 1;
+            Ok(())
+        })?;
+        put_varint(&mut self.resource_attrs, count);
+        self.resource_attrs.extend_from_slice(&body);
+        self.scratch = body;
+        put_str(
+            &mut self.service_name,
+            service.as_deref().unwrap_or_default(),
+        );
+        for_each(rs, 2, |ss| self.scope_spans(ss, out))
+    }
+
+    fn scope_spans<'a>(&mut self, ss: &'a [u8], out: &mut Encoded) -> Result<(), PbError> {
+        let mut scope: &[u8] = &[];
+        let mut r = Reader::new(ss);
+        while let Some((n, v)) = r.next_field()? {
+            if n == 1 {
+                scope = v.bytes();
+            }
+        }
+        let (mut name, mut version): (&[u8], &[u8]) = (&[], &[]);
+        let mut r = Reader::new(scope);
+        while let Some((n, v)) = r.next_field()? {
+            match n {
+                1 => name = v.bytes(),
+                2 => version = v.bytes(),
+                _ => {}
+            }
+        }
+        self.scope_name_version.clear();
+        put_str(&mut self.scope_name_version, name);
+        put_str(&mut self.scope_name_version, version);
+        self.scope_attrs.clear();
+        let mut body = std::mem::take(&mut self.scratch);
+        body.clear();
+        let mut count = 0u64;
+        for_each(scope, 3, |kv| {
+            let (k, v) = parse_kv(kv)?;
+            let s = any_string(parse_any(v)?, &mut self.json, &mut self.itoa)?;
+            put_str(&mut body, k);
+            put_str(&mut body, s);
+            count += 1;
+            Ok(())
+        })?;
+        put_varint(&mut self.scope_attrs, count);
+        self.scope_attrs.extend_from_slice(&body);
+        self.scratch = body;
+        for_each(ss, 2, |span| self.span(span, out))
+    }
+
+    /// Writes one attribute map (count + pairs) for the KeyValues of field `num` of `msg`,
+    /// moving large values to the payload table.
+    fn attr_map<'a>(
+        &mut self,
+        out: &mut Encoded,
+        msg: &'a [u8],
+        num: u32,
+        count: u64,
+        loc: Loc,
+        mut genai: Option<&mut GenAi<'a>>,
+    ) -> Result<(), PbError> {
+        put_varint(&mut out.spans, count);
+        let mut r = Reader::new(msg);
+        while let Some((n, f)) = r.next_field()? {
+            if n != num {
+                continue;
+            }
+            let (k, v) = parse_kv(f.bytes())?;
+            let any = parse_any(v)?;
+            if let Some(g) = genai.as_deref_mut() {
+                g.observe(k, any);
+            }
+            let s = any_string(any, &mut self.json, &mut self.itoa)?;
+            put_str(&mut out.spans, k);
+            if s.len() > self.opts.payload_threshold_bytes {
+                put_str(
+                    &mut out.spans,
+                    utf8_prefix(s, self.opts.payload_preview_bytes),
+                );
+                // Payload row: tenant, Timestamp, TraceId, SpanId (the span's prefix),
+                // Location, EventIndex, Key, Value, ValueBytes.
+                out.payloads.extend_from_slice(&self.tenant);
+                out.payloads.extend_from_slice(&self.payload_prefix);
+                match loc {
+                    Loc::Span => {
+                        put_str(&mut out.payloads, b"span");
+                        put_u32(&mut out.payloads, 0);
+                        put_varint(&mut self.payload_keys, (k.len() + 5) as u64);
+                        self.payload_keys.extend_from_slice(b"span:");
+                        self.payload_keys.extend_from_slice(k);
+                    }
+                    Loc::Event(i) => {
+                        put_str(&mut out.payloads, b"event");
+                        put_u32(&mut out.payloads, i);
+                        let idx = self.itoa.format(i);
+                        put_varint(&mut self.payload_keys, (k.len() + 7 + idx.len()) as u64);
+                        self.payload_keys.extend_from_slice(b"event:");
+                        self.payload_keys.extend_from_slice(idx.as_bytes());
+                        self.payload_keys.push(b':');
+                        self.payload_keys.extend_from_slice(k);
+                    }
+                }
+                self.payload_key_count += 1;
+                put_str(&mut out.payloads, k);
+                put_str(&mut out.payloads, s);
+                put_u64(&mut out.payloads, s.len() as u64);
+                out.payload_rows += 1;
+            } else {
+                put_str(&mut out.spans, s);
+            }
+        }
+        Ok(())
+    }
+
+    fn span<'a>(&mut self, msg: &'a [u8], out: &mut Encoded) -> Result<(), PbError> {
+        let mut s = SpanRef::default();
+        let (mut n_attrs, mut n_events, mut n_links) = (0u64, 0u64, 0u64);
+        let mut r = Reader::new(msg);
+        while let Some((n, v)) = r.next_field()? {
+            match n {
+                1 => s.trace_id = v.bytes(),
+                2 => s.span_id = v.bytes(),
+                3 => s.trace_state = v.bytes(),
+                4 => s.parent_span_id = v.bytes(),
+                5 => s.name = v.bytes(),
+                6 => s.kind = v.u64(),
+                7 => s.start = v.u64(),
+                8 => s.end = v.u64(),
+                9 => n_attrs += 1,
+                10 => s.dropped_attributes = v.u64() as u32,
+                11 => n_events += 1,
+                12 => s.dropped_events = v.u64() as u32,
+                13 => n_links += 1,
+                14 => s.dropped_links = v.u64() as u32,
+                15 => {
+                    let mut st = Reader::new(v.bytes());
+                    while let Some((n, v)) = st.next_field()? {
+                        match n {
+                            2 => s.status_message = v.bytes(),
+                            3 => s.status_code = v.u64(),
+                            _ => {}
+                        }
+                    }
+                }
+                16 => s.flags = v.u64() as u32,
+                _ => {}
+            }
+        }
+        // Prefix shared by this span's payload rows: Timestamp, TraceId, SpanId.
+        self.payload_prefix.clear();
+        put_i64(&mut self.payload_prefix, s.start as i64);
+        put_hex(&mut self.payload_prefix, s.trace_id);
+        put_hex(&mut self.payload_prefix, s.span_id);
+        self.payload_keys.clear();
+        self.payload_key_count = 0;
+
+        let o = &mut out.spans;
+        o.extend_from_slice(&self.tenant);
+        put_i64(o, s.start as i64);
+        put_hex(o, s.trace_id);
+        put_hex(o, s.span_id);
+        put_hex(o, s.parent_span_id);
+        put_str(o, s.trace_state);
+        put_str(o, s.name);
+        put_str(o, span_kind(s.kind).as_bytes());
+        o.extend_from_slice(&self.service_name);
+        o.extend_from_slice(&self.resource_attrs);
+        o.extend_from_slice(&self.scope_name_version);
+        let mut genai = GenAi::default();
+        self.attr_map(out, msg, 9, n_attrs, Loc::Span, Some(&mut genai))?;
+        let o = &mut out.spans;
+        put_u64(o, s.end.saturating_sub(s.start));
+        put_str(o, status_code(s.status_code).as_bytes());
+        put_str(o, s.status_message);
+
+        // Events.Timestamp, Events.Name, Events.Attributes
+        put_varint(o, n_events);
+        for_each(msg, 11, |ev| {
+            let mut r = Reader::new(ev);
+            let mut t = 0;
+            while let Some((n, v)) = r.next_field()? {
+                if n == 1 {
+                    t = v.u64();
+                }
+            }
+            put_i64(&mut out.spans, t as i64);
+            Ok(())
+        })?;
+        put_varint(&mut out.spans, n_events);
+        for_each(msg, 11, |ev| {
+            let mut r = Reader::new(ev);
+            let mut name: &[u8] = &[];
+            while let Some((n, v)) = r.next_field()? {
+                if n == 2 {
+                    name = v.bytes();
+                }
+            }
+            put_str(&mut out.spans, name);
+            Ok(())
+        })?;
+        put_varint(&mut out.spans, n_events);
+        let mut i = 0u32;
+        for_each(msg, 11, |ev| {
+            let mut count = 0;
+            let mut r = Reader::new(ev);
+            while let Some((n, _)) = r.next_field()? {
+                if n == 3 {
+                    count += 1;
+                }
+            }
+            self.attr_map(out, ev, 3, count, Loc::Event(i), None)?;
+            i += 1;
+            Ok(())
+        })?;
+
+        // Links.TraceId, Links.SpanId, Links.TraceState, Links.Attributes
+        for field in [1u32, 2, 3] {
+            put_varint(&mut out.spans, n_links);
+            for_each(msg, 13, |l| {
+                let mut r = Reader::new(l);
+                let mut val: &[u8] = &[];
+                while let Some((n, v)) = r.next_field()? {
+                    if n == field {
+                        val = v.bytes();
+                    }
+                }
+                if field == 3 {
+                    put_str(&mut out.spans, val);
+                } else {
+                    put_hex(&mut out.spans, val);
+                }
+                Ok(())
+            })?;
+        }
+        put_varint(&mut out.spans, n_links);
+        for_each(msg, 13, |l| {
+            let mut count = 0;
+            let mut r = Reader::new(l);
+            while let Some((n, _)) = r.next_field()? {
+                if n == 4 {
+                    count += 1;
+                }
+            }
+            // Link attributes are small by nature; kept whole in the map.
+            let saved = self.opts.payload_threshold_bytes;
+            self.opts.payload_threshold_bytes = usize::MAX;
+            let r = self.attr_map(out, l, 4, count, Loc::Span, None);
+            self.opts.payload_threshold_bytes = saved;
+            r
+        })?;
+
+        let o = &mut out.spans;
+        o.extend_from_slice(&self.scope_attrs);
+        put_u32(o, s.flags);
+        put_u32(o, s.dropped_attributes);
+        put_u32(o, s.dropped_events);
+        put_u32(o, s.dropped_links);
+        let provider = if genai.provider.is_empty() {
+            genai.system
+        } else {
+            genai.provider
+        };
+        put_str(o, provider);
+        put_str(o, genai.operation);
+        put_str(o, genai.request_model);
+        put_str(o, genai.response_model);
+        put_u64(o, genai.input_tokens);
+        put_u64(o, genai.output_tokens);
+        put_varint(o, self.payload_key_count as u64);
+        o.extend_from_slice(&self.payload_keys);
+        put_i64(o, self.received_at);
+        out.span_rows += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_format_like_go() {
+        let f = |v: f64| {
+            let mut o = Vec::new();
+            format_double(&mut o, v);
+            String::from_utf8(o).unwrap()
+        };
+        assert_eq!(f(0.1), "0.1");
+        assert_eq!(f(1e21), "1000000000000000000000");
+        assert_eq!(f(-2.5), "-2.5");
+        assert_eq!(f(3.0), "3");
+        assert_eq!(f(f64::NAN), "NaN");
+        assert_eq!(f(f64::NEG_INFINITY), "-Inf");
+    }
+
+    #[test]
+    fn utf8_prefix_never_splits_a_char() {
+        let s = "aé€😀".as_bytes();
+        for n in 0..=s.len() {
+            assert!(std::str::from_utf8(utf8_prefix(s, n)).is_ok(), "{n}");
+        }
+        assert_eq!(utf8_prefix(s, 2), b"a");
+    }
+}

@@ -1,0 +1,387 @@
+//! The ClickHouse schema (docs/clickhouse.md) as versioned, idempotent migrations, applied by
+//! `tracegate migrate`.
+//!
+//! Every migration is a list of statements that are safe to run twice (`IF NOT EXISTS`), and
+//! its version is recorded in `<db>.tracegate_schema_migrations` once all of them succeeded. A
+//! run that dies half-way is simply run again. Settings that are configuration rather than
+//! schema history (retention) are reconciled on every run.
+
+use anyhow::{Context, Result};
+
+use super::config::{ClickHouseConfig, Engine};
+
+pub const SPANS_TABLE: &str = "otel_traces";
+pub const PAYLOADS_TABLE: &str = "otel_traces_payloads";
+pub const MIGRATIONS_TABLE: &str = "tracegate_schema_migrations";
+
+/// Columns of `otel_traces` in RowBinary order (see `rows.rs`); names as in the INSERT.
+pub const SPAN_COLUMNS: &[&str] = &[
+    "OrgId",
+    "WorkspaceId",
+    "ProjectId",
+    "Region",
+    "Timestamp",
+    "TraceId",
+    "SpanId",
+    "ParentSpanId",
+    "TraceState",
+    "SpanName",
+    "SpanKind",
+    "ServiceName",
+    "ResourceAttributes",
+    "ScopeName",
+    "ScopeVersion",
+    "SpanAttributes",
+    "Duration",
+    "StatusCode",
+    "StatusMessage",
+    "Events.Timestamp",
+    "Events.Name",
+    "Events.Attributes",
+    "Links.TraceId",
+    "Links.SpanId",
+    "Links.TraceState",
+    "Links.Attributes",
+    "ScopeAttributes",
+    "Flags",
+    "DroppedAttributesCount",
+    "DroppedEventsCount",
+    "DroppedLinksCount",
+    "GenAiProvider",
+    "GenAiOperation",
+    "GenAiRequestModel",
+    "GenAiResponseModel",
+    "GenAiInputTokens",
+    "GenAiOutputTokens",
+    "PayloadKeys",
+    "ReceivedAt",
+];
+
+/// Columns of `otel_traces_payloads` in RowBinary order.
+pub const PAYLOAD_COLUMNS: &[&str] = &[
+    "OrgId",
+    "WorkspaceId",
+    "ProjectId",
+    "Region",
+    "Timestamp",
+    "TraceId",
+    "SpanId",
+    "Location",
+    "EventIndex",
+    "Key",
+    "Value",
+    "ValueBytes",
+];
+
+/// `INSERT INTO db.table (`c1`, …) FORMAT RowBinary`.
+pub fn insert_sql(database: &str, table: &str, columns: &[&str]) -> String {
+    let cols: Vec<String> = columns.iter().map(|c| format!("`{c}`")).collect();
+    format!(
+        "INSERT INTO `{database}`.`{table}` ({}) FORMAT RowBinary",
+        cols.join(", ")
+    )
+}
+
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    /// Statements with `{db}`, `{engine}`, `{ttl}`, `{ttl_start}` and `{dedup}` placeholders.
+    pub statements: &'static [&'static str],
+}
+
+/// The ordered migrations. Never edit an applied one: add a new version.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "otel_traces with tenant and GenAI columns, payload table, trace id index",
+    statements: &[
+        r#"CREATE TABLE IF NOT EXISTS `{db}`.otel_traces (
+    OrgId LowCardinality(String) CODEC(ZSTD(1)),
+    WorkspaceId LowCardinality(String) CODEC(ZSTD(1)),
+    ProjectId LowCardinality(String) CODEC(ZSTD(1)),
+    Region LowCardinality(String) CODEC(ZSTD(1)),
+    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    TraceId String CODEC(ZSTD(1)),
+    SpanId String CODEC(ZSTD(1)),
+    ParentSpanId String CODEC(ZSTD(1)),
+    TraceState String CODEC(ZSTD(1)),
+    SpanName LowCardinality(String) CODEC(ZSTD(1)),
+    SpanKind LowCardinality(String) CODEC(ZSTD(1)),
+    ServiceName LowCardinality(String) CODEC(ZSTD(1)),
+    ResourceAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    ScopeName String CODEC(ZSTD(1)),
+    ScopeVersion String CODEC(ZSTD(1)),
+    SpanAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    Duration UInt64 CODEC(ZSTD(1)),
+    StatusCode LowCardinality(String) CODEC(ZSTD(1)),
+    StatusMessage String CODEC(ZSTD(1)),
+    Events Nested (
+        Timestamp DateTime64(9),
+        Name LowCardinality(String),
+        Attributes Map(LowCardinality(String), String)
+    ) CODEC(ZSTD(1)),
+    Links Nested (
+        TraceId String,
+        SpanId String,
+        TraceState String,
+        Attributes Map(LowCardinality(String), String)
+    ) CODEC(ZSTD(1)),
+    ScopeAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    Flags UInt32 CODEC(ZSTD(1)),
+    DroppedAttributesCount UInt32 CODEC(ZSTD(1)),
+    DroppedEventsCount UInt32 CODEC(ZSTD(1)),
+    DroppedLinksCount UInt32 CODEC(ZSTD(1)),
+    GenAiProvider LowCardinality(String) CODEC(ZSTD(1)),
+    GenAiOperation LowCardinality(String) CODEC(ZSTD(1)),
+    GenAiRequestModel LowCardinality(String) CODEC(ZSTD(1)),
+    GenAiResponseModel LowCardinality(String) CODEC(ZSTD(1)),
+    GenAiInputTokens UInt64 CODEC(T64, ZSTD(1)),
+    GenAiOutputTokens UInt64 CODEC(T64, ZSTD(1)),
+    PayloadKeys Array(String) CODEC(ZSTD(1)),
+    ReceivedAt DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_res_attr_value mapValues(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_span_attr_key mapKeys(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_span_attr_value mapValues(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_duration Duration TYPE minmax GRANULARITY 1,
+    INDEX idx_gen_ai_request_model GenAiRequestModel TYPE bloom_filter(0.01) GRANULARITY 1
+) ENGINE = {engine}
+PARTITION BY toDate(Timestamp)
+ORDER BY (OrgId, WorkspaceId, ProjectId, ServiceName, SpanName, toDateTime(Timestamp))
+{ttl}
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, {dedup}"#,
+        r#"CREATE TABLE IF NOT EXISTS `{db}`.otel_traces_payloads (
+    OrgId LowCardinality(String) CODEC(ZSTD(1)),
+    WorkspaceId LowCardinality(String) CODEC(ZSTD(1)),
+    ProjectId LowCardinality(String) CODEC(ZSTD(1)),
+    Region LowCardinality(String) CODEC(ZSTD(1)),
+    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    TraceId String CODEC(ZSTD(1)),
+    SpanId String CODEC(ZSTD(1)),
+    Location LowCardinality(String) CODEC(ZSTD(1)),
+    EventIndex UInt32 CODEC(ZSTD(1)),
+    Key LowCardinality(String) CODEC(ZSTD(1)),
+    Value String CODEC(ZSTD(3)),
+    ValueBytes UInt64 CODEC(ZSTD(1)),
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1
+) ENGINE = {engine}
+PARTITION BY toDate(Timestamp)
+ORDER BY (OrgId, WorkspaceId, ProjectId, TraceId, SpanId, Location, EventIndex, Key)
+{ttl}
+SETTINGS index_granularity = 1024, ttl_only_drop_parts = 1, {dedup}"#,
+        r#"CREATE TABLE IF NOT EXISTS `{db}`.otel_traces_trace_id_ts (
+    TraceId String CODEC(ZSTD(1)),
+    Start DateTime CODEC(Delta(4), ZSTD(1)),
+    End DateTime CODEC(Delta(4), ZSTD(1)),
+    OrgId LowCardinality(String) CODEC(ZSTD(1)),
+    WorkspaceId LowCardinality(String) CODEC(ZSTD(1)),
+    ProjectId LowCardinality(String) CODEC(ZSTD(1)),
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.01) GRANULARITY 1
+) ENGINE = {engine}
+PARTITION BY toDate(Start)
+ORDER BY (TraceId, Start)
+{ttl_start}
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1"#,
+        r#"CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.otel_traces_trace_id_ts_mv
+TO `{db}`.otel_traces_trace_id_ts
+AS SELECT
+    TraceId,
+    min(toDateTime(Timestamp)) AS Start,
+    max(toDateTime(Timestamp)) AS End,
+    OrgId,
+    WorkspaceId,
+    ProjectId
+FROM `{db}`.otel_traces
+WHERE TraceId != ''
+GROUP BY TraceId, OrgId, WorkspaceId, ProjectId"#,
+    ],
+}];
+
+/// Tables whose TTL follows `clickhouse.ttl_days`, with the column their TTL is computed from.
+const TTL_TABLES: &[(&str, &str)] = &[
+    (SPANS_TABLE, "toDateTime(Timestamp)"),
+    (PAYLOADS_TABLE, "toDateTime(Timestamp)"),
+    ("otel_traces_trace_id_ts", "Start"),
+];
+
+fn ttl_clause(column: &str, days: u32) -> String {
+    if days == 0 {
+        String::new()
+    } else {
+        format!("TTL {column} + toIntervalDay({days})")
+    }
+}
+
+/// A migration statement with its placeholders filled in from the config.
+pub fn render(sql: &str, cfg: &ClickHouseConfig) -> String {
+    let (engine, dedup) = match cfg.engine {
+        Engine::MergeTree => (
+            "MergeTree".to_string(),
+            format!(
+                "non_replicated_deduplication_window = {}",
+                cfg.deduplication_window
+            ),
+        ),
+        Engine::ReplicatedMergeTree => (
+            "ReplicatedMergeTree".to_string(),
+            format!(
+                "replicated_deduplication_window = {}",
+                cfg.deduplication_window
+            ),
+        ),
+    };
+    sql.replace("{db}", &cfg.database)
+        .replace("{engine}", &engine)
+        .replace("{ttl}", &ttl_clause("toDateTime(Timestamp)", cfg.ttl_days))
+        .replace("{ttl_start}", &ttl_clause("Start", cfg.ttl_days))
+        .replace("{dedup}", &dedup)
+}
+
+/// Outcome of `migrate`, printed by `tracegate migrate`.
+#[derive(Debug, Default)]
+pub struct MigrateReport {
+    pub applied: Vec<u32>,
+    pub already: Vec<u32>,
+    pub ttl_changed: Vec<String>,
+}
+
+async fn text(client: &clickhouse::Client, sql: &str) -> Result<String> {
+    let bytes = client
+        .query(sql)
+        .fetch_bytes("TabSeparated")?
+        .collect()
+        .await
+        .with_context(|| format!("ClickHouse query failed: {sql}"))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+async fn exec(client: &clickhouse::Client, sql: &str) -> Result<()> {
+    client.query(sql).execute().await.with_context(|| {
+        format!(
+            "ClickHouse statement failed: {}",
+            sql.lines().next().unwrap_or_default()
+        )
+    })
+}
+
+/// Creates or upgrades the schema. Idempotent: a second run applies nothing.
+pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport> {
+    let client = super::sink::client(cfg);
+    let db = &cfg.database;
+    exec(&client, &format!("CREATE DATABASE IF NOT EXISTS `{db}`")).await?;
+    exec(
+        &client,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS `{db}`.{MIGRATIONS_TABLE} (version UInt32, name String, \
+             applied_at DateTime64(3) DEFAULT now64(3)) ENGINE = {} ORDER BY version",
+            match cfg.engine {
+                Engine::MergeTree => "MergeTree",
+                Engine::ReplicatedMergeTree => "ReplicatedMergeTree",
+            }
+        ),
+    )
+    .await?;
+    let done: Vec<u32> = text(
+        &client,
+        &format!("SELECT DISTINCT version FROM `{db}`.{MIGRATIONS_TABLE} ORDER BY version"),
+    )
+    .await?
+    .lines()
+    .filter_map(|l| l.trim().parse().ok())
+    .collect();
+    let mut report = MigrateReport::default();
+    for m in MIGRATIONS {
+        if done.contains(&m.version) {
+            report.already.push(m.version);
+            continue;
+        }
+        for stmt in m.statements {
+            exec(&client, &render(stmt, cfg)).await?;
+        }
+        exec(
+            &client,
+            &format!(
+                "INSERT INTO `{db}`.{MIGRATIONS_TABLE} (version, name) VALUES ({}, '{}')",
+                m.version,
+                m.name.replace('\'', "\\'")
+            ),
+        )
+        .await?;
+        report.applied.push(m.version);
+    }
+    // Retention is configuration: bring each table's TTL to `clickhouse.ttl_days`.
+    for (table, column) in TTL_TABLES {
+        let engine_full = text(
+            &client,
+            &format!(
+                "SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = '{table}'"
+            ),
+        )
+        .await?;
+        let want = ttl_clause(column, cfg.ttl_days);
+        let has_ttl = engine_full.contains(" TTL ");
+        let matches = if cfg.ttl_days == 0 {
+            !has_ttl
+        } else {
+            engine_full.contains(&format!("toIntervalDay({})", cfg.ttl_days))
+        };
+        if !matches {
+            let sql = if cfg.ttl_days == 0 {
+                format!("ALTER TABLE `{db}`.{table} REMOVE TTL")
+            } else {
+                format!("ALTER TABLE `{db}`.{table} MODIFY {want}")
+            };
+            exec(&client, &sql).await?;
+            report.ttl_changed.push(table.to_string());
+        }
+    }
+    Ok(report)
+}
+
+/// `tracegate migrate`: applies the migrations and prints what it did.
+pub async fn migrate_command(
+    cfg: &crate::config::Config,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
+    let ch = cfg.clickhouse.as_ref().context(
+        "tracegate migrate needs a [clickhouse] section (clickhouse.url, e.g. TRACEGATE_CLICKHOUSE__URL)",
+    )?;
+    let r = migrate(ch).await?;
+    writeln!(out, "database: {}", ch.database)?;
+    writeln!(out, "migrations applied: {:?}", r.applied)?;
+    writeln!(out, "migrations already present: {:?}", r.already)?;
+    writeln!(out, "ttl updated: {:?}", r.ttl_changed)?;
+    writeln!(
+        out,
+        "schema version: {}",
+        MIGRATIONS.last().map(|m| m.version).unwrap_or(0)
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_fills_every_placeholder() {
+        let cfg = ClickHouseConfig {
+            url: "http://127.0.0.1:8123".into(),
+            ..Default::default()
+        };
+        for m in MIGRATIONS {
+            for s in m.statements {
+                let r = render(s, &cfg);
+                assert!(!r.contains('{') || !r.contains("{db}"), "{r}");
+                assert!(!r.contains("{ttl") && !r.contains("{dedup}") && !r.contains("{engine}"));
+            }
+        }
+    }
+
+    #[test]
+    fn versions_are_increasing() {
+        let v: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert!(v.windows(2).all(|w| w[0] < w[1]));
+    }
+}

@@ -1,0 +1,537 @@
+//! The ClickHouse sink (docs/clickhouse.md, "Writer").
+//!
+//! A group is encoded to RowBinary on the blocking pool (never on the async workers), cut into
+//! inserts of at most `max_insert_rows` / `max_insert_bytes` at batch boundaries, and each insert
+//! is sent LZ4-compressed (ClickHouse's native block framing, `decompress=1`) by the `clickhouse`
+//! crate with `insert_deduplication_token = <group id>#<n>`. The cut depends only on the
+//! group's content, so a group written again (a retry, or a Kafka range re-read after a writer
+//! crash) produces the same inserts with the same tokens and ClickHouse drops the copies.
+//!
+//! Failures:
+//! - transient (network, timeout, server busy, unknown table…): the same insert is retried with
+//!   exponential backoff until it succeeds; the group is not acknowledged meanwhile, so the
+//!   writer upstream stops taking more (bounded memory). Only shutdown ends the retries (the
+//!   group then fails and is not acknowledged).
+//! - ClickHouse rejects the data as malformed: every batch of that insert is retried alone
+//!   (token `<group id>#<n>.<batch index>`), and the batches rejected alone go to the
+//!   dead-letter archive (`<data_dir>/clickhouse-dead-letter`, same object format as the
+//!   archive) and are counted in `tracegate_clickhouse_dead_letter_batches_total`. A batch whose
+//!   OTLP bytes cannot be read goes there too. Then the group succeeds: one bad batch never
+//!   blocks the rest.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use clickhouse::insert_formatted::CompressedData;
+use clickhouse::Compression;
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use tracegate_proto::v1::Batch;
+
+use super::config::ClickHouseConfig;
+use super::rows::{EncodeOptions, Encoded, Encoder};
+use super::schema;
+use crate::archive::local::LocalArchive;
+use crate::metrics as m;
+use crate::queue::sink::{Sink, WriteGroup};
+
+/// ClickHouse compresses in blocks of about this size (`max_compress_block_size`); so do we.
+const COMPRESS_BLOCK: usize = 1024 * 1024;
+
+/// ClickHouse error codes that mean "this data is malformed": retrying it cannot help.
+const REJECT_CODES: &[u32] = &[
+    6,   // CANNOT_PARSE_TEXT
+    26,  // CANNOT_PARSE_QUOTED_STRING
+    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    32,  // ATTEMPT_TO_READ_AFTER_EOF
+    33,  // CANNOT_READ_ALL_DATA
+    38,  // CANNOT_PARSE_DATE
+    41,  // CANNOT_PARSE_DATETIME
+    53,  // TYPE_MISMATCH
+    69,  // ARGUMENT_OUT_OF_BOUND
+    70,  // CANNOT_CONVERT_TYPE
+    72,  // CANNOT_PARSE_NUMBER
+    117, // INCORRECT_DATA
+    128, // TOO_LARGE_ARRAY_SIZE
+    131, // TOO_LARGE_STRING_SIZE
+    469, // VIOLATED_CONSTRAINT
+];
+
+/// The ClickHouse error code in a `clickhouse` crate error (`Code: N. DB::Exception: …`).
+pub fn error_code(e: &clickhouse::error::Error) -> Option<u32> {
+    let clickhouse::error::Error::BadResponse(reason) = e else {
+        return None;
+    };
+    let rest = &reason[reason.find("Code: ")? + 6..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// True when ClickHouse refused the data itself (not the connection, the server or the schema).
+pub fn is_rejection(e: &clickhouse::error::Error) -> bool {
+    error_code(e).is_some_and(|c| REJECT_CODES.contains(&c))
+}
+
+/// A `clickhouse` client for the configured endpoint, with LZ4 compression.
+pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
+    let mut c = clickhouse::Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_compression(Compression::Lz4);
+    if !cfg.password.is_empty() {
+        c = c.with_password(&cfg.password);
+    }
+    c
+}
+
+/// Which table an insert goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Table {
+    Spans,
+    Payloads,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Spans => schema::SPANS_TABLE,
+            Table::Payloads => schema::PAYLOADS_TABLE,
+        }
+    }
+}
+
+/// One insert's worth of rows: batches `first..first + parts.len()` of the group.
+struct Chunk {
+    index: usize,
+    spans: Bytes,
+    span_rows: usize,
+    payloads: Bytes,
+    payload_rows: usize,
+    /// Per batch: (global batch index, span byte range, payload byte range).
+    parts: Vec<(usize, std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+impl Chunk {
+    fn data(&self, t: Table) -> (&Bytes, usize) {
+        match t {
+            Table::Spans => (&self.spans, self.span_rows),
+            Table::Payloads => (&self.payloads, self.payload_rows),
+        }
+    }
+}
+
+struct Encoding {
+    chunks: Vec<Chunk>,
+    /// Batches whose OTLP bytes could not be read: (index, error).
+    undecodable: Vec<(usize, String)>,
+}
+
+/// Encodes a group into insert chunks. Deterministic: same group, same chunks.
+fn encode_group(
+    batches: &[Batch],
+    opts: EncodeOptions,
+    max_rows: usize,
+    max_bytes: usize,
+) -> Encoding {
+    let mut enc = Encoder::new(opts);
+    let mut chunks = Vec::new();
+    let mut undecodable = Vec::new();
+    let mut cur = Encoded::default();
+    let mut parts = Vec::new();
+    let flush = |cur: &mut Encoded, parts: &mut Vec<_>, chunks: &mut Vec<Chunk>| {
+        if parts.is_empty() {
+            return;
+        }
+        let e = std::mem::take(cur);
+        chunks.push(Chunk {
+            index: chunks.len(),
+            spans: Bytes::from(e.spans),
+            span_rows: e.span_rows,
+            payloads: Bytes::from(e.payloads),
+            payload_rows: e.payload_rows,
+            parts: std::mem::take(parts),
+        });
+    };
+    for (i, b) in batches.iter().enumerate() {
+        let (s0, p0) = (cur.spans.len(), cur.payloads.len());
+        match enc.encode_batch(b, &mut cur) {
+            Ok(()) => parts.push((i, s0..cur.spans.len(), p0..cur.payloads.len())),
+            Err(e) => undecodable.push((i, e.to_string())),
+        }
+        if cur.span_rows >= max_rows || cur.spans.len() + cur.payloads.len() >= max_bytes {
+            flush(&mut cur, &mut parts, &mut chunks);
+        }
+    }
+    flush(&mut cur, &mut parts, &mut chunks);
+    Encoding {
+        chunks,
+        undecodable,
+    }
+}
+
+/// LZ4 frames of `data` in ClickHouse's native block framing, ≤ 1 MiB of input each.
+fn compress(data: &[u8]) -> Result<Vec<CompressedData>> {
+    data.chunks(COMPRESS_BLOCK)
+        .map(|c| CompressedData::new(c, Compression::Lz4).context("LZ4 compression"))
+        .collect()
+}
+
+enum InsertError {
+    /// ClickHouse refused the data.
+    Rejected(clickhouse::error::Error),
+    /// Gave up retrying because the process is stopping.
+    Stopped(clickhouse::error::Error),
+}
+
+struct Inner {
+    cfg: ClickHouseConfig,
+    client: clickhouse::Client,
+    spans_sql: String,
+    payloads_sql: String,
+    dead_letter: LocalArchive,
+    stopping: CancellationToken,
+    opts: EncodeOptions,
+}
+
+pub struct ClickHouseSink {
+    inner: Arc<Inner>,
+}
+
+impl ClickHouseSink {
+    /// `data_dir` holds the dead-letter archive (`<data_dir>/clickhouse-dead-letter`).
+    pub fn new(cfg: &ClickHouseConfig, data_dir: &Path, compression_level: i32) -> Self {
+        let client = client(cfg);
+        Self {
+            inner: Arc::new(Inner {
+                spans_sql: schema::insert_sql(
+                    &cfg.database,
+                    schema::SPANS_TABLE,
+                    schema::SPAN_COLUMNS,
+                ),
+                payloads_sql: schema::insert_sql(
+                    &cfg.database,
+                    schema::PAYLOADS_TABLE,
+                    schema::PAYLOAD_COLUMNS,
+                ),
+                dead_letter: LocalArchive::new(
+                    &data_dir.join("clickhouse-dead-letter"),
+                    compression_level,
+                ),
+                stopping: CancellationToken::new(),
+                opts: EncodeOptions {
+                    payload_threshold_bytes: cfg.payload_threshold_bytes,
+                    payload_preview_bytes: cfg.payload_preview_bytes,
+                },
+                cfg: cfg.clone(),
+                client,
+            }),
+        }
+    }
+
+    /// From now on a failed insert is not retried (the group fails, unacknowledged). Inserts
+    /// that succeed still do, so a drain while ClickHouse is up writes everything.
+    pub fn stop_retrying(&self) {
+        self.inner.stopping.cancel();
+    }
+
+    /// A handle that calls `stop_retrying` when cancelled.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.inner.stopping.clone()
+    }
+}
+
+impl Sink for ClickHouseSink {
+    fn name(&self) -> &'static str {
+        "clickhouse"
+    }
+
+    fn write(&self, group: Arc<WriteGroup>) -> BoxFuture<'static, Result<()>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.write(group).await })
+    }
+}
+
+impl Inner {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .cfg
+            .retry_initial_ms
+            .saturating_mul(1u64 << attempt.min(20));
+        let ms = base.min(self.cfg.retry_max_ms);
+        // ±25 % jitter so many writers do not retry in step.
+        let jitter = rand::random_range(0.75..1.25);
+        Duration::from_millis(((ms as f64) * jitter) as u64)
+    }
+
+    async fn write(self: Arc<Self>, group: Arc<WriteGroup>) -> Result<()> {
+        let started = Instant::now();
+        let (opts, rows, bytes) = (
+            self.opts,
+            self.cfg.max_insert_rows,
+            self.cfg.max_insert_bytes,
+        );
+        let g = group.clone();
+        let encoding =
+            tokio::task::spawn_blocking(move || encode_group(&g.batches, opts, rows, bytes))
+                .await
+                .context("row encoding task")?;
+        metrics::histogram!(m::CLICKHOUSE_ENCODE_DURATION).record(started.elapsed().as_secs_f64());
+
+        // Batch index -> reason it goes to the dead-letter archive.
+        let mut dead: BTreeMap<usize, &'static str> = BTreeMap::new();
+        for (i, err) in &encoding.undecodable {
+            tracing::error!(group = %group.id, batch = i, error = %err, "batch is not a readable OTLP request; dead-lettered");
+            dead.insert(*i, "undecodable");
+        }
+        for chunk in &encoding.chunks {
+            // Spans first: a payload row never exists without its span row.
+            for table in [Table::Spans, Table::Payloads] {
+                let (data, n) = chunk.data(table);
+                if n == 0 {
+                    continue;
+                }
+                let token = format!("{}#{}", group.id, chunk.index);
+                match self.insert(table, &token, data.clone(), n).await {
+                    Ok(()) => {}
+                    Err(InsertError::Stopped(e)) => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "ClickHouse insert into {} failed and the writer is stopping",
+                            table.name()
+                        )))
+                    }
+                    Err(InsertError::Rejected(e)) => {
+                        tracing::warn!(group = %group.id, table = table.name(), error = %e, "ClickHouse rejected an insert as malformed; retrying its batches one by one");
+                        for (bi, sr, pr) in &chunk.parts {
+                            let range = match table {
+                                Table::Spans => sr.clone(),
+                                Table::Payloads => pr.clone(),
+                            };
+                            if range.is_empty() {
+                                continue;
+                            }
+                            let rows = count_rows(&group.batches[*bi]);
+                            let token = format!("{}#{}.{}", group.id, chunk.index, bi);
+                            match self.insert(table, &token, data.slice(range), rows).await {
+                                Ok(()) => {}
+                                Err(InsertError::Stopped(e)) => {
+                                    return Err(anyhow::Error::new(e).context(
+                                        "ClickHouse insert failed and the writer is stopping",
+                                    ))
+                                }
+                                Err(InsertError::Rejected(e)) => {
+                                    tracing::error!(group = %group.id, batch = bi, table = table.name(), error = %e, "ClickHouse rejected a batch; dead-lettered");
+                                    dead.insert(*bi, "rejected");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !dead.is_empty() {
+            self.dead_letter(&group, &dead).await?;
+        }
+        metrics::histogram!(m::CLICKHOUSE_WRITE_DURATION).record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Writes the dead batches once per group (the archive never replaces an object, so a
+    /// group written again adds nothing), then counts them.
+    async fn dead_letter(
+        &self,
+        group: &WriteGroup,
+        dead: &BTreeMap<usize, &'static str>,
+    ) -> Result<()> {
+        let batches: Vec<Batch> = dead.keys().map(|i| group.batches[*i].clone()).collect();
+        let archive = self.dead_letter.clone();
+        let id = group.id.clone();
+        tokio::task::spawn_blocking(move || archive.write(&id, &batches))
+            .await?
+            .context("writing the ClickHouse dead-letter archive")?;
+        for reason in dead.values() {
+            metrics::counter!(m::CLICKHOUSE_DEAD_LETTER_BATCHES, "reason" => *reason).increment(1);
+        }
+        Ok(())
+    }
+
+    /// One insert, retried on transient errors until it succeeds, is rejected, or the writer
+    /// stops.
+    async fn insert(
+        &self,
+        table: Table,
+        token: &str,
+        data: Bytes,
+        rows: usize,
+    ) -> Result<(), InsertError> {
+        let mut attempt = 0u32;
+        loop {
+            let started = Instant::now();
+            let r = self.insert_once(table, token, data.clone()).await;
+            let t = table.name();
+            match r {
+                Ok(()) => {
+                    metrics::counter!(m::CLICKHOUSE_INSERTS, "table" => t, "result" => "ok")
+                        .increment(1);
+                    metrics::counter!(m::CLICKHOUSE_ROWS, "table" => t).increment(rows as u64);
+                    metrics::histogram!(m::CLICKHOUSE_INSERT_DURATION, "table" => t)
+                        .record(started.elapsed().as_secs_f64());
+                    if attempt > 0 {
+                        tracing::info!(
+                            token,
+                            table = t,
+                            attempt,
+                            "ClickHouse insert succeeded after retries"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) if is_rejection(&e) => {
+                    metrics::counter!(m::CLICKHOUSE_INSERTS, "table" => t, "result" => "rejected")
+                        .increment(1);
+                    return Err(InsertError::Rejected(e));
+                }
+                Err(e) => {
+                    metrics::counter!(m::CLICKHOUSE_INSERTS, "table" => t, "result" => "error")
+                        .increment(1);
+                    if self.stopping.is_cancelled() {
+                        return Err(InsertError::Stopped(e));
+                    }
+                    let wait = self.backoff(attempt);
+                    // Log the first failures, then every 10th, so an outage does not flood.
+                    if attempt < 3 || attempt % 10 == 0 {
+                        tracing::warn!(token, table = t, attempt, error = %e, retry_in_ms = wait.as_millis() as u64, "ClickHouse insert failed; retrying the same insert");
+                    }
+                    attempt += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.stopping.cancelled() => return Err(InsertError::Stopped(e)),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn insert_once(
+        &self,
+        table: Table,
+        token: &str,
+        data: Bytes,
+    ) -> Result<(), clickhouse::error::Error> {
+        let frames = tokio::task::spawn_blocking(move || compress(&data))
+            .await
+            .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?
+            .map_err(|e| clickhouse::error::Error::Custom(format!("{e:#}")))?;
+        let sql = match table {
+            Table::Spans => &self.spans_sql,
+            Table::Payloads => &self.payloads_sql,
+        };
+        let timeout = Duration::from_millis(self.cfg.insert_timeout_ms);
+        let mut ins = self
+            .client
+            .insert_formatted_with(sql.clone())
+            .with_timeouts(Some(timeout), Some(timeout))
+            // Synchronous inserts: the answer means the rows are in a part on disk.
+            .with_setting("async_insert", "0");
+        ins = if self.cfg.insert_deduplication {
+            ins.with_setting("insert_deduplicate", "1")
+                .with_setting("insert_deduplication_token", token)
+        } else {
+            // Every attempt is a new insert. A unique token is needed as well: a MergeTree with
+            // a deduplication window also drops a block whose *content hash* it has seen, and
+            // chdb (ClickHouse 26.9) does so even with insert_deduplicate=0.
+            let unique = format!("{token}@{:016x}", rand::random::<u64>());
+            ins.with_setting("insert_deduplicate", "0")
+                .with_setting("insert_deduplication_token", unique)
+        };
+        let all = async {
+            for f in frames {
+                ins.send_compressed(f).await?;
+            }
+            ins.end().await
+        };
+        match tokio::time::timeout(timeout + Duration::from_secs(5), all).await {
+            Ok(r) => r,
+            Err(_) => Err(clickhouse::error::Error::TimedOut),
+        }
+    }
+}
+
+/// Spans in a batch (for metrics of per-batch retries).
+fn count_rows(b: &Batch) -> usize {
+    b.span_count as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_parsed_and_classified() {
+        let e = clickhouse::error::Error::BadResponse(
+            "Code: 27. DB::Exception: Cannot parse input. (CANNOT_PARSE_INPUT_ASSERTION_FAILED)"
+                .into(),
+        );
+        assert_eq!(error_code(&e), Some(27));
+        assert!(is_rejection(&e));
+        let e = clickhouse::error::Error::BadResponse(
+            "Code: 60. DB::Exception: Unknown table. (UNKNOWN_TABLE)".into(),
+        );
+        assert!(!is_rejection(&e));
+        assert!(!is_rejection(&clickhouse::error::Error::TimedOut));
+        let e = clickhouse::error::Error::BadResponse("503 Service Unavailable".into());
+        assert_eq!(error_code(&e), None);
+    }
+
+    #[test]
+    fn chunks_are_cut_at_batch_boundaries_deterministically() {
+        use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
+        use tracegate_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        let batch = |n: u64| {
+            let spans = (0..n)
+                .map(|i| Span {
+                    trace_id: vec![1; 16],
+                    span_id: (i + 1).to_be_bytes().to_vec(),
+                    ..Default::default()
+                })
+                .collect();
+            let req = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    scope_spans: vec![ScopeSpans {
+                        spans,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            };
+            Batch {
+                span_count: n as u32,
+                otlp_request: prost::Message::encode_to_vec(&req).into(),
+                ..Default::default()
+            }
+        };
+        let mut batches: Vec<Batch> = (0..5).map(|_| batch(3)).collect();
+        batches.insert(
+            2,
+            Batch {
+                span_count: 1,
+                otlp_request: vec![0x0a, 0x05, 1].into(),
+                ..Default::default()
+            },
+        );
+        let e = encode_group(&batches, EncodeOptions::default(), 6, usize::MAX);
+        assert_eq!(e.undecodable.len(), 1);
+        assert_eq!(e.undecodable[0].0, 2);
+        let rows: Vec<usize> = e.chunks.iter().map(|c| c.span_rows).collect();
+        assert_eq!(rows, vec![6, 6, 3]);
+        let again = encode_group(&batches, EncodeOptions::default(), 6, usize::MAX);
+        for (a, b) in e.chunks.iter().zip(&again.chunks) {
+            assert_eq!(a.spans, b.spans);
+        }
+    }
+}
