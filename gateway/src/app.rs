@@ -123,8 +123,20 @@ pub async fn run(
         sinks.push(Arc::new(sink));
         stop
     });
-    let (queue, writer) = EmbeddedQueue::start(writer_cfg, sinks);
-    let queue: Arc<dyn BatchQueue> = Arc::new(queue);
+    // A `[kafka]` section replaces the embedded queue + writer with the Kafka producer.
+    let (queue, stop_queue): (
+        Arc<dyn BatchQueue>,
+        futures_util::future::BoxFuture<'static, ()>,
+    ) = match &config.kafka {
+        Some(k) => {
+            let (q, h) = crate::kafka::producer::KafkaQueue::start(k)?;
+            (Arc::new(q), Box::pin(h.shutdown()))
+        }
+        None => {
+            let (q, w) = EmbeddedQueue::start(writer_cfg, sinks);
+            (Arc::new(q), Box::pin(w.shutdown()))
+        }
+    };
     let ingest = Arc::new(Ingest {
         auth: Authenticator::from_config(&config, store, pepper, audit.clone(), tokens),
         admission: Admission::new(config.limits.max_inflight_bytes),
@@ -182,7 +194,7 @@ pub async fn run(
     if let Some(stop) = &clickhouse_stop {
         stop.cancel();
     }
-    writer.shutdown().await;
+    stop_queue.await;
     admin_stop.cancel();
     let _ = admin.await;
     tracing::info!("shutdown complete");

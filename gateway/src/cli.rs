@@ -43,6 +43,33 @@ pub enum Command {
     },
     /// Create or upgrade the ClickHouse schema (`[clickhouse]` config; idempotent, versioned).
     Migrate(CommonArgs),
+    /// Run the Kafka consumer-group writer (needs a `[kafka]` section).
+    Write(WriteArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct WriteArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Admin listen address (/metrics, /healthz, /readyz) [default: kafka.writer_admin_addr].
+    #[arg(long)]
+    pub admin_addr: Option<SocketAddr>,
+}
+
+impl WriteArgs {
+    pub fn load(&self) -> Result<Config> {
+        let mut cfg = self.common.load()?;
+        let Some(k) = cfg.kafka.as_mut() else {
+            anyhow::bail!(
+                "configuration error: `kafka`: tracegate write needs a [kafka] section \
+                 (kafka.brokers, kafka.topic; env TRACEGATE_KAFKA__BROKERS)"
+            );
+        };
+        if let Some(a) = self.admin_addr {
+            k.writer_admin_addr = a;
+        }
+        Ok(cfg)
+    }
 }
 
 #[derive(Args, Debug, Default, Clone)]

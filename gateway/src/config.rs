@@ -23,6 +23,8 @@ pub struct Config {
     /// ClickHouse sink; on when `clickhouse.url` is set (see `crate::clickhouse::config`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clickhouse: Option<crate::clickhouse::config::ClickHouseConfig>,
+    /// Kafka transport: present → `serve` produces to Kafka; `write` consumes from it.
+    pub kafka: Option<crate::kafka::config::KafkaConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -396,6 +398,9 @@ impl Config {
                 key: "tokens.issuer",
                 message: "is required when tokens.jwks is set".into(),
             });
+        }
+        if let Some(k) = &self.kafka {
+            k.validate()?;
         }
         Ok(())
     }

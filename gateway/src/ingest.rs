@@ -201,6 +201,8 @@ impl Ingest {
                 span_count: o.accepted as u32,
                 otlp_request: prepared.otlp_request,
                 key_id: principal.key_id.clone(),
+                part_index: 0,
+                part_count: 0,
             };
             self.queue.publish(batch).await?;
             metrics::counter!(m::SPANS_ACCEPTED).increment(o.accepted as u64);

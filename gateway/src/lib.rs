@@ -13,6 +13,7 @@ pub mod clickhouse;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod kafka;
 pub mod metrics;
 pub mod otlp;
 pub mod queue;

@@ -48,6 +48,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut stdout,
             ))
         }
+        Command::Write(args) => {
+            let cfg = args.load()?;
+            init_logging();
+            drop(stdout);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(tracegate::kafka::writer::serve(cfg, shutdown_signal()))
+        }
     }
 }
 

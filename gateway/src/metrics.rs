@@ -29,6 +29,34 @@ pub const CLICKHOUSE_ENCODE_DURATION: &str = "tracegate_clickhouse_encode_durati
 pub const CLICKHOUSE_WRITE_DURATION: &str = "tracegate_clickhouse_write_duration_seconds";
 pub const CLICKHOUSE_DEAD_LETTER_BATCHES: &str = "tracegate_clickhouse_dead_letter_batches_total";
 
+// Kafka transport (gateway/src/kafka). `client` label: producer | consumer.
+pub const KAFKA_PRODUCED_MESSAGES: &str = "tracegate_kafka_produced_messages_total";
+pub const KAFKA_PRODUCED_BYTES: &str = "tracegate_kafka_produced_bytes_total";
+pub const KAFKA_DELIVERY_DURATION: &str = "tracegate_kafka_delivery_duration_seconds";
+pub const KAFKA_DELIVERY_FAILURES: &str = "tracegate_kafka_delivery_failures_total";
+pub const KAFKA_SPLIT_BATCHES: &str = "tracegate_kafka_split_batches_total";
+pub const KAFKA_PRODUCER_QUEUE_BYTES: &str = "tracegate_kafka_producer_queue_bytes";
+pub const KAFKA_PRODUCER_QUEUE_BYTES_LIMIT: &str = "tracegate_kafka_producer_queue_bytes_limit";
+pub const KAFKA_PRODUCER_QUEUE_LATENCY_P99: &str =
+    "tracegate_kafka_producer_queue_latency_p99_seconds";
+pub const KAFKA_CLIENT_QUEUE_MESSAGES: &str = "tracegate_kafka_client_queue_messages";
+pub const KAFKA_CLIENT_QUEUE_BYTES: &str = "tracegate_kafka_client_queue_bytes";
+pub const KAFKA_BROKERS_UP: &str = "tracegate_kafka_brokers_up";
+pub const KAFKA_BROKER_RTT_P99: &str = "tracegate_kafka_broker_rtt_p99_seconds";
+pub const KAFKA_BROKER_ERRORS: &str = "tracegate_kafka_broker_errors_total";
+pub const KAFKA_CLIENT_ERRORS: &str = "tracegate_kafka_client_errors_total";
+pub const KAFKA_CONSUMER_LAG: &str = "tracegate_kafka_consumer_lag_messages";
+pub const KAFKA_WRITER_BATCHES: &str = "tracegate_kafka_writer_batches_total";
+pub const KAFKA_WRITER_MESSAGES: &str = "tracegate_kafka_writer_messages_total";
+pub const KAFKA_WRITER_SPANS: &str = "tracegate_kafka_writer_spans_total";
+pub const KAFKA_WRITER_BATCH_DURATION: &str = "tracegate_kafka_writer_batch_duration_seconds";
+pub const KAFKA_WRITER_COMMITS: &str = "tracegate_kafka_writer_commits_total";
+pub const KAFKA_WRITER_REBALANCES: &str = "tracegate_kafka_writer_rebalances_total";
+pub const KAFKA_WRITER_BUFFERED_BYTES: &str = "tracegate_kafka_writer_buffered_bytes";
+pub const KAFKA_WRITER_ASSIGNED_PARTITIONS: &str = "tracegate_kafka_writer_assigned_partitions";
+pub const KAFKA_WRITER_PAUSED_PARTITIONS: &str = "tracegate_kafka_writer_paused_partitions";
+pub const KAFKA_WRITER_QUARANTINED: &str = "tracegate_kafka_writer_quarantined_messages_total";
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -101,4 +129,115 @@ fn describe() {
         "Batches ClickHouse rejected (or unreadable) kept in the dead-letter archive, by reason"
     );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    describe_kafka();
+}
+
+fn describe_kafka() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        KAFKA_PRODUCED_MESSAGES,
+        "Kafka messages acknowledged by the broker"
+    );
+    describe_counter!(
+        KAFKA_PRODUCED_BYTES,
+        Unit::Bytes,
+        "Bytes of acknowledged Kafka messages"
+    );
+    describe_histogram!(
+        KAFKA_DELIVERY_DURATION,
+        Unit::Seconds,
+        "Time from produce to broker acknowledgement of a request's messages"
+    );
+    describe_counter!(
+        KAFKA_DELIVERY_FAILURES,
+        "Requests refused or failed on the Kafka path, by reason"
+    );
+    describe_counter!(
+        KAFKA_SPLIT_BATCHES,
+        "Batches split into several Kafka messages"
+    );
+    describe_gauge!(
+        KAFKA_PRODUCER_QUEUE_BYTES,
+        Unit::Bytes,
+        "Bytes waiting for a broker acknowledgement"
+    );
+    describe_gauge!(
+        KAFKA_PRODUCER_QUEUE_BYTES_LIMIT,
+        Unit::Bytes,
+        "kafka.queue_max_bytes"
+    );
+    describe_gauge!(
+        KAFKA_PRODUCER_QUEUE_LATENCY_P99,
+        Unit::Seconds,
+        "librdkafka: p99 time messages spend in the producer queue (int_latency)"
+    );
+    describe_gauge!(
+        KAFKA_CLIENT_QUEUE_MESSAGES,
+        "librdkafka: messages in the producer queue / consumer fetch queues"
+    );
+    describe_gauge!(
+        KAFKA_CLIENT_QUEUE_BYTES,
+        Unit::Bytes,
+        "librdkafka: bytes in the producer queue / consumer fetch queues"
+    );
+    describe_gauge!(
+        KAFKA_BROKERS_UP,
+        "librdkafka: brokers with an UP connection"
+    );
+    describe_gauge!(
+        KAFKA_BROKER_RTT_P99,
+        Unit::Seconds,
+        "librdkafka: highest broker p99 round-trip time"
+    );
+    describe_counter!(
+        KAFKA_BROKER_ERRORS,
+        "librdkafka: broker transmit/receive errors, request timeouts, retries"
+    );
+    describe_counter!(
+        KAFKA_CLIENT_ERRORS,
+        "librdkafka: client errors by error code"
+    );
+    describe_gauge!(
+        KAFKA_CONSUMER_LAG,
+        "librdkafka: messages behind the partition end, summed over assigned partitions"
+    );
+    describe_counter!(
+        KAFKA_WRITER_BATCHES,
+        "Writer batches (offset ranges) written to every sink and committed"
+    );
+    describe_counter!(
+        KAFKA_WRITER_MESSAGES,
+        "Kafka messages in committed writer batches"
+    );
+    describe_counter!(KAFKA_WRITER_SPANS, "Spans in committed writer batches");
+    describe_histogram!(
+        KAFKA_WRITER_BATCH_DURATION,
+        Unit::Seconds,
+        "Writer batch cut → committed"
+    );
+    describe_counter!(
+        KAFKA_WRITER_COMMITS,
+        "Writer offset commits by kind (intent, done) and result"
+    );
+    describe_counter!(
+        KAFKA_WRITER_REBALANCES,
+        "Writer partition assignments and revocations"
+    );
+    describe_gauge!(
+        KAFKA_WRITER_BUFFERED_BYTES,
+        Unit::Bytes,
+        "Bytes consumed and not yet cut into a batch"
+    );
+    describe_gauge!(
+        KAFKA_WRITER_ASSIGNED_PARTITIONS,
+        "Partitions assigned to this writer"
+    );
+    describe_gauge!(
+        KAFKA_WRITER_PAUSED_PARTITIONS,
+        "Partitions paused for backpressure"
+    );
+    describe_counter!(
+        KAFKA_WRITER_QUARANTINED,
+        "Unreadable Kafka messages kept in the quarantine dir, by reason"
+    );
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod crypto;
 pub mod format;
 pub mod fsutil;
+pub mod http;
 pub mod keyring;
 pub mod keys;
 pub mod kms;

@@ -126,15 +126,11 @@ impl std::fmt::Debug for ArchiveStore {
     }
 }
 
-/// Installs rustls' ring provider as the process default (object_store's reqwest needs one).
-pub fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 fn s3_builder(bucket: &str, timeout: Duration) -> AmazonS3Builder {
     let ms = format!("{}ms", timeout.as_millis());
     let mut b = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
+        .with_http_connector(super::http::Reqwest012Connector { timeout })
         .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), &ms)
         .with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
@@ -194,7 +190,6 @@ impl ArchiveStore {
                 (Backend::Local { root, store }, vec![])
             }
             ArchiveUrl::S3 { bucket, prefix } => {
-                install_tls_provider();
                 let builder = s3_builder(&bucket, timeout);
                 let read = Arc::new(
                     builder

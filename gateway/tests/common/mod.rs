@@ -906,6 +906,444 @@ pub fn pg_query_text(url: &str, sql: &str, params: &[&str]) -> Result<Vec<Vec<St
 }
 
 // ---------------------------------------------------------------------------------------------
+// Kafka transport: the test broker, `tracegate write`, and a retrying load generator
+// ---------------------------------------------------------------------------------------------
+
+/// Path of the test broker binary (librdkafka's mock cluster in a process).
+pub fn broker_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tracegate-test-broker")
+}
+
+/// A running `tracegate-test-broker`; commands go to its stdin, answers come from its stdout.
+pub struct TestBroker {
+    child: Option<Child>,
+    stdin: Option<std::process::ChildStdin>,
+    replies: mpsc::Receiver<String>,
+    pub bootstrap: String,
+}
+
+impl TestBroker {
+    /// Starts a one-broker cluster with `topics` (name, partitions) created.
+    pub fn start(topics: &[(&str, i32)]) -> TestBroker {
+        let mut cmd = Command::new(broker_bin());
+        for (t, p) in topics {
+            cmd.arg("--topic").arg(format!("{t}:{p}"));
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn tracegate-test-broker");
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("broker stdout");
+        forward_stderr_as(
+            child.stderr.take().expect("broker stderr"),
+            "broker",
+            pid,
+            None,
+        );
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[broker {pid} stdout] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(START_TIMEOUT)
+            .unwrap_or_else(|_| panic!("tracegate-test-broker printed no ready line"));
+        let bootstrap = line
+            .split_whitespace()
+            .find_map(|t| t.strip_prefix("bootstrap="))
+            .unwrap_or_else(|| panic!("no bootstrap= in {line:?}"))
+            .to_string();
+        TestBroker {
+            stdin: child.stdin.take(),
+            child: Some(child),
+            replies: rx,
+            bootstrap,
+        }
+    }
+
+    /// Sends one command (`down 1`, `up 1`, ...) and waits for its `ok` (panics on `error`).
+    pub fn cmd(&mut self, command: &str) {
+        let stdin = self.stdin.as_mut().expect("broker stdin");
+        writeln!(stdin, "{command}").expect("write broker command");
+        stdin.flush().expect("flush broker command");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.replies.recv_timeout(left) {
+                Ok(l) if l.starts_with("ok ") => return,
+                Ok(l) if l.starts_with("error") => panic!("broker command {command:?}: {l}"),
+                Ok(_) => continue,
+                Err(_) => panic!("broker did not answer {command:?} within 10 s"),
+            }
+        }
+    }
+
+    /// `TRACEGATE_KAFKA__BROKERS` / `__TOPIC` for the gateway and the writer.
+    pub fn env(&self, topic: &str) -> Vec<(String, String)> {
+        vec![
+            ("TRACEGATE_KAFKA__BROKERS".into(), self.bootstrap.clone()),
+            ("TRACEGATE_KAFKA__TOPIC".into(), topic.into()),
+        ]
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "stop");
+        }
+        if let Some(mut child) = self.child.take() {
+            if wait_timeout(&mut child, Duration::from_secs(5)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// `[(String, String)]` → `[(&str, &str)]` for the start functions.
+pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+fn forward_stderr_as(
+    stderr: std::process::ChildStderr,
+    what: &'static str,
+    pid: u32,
+    keep: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+) {
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[{what} {pid} stderr] {line}");
+            if let Some(k) = &keep {
+                k.lock().unwrap().push(line);
+            }
+        }
+    });
+}
+
+/// A running `tracegate write`.
+pub struct Writer {
+    child: Option<Child>,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Every stderr line so far (logs, without ANSI colours: NO_COLOR is set).
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Writer {
+    /// `tracegate write [--config FILE] --data-dir D --admin-addr 127.0.0.1:0` with `env`;
+    /// waits for `tracegate writer ready admin=...`.
+    pub fn start(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Writer {
+        let mut cmd = Command::new(bin());
+        cmd.arg("write");
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .arg("--admin-addr")
+            .arg("127.0.0.1:0")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tracegate write");
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("writer stdout");
+        let keep = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        forward_stderr_as(
+            child.stderr.take().expect("writer stderr"),
+            "writer",
+            pid,
+            Some(keep.clone()),
+        );
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[writer {pid} stdout] {line}");
+                if !sent && line.starts_with("tracegate writer ready") {
+                    sent = true;
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let line = loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(l) => break l,
+                Err(_) => {
+                    if let Some(status) = child.try_wait().expect("try_wait") {
+                        panic!("tracegate write exited with {status} before it was ready");
+                    }
+                    if Instant::now() >= deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!("tracegate write printed no ready line within {START_TIMEOUT:?}");
+                    }
+                }
+            }
+        };
+        let admin = line
+            .split_whitespace()
+            .find_map(|t| t.strip_prefix("admin="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no admin= address in {line:?}"));
+        Writer {
+            child: Some(child),
+            admin,
+            data_dir: data_dir.to_path_buf(),
+            stderr: keep,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("writer already stopped").id()
+    }
+
+    /// GET admin `/metrics` (None when the writer does not answer).
+    pub fn metrics(&self) -> Option<String> {
+        let r = http_client_with_timeout(Duration::from_secs(5))
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .ok()?;
+        r.text().ok()
+    }
+
+    /// Sum of all samples of metric `name` (0 when absent or the writer does not answer).
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .map(|t| metric_value(&t, name))
+            .unwrap_or(0.0)
+    }
+
+    /// SIGTERM, then wait up to `TERM_TIMEOUT`; returns the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("writer already stopped");
+        // SAFETY: kill(2) on our own child's pid, not yet reaped.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+        match wait_timeout(child, TERM_TIMEOUT) {
+            Some(s) => {
+                self.child = None;
+                s
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.child = None;
+                panic!("tracegate write did not exit within {TERM_TIMEOUT:?} after SIGTERM");
+            }
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stderr lines containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sum of all samples of Prometheus metric `name` (any labels) in `text`; 0 when absent.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                return None;
+            }
+            l.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Resident set size of process `pid` in bytes (Linux).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// What a load client saw.
+#[derive(Default)]
+pub struct LoadLog {
+    /// Request ids answered 200, with the time of the answer.
+    pub acked: Vec<(u64, Instant)>,
+    /// Non-200 answers and transport errors: (time, status or 0 for a transport error).
+    pub failures: Vec<(Instant, u16)>,
+    /// Requests sent more than once.
+    pub retried: u64,
+}
+
+/// Client threads POSTing OTLP/HTTP protobuf requests of unique spans (`{prefix}-{id}-{j}`)
+/// to a gateway, each retried until it gets a 200 (or the load is stopped). The URL can be
+/// changed while running (restarts on other ports are not needed: the kill tests reuse them).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+    pub log: std::sync::Arc<std::sync::Mutex<LoadLog>>,
+    pub prefix: String,
+    pub spans_per_request: u64,
+}
+
+impl Load {
+    /// `threads` clients, each sending a request then sleeping `pause`; failed requests are
+    /// retried after `retry_pause`.
+    pub fn start(
+        url: &str,
+        key: &str,
+        prefix: &str,
+        threads: usize,
+        spans_per_request: u64,
+        pause: Duration,
+        retry_pause: Duration,
+    ) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let next = std::sync::Arc::new(AtomicU64::new(0));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(LoadLog::default()));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, next, log) = (stop.clone(), next.clone(), log.clone());
+                let (url, auth, prefix) =
+                    (url.to_string(), format!("Bearer {key}"), prefix.to_string());
+                thread::spawn(move || {
+                    let client = http_client_with_timeout(Duration::from_secs(15));
+                    let headers = [
+                        ("content-type", "application/x-protobuf"),
+                        ("authorization", auth.as_str()),
+                    ];
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = next.fetch_add(1, Ordering::Relaxed);
+                        let spans = (0..spans_per_request)
+                            .map(|j| {
+                                let n = id * spans_per_request + j;
+                                span(trace_id(n / 10), span_id(n), &format!("{prefix}-{id}-{j}"))
+                            })
+                            .collect();
+                        let body = encode(&request_with_spans(spans));
+                        let mut attempts = 0;
+                        loop {
+                            attempts += 1;
+                            if attempts == 2 {
+                                log.lock().unwrap().retried += 1;
+                            }
+                            match try_post(&client, &url, &headers, body.clone()) {
+                                Ok((200, _, _)) => {
+                                    log.lock().unwrap().acked.push((id, Instant::now()));
+                                    break;
+                                }
+                                Ok((status, _, _)) => {
+                                    log.lock().unwrap().failures.push((Instant::now(), status))
+                                }
+                                Err(_) => log.lock().unwrap().failures.push((Instant::now(), 0)),
+                            }
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            thread::sleep(retry_pause);
+                        }
+                        thread::sleep(pause);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            log,
+            prefix: prefix.to_string(),
+            spans_per_request,
+        }
+    }
+
+    pub fn acked(&self) -> usize {
+        self.log.lock().unwrap().acked.len()
+    }
+
+    /// Stops the clients (a request in flight finishes, but is not retried) and joins them.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().expect("load thread panicked");
+        }
+    }
+
+    /// Names of every span of every acknowledged request.
+    pub fn acked_span_names(&self) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.acked
+            .iter()
+            .flat_map(|(id, _)| {
+                (0..self.spans_per_request).map(move |j| format!("{}-{id}-{j}", self.prefix))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits (bounded) until the archive under `data_dir` holds every name in `want` for
+/// `project`; returns the names still missing (empty = all there) and the records read.
+pub fn wait_for_spans(
+    data_dir: &Path,
+    project: &str,
+    want: &[String],
+    timeout: Duration,
+) -> (Vec<String>, Vec<serde_json::Value>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let records = archive_spans_in(data_dir, Some(project));
+        let have: std::collections::HashSet<&str> = records
+            .iter()
+            .filter_map(|r| r["span"]["name"].as_str())
+            .collect();
+        let missing: Vec<String> = want
+            .iter()
+            .filter(|n| !have.contains(n.as_str()))
+            .cloned()
+            .collect();
+        if missing.is_empty() || Instant::now() >= deadline {
+            return (missing, records);
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // ClickHouse: a real engine (chdb, PyPI) behind the test-only HTTP front
 // deploy/testing/chdb_front.py. See docs/testing.md.
 // ---------------------------------------------------------------------------------------------
@@ -1122,11 +1560,6 @@ pub fn clickhouse_env(front: &ChFront, db: &str) -> Vec<(String, String)> {
             "30000".into(),
         ),
     ]
-}
-
-/// Borrowed view of an env list for `Gateway::start` / `run_tracegate`.
-pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
-    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 /// `tracegate migrate` with `env`; panics unless it succeeds. Returns its stdout.

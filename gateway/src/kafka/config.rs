@@ -1,0 +1,404 @@
+//! The `[kafka]` config section (docs/configuration.md, docs/kafka.md) and the librdkafka
+//! client configurations derived from it. Its presence switches `tracegate serve` from the
+//! embedded queue to the Kafka producer; `tracegate write` requires it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+/// Kafka record key, which decides the partition (murmur2, as Java clients do).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionKey {
+    /// `<org>/<project>`: all of a project's batches on one partition (tenant locality).
+    Project,
+    /// The batch id: batches spread evenly over all partitions (no locality).
+    Batch,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    Zstd,
+    Lz4,
+    None,
+}
+
+impl Compression {
+    fn as_rdkafka(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Lz4 => "lz4",
+            Compression::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` bootstrap list. Required.
+    pub brokers: String,
+    pub topic: String,
+    pub partition_key: PartitionKey,
+    pub compression: Compression,
+    /// Largest Kafka message the producer sends (≤ the topic's `max.message.bytes`); larger
+    /// batches are split by resource / scope / span.
+    pub message_max_bytes: usize,
+    /// Bound on bytes of messages waiting for a broker acknowledgement (503 over it).
+    pub queue_max_bytes: usize,
+    /// A message not acknowledged within this time fails its request (503, retryable).
+    pub delivery_timeout_ms: u64,
+    pub linger_ms: u64,
+    /// How often librdkafka statistics are turned into metrics.
+    pub statistics_interval_ms: u64,
+    // --- writer (`tracegate write`) ---
+    pub group_id: String,
+    /// A writer that stops heartbeating loses its partitions after this long.
+    pub session_timeout_ms: u64,
+    /// A writer batch (one offset range of one partition) is cut at this many spans…
+    pub batch_max_spans: usize,
+    /// …or this many bytes of messages…
+    pub batch_max_bytes: usize,
+    /// …or when its first message has waited this long.
+    pub batch_max_age_ms: u64,
+    /// Above this many buffered bytes the writer pauses partitions that are waiting for sinks.
+    pub writer_max_buffered_bytes: usize,
+    /// `/metrics`, `/healthz`, `/readyz` of `tracegate write` (flag `--admin-addr`).
+    pub writer_admin_addr: SocketAddr,
+    /// Extra librdkafka properties for every client (e.g. `"security.protocol" = "ssl"`),
+    /// applied last. The properties that carry the delivery guarantees cannot be changed.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            topic: "tracegate-batches".into(),
+            partition_key: PartitionKey::Project,
+            compression: Compression::Zstd,
+            message_max_bytes: 1_000_000,
+            queue_max_bytes: 64 * 1024 * 1024,
+            delivery_timeout_ms: 10_000,
+            linger_ms: 5,
+            statistics_interval_ms: 1_000,
+            group_id: "tracegate-writer".into(),
+            session_timeout_ms: 45_000,
+            batch_max_spans: 50_000,
+            batch_max_bytes: 32 * 1024 * 1024,
+            batch_max_age_ms: 1_000,
+            writer_max_buffered_bytes: 256 * 1024 * 1024,
+            writer_admin_addr: ([127, 0, 0, 1], 8889).into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// librdkafka properties that carry the delivery guarantees; `kafka.properties` may not set
+/// them.
+pub const PROTECTED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "message.max.bytes",
+    "queue.buffering.max.kbytes",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "transactional.id",
+];
+
+/// Smallest `message_max_bytes`: room for the envelope, the key and a useful payload.
+pub const MIN_MESSAGE_BYTES: usize = 16 * 1024;
+
+impl KafkaConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        let brokers: Vec<&str> = self
+            .brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if brokers.is_empty() {
+            return Err(invalid(
+                "kafka.brokers",
+                "required: a comma-separated host:port list (env TRACEGATE_KAFKA__BROKERS)".into(),
+            ));
+        }
+        for b in &brokers {
+            let ok = b
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(invalid("kafka.brokers", format!("{b:?} is not host:port")));
+            }
+        }
+        // Kafka topic names: 1-249 of [a-zA-Z0-9._-].
+        let t = &self.topic;
+        if t.is_empty()
+            || t.len() > 249
+            || t == "."
+            || t == ".."
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(invalid(
+                "kafka.topic",
+                format!("{t:?} is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-])"),
+            ));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty".into()));
+        }
+        if self.message_max_bytes < MIN_MESSAGE_BYTES || self.message_max_bytes > 1_000_000_000 {
+            return Err(invalid(
+                "kafka.message_max_bytes",
+                format!("must be between {MIN_MESSAGE_BYTES} and 1000000000"),
+            ));
+        }
+        if self.queue_max_bytes < self.message_max_bytes {
+            return Err(invalid(
+                "kafka.queue_max_bytes",
+                format!(
+                    "must be at least kafka.message_max_bytes ({})",
+                    self.message_max_bytes
+                ),
+            ));
+        }
+        if self.queue_max_bytes > (i32::MAX as usize) * 1024
+            || self.queue_max_bytes > u32::MAX as usize
+        {
+            return Err(invalid(
+                "kafka.queue_max_bytes",
+                "must be below 4 GiB".into(),
+            ));
+        }
+        let ms = |key: &'static str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err(invalid(key, format!("must be between {lo} and {hi}")))
+            } else {
+                Ok(())
+            }
+        };
+        ms(
+            "kafka.delivery_timeout_ms",
+            self.delivery_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        ms("kafka.linger_ms", self.linger_ms, 0, 900_000)?;
+        ms(
+            "kafka.statistics_interval_ms",
+            self.statistics_interval_ms,
+            100,
+            3_600_000,
+        )?;
+        ms(
+            "kafka.session_timeout_ms",
+            self.session_timeout_ms,
+            1_000,
+            3_600_000,
+        )?;
+        ms(
+            "kafka.batch_max_age_ms",
+            self.batch_max_age_ms,
+            1,
+            3_600_000,
+        )?;
+        if self.batch_max_spans == 0 {
+            return Err(invalid(
+                "kafka.batch_max_spans",
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.batch_max_bytes == 0 {
+            return Err(invalid(
+                "kafka.batch_max_bytes",
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.writer_max_buffered_bytes < self.batch_max_bytes {
+            return Err(invalid(
+                "kafka.writer_max_buffered_bytes",
+                format!(
+                    "must be at least kafka.batch_max_bytes ({})",
+                    self.batch_max_bytes
+                ),
+            ));
+        }
+        for k in self.properties.keys() {
+            if PROTECTED_PROPERTIES.contains(&k.as_str()) {
+                return Err(invalid(
+                    "kafka.properties",
+                    format!(
+                        "{k:?} cannot be set here: tracegate sets it to keep its delivery \
+                         guarantees (use the dedicated kafka.* key where there is one)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn common(&self, client_id: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.brokers.trim())
+            .set("client.id", client_id)
+            .set(
+                "statistics.interval.ms",
+                self.statistics_interval_ms.to_string(),
+            )
+            // Come back quickly after a broker outage (librdkafka's default backs off to 10 s).
+            .set("reconnect.backoff.max.ms", "1000");
+        c
+    }
+
+    fn extra(&self, c: &mut ClientConfig) {
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+    }
+
+    /// The gateway's producer: idempotent, acks=all, compressed, bounded.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut c = self.common("tracegate-gateway");
+        // Our own byte bound (queue_max_bytes) refuses first; librdkafka's is a backstop.
+        let kbytes = (self.queue_max_bytes / 1024 + 1024).min(i32::MAX as usize);
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", self.compression.as_rdkafka())
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("message.timeout.ms", self.delivery_timeout_ms.to_string())
+            .set("message.max.bytes", self.message_max_bytes.to_string())
+            .set("queue.buffering.max.kbytes", kbytes.to_string())
+            .set("queue.buffering.max.messages", "1000000")
+            // Java-compatible key hashing; keyless messages (none today) spread randomly.
+            .set("partitioner", "murmur2_random");
+        self.extra(&mut c);
+        c
+    }
+
+    /// The writer's consumer: offsets are stored and committed only by the writer, after its
+    /// sinks succeeded.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut c = self.common("tracegate-writer");
+        let heartbeat = (self.session_timeout_ms / 3).clamp(100, 3_000);
+        let fetch = self.message_max_bytes.max(1024 * 1024);
+        c.set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", heartbeat.to_string())
+            .set("isolation.level", "read_committed")
+            .set("fetch.message.max.bytes", fetch.to_string())
+            .set("enable.partition.eof", "false");
+        self.extra(&mut c);
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> KafkaConfig {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092, kafka-2:9092".into(),
+            ..Default::default()
+        }
+    }
+
+    fn err(k: KafkaConfig) -> String {
+        k.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn validation_names_keys() {
+        cfg().validate().unwrap();
+        assert!(err(KafkaConfig::default()).contains("kafka.brokers"));
+        let mut k = cfg();
+        k.brokers = "nohost".into();
+        assert!(err(k).contains("kafka.brokers"));
+        let mut k = cfg();
+        k.topic = "a b".into();
+        assert!(err(k).contains("kafka.topic"));
+        let mut k = cfg();
+        k.message_max_bytes = 10;
+        assert!(err(k).contains("kafka.message_max_bytes"));
+        let mut k = cfg();
+        k.queue_max_bytes = 20_000;
+        assert!(err(k).contains("kafka.queue_max_bytes"));
+        let mut k = cfg();
+        k.properties
+            .insert("enable.idempotence".into(), "false".into());
+        let e = err(k);
+        assert!(
+            e.contains("kafka.properties") && e.contains("enable.idempotence"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail dictates the closure type
+    fn kafka_section_from_env_and_file_with_keys_named() {
+        use crate::config::{Config, Overrides};
+        figment::Jail::expect_with(|jail| {
+            let o = Overrides::default();
+            assert!(Config::load(None, &o).unwrap().kafka.is_none());
+            jail.set_env("TRACEGATE_KAFKA__BROKERS", "127.0.0.1:9092");
+            jail.set_env("TRACEGATE_KAFKA__TOPIC", "t1");
+            let k = Config::load(None, &o).unwrap().kafka.unwrap();
+            assert_eq!(k.brokers, "127.0.0.1:9092");
+            assert_eq!(k.topic, "t1");
+            assert_eq!(k.group_id, "tracegate-writer");
+            jail.set_env("TRACEGATE_KAFKA__BROKERZ", "x");
+            let e = Config::load(None, &o).unwrap_err().to_string();
+            assert!(e.contains("brokerz"), "{e}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[kafka]\ntopic = \"t\"\n")?;
+            let e = Config::load(Some(std::path::Path::new("c.toml")), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("kafka.brokers"), "{e}");
+            jail.create_file(
+                "d.toml",
+                "[kafka]\nbrokers = \"b:1\"\npartition_key = \"trace\"\n",
+            )?;
+            let e = Config::load(Some(std::path::Path::new("d.toml")), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("partition_key"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn client_configs_carry_the_guarantees() {
+        let mut k = cfg();
+        k.properties
+            .insert("socket.timeout.ms".into(), "5000".into());
+        let p = k.producer_config();
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("compression.type"), Some("zstd"));
+        assert_eq!(p.get("socket.timeout.ms"), Some("5000"));
+        let c = k.consumer_config();
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.get("group.id"), Some("tracegate-writer"));
+    }
+}

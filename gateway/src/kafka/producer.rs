@@ -1,0 +1,312 @@
+//! The gateway's Kafka side: a `BatchQueue` whose `publish` resolves only after the broker
+//! acknowledged every message of the batch (idempotent producer, `acks=all`).
+//!
+//! Refusals are immediate and retryable (HTTP 503 + Retry-After / gRPC UNAVAILABLE +
+//! RetryInfo): no broker reachable, or the bytes waiting for acknowledgements would exceed
+//! `kafka.queue_max_bytes`. A message not acknowledged within `kafka.delivery_timeout_ms`
+//! fails its request the same way. A request that failed may still have been written (a
+//! timed-out message can land later): the layers below absorb duplicates.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{join_all, BoxFuture};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracegate_proto::v1::Batch;
+
+use super::config::{KafkaConfig, PartitionKey};
+use super::split::{self, SplitError};
+use super::stats::{Reachability, StatsContext};
+use crate::error::{ApiError, ErrorKind};
+use crate::metrics as m;
+use crate::queue::embedded::BatchQueue;
+
+/// How often the reachability probe asks for metadata while no broker is known to be up, and
+/// while one is.
+const PROBE_DOWN: Duration = Duration::from_millis(500);
+const PROBE_UP: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Inner {
+    producer: FutureProducer<StatsContext>,
+    topic: String,
+    key: PartitionKey,
+    max_message_bytes: usize,
+    /// Bytes of messages handed to librdkafka and not yet acknowledged or failed.
+    bytes: Arc<Semaphore>,
+    limit: usize,
+    reach: Arc<Reachability>,
+    delivery_timeout: Duration,
+}
+
+impl Inner {
+    fn report_queue(&self) {
+        let used = self.limit.saturating_sub(self.bytes.available_permits());
+        metrics::gauge!(m::KAFKA_PRODUCER_QUEUE_BYTES).set(used as f64);
+    }
+}
+
+/// The Kafka `BatchQueue`.
+pub struct KafkaQueue {
+    inner: Arc<Inner>,
+}
+
+/// Stops the reachability probe and flushes the producer.
+pub struct ProducerHandle {
+    inner: Arc<Inner>,
+    stop: CancellationToken,
+    probe: JoinHandle<()>,
+}
+
+impl ProducerHandle {
+    /// Every request was answered before this is called; flush whatever librdkafka still holds
+    /// (nothing, normally) within the delivery timeout.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.probe.await;
+        let inner = self.inner.clone();
+        let timeout = inner.delivery_timeout;
+        let r = tokio::task::spawn_blocking(move || inner.producer.flush(timeout)).await;
+        match r {
+            Ok(Ok(())) => tracing::info!("kafka producer flushed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "kafka producer flush incomplete"),
+            Err(e) => tracing::warn!(error = %e, "kafka producer flush task failed"),
+        }
+    }
+}
+
+impl KafkaQueue {
+    /// Creates the producer and starts its reachability probe (a metadata request for the
+    /// topic). Must run inside a tokio runtime.
+    pub fn start(cfg: &KafkaConfig) -> anyhow::Result<(Self, ProducerHandle)> {
+        let ctx = StatsContext::new("producer");
+        let reach = ctx.reach.clone();
+        let producer: FutureProducer<StatsContext> = cfg
+            .producer_config()
+            .create_with_context(ctx)
+            .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?;
+        metrics::gauge!(m::KAFKA_PRODUCER_QUEUE_BYTES_LIMIT).set(cfg.queue_max_bytes as f64);
+        let inner = Arc::new(Inner {
+            producer,
+            topic: cfg.topic.clone(),
+            key: cfg.partition_key,
+            max_message_bytes: cfg.message_max_bytes,
+            bytes: Arc::new(Semaphore::new(cfg.queue_max_bytes)),
+            limit: cfg.queue_max_bytes,
+            reach,
+            delivery_timeout: Duration::from_millis(cfg.delivery_timeout_ms),
+        });
+        inner.report_queue();
+        let stop = CancellationToken::new();
+        let probe = tokio::spawn(probe_loop(inner.clone(), stop.clone()));
+        Ok((
+            Self {
+                inner: inner.clone(),
+            },
+            ProducerHandle { inner, stop, probe },
+        ))
+    }
+}
+
+/// Keeps `reach` current: librdkafka connects lazily and reports "all brokers down" but not
+/// their return, so ask for the topic's metadata now and then.
+async fn probe_loop(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut warned_missing = false;
+    loop {
+        let i = inner.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            i.producer
+                .client()
+                .fetch_metadata(Some(&i.topic), PROBE_TIMEOUT)
+        })
+        .await;
+        let up = match r {
+            Ok(Ok(md)) => {
+                let t = md.topics().iter().find(|t| t.name() == inner.topic);
+                match t {
+                    Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                        warned_missing = false;
+                        t.partitions().iter().any(|p| p.leader() >= 0)
+                    }
+                    _ => {
+                        if !warned_missing {
+                            tracing::error!(topic = %inner.topic, "kafka topic does not exist (create it, see docs/kafka.md)");
+                            warned_missing = true;
+                        }
+                        false
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "kafka metadata probe failed");
+                false
+            }
+            Err(_) => false,
+        };
+        let was = inner.reach.is_up();
+        inner.reach.set_up(up);
+        if was != up {
+            tracing::info!(reachable = up, "kafka broker reachability changed");
+        }
+        let wait = if up { PROBE_UP } else { PROBE_DOWN };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {},
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+fn refuse(reason: &'static str, e: ApiError) -> ApiError {
+    metrics::counter!(m::KAFKA_DELIVERY_FAILURES, "reason" => reason).increment(1);
+    e
+}
+
+/// A librdkafka error as a retryable answer plus a bounded reason label.
+fn delivery_error(e: &KafkaError, timeout: Duration) -> ApiError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::QueueFull) => refuse(
+            "queue_full",
+            ApiError::unavailable("the Kafka producer queue is full; retry later"),
+        ),
+        Some(RDKafkaErrorCode::MessageTimedOut) => refuse(
+            "timeout",
+            ApiError::unavailable(format!(
+                "Kafka did not acknowledge within {} ms; retry later",
+                timeout.as_millis()
+            )),
+        ),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge)
+        | Some(RDKafkaErrorCode::InvalidMessageSize) => {
+            tracing::error!(error = %e, "the broker refused a message as too large: kafka.message_max_bytes must not exceed the topic's max.message.bytes");
+            refuse(
+                "too_large",
+                ApiError::unavailable("Kafka refused the message size; retry later"),
+            )
+        }
+        _ => refuse(
+            "other",
+            ApiError::unavailable(format!("Kafka delivery failed ({e}); retry later")),
+        ),
+    }
+}
+
+impl BatchQueue for KafkaQueue {
+    fn publish(&self, batch: Batch) -> BoxFuture<'_, Result<(), ApiError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if inner.reach.is_fatal() {
+                return Err(refuse(
+                    "fatal",
+                    ApiError::unavailable(
+                        "the Kafka producer failed fatally; this gateway must be restarted",
+                    ),
+                ));
+            }
+            if !inner.reach.is_up() {
+                return Err(refuse(
+                    "no_broker",
+                    ApiError::unavailable("no Kafka broker is reachable; retry later"),
+                ));
+            }
+            let key_len = split::key(&batch, inner.key).len();
+            let (strategy, max) = (inner.key, inner.max_message_bytes);
+            let msgs = if split::needs_split(&batch, key_len, max) {
+                tokio::task::spawn_blocking(move || split::to_messages(batch, strategy, max))
+                    .await
+                    .map_err(|e| ApiError::internal(format!("split task failed: {e}")))?
+            } else {
+                split::to_messages(batch, strategy, max)
+            };
+            let msgs = msgs.map_err(|e| match e {
+                SplitError::SpanTooLarge { .. } => refuse(
+                    "too_large",
+                    ApiError::new(ErrorKind::TooLarge, e.to_string()),
+                ),
+                SplitError::Decode(_) => ApiError::internal(e.to_string()),
+            })?;
+            if msgs.len() > 1 {
+                metrics::counter!(m::KAFKA_SPLIT_BATCHES).increment(1);
+            }
+            let total: usize = msgs.iter().map(|m| m.key.len() + m.value.len()).sum();
+            let n = u32::try_from(total).unwrap_or(u32::MAX);
+            let permit = inner.bytes.clone().try_acquire_many_owned(n).map_err(|_| {
+                refuse(
+                    "queue_full",
+                    ApiError::unavailable(format!(
+                        "the Kafka producer queue is full ({} bytes waiting for acknowledgement); retry later",
+                        inner.limit
+                    )),
+                )
+            })?;
+            inner.report_queue();
+            let started = Instant::now();
+            let mut futures = Vec::with_capacity(msgs.len());
+            let mut send_err = None;
+            for msg in &msgs {
+                let rec = FutureRecord::to(&inner.topic)
+                    .key(&msg.key[..])
+                    .payload(&msg.value[..]);
+                match inner.producer.send_result(rec) {
+                    Ok(f) => futures.push(f),
+                    Err((e, _)) => {
+                        send_err = Some(delivery_error(&e, inner.delivery_timeout));
+                        break;
+                    }
+                }
+            }
+            let count = msgs.len();
+            drop(msgs); // librdkafka copied the payloads; the permit now covers its copies.
+                        // Wait in a task of its own, so the bytes stay accounted for until librdkafka is done
+                        // with them even if the client goes away.
+            let guard = inner.delivery_timeout + Duration::from_secs(5);
+            let waiter = {
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    let r = tokio::time::timeout(guard, join_all(futures)).await;
+                    drop(permit);
+                    inner.report_queue();
+                    r
+                })
+            };
+            if let Some(e) = send_err {
+                return Err(e);
+            }
+            let results = match waiter.await {
+                Ok(Ok(results)) => results,
+                Ok(Err(_)) => {
+                    return Err(refuse(
+                        "timeout",
+                        ApiError::unavailable("Kafka did not acknowledge in time; retry later"),
+                    ))
+                }
+                Err(e) => return Err(ApiError::internal(format!("delivery task failed: {e}"))),
+            };
+            for r in results {
+                match r {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(delivery_error(&e, inner.delivery_timeout)),
+                    Err(_) => {
+                        return Err(refuse(
+                            "other",
+                            ApiError::unavailable("the Kafka producer stopped; retry later"),
+                        ))
+                    }
+                }
+            }
+            inner.reach.set_up(true);
+            metrics::histogram!(m::KAFKA_DELIVERY_DURATION).record(started.elapsed().as_secs_f64());
+            metrics::counter!(m::KAFKA_PRODUCED_MESSAGES).increment(count as u64);
+            metrics::counter!(m::KAFKA_PRODUCED_BYTES).increment(total as u64);
+            Ok(())
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.reach.is_up()
+    }
+}

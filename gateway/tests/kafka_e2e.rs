@@ -1,0 +1,342 @@
+//! Kafka transport end to end, every hop a real process: the OpenTelemetry Rust SDK exporter
+//! (OTLP/HTTP protobuf, OTLP/HTTP JSON + gzip, OTLP/gRPC) and raw OTLP posts → `tracegate serve`
+//! with `[kafka]` (env `TRACEGATE_KAFKA__*`) → `tracegate-test-broker` → `tracegate write
+//! --config FILE` → archive. Every span sent is archived exactly once with its key's project; a
+//! request larger than one Kafka message is split and fully delivered; a single span that cannot
+//! fit in a message is refused with 413, not dropped silently.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use common::{Gateway, TestBroker, Writer};
+use opentelemetry::trace::{Span as _, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{
+    Compression, Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+
+const TOPIC: &str = "tracegate-e2e";
+const SDK_TRACES: usize = 4;
+const SDK_SPANS_PER_TRACE: usize = 10;
+/// Small message limit so that the big request below must be split.
+const MESSAGE_MAX_BYTES: usize = 64 * 1024;
+
+fn sdk_send(exporter: SpanExporter, prefix: &str) {
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(Resource::builder().with_service_name("kafka-e2e").build())
+        .build();
+    let tracer = provider.tracer("kafka-e2e");
+    for t in 0..SDK_TRACES {
+        let root = tracer.start(format!("{prefix}-{t}-0"));
+        let cx = Context::current_with_span(root);
+        for c in 1..SDK_SPANS_PER_TRACE {
+            let mut child = tracer.start_with_context(format!("{prefix}-{t}-{c}"), &cx);
+            child.set_attribute(KeyValue::new("test.child", c as i64));
+            child.end();
+        }
+        cx.span().end();
+    }
+    provider.force_flush().expect("force_flush: export failed");
+    provider.shutdown().expect("provider shutdown");
+}
+
+fn sdk_exporter(gw: &Gateway, key: &str, how: &str, rt: &tokio::runtime::Runtime) -> SpanExporter {
+    let bearer = format!("Bearer {key}");
+    let timeout = Duration::from_secs(10);
+    match how {
+        "grpc" => {
+            let mut md = tonic::metadata::MetadataMap::new();
+            md.insert("authorization", bearer.parse().unwrap());
+            let _g = rt.enter();
+            SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(gw.grpc_url())
+                .with_protocol(Protocol::Grpc)
+                .with_timeout(timeout)
+                .with_metadata(md)
+                .build()
+                .expect("gRPC exporter")
+        }
+        _ => {
+            let b = SpanExporter::builder()
+                .with_http()
+                .with_endpoint(gw.traces_url())
+                .with_timeout(timeout)
+                .with_headers(HashMap::from([("authorization".to_string(), bearer)]));
+            let b = if how == "json-gzip" {
+                b.with_protocol(Protocol::HttpJson)
+                    .with_compression(Compression::Gzip)
+            } else {
+                b.with_protocol(Protocol::HttpBinary)
+            };
+            b.build().expect("HTTP exporter")
+        }
+    }
+}
+
+#[test]
+fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
+    let broker = TestBroker::start(&[(TOPIC, 4)]);
+    let gw_dir = tempfile::Builder::new()
+        .prefix("tg-kafka-gw-")
+        .tempdir()
+        .unwrap();
+    let wr_dir = tempfile::Builder::new()
+        .prefix("tg-kafka-wr-")
+        .tempdir()
+        .unwrap();
+
+    let mut env = broker.env(TOPIC);
+    env.push((
+        "TRACEGATE_KAFKA__MESSAGE_MAX_BYTES".into(),
+        MESSAGE_MAX_BYTES.to_string(),
+    ));
+    let mut gw = Gateway::start_in(gw_dir.path(), &common::env_refs(&env));
+
+    // The writer reads a config file (brokers/topic from it, not from the env).
+    let cfg = wr_dir.path().join("writer.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"{TOPIC}\"\ngroup_id = \"e2e\"\n\
+             batch_max_age_ms = 200\nsession_timeout_ms = 6000\n\
+             message_max_bytes = {MESSAGE_MAX_BYTES}\n",
+            broker.bootstrap
+        ),
+    )
+    .unwrap();
+    let mut writer = Writer::start(&wr_dir.path().join("data"), Some(&cfg), &[]);
+    let archive_dir = wr_dir.path().join("data");
+
+    let p1 = common::unique_project("kafka-sdk");
+    let p2 = common::unique_project("kafka-raw");
+    let k1 = gw.create_key(&p1);
+    let k2 = gw.create_key(&p2);
+    assert!(
+        common::wait_until(Duration::from_secs(20), || common::get(&format!(
+            "{}/readyz",
+            gw.admin_url()
+        ))
+        .0 == 200),
+        "gateway /readyz never became 200 with the broker up"
+    );
+
+    // 1. The real OTel exporter, three ways, project p1.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut want: BTreeMap<String, &str> = BTreeMap::new();
+    for how in ["http-protobuf", "json-gzip", "grpc"] {
+        sdk_send(sdk_exporter(&gw, &k1, how, &rt), &format!("sdk-{how}"));
+        for t in 0..SDK_TRACES {
+            for c in 0..SDK_SPANS_PER_TRACE {
+                want.insert(format!("sdk-{how}-{t}-{c}"), p1.as_str());
+            }
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(5));
+
+    // 2. Raw posts, project p2: JSON, protobuf, and one request that needs several messages.
+    let r = common::post_json(&gw, &k2, &common::request_n("raw-json", 0, 20));
+    assert_eq!(r.0, 200, "JSON post: {:?}", String::from_utf8_lossy(&r.2));
+    let r = common::post_protobuf(&gw, &k2, &common::request_n("raw-pb", 0, 20));
+    assert_eq!(r.0, 200, "protobuf post");
+    let mut big = common::request_n("raw-big", 0, 120);
+    for s in &mut big.resource_spans[0].scope_spans[0].spans {
+        s.attributes
+            .push(common::kv_str("gen_ai.prompt", &"p".repeat(3000)));
+    }
+    assert!(common::encode(&big).len() > 4 * MESSAGE_MAX_BYTES);
+    let r = common::post_protobuf(&gw, &k2, &big);
+    assert_eq!(
+        r.0,
+        200,
+        "big (split) post: {:?}",
+        String::from_utf8_lossy(&r.2)
+    );
+    for (prefix, n) in [("raw-json", 20), ("raw-pb", 20), ("raw-big", 120)] {
+        for i in 0..n {
+            want.insert(format!("{prefix}-{i}"), p2.as_str());
+        }
+    }
+
+    // 3. One span that cannot fit in any message: refused, never silently dropped.
+    let mut huge = common::request_n("raw-huge", 0, 2);
+    huge.resource_spans[0].scope_spans[0].spans[1]
+        .attributes
+        .push(common::kv_str(
+            "gen_ai.completion",
+            &"c".repeat(2 * MESSAGE_MAX_BYTES),
+        ));
+    let r = common::post_protobuf(&gw, &k2, &huge);
+    assert_eq!(
+        r.0, 413,
+        "a span larger than kafka.message_max_bytes must be refused with 413"
+    );
+    let body = String::from_utf8_lossy(&r.2);
+    assert!(
+        body.contains("kafka.message_max_bytes"),
+        "413 body should name the limit: {body}"
+    );
+
+    // Every span, exactly once, under its project.
+    let names: Vec<String> = want.keys().cloned().collect();
+    let p1_names: Vec<String> = want
+        .iter()
+        .filter(|(_, p)| **p == p1)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let p2_names: Vec<String> = want
+        .iter()
+        .filter(|(_, p)| **p == p2)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let (missing1, _) =
+        common::wait_for_spans(&archive_dir, &p1, &p1_names, Duration::from_secs(60));
+    let (missing2, _) =
+        common::wait_for_spans(&archive_dir, &p2, &p2_names, Duration::from_secs(60));
+    assert!(
+        missing1.is_empty() && missing2.is_empty(),
+        "spans missing from the archive: {} of {p1} (first {:?}), {} of {p2} (first {:?})",
+        missing1.len(),
+        missing1.first(),
+        missing2.len(),
+        missing2.first()
+    );
+    let all = common::archive_spans_in(&archive_dir, None);
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &all {
+        let name = r["span"]["name"].as_str().unwrap().to_string();
+        let project = r["project_id"].as_str().unwrap();
+        let expected = want.get(&name).copied();
+        assert_eq!(
+            expected,
+            Some(project),
+            "span {name} archived under {project}: {r}"
+        );
+        *counts.entry(name).or_default() += 1;
+    }
+    let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(
+        dupes.is_empty(),
+        "duplicated spans without any failure: {dupes:?}"
+    );
+    assert_eq!(counts.len(), names.len());
+    assert!(
+        !counts.keys().any(|n| n.starts_with("raw-huge")),
+        "the refused request was archived"
+    );
+
+    // Objects are named by the deterministic offset range `topic:partition:first-last`.
+    let objects: Vec<String> = walk_names(&archive_dir.join("archive"));
+    assert!(!objects.is_empty());
+    for o in &objects {
+        assert!(
+            parse_object_name(o).is_some(),
+            "archive object {o} is not named <topic>_<partition>_<first>-<last>.tga"
+        );
+    }
+
+    let gm = gw.metrics();
+    assert!(
+        common::metric_value(&gm, "tracegate_kafka_split_batches_total") >= 1.0,
+        "{gm}"
+    );
+    assert!(common::metric_value(&gm, "tracegate_kafka_produced_messages_total") >= 10.0);
+    assert!(common::metric_value(&gm, "tracegate_kafka_brokers_up") >= 1.0);
+    assert!(gm.contains("tracegate_kafka_delivery_duration_seconds_bucket"));
+    assert!(writer.metric("tracegate_kafka_writer_batches_total") >= 1.0);
+    assert!(writer.metric("tracegate_kafka_writer_spans_total") >= names.len() as f64);
+    assert_eq!(
+        common::get(&format!("http://{}/readyz", writer.admin)).0,
+        200
+    );
+
+    let s = writer.terminate();
+    assert!(s.success(), "writer SIGTERM exit status {s}");
+    let s = gw.terminate();
+    assert!(s.success(), "gateway SIGTERM exit status {s}");
+}
+
+/// File names under `dir`, recursively.
+pub fn walk_names(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
+                out.push(n.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// `<topic>_<partition>_<first>-<last>.tga` → (partition, first, last).
+pub fn parse_object_name(name: &str) -> Option<(i32, i64, i64)> {
+    let stem = name.strip_suffix(".tga")?;
+    let (rest, range) = stem.rsplit_once('_')?;
+    let (_, partition) = rest.rsplit_once('_')?;
+    let (first, last) = range.split_once('-')?;
+    Some((
+        partition.parse().ok()?,
+        first.parse().ok()?,
+        last.parse().ok()?,
+    ))
+}
+
+#[test]
+fn kafka_config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // `write` without a [kafka] section.
+    let out = common::run_tracegate(&["write", "--data-dir", d], &[], common::CMD_TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("kafka"), "{err}");
+    // A bad broker list, from the environment, for both commands.
+    for cmd in [
+        &["write", "--data-dir", d][..],
+        &["serve", "--data-dir", d][..],
+    ] {
+        let out = common::run_tracegate(
+            cmd,
+            &[("TRACEGATE_KAFKA__BROKERS", "no-port")],
+            common::CMD_TIMEOUT,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("kafka.brokers"),
+            "{cmd:?}: {err}"
+        );
+    }
+    // An unknown key in the section, from a file.
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[kafka]\nbrokers = \"127.0.0.1:9\"\nbatch_max_spanz = 3\n",
+    )
+    .unwrap();
+    let out = common::run_tracegate(
+        &["write", "--config", cfg.to_str().unwrap(), "--data-dir", d],
+        &[],
+        common::CMD_TIMEOUT,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("batch_max_spanz"),
+        "{err}"
+    );
+}
