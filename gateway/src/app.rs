@@ -22,8 +22,10 @@ use crate::auth::token::TokenVerifier;
 use crate::config::Config;
 use crate::config::StoreKind;
 use crate::ingest::Ingest;
+use crate::netconfig::OtlpListener;
 use crate::queue::embedded::{BatchQueue, EmbeddedQueue};
 use crate::queue::sink::Sink;
+use crate::server::conn::ConnSetup;
 use crate::server::{admin::Admin, grpc::GrpcReceiver, http::HttpReceiver, listener};
 
 pub struct Listeners {
@@ -34,6 +36,8 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(cfg: &Config) -> Result<Self> {
+        // Bad TLS material stops start-up before anything listens.
+        crate::server::conn::ConnSetup::preflight(cfg)?;
         let b = |a: SocketAddr, what: &'static str| async move {
             TcpListener::bind(a)
                 .await
@@ -111,18 +115,19 @@ pub async fn run(
     let mut sinks: Vec<Arc<dyn Sink>> = vec![crate::archive::store::archive_sink(&config)?];
     let mut writer_cfg = config.writer.clone();
     // ClickHouse sink (docs/clickhouse.md): after the archive, in the same acknowledged path.
-    let clickhouse_stop = config.clickhouse.as_ref().map(|ch| {
-        let sink = crate::clickhouse::sink::ClickHouseSink::new(
-            ch,
-            &data_dir,
-            config.writer.compression_level,
-        );
+    // With `[kafka]`, `tracegate write` inserts instead.
+    let clickhouse_stop = if config.kafka.is_none() {
+        crate::clickhouse::sink::from_config(&config).map(|(sink, stop)| {
+            sinks.push(sink);
+            stop
+        })
+    } else {
+        None
+    };
+    if let Some(ch) = &config.clickhouse {
         // ClickHouse wants few, large inserts: gather a group for at least the insert interval.
         writer_cfg.max_wait_ms = writer_cfg.max_wait_ms.max(ch.insert_interval_ms);
-        let stop = sink.stop_token();
-        sinks.push(Arc::new(sink));
-        stop
-    });
+    }
     // A `[kafka]` section replaces the embedded queue + writer with the Kafka producer.
     let (queue, stop_queue): (
         Arc<dyn BatchQueue>,
@@ -151,7 +156,10 @@ pub async fn run(
     let stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
 
-    let http = tokio::spawn(listener::serve(
+    let http_setup = ConnSetup::for_listener(&config, OtlpListener::Http)?;
+    let grpc_setup = ConnSetup::for_listener(&config, OtlpListener::Grpc)?;
+    tracing::info!(otlp_http = %http_setup.describe(), otlp_grpc = %grpc_setup.describe(), "listener security");
+    let http = tokio::spawn(listener::serve_with(
         "otlp_http",
         listeners.http,
         Arc::new(HttpReceiver {
@@ -160,8 +168,9 @@ pub async fn run(
         }),
         stop.clone(),
         drain,
+        http_setup,
     ));
-    let grpc = tokio::spawn(listener::serve(
+    let grpc = tokio::spawn(listener::serve_with(
         "otlp_grpc",
         listeners.grpc,
         Arc::new(GrpcReceiver {
@@ -170,6 +179,7 @@ pub async fn run(
         }),
         stop.clone(),
         drain,
+        grpc_setup,
     ));
     let admin = tokio::spawn(listener::serve(
         "admin",

@@ -29,6 +29,7 @@ struct Refusal {
     count: u64,
     project: String,
     client_addr: String,
+    vpc_endpoint_id: String,
     first_at: String,
 }
 
@@ -94,6 +95,7 @@ impl Audit {
         reason: &'static str,
         project: &str,
         client_addr: &str,
+        vpc_endpoint_id: Option<&str>,
     ) {
         let mut map = self.inner.refusals.lock().expect("audit lock poisoned");
         let id = if map.len() >= MAX_BUCKETS
@@ -107,6 +109,7 @@ impl Audit {
             count: 0,
             project: project.to_string(),
             client_addr: client_addr.to_string(),
+            vpc_endpoint_id: vpc_endpoint_id.unwrap_or_default().to_string(),
             first_at: chrono::Utc::now().to_rfc3339(),
         });
         e.count += 1;
@@ -126,6 +129,7 @@ impl Audit {
                     "count": r.count,
                     "project_id": r.project,
                     "client_addr": r.client_addr,
+                    "vpc_endpoint_id": (!r.vpc_endpoint_id.is_empty()).then_some(r.vpc_endpoint_id),
                     "first_at": r.first_at,
                 }),
             );
@@ -156,9 +160,9 @@ mod tests {
         let p = d.path().join("audit.log");
         let a = Audit::file(&p).unwrap();
         for _ in 0..1000 {
-            a.refusal("abcd", "unknown_key", "", "127.0.0.1:1");
+            a.refusal("abcd", "unknown_key", "", "127.0.0.1:1", None);
         }
-        a.refusal("ef01", "revoked", "p", "127.0.0.1:2");
+        a.refusal("ef01", "revoked", "p", "127.0.0.1:2", Some("vpce-1"));
         a.flush_refusals();
         a.event("key.created", json!({"key_id": "k", "project_id": "p"}));
         let text = std::fs::read_to_string(&p).unwrap();
@@ -169,6 +173,9 @@ mod tests {
         assert_eq!(lines.len(), 3);
         let agg = lines.iter().find(|l| l["credential_id"] == "abcd").unwrap();
         assert_eq!(agg["count"], 1000);
+        assert!(agg["vpc_endpoint_id"].is_null());
+        let one = lines.iter().find(|l| l["credential_id"] == "ef01").unwrap();
+        assert_eq!(one["vpc_endpoint_id"], "vpce-1");
         assert_eq!(lines[2]["event"], "key.created");
     }
 }

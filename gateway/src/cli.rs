@@ -352,21 +352,27 @@ pub async fn bootstrap_first_key(
     let (rec, key) = svc
         .create(NewKey::for_project("default", &cfg.gateway.region))
         .await?;
+    let scheme = |l| match cfg.tls.resolve(l) {
+        Ok(Some(_)) => "https",
+        _ => "http",
+    };
     writeln!(
         out,
         "\ntracegate: first start — created project \"{project}\" and API key {id}.\n\
          The key is shown only this once (only its hash is stored); keep it:\n\n    {key}\n\n\
          Send a first span:\n\n\
-         curl -sS http://{http}/v1/traces \\\n  -H 'Authorization: Bearer {key}' \\\n  -H 'Content-Type: application/json' \\\n  \
+         curl -sS {hs}://{http}/v1/traces \\\n  -H 'Authorization: Bearer {key}' \\\n  -H 'Content-Type: application/json' \\\n  \
          -d '{{\"resourceSpans\":[{{\"resource\":{{\"attributes\":[{{\"key\":\"service.name\",\"value\":{{\"stringValue\":\"hello\"}}}}]}},\"scopeSpans\":[{{\"spans\":[{{\"traceId\":\"5b8efff798038103d269b633813fc60c\",\"spanId\":\"eee19b7ec3c1b174\",\"name\":\"hello\",\"kind\":1,\"startTimeUnixNano\":\"1700000000000000000\",\"endTimeUnixNano\":\"1700000001000000000\"}}]}}]}}]}}'\n\n\
          Or point any OpenTelemetry SDK at it:\n\n\
-         export OTEL_EXPORTER_OTLP_ENDPOINT=http://{http}\n\
-         export OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf     # or grpc with endpoint http://{grpc}\n\
+         export OTEL_EXPORTER_OTLP_ENDPOINT={hs}://{http}\n\
+         export OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf     # or grpc with endpoint {gs}://{grpc}\n\
          export OTEL_EXPORTER_OTLP_HEADERS='authorization=Bearer {key}'\n\n\
          See what arrived:  tracegate archive cat --data-dir {dir}\n",
         project = rec.project_id,
         id = rec.key_id,
         dir = cfg.server.data_dir.display(),
+        hs = scheme(crate::netconfig::OtlpListener::Http),
+        gs = scheme(crate::netconfig::OtlpListener::Grpc),
     )?;
     Ok(())
 }

@@ -8,6 +8,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::netconfig::{ProxyProtocolConfig, TlsConfig};
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -20,11 +22,13 @@ pub struct Config {
     pub writer: WriterConfig,
     /// Archive location and keys (`crate::archive::config`).
     pub archive: crate::archive::config::ArchiveConfig,
+    /// Kafka transport: present → `serve` produces to Kafka; `write` consumes from it.
+    pub kafka: Option<crate::kafka::config::KafkaConfig>,
+    pub tls: TlsConfig,
+    pub proxy_protocol: ProxyProtocolConfig,
     /// ClickHouse sink; on when `clickhouse.url` is set (see `crate::clickhouse::config`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clickhouse: Option<crate::clickhouse::config::ClickHouseConfig>,
-    /// Kafka transport: present → `serve` produces to Kafka; `write` consumes from it.
-    pub kafka: Option<crate::kafka::config::KafkaConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -402,6 +406,7 @@ impl Config {
         if let Some(k) = &self.kafka {
             k.validate()?;
         }
+        crate::netconfig::validate(self)?;
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;
+pub mod netconfig;
 pub mod otlp;
 pub mod queue;
 pub mod server;

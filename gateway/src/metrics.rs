@@ -19,6 +19,8 @@ pub const QUEUE_BATCHES: &str = "tracegate_queue_batches";
 pub const AUTH_CACHE_LOOKUPS: &str = "tracegate_auth_store_lookups_total";
 pub const AUTH_STORE_ERRORS: &str = "tracegate_auth_store_errors_total";
 pub const AUTH_REFUSED: &str = "tracegate_auth_refused_total";
+pub const CONNECTIONS_REFUSED: &str = "tracegate_connections_refused_total";
+pub const TLS_CERT_RELOADS: &str = "tracegate_tls_cert_reloads_total";
 pub const RATE_LIMITED: &str = "tracegate_rate_limited_requests_total";
 pub const BUILD_INFO: &str = "tracegate_build_info";
 // ClickHouse sink (gateway/src/clickhouse/sink.rs).
@@ -103,6 +105,14 @@ fn describe() {
     describe_counter!(AUTH_CACHE_LOOKUPS, "API key store lookups (cache misses)");
     describe_counter!(AUTH_STORE_ERRORS, "Key store lookups that failed");
     describe_counter!(AUTH_REFUSED, "Refused credentials, by reason");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed before HTTP: PROXY header or TLS handshake refused, by listener and reason"
+    );
+    describe_counter!(
+        TLS_CERT_RELOADS,
+        "Certificate/CA reloads, by result (ok, error)"
+    );
     describe_counter!(RATE_LIMITED, "Requests refused by a project quota");
     describe_counter!(
         CLICKHOUSE_INSERTS,

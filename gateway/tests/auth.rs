@@ -384,56 +384,81 @@ fn spoof_request(marker: &str, attrs: &[(String, String)]) -> ExportTraceService
     req
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, .. ProptestConfig::default() })]
-    /// Whatever tenant the client claims in headers or resource attributes, every stored span
-    /// carries the key's project and the claiming attributes hold the key's tenant.
-    #[test]
-    fn spoofed_tenants_never_stick(
-        header_project in "[a-z]{1,12}",
-        attr_values in proptest::collection::vec("[a-zA-Z0-9_-]{1,16}", 3),
-        extra_key in prop_oneof![Just("project".to_string()), Just("tenant".to_string()), Just("x-project-id".to_string())],
-        case in 0u32..1_000_000,
-    ) {
-        use std::sync::OnceLock;
-        static GW: OnceLock<(Gateway, String)> = OnceLock::new();
-        let (gw, key) = GW.get_or_init(|| {
-            let gw = Gateway::start(&[]);
-            let key = gw.create_key("honest");
-            (gw, key)
-        });
-        let marker = format!("spoof-{case}-{header_project}");
-        let attrs = vec![
-            ("tracegate.project_id".to_string(), attr_values[0].clone()),
-            ("tracegate.org_id".to_string(), attr_values[1].clone()),
-            ("tracegate.workspace_id".to_string(), attr_values[2].clone()),
-            (extra_key, attr_values[0].clone()),
-        ];
-        let r = try_post(&http_client(), &gw.traces_url(), &[
-            ("authorization", format!("Bearer {key}").as_str()),
-            ("content-type", "application/x-protobuf"),
-            ("x-tracegate-project", header_project.as_str()),
-            ("x-scope-orgid", header_project.as_str()),
-            ("tracegate-project-id", header_project.as_str()),
-        ], encode(&spoof_request(&marker, &attrs))).unwrap();
-        prop_assert_eq!(r.0, 200);
-        let all = gw.archive_spans(None);
-        let mine: Vec<_> = all.iter().filter(|s| s["span"]["name"].as_str().unwrap_or("").starts_with(&marker)).collect();
-        prop_assert_eq!(mine.len(), 2);
-        for s in mine {
-            prop_assert_eq!(s["project_id"].as_str(), Some("honest"));
-            prop_assert_eq!(s["org_id"].as_str(), Some("default"));
-            for a in s["resource"]["attributes"].as_array().unwrap() {
-                let v = a["value"]["stringValue"].as_str().unwrap_or("");
-                match a["key"].as_str().unwrap() {
-                    "tracegate.project_id" => prop_assert_eq!(v, "honest"),
-                    "tracegate.org_id" => prop_assert_eq!(v, "default"),
-                    "tracegate.workspace_id" => prop_assert_eq!(v, "default"),
-                    _ => {}
+/// Whatever tenant the client claims in headers or resource attributes, every stored span
+/// carries the key's project and the claiming attributes hold the key's tenant.
+#[test]
+fn spoofed_tenants_never_stick() {
+    let gw = Gateway::start(&[]);
+    let key = gw.create_key("honest");
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        "[a-z]{1,12}",
+        proptest::collection::vec("[a-zA-Z0-9_-]{1,16}", 3),
+        prop_oneof![
+            Just("project".to_string()),
+            Just("tenant".to_string()),
+            Just("x-project-id".to_string())
+        ],
+        0u32..1_000_000,
+    );
+    let result = runner.run(
+        &strategy,
+        |(header_project, attr_values, extra_key, case)| {
+            let marker = format!("spoof-{case}-{header_project}");
+            let attrs = vec![
+                ("tracegate.project_id".to_string(), attr_values[0].clone()),
+                ("tracegate.org_id".to_string(), attr_values[1].clone()),
+                ("tracegate.workspace_id".to_string(), attr_values[2].clone()),
+                (extra_key, attr_values[0].clone()),
+            ];
+            let r = try_post(
+                &http_client(),
+                &gw.traces_url(),
+                &[
+                    ("authorization", format!("Bearer {key}").as_str()),
+                    ("content-type", "application/x-protobuf"),
+                    ("x-tracegate-project", header_project.as_str()),
+                    ("x-scope-orgid", header_project.as_str()),
+                    ("tracegate-project-id", header_project.as_str()),
+                ],
+                encode(&spoof_request(&marker, &attrs)),
+            )
+            .unwrap();
+            prop_assert_eq!(r.0, 200);
+            let all = gw.archive_spans(None);
+            let mine: Vec<_> = all
+                .iter()
+                .filter(|s| {
+                    s["span"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with(&marker)
+                })
+                .collect();
+            prop_assert_eq!(mine.len(), 2);
+            for s in mine {
+                prop_assert_eq!(s["project_id"].as_str(), Some("honest"));
+                prop_assert_eq!(s["org_id"].as_str(), Some("default"));
+                for a in s["resource"]["attributes"].as_array().unwrap() {
+                    let v = a["value"]["stringValue"].as_str().unwrap_or("");
+                    match a["key"].as_str().unwrap() {
+                        "tracegate.project_id" => prop_assert_eq!(v, "honest"),
+                        "tracegate.org_id" => prop_assert_eq!(v, "default"),
+                        "tracegate.workspace_id" => prop_assert_eq!(v, "default"),
+                        _ => {}
+                    }
                 }
             }
-        }
-        // No span at all was stored under any project but the key's.
-        prop_assert!(all.iter().all(|s| s["project_id"] == "honest"));
+            // No span at all was stored under any project but the key's.
+            prop_assert!(all.iter().all(|s| s["project_id"] == "honest"));
+            Ok(())
+        },
+    );
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }

@@ -653,7 +653,8 @@ fn clickhouse_down_30s_no_loss_no_duplicate_bounded_memory() {
         &[],
         &[
             ("TRACEGATE_LIMITS__MAX_INFLIGHT_BYTES", "67108864"),
-            ("TRACEGATE_WRITER__QUEUE_CAPACITY", "64"),
+            // 8 clients, room for 4 waiting batches: the others must be refused (503).
+            ("TRACEGATE_WRITER__QUEUE_CAPACITY", "4"),
         ],
     );
     let front = Arc::new(Mutex::new(front));
@@ -681,6 +682,7 @@ fn clickhouse_down_30s_no_loss_no_duplicate_bounded_memory() {
             }
         })
     };
+    let load_started = Instant::now();
     let (acked, failures) = send_sequenced(
         &gw,
         &key,
@@ -698,6 +700,14 @@ fn clickhouse_down_30s_no_loss_no_duplicate_bounded_memory() {
     eprintln!(
         "outage {outage}s: acked {acked}, count {count}, uniq {uniq}, client retries {failures}, \
          rss baseline {baseline} KiB peak {peak} KiB"
+    );
+    assert!(
+        load_started.elapsed() >= Duration::from_secs(outage),
+        "the load finished before the outage ended: the test proves nothing"
+    );
+    assert!(
+        failures > 0,
+        "no request was refused while ClickHouse was down"
     );
     assert_eq!(count, acked);
     assert_eq!(count - uniq, 0);

@@ -10,6 +10,8 @@
 //! * Under load: the writer is killed three times while batches flow; afterwards the archive
 //!   objects of each partition cover disjoint offset ranges (a rewritten batch is the same batch,
 //!   never an overlapping one), every acknowledged span is there, and none twice.
+//! * SIGTERM: buffered messages are written and committed before the exit (0), so a restarted
+//!   writer does not write them again.
 
 mod common;
 
@@ -352,6 +354,91 @@ fn writer_kill9_under_load_leaves_disjoint_batches_and_loses_nothing() {
         "spans archived twice across writer kills (the gateway never failed, so nothing was \
          sent twice): {dupes:?}"
     );
+    let s = writer.terminate();
+    assert!(s.success(), "writer exit {s}");
+}
+
+/// SIGTERM: the writer cuts and writes what it has buffered (its age limit is far away),
+/// commits it, and exits 0; a restarted writer of the same group does not write it again.
+#[test]
+fn writer_sigterm_flushes_commits_and_exits_0() {
+    const TOPIC: &str = "tracegate-wterm";
+    let broker = TestBroker::start(&[(TOPIC, 2)]);
+    let gw_dir = tempfile::Builder::new()
+        .prefix("tg-kwt-gw-")
+        .tempdir()
+        .unwrap();
+    let wr_dir = tempfile::Builder::new()
+        .prefix("tg-kwt-wr-")
+        .tempdir()
+        .unwrap();
+    let mut env = broker.env(TOPIC);
+    env.extend([
+        (
+            "TRACEGATE_KAFKA__SESSION_TIMEOUT_MS".to_string(),
+            SESSION_TIMEOUT_MS.to_string(),
+        ),
+        (
+            "TRACEGATE_KAFKA__BATCH_MAX_AGE_MS".to_string(),
+            "600000".to_string(),
+        ),
+    ]);
+    let env_refs = common::env_refs(&env);
+    let gw = Gateway::start_in(gw_dir.path(), &env_refs);
+    let project = common::unique_project("kafka-wterm");
+    let key = gw.create_key(&project);
+    let mut writer = Writer::start(wr_dir.path(), None, &env_refs);
+    assert!(
+        common::wait_until(Duration::from_secs(20), || {
+            common::get(&format!("{}/readyz", gw.admin_url())).0 == 200
+        }),
+        "gateway never ready"
+    );
+    let mut names = Vec::new();
+    for i in 0..3 {
+        let r = common::post_protobuf(&gw, &key, &common::request_n(&format!("t{i}"), 0, 10));
+        assert_eq!(r.0, 200);
+        names.extend((0..10).map(|j| format!("t{i}-{j}")));
+    }
+    // All three consumed and buffered (not written: the age limit is 10 minutes away).
+    let buffered = common::wait_until(Duration::from_secs(30), || {
+        writer.metric("tracegate_kafka_writer_buffered_bytes") > 0.0
+            && writer.metric("tracegate_kafka_consumer_lag_messages") == 0.0
+    });
+    assert!(buffered, "the writer never buffered the messages");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(writer.metric("tracegate_kafka_writer_batches_total"), 0.0);
+    assert!(common::archive_spans_in(wr_dir.path(), None).is_empty());
+    let s = writer.terminate();
+    assert!(s.success(), "writer SIGTERM exit status {s}");
+    let (missing, _) =
+        common::wait_for_spans(wr_dir.path(), &project, &names, Duration::from_secs(1));
+    assert!(missing.is_empty(), "not flushed on SIGTERM: {missing:?}");
+
+    // The flush was committed: a new writer of the group starts after it.
+    let mut env2 = env.clone();
+    env2.push((
+        "TRACEGATE_KAFKA__BATCH_MAX_AGE_MS".to_string(),
+        "200".to_string(),
+    ));
+    let mut writer = Writer::start(wr_dir.path(), None, &common::env_refs(&env2));
+    let r = common::post_protobuf(&gw, &key, &common::request_n("after", 0, 10));
+    assert_eq!(r.0, 200);
+    names.extend((0..10).map(|j| format!("after-{j}")));
+    let (missing, records) =
+        common::wait_for_spans(wr_dir.path(), &project, &names, Duration::from_secs(60));
+    assert!(missing.is_empty(), "{missing:?}");
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for rec in &records {
+        *counts
+            .entry(rec["span"]["name"].as_str().unwrap())
+            .or_default() += 1;
+    }
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "spans written twice after a clean shutdown: {counts:?}"
+    );
+    assert_disjoint(&archived_groups(wr_dir.path(), TOPIC));
     let s = writer.terminate();
     assert!(s.success(), "writer exit {s}");
 }

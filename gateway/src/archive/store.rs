@@ -104,7 +104,7 @@ enum Backend {
     },
     S3 {
         bucket: String,
-        builder: AmazonS3Builder,
+        builder: Box<AmazonS3Builder>,
         /// Reads and lists (no SSE headers needed).
         read: Arc<dyn ObjectStore>,
         /// Writers by SSE-KMS key id (None: the bucket's AWS-managed key).
@@ -205,7 +205,7 @@ impl ArchiveStore {
                 (
                     Backend::S3 {
                         bucket,
-                        builder,
+                        builder: Box::new(builder),
                         read,
                         writers: Mutex::new(HashMap::new()),
                     },
@@ -264,8 +264,8 @@ impl ArchiveStore {
                     return Ok((s.clone(), key));
                 }
                 let b = match &key {
-                    Some(k) => builder.clone().with_sse_kms_encryption(k),
-                    None => builder.clone().with_config(
+                    Some(k) => (**builder).clone().with_sse_kms_encryption(k),
+                    None => (**builder).clone().with_config(
                         "aws_server_side_encryption"
                             .parse::<AmazonS3ConfigKey>()
                             .context("S3 encryption config key")?,

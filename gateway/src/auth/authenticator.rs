@@ -274,7 +274,13 @@ impl Authenticator {
         origin: &Origin,
         err: ApiError,
     ) -> ApiError {
-        self.audit.refusal(id, reason, project, &origin.client_addr);
+        self.audit.refusal(
+            id,
+            reason,
+            project,
+            &origin.client_addr,
+            origin.vpc_endpoint_id.as_deref(),
+        );
         metrics::counter!(m::AUTH_REFUSED, "reason" => reason).increment(1);
         err
     }

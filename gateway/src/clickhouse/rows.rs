@@ -70,13 +70,20 @@ pub struct Encoder {
     payload_keys: Vec<u8>,
     payload_key_count: usize,
     payload_prefix: Vec<u8>,
+    attr_ranges: Vec<(u32, u32)>,
+    event_ranges: Vec<(u32, u32)>,
+    link_ranges: Vec<(u32, u32)>,
     itoa: itoa::Buffer,
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-#[inline]
+#[inline(always)]
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    if v < 0x80 {
+        out.push(v as u8);
+        return;
+    }
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -84,7 +91,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-#[inline]
+#[inline(always)]
 fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     put_varint(out, s.len() as u64);
     out.extend_from_slice(s);
@@ -197,7 +204,45 @@ enum Any<'a> {
     Bytes(&'a [u8]),
 }
 
+/// A varint at `*p` (fast path helper; `None` on anything unusual).
+#[inline(always)]
+fn varint_at(b: &[u8], p: &mut usize) -> Option<usize> {
+    let first = *b.get(*p)?;
+    *p += 1;
+    if first < 0x80 {
+        return Some(first as usize);
+    }
+    let mut v = (first & 0x7f) as u64;
+    let mut shift = 7;
+    loop {
+        let x = *b.get(*p)?;
+        *p += 1;
+        v |= ((x & 0x7f) as u64) << shift;
+        if x < 0x80 {
+            return usize::try_from(v).ok();
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
+}
+
+#[inline(always)]
 fn parse_any(msg: &[u8]) -> Result<Any<'_>, PbError> {
+    // Fast path: the message is exactly one string_value field (the common case).
+    if msg.first() == Some(&0x0a) {
+        let mut p = 1;
+        if let Some(n) = varint_at(msg, &mut p) {
+            if p.checked_add(n) == Some(msg.len()) {
+                return Ok(Any::Str(&msg[p..]));
+            }
+        }
+    }
+    parse_any_slow(msg)
+}
+
+fn parse_any_slow(msg: &[u8]) -> Result<Any<'_>, PbError> {
     let mut r = Reader::new(msg);
     let mut v = Any::Empty;
     while let Some((n, f)) = r.next_field()? {
@@ -218,6 +263,27 @@ fn parse_any(msg: &[u8]) -> Result<Any<'_>, PbError> {
 /// Splits a `KeyValue` message into its key and value message.
 #[inline]
 fn parse_kv(msg: &[u8]) -> Result<(&[u8], &[u8]), PbError> {
+    // Fast path: `key` (field 1) then `value` (field 2), nothing else.
+    if msg.first() == Some(&0x0a) {
+        let mut p = 1;
+        if let Some(kl) = varint_at(msg, &mut p) {
+            if let Some(key) = msg.get(p..p.saturating_add(kl)) {
+                let mut q = p + kl;
+                if msg.get(q) == Some(&0x12) {
+                    q += 1;
+                    if let Some(vl) = varint_at(msg, &mut q) {
+                        if q.checked_add(vl) == Some(msg.len()) {
+                            return Ok((key, &msg[q..]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    parse_kv_slow(msg)
+}
+
+fn parse_kv_slow(msg: &[u8]) -> Result<(&[u8], &[u8]), PbError> {
     let mut r = Reader::new(msg);
     let (mut k, mut v): (&[u8], &[u8]) = (&[], &[]);
     while let Some((n, f)) = r.next_field()? {
@@ -414,6 +480,9 @@ impl Encoder {
             payload_keys: Vec::new(),
             payload_key_count: 0,
             payload_prefix: Vec::new(),
+            attr_ranges: Vec::new(),
+            event_ranges: Vec::new(),
+            link_ranges: Vec::new(),
             itoa: itoa::Buffer::new(),
         }
     }
@@ -447,7 +516,7 @@ impl Encoder {
         for_each(&batch.otlp_request, 1, |rs| self.resource_spans(rs, out))
     }
 
-    fn resource_spans<'a>(&mut self, rs: &'a [u8], out: &mut Encoded) -> Result<(), PbError> {
+    fn resource_spans(&mut self, rs: &[u8], out: &mut Encoded) -> Result<(), PbError> {
         // Fields may come in any order: find the resource first, then walk the scopes.
         let mut resource: &[u8] = &[];
         let mut r = Reader::new(rs);
@@ -484,7 +553,7 @@ impl Encoder {
         for_each(rs, 2, |ss| self.scope_spans(ss, out))
     }
 
-    fn scope_spans<'a>(&mut self, ss: &'a [u8], out: &mut Encoded) -> Result<(), PbError> {
+    fn scope_spans(&mut self, ss: &[u8], out: &mut Encoded) -> Result<(), PbError> {
         let mut scope: &[u8] = &[];
         let mut r = Reader::new(ss);
         while let Some((n, v)) = r.next_field()? {
@@ -522,73 +591,104 @@ impl Encoder {
         for_each(ss, 2, |span| self.span(span, out))
     }
 
-    /// Writes one attribute map (count + pairs) for the KeyValues of field `num` of `msg`,
-    /// moving large values to the payload table.
+    /// Writes one attribute map (count + pairs) of the KeyValue messages at `kvs` (ranges in
+    /// `base`), moving large values to the payload table unless `split` is false.
+    #[allow(clippy::too_many_arguments)]
     fn attr_map<'a>(
         &mut self,
         out: &mut Encoded,
-        msg: &'a [u8],
-        num: u32,
-        count: u64,
+        base: &'a [u8],
+        kvs: &[(u32, u32)],
         loc: Loc,
+        split: bool,
         mut genai: Option<&mut GenAi<'a>>,
     ) -> Result<(), PbError> {
-        put_varint(&mut out.spans, count);
-        let mut r = Reader::new(msg);
-        while let Some((n, f)) = r.next_field()? {
-            if n != num {
-                continue;
-            }
-            let (k, v) = parse_kv(f.bytes())?;
+        put_varint(&mut out.spans, kvs.len() as u64);
+        let threshold = if split {
+            self.opts.payload_threshold_bytes
+        } else {
+            usize::MAX
+        };
+        for &(from, to) in kvs {
+            let (k, v) = parse_kv(&base[from as usize..to as usize])?;
             let any = parse_any(v)?;
             if let Some(g) = genai.as_deref_mut() {
                 g.observe(k, any);
             }
             let s = any_string(any, &mut self.json, &mut self.itoa)?;
             put_str(&mut out.spans, k);
-            if s.len() > self.opts.payload_threshold_bytes {
-                put_str(
-                    &mut out.spans,
-                    utf8_prefix(s, self.opts.payload_preview_bytes),
-                );
-                // Payload row: tenant, Timestamp, TraceId, SpanId (the span's prefix),
-                // Location, EventIndex, Key, Value, ValueBytes.
-                out.payloads.extend_from_slice(&self.tenant);
-                out.payloads.extend_from_slice(&self.payload_prefix);
-                match loc {
-                    Loc::Span => {
-                        put_str(&mut out.payloads, b"span");
-                        put_u32(&mut out.payloads, 0);
-                        put_varint(&mut self.payload_keys, (k.len() + 5) as u64);
-                        self.payload_keys.extend_from_slice(b"span:");
-                        self.payload_keys.extend_from_slice(k);
-                    }
-                    Loc::Event(i) => {
-                        put_str(&mut out.payloads, b"event");
-                        put_u32(&mut out.payloads, i);
-                        let idx = self.itoa.format(i);
-                        put_varint(&mut self.payload_keys, (k.len() + 7 + idx.len()) as u64);
-                        self.payload_keys.extend_from_slice(b"event:");
-                        self.payload_keys.extend_from_slice(idx.as_bytes());
-                        self.payload_keys.push(b':');
-                        self.payload_keys.extend_from_slice(k);
-                    }
-                }
-                self.payload_key_count += 1;
-                put_str(&mut out.payloads, k);
-                put_str(&mut out.payloads, s);
-                put_u64(&mut out.payloads, s.len() as u64);
-                out.payload_rows += 1;
-            } else {
+            if s.len() <= threshold {
                 put_str(&mut out.spans, s);
+                continue;
             }
+            put_str(
+                &mut out.spans,
+                utf8_prefix(s, self.opts.payload_preview_bytes),
+            );
+            // Payload row: tenant, Timestamp, TraceId, SpanId (the span's prefix), Location,
+            // EventIndex, Key, Value, ValueBytes.
+            out.payloads.extend_from_slice(&self.tenant);
+            out.payloads.extend_from_slice(&self.payload_prefix);
+            match loc {
+                Loc::Span => {
+                    put_str(&mut out.payloads, b"span");
+                    put_u32(&mut out.payloads, 0);
+                    put_varint(&mut self.payload_keys, (k.len() + 5) as u64);
+                    self.payload_keys.extend_from_slice(b"span:");
+                    self.payload_keys.extend_from_slice(k);
+                }
+                Loc::Event(i) => {
+                    put_str(&mut out.payloads, b"event");
+                    put_u32(&mut out.payloads, i);
+                    let idx = self.itoa.format(i);
+                    put_varint(&mut self.payload_keys, (k.len() + 7 + idx.len()) as u64);
+                    self.payload_keys.extend_from_slice(b"event:");
+                    self.payload_keys.extend_from_slice(idx.as_bytes());
+                    self.payload_keys.push(b':');
+                    self.payload_keys.extend_from_slice(k);
+                }
+            }
+            self.payload_key_count += 1;
+            put_str(&mut out.payloads, k);
+            put_str(&mut out.payloads, s);
+            put_u64(&mut out.payloads, s.len() as u64);
+            out.payload_rows += 1;
         }
         Ok(())
     }
 
-    fn span<'a>(&mut self, msg: &'a [u8], out: &mut Encoded) -> Result<(), PbError> {
+    fn span(&mut self, msg: &[u8], out: &mut Encoded) -> Result<(), PbError> {
+        // One scan of the span: scalars, plus the positions of attributes, events and links
+        // (kept in reusable vectors, so nothing is allocated per span in steady state).
         let mut s = SpanRef::default();
-        let (mut n_attrs, mut n_events, mut n_links) = (0u64, 0u64, 0u64);
+        let mut attrs = std::mem::take(&mut self.attr_ranges);
+        let mut events = std::mem::take(&mut self.event_ranges);
+        let mut links = std::mem::take(&mut self.link_ranges);
+        attrs.clear();
+        events.clear();
+        links.clear();
+        let r = self.span_inner(msg, out, &mut s, &mut attrs, &mut events, &mut links);
+        self.attr_ranges = attrs;
+        self.event_ranges = events;
+        self.link_ranges = links;
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn span_inner<'a>(
+        &mut self,
+        msg: &'a [u8],
+        out: &mut Encoded,
+        s: &mut SpanRef<'a>,
+        attrs: &mut Vec<(u32, u32)>,
+        events: &mut Vec<(u32, u32)>,
+        links: &mut Vec<(u32, u32)>,
+    ) -> Result<(), PbError> {
+        let base = msg.as_ptr() as usize;
+        let range = |b: &[u8]| {
+            let from = (b.as_ptr() as usize - base) as u32;
+            (from, from + b.len() as u32)
+        };
         let mut r = Reader::new(msg);
         while let Some((n, v)) = r.next_field()? {
             match n {
@@ -600,11 +700,11 @@ impl Encoder {
                 6 => s.kind = v.u64(),
                 7 => s.start = v.u64(),
                 8 => s.end = v.u64(),
-                9 => n_attrs += 1,
+                9 => attrs.push(range(v.bytes())),
                 10 => s.dropped_attributes = v.u64() as u32,
-                11 => n_events += 1,
+                11 => events.push(range(v.bytes())),
                 12 => s.dropped_events = v.u64() as u32,
-                13 => n_links += 1,
+                13 => links.push(range(v.bytes())),
                 14 => s.dropped_links = v.u64() as u32,
                 15 => {
                     let mut st = Reader::new(v.bytes());
@@ -629,6 +729,8 @@ impl Encoder {
         self.payload_key_count = 0;
 
         let o = &mut out.spans;
+        // The row is about as long as the span's protobuf: grow once, not per column.
+        o.reserve(msg.len() + self.resource_attrs.len() + self.scope_attrs.len() + 256);
         o.extend_from_slice(&self.tenant);
         put_i64(o, s.start as i64);
         put_hex(o, s.trace_id);
@@ -641,87 +743,76 @@ impl Encoder {
         o.extend_from_slice(&self.resource_attrs);
         o.extend_from_slice(&self.scope_name_version);
         let mut genai = GenAi::default();
-        self.attr_map(out, msg, 9, n_attrs, Loc::Span, Some(&mut genai))?;
+        self.attr_map(out, msg, attrs, Loc::Span, true, Some(&mut genai))?;
         let o = &mut out.spans;
         put_u64(o, s.end.saturating_sub(s.start));
         put_str(o, status_code(s.status_code).as_bytes());
         put_str(o, s.status_message);
 
         // Events.Timestamp, Events.Name, Events.Attributes
-        put_varint(o, n_events);
-        for_each(msg, 11, |ev| {
-            let mut r = Reader::new(ev);
-            let mut t = 0;
-            while let Some((n, v)) = r.next_field()? {
-                if n == 1 {
-                    t = v.u64();
-                }
-            }
-            put_i64(&mut out.spans, t as i64);
-            Ok(())
-        })?;
-        put_varint(&mut out.spans, n_events);
-        for_each(msg, 11, |ev| {
-            let mut r = Reader::new(ev);
-            let mut name: &[u8] = &[];
-            while let Some((n, v)) = r.next_field()? {
-                if n == 2 {
-                    name = v.bytes();
-                }
-            }
-            put_str(&mut out.spans, name);
-            Ok(())
-        })?;
-        put_varint(&mut out.spans, n_events);
-        let mut i = 0u32;
-        for_each(msg, 11, |ev| {
-            let mut count = 0;
-            let mut r = Reader::new(ev);
-            while let Some((n, _)) = r.next_field()? {
-                if n == 3 {
-                    count += 1;
-                }
-            }
-            self.attr_map(out, ev, 3, count, Loc::Event(i), None)?;
-            i += 1;
-            Ok(())
-        })?;
-
-        // Links.TraceId, Links.SpanId, Links.TraceState, Links.Attributes
-        for field in [1u32, 2, 3] {
-            put_varint(&mut out.spans, n_links);
-            for_each(msg, 13, |l| {
-                let mut r = Reader::new(l);
-                let mut val: &[u8] = &[];
+        if events.is_empty() {
+            o.extend_from_slice(&[0, 0, 0]);
+        } else {
+            let mut names: Vec<&[u8]> = Vec::with_capacity(events.len());
+            put_varint(o, events.len() as u64);
+            for &(from, to) in events.iter() {
+                let mut r = Reader::new(&msg[from as usize..to as usize]);
+                let (mut t, mut name): (u64, &[u8]) = (0, &[]);
                 while let Some((n, v)) = r.next_field()? {
-                    if n == field {
-                        val = v.bytes();
+                    match n {
+                        1 => t = v.u64(),
+                        2 => name = v.bytes(),
+                        _ => {}
                     }
                 }
-                if field == 3 {
-                    put_str(&mut out.spans, val);
-                } else {
-                    put_hex(&mut out.spans, val);
-                }
-                Ok(())
-            })?;
+                put_i64(o, t as i64);
+                names.push(name);
+            }
+            put_varint(o, events.len() as u64);
+            for name in names {
+                put_str(o, name);
+            }
+            put_varint(&mut out.spans, events.len() as u64);
+            let mut sub = Vec::new();
+            for (i, &(from, to)) in events.iter().enumerate() {
+                let ev = &msg[from as usize..to as usize];
+                sub.clear();
+                kv_ranges(ev, 3, &mut sub)?;
+                self.attr_map(out, ev, &sub, Loc::Event(i as u32), true, None)?;
+            }
         }
-        put_varint(&mut out.spans, n_links);
-        for_each(msg, 13, |l| {
-            let mut count = 0;
-            let mut r = Reader::new(l);
-            while let Some((n, _)) = r.next_field()? {
-                if n == 4 {
-                    count += 1;
+
+        // Links.TraceId, Links.SpanId, Links.TraceState, Links.Attributes
+        if links.is_empty() {
+            out.spans.extend_from_slice(&[0, 0, 0, 0]);
+        } else {
+            for field in [1u32, 2, 3] {
+                put_varint(&mut out.spans, links.len() as u64);
+                for &(from, to) in links.iter() {
+                    let mut r = Reader::new(&msg[from as usize..to as usize]);
+                    let mut val: &[u8] = &[];
+                    while let Some((n, v)) = r.next_field()? {
+                        if n == field {
+                            val = v.bytes();
+                        }
+                    }
+                    if field == 3 {
+                        put_str(&mut out.spans, val);
+                    } else {
+                        put_hex(&mut out.spans, val);
+                    }
                 }
             }
-            // Link attributes are small by nature; kept whole in the map.
-            let saved = self.opts.payload_threshold_bytes;
-            self.opts.payload_threshold_bytes = usize::MAX;
-            let r = self.attr_map(out, l, 4, count, Loc::Span, None);
-            self.opts.payload_threshold_bytes = saved;
-            r
-        })?;
+            put_varint(&mut out.spans, links.len() as u64);
+            let mut sub = Vec::new();
+            for &(from, to) in links.iter() {
+                let l = &msg[from as usize..to as usize];
+                sub.clear();
+                kv_ranges(l, 4, &mut sub)?;
+                // Link attributes are small by nature; kept whole in the map.
+                self.attr_map(out, l, &sub, Loc::Span, false, None)?;
+            }
+        }
 
         let o = &mut out.spans;
         o.extend_from_slice(&self.scope_attrs);
@@ -748,6 +839,16 @@ impl Encoder {
     }
 }
 
+/// Positions (in `msg`) of the length-delimited occurrences of field `num`.
+fn kv_ranges(msg: &[u8], num: u32, out: &mut Vec<(u32, u32)>) -> Result<(), PbError> {
+    let base = msg.as_ptr() as usize;
+    for_each(msg, num, |b| {
+        let from = (b.as_ptr() as usize - base) as u32;
+        out.push((from, from + b.len() as u32));
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -765,6 +866,63 @@ mod tests {
         assert_eq!(f(3.0), "3");
         assert_eq!(f(f64::NAN), "NaN");
         assert_eq!(f(f64::NEG_INFINITY), "-Inf");
+    }
+
+    #[test]
+    fn fast_paths_agree_with_the_generic_reader() {
+        use prost::Message;
+        use tracegate_proto::otlp::common::v1::{any_value, AnyValue, KeyValue};
+        let kv = KeyValue {
+            key: "k".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("v".repeat(300))),
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let (k, v) = parse_kv(&kv).unwrap();
+        assert_eq!(parse_kv_slow(&kv).unwrap(), (k, v));
+        assert_eq!(k, b"k");
+        assert!(matches!(parse_any(v).unwrap(), Any::Str(s) if s.len() == 300));
+        // Fields in reverse order and a repeated oneof: the generic path decides.
+        let rev = [0x12, 2, 0x18, 0x05, 0x0a, 0x01, b'k'];
+        let (k, v) = parse_kv(&rev).unwrap();
+        assert_eq!(k, b"k");
+        assert!(matches!(parse_any(v).unwrap(), Any::Int(5)));
+        let twice = [0x0a, 1, b'a', 0x18, 7];
+        assert!(matches!(parse_any(&twice).unwrap(), Any::Int(7)));
+    }
+
+    #[test]
+    fn nested_values_become_json() {
+        let mut scratch = Vec::new();
+        let mut itoa = itoa::Buffer::new();
+        // kvlist { "a": [1, "x\n"], "b": bytes [1] }
+        let arr = [
+            0x0a, 0x02, 0x18, 0x01, // AnyValue{int 1}
+            0x0a, 0x04, 0x0a, 0x02, b'x', b'\n', // AnyValue{string "x\n"}
+        ];
+        let mut a_kv = vec![
+            0x0a,
+            0x01,
+            b'a',
+            0x12,
+            (arr.len() + 2) as u8,
+            0x2a,
+            arr.len() as u8,
+        ];
+        a_kv.extend_from_slice(&arr);
+        let b_kv = [0x0a, 0x01, b'b', 0x12, 0x03, 0x3a, 0x01, 0x01];
+        let mut list = vec![0x0a, a_kv.len() as u8];
+        list.extend_from_slice(&a_kv);
+        list.push(0x0a);
+        list.push(b_kv.len() as u8);
+        list.extend_from_slice(&b_kv);
+        let s = any_string(Any::KvList(&list), &mut scratch, &mut itoa).unwrap();
+        assert_eq!(
+            std::str::from_utf8(s).unwrap(),
+            r#"{"a":[1,"x\n"],"b":"AQ=="}"#
+        );
     }
 
     #[test]

@@ -246,6 +246,16 @@ impl ClickHouseSink {
     }
 }
 
+/// The sink for `config.clickhouse`, if configured, with the token that stops its retries at
+/// shutdown (cancel it after the sources have drained, before the writer's last flush). The
+/// dead-letter archive goes under `config.server.data_dir`.
+pub fn from_config(config: &crate::config::Config) -> Option<(Arc<dyn Sink>, CancellationToken)> {
+    let ch = config.clickhouse.as_ref()?;
+    let sink = ClickHouseSink::new(ch, &config.server.data_dir, config.writer.compression_level);
+    let stop = sink.stop_token();
+    Some((Arc::new(sink), stop))
+}
+
 impl Sink for ClickHouseSink {
     fn name(&self) -> &'static str {
         "clickhouse"
@@ -404,7 +414,7 @@ impl Inner {
                     }
                     let wait = self.backoff(attempt);
                     // Log the first failures, then every 10th, so an outage does not flood.
-                    if attempt < 3 || attempt % 10 == 0 {
+                    if attempt < 3 || attempt.is_multiple_of(10) {
                         tracing::warn!(token, table = t, attempt, error = %e, retry_in_ms = wait.as_millis() as u64, "ClickHouse insert failed; retrying the same insert");
                     }
                     attempt += 1;

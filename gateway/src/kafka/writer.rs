@@ -1015,7 +1015,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     // The archive of `[archive]` (local or S3, encrypted; docs/archive-format.md).
-    let sinks: Vec<Arc<dyn Sink>> = vec![crate::archive::store::archive_sink(&config)?];
+    let mut sinks: Vec<Arc<dyn Sink>> = vec![crate::archive::store::archive_sink(&config)?];
+    // ClickHouse (docs/clickhouse.md): the group id `topic:partition:first-last` is the insert
+    // deduplication token, so a range re-read after a crash is dropped by ClickHouse.
+    let clickhouse_stop = crate::clickhouse::sink::from_config(&config).map(|(sink, stop)| {
+        sinks.push(sink);
+        stop
+    });
     let admin_listener = TcpListener::bind(kcfg.writer_admin_addr)
         .await
         .with_context(|| format!("binding kafka.writer_admin_addr {}", kcfg.writer_admin_addr))?;
@@ -1121,6 +1127,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     shutting_down.store(true, Ordering::Relaxed);
     shared.shutdown.store(true, Ordering::Relaxed);
+    // A failing ClickHouse insert is not retried any more: its range stays uncommitted and the
+    // next owner writes it again (same tokens).
+    if let Some(stop) = &clickhouse_stop {
+        stop.cancel();
+    }
     // The loop drains within server.shutdown_timeout_ms; leaving the group gets a little more.
     let wait = Duration::from_millis(config.server.shutdown_timeout_ms) + Duration::from_secs(10);
     if tokio::time::timeout(wait, fin_rx).await.is_err() {

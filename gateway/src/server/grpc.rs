@@ -129,11 +129,8 @@ impl GrpcReceiver {
                 .get("grpc-encoding")
                 .map(|v| v.to_str().unwrap_or("<invalid>")),
         )?;
-        let origin = crate::auth::authenticator::Origin {
-            client_ip: Some(peer.ip()),
-            client_addr: peer.to_string(),
-            vpc_endpoint_id: None,
-        };
+        // Client address and VPC endpoint id from the PROXY header when the listener uses one.
+        let origin = super::conn::origin(&req.extensions, peer);
         let principal = self
             .ingest
             .authenticate(

@@ -1,6 +1,7 @@
 //! Accept loop with graceful shutdown: on shutdown stop accepting at once, let in-flight
-//! requests finish (bounded by a timeout), then return. One implementation for every listener,
-//! so TLS and PROXY protocol (later issues) plug in here once.
+//! requests finish (bounded by a timeout), then return. One implementation for every listener.
+//! PROXY protocol and TLS run per connection in its own task (`conn::ConnSetup::establish`), so
+//! a slow client cannot stall `accept()`; a connection still in set-up at shutdown is dropped.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,6 +17,9 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::conn::{ConnInfo, ConnSetup};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -28,7 +32,9 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
-/// A request handler: gets the request and the peer address.
+/// A request handler: gets the request and the client's address (from the PROXY header when
+/// the listener uses one, else the TCP peer). The request's extensions hold the connection's
+/// `Arc<ConnInfo>` (VPC endpoint id, TLS); `conn::origin()` turns them into an auth `Origin`.
 pub trait Handler: Send + Sync + 'static {
     fn call(
         self: Arc<Self>,
@@ -37,6 +43,7 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = http::Response<Body>> + Send;
 }
 
+/// Plain-text HTTP, no PROXY protocol (the admin listener).
 pub async fn serve<H: Handler>(
     name: &'static str,
     listener: TcpListener,
@@ -44,6 +51,26 @@ pub async fn serve<H: Handler>(
     shutdown: CancellationToken,
     drain_timeout: Duration,
 ) {
+    serve_with(
+        name,
+        listener,
+        handler,
+        shutdown,
+        drain_timeout,
+        ConnSetup::plain(),
+    )
+    .await
+}
+
+pub async fn serve_with<H: Handler>(
+    name: &'static str,
+    listener: TcpListener,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+    setup: ConnSetup,
+) {
+    let setup = Arc::new(setup);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -54,6 +81,7 @@ pub async fn serve<H: Handler>(
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
         .max_concurrent_streams(1024);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -70,16 +98,36 @@ pub async fn serve<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let h = handler.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let h = h.clone();
-            async move { Ok::<_, Infallible>(h.call(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let setup = setup.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let (io, info) = tokio::select! {
+                r = setup.establish(name, stream, peer) => match r {
+                    Ok(x) => x,
+                    Err(()) => return,
+                },
+                _ = stop.cancelled() => return,
+            };
+            let span = tracing::info_span!(
+                "conn",
+                listener = name,
+                client = %info.client,
+                vpce = info.vpc_endpoint_id.as_deref().unwrap_or("-"),
+                tls = info.tls,
+            );
+            tracing::debug!(parent: &span, peer = %info.peer, "connection established");
+            let info: Arc<ConnInfo> = Arc::new(info);
+            let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+                let h = h.clone();
+                let client = info.client;
+                req.extensions_mut().insert(info.clone());
+                let span = span.clone();
+                async move { Ok::<_, Infallible>(h.call(req, client).instrument(span).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(listener = name, error = %e, "connection ended with error");
             }
         });

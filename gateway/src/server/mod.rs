@@ -3,6 +3,10 @@
 
 pub mod admin;
 pub mod body;
+pub mod conn;
 pub mod grpc;
 pub mod http;
 pub mod listener;
+pub mod proxy;
+pub mod proxy_header;
+pub mod tls;

@@ -1344,6 +1344,76 @@ pub fn wait_for_spans(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Keys with extra options (allow-lists) and raw connections (PROXY protocol tests)
+// ---------------------------------------------------------------------------------------------
+
+/// `tracegate keys create --project P --data-dir D EXTRA...` (e.g. `--vpce vpce-1`,
+/// `--cidr 10.0.0.0/8`); returns the secret (last stdout line).
+pub fn create_key_with(data_dir: &Path, project: &str, extra: &[&str]) -> String {
+    let dir = data_dir.to_str().expect("utf-8 data dir");
+    let mut args = vec!["keys", "create", "--project", project, "--data-dir", dir];
+    args.extend_from_slice(extra);
+    let out = run_tracegate(&args, &[], CMD_TIMEOUT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tracegate {args:?} failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_else(|| panic!("keys create printed no key; stdout: {stdout:?}"))
+        .to_string()
+}
+
+/// A complete HTTP/1.1 `POST /v1/traces` (protobuf, `Connection: close`) as bytes.
+pub fn raw_http_post(key: &str, body: &[u8]) -> Vec<u8> {
+    let mut req = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\n\
+         Authorization: Bearer {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+/// Status code of the first HTTP/1.x response in `bytes`, if any.
+pub fn http_status_of(bytes: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(bytes);
+    let line = text.lines().next()?;
+    let mut parts = line.split_whitespace();
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
+
+/// Connects to `addr`, writes `preamble` then `request`, and reads until the server closes
+/// (10 s bound). `None` = no HTTP response (the connection was closed or reset).
+pub fn raw_exchange(addr: SocketAddr, preamble: &[u8], request: &[u8]) -> Option<u16> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Writes may fail once the server has closed: that is an answer too.
+    let _ = s.write_all(preamble);
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    http_status_of(&out)
+}
+
+// ---------------------------------------------------------------------------------------------
 // ClickHouse: a real engine (chdb, PyPI) behind the test-only HTTP front
 // deploy/testing/chdb_front.py. See docs/testing.md.
 // ---------------------------------------------------------------------------------------------
