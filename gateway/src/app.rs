@@ -12,7 +12,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
-use crate::archive::local::LocalArchive;
 use crate::audit::Audit;
 use crate::auth::authenticator::Authenticator;
 use crate::auth::file_store::FileKeyStore;
@@ -25,7 +24,7 @@ use crate::config::StoreKind;
 use crate::ingest::Ingest;
 use crate::netconfig::OtlpListener;
 use crate::queue::embedded::{BatchQueue, EmbeddedQueue};
-use crate::queue::sink::{ArchiveSink, Sink};
+use crate::queue::sink::Sink;
 use crate::server::conn::ConnSetup;
 use crate::server::{admin::Admin, grpc::GrpcReceiver, http::HttpReceiver, listener};
 
@@ -113,15 +112,7 @@ pub async fn run(
         }
         None => None,
     };
-    let archive = LocalArchive::new(&data_dir, config.writer.compression_level);
-    let stale = archive.remove_stale_temp_files()?;
-    if stale > 0 {
-        tracing::info!(
-            count = stale,
-            "removed unacknowledged temp files from an earlier crash"
-        );
-    }
-    let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(ArchiveSink::new(archive))];
+    let mut sinks: Vec<Arc<dyn Sink>> = vec![crate::archive::store::archive_sink(&config)?];
     let mut writer_cfg = config.writer.clone();
     // ClickHouse sink (docs/clickhouse.md): after the archive, in the same acknowledged path.
     // With `[kafka]`, `tracegate write` inserts instead.

@@ -1,4 +1,5 @@
-//! Command line: `serve` (the default), `keys create`, `archive cat`, `migrate`.
+//! Command line: `serve` (the default), `keys …`, `archive ls|cat|replay|rotate-key|keys`,
+//! `migrate`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -6,10 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use prost::Message;
-use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 
-use crate::archive::local::LocalArchive;
 use std::sync::Arc;
 
 use crate::audit::Audit;
@@ -188,16 +186,7 @@ fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
     }
 }
 
-#[derive(Subcommand, Debug)]
-pub enum ArchiveCommand {
-    /// Print every archived span as one JSON line.
-    Cat {
-        #[arg(long)]
-        project: Option<String>,
-        #[command(flatten)]
-        common: CommonArgs,
-    },
-}
+pub use crate::archive::cmd::ArchiveCommand;
 
 impl CommonArgs {
     pub fn load(&self) -> Result<Config> {
@@ -388,35 +377,7 @@ pub async fn bootstrap_first_key(
     Ok(())
 }
 
-pub fn archive_cat(project: Option<&str>, common: &CommonArgs, out: &mut impl Write) -> Result<()> {
-    let cfg = common.load()?;
-    let archive = LocalArchive::new(&cfg.server.data_dir, cfg.writer.compression_level);
-    for path in archive.list(project)? {
-        for batch in LocalArchive::read_object(&path)? {
-            if project.is_some_and(|p| p != batch.project_id) {
-                continue;
-            }
-            let req = ExportTraceServiceRequest::decode(batch.otlp_request.clone())
-                .with_context(|| format!("decoding OTLP payload in {}", path.display()))?;
-            for rs in &req.resource_spans {
-                for ss in &rs.scope_spans {
-                    for span in &ss.spans {
-                        let line = serde_json::json!({
-                            "project_id": batch.project_id,
-                            "org_id": batch.org_id,
-                            "batch_id": hex::encode(&batch.batch_id),
-                            "received_at_unix_nano": batch.received_at_unix_nano,
-                            "resource": rs.resource,
-                            "scope": ss.scope,
-                            "span": span,
-                        });
-                        serde_json::to_writer(&mut *out, &line)?;
-                        out.write_all(b"\n")?;
-                    }
-                }
-            }
-        }
-    }
-    out.flush()?;
-    Ok(())
+/// `tracegate archive …` (implemented in `crate::archive::cmd`).
+pub fn archive(cmd: ArchiveCommand, out: &mut impl Write) -> Result<()> {
+    crate::archive::cmd::run(cmd, out)
 }

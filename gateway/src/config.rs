@@ -20,6 +20,8 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub audit: AuditConfig,
     pub writer: WriterConfig,
+    /// Archive location and keys (`crate::archive::config`).
+    pub archive: crate::archive::config::ArchiveConfig,
     /// Kafka transport: present → `serve` produces to Kafka; `write` consumes from it.
     pub kafka: Option<crate::kafka::config::KafkaConfig>,
     pub tls: TlsConfig,
@@ -391,6 +393,7 @@ impl Config {
                 message: "must be \"stdout\", \"file\" or \"off\"".into(),
             });
         }
+        self.archive.validate(&self.server.data_dir)?;
         if let Some(ch) = &self.clickhouse {
             ch.validate()?;
         }

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use clap::Parser;
-use tracegate::cli::{self, ArchiveCommand, Cli, Command, ServeArgs};
+use tracegate::cli::{self, Cli, Command, ServeArgs};
 
 fn main() {
     let cli = Cli::parse();
@@ -37,9 +37,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(cli::keys(command, &mut stdout))
         }
-        Command::Archive {
-            command: ArchiveCommand::Cat { project, common },
-        } => cli::archive_cat(project.as_deref(), &common, &mut stdout),
+        Command::Archive { command } => cli::archive(command, &mut stdout),
         Command::Migrate(common) => {
             let cfg = common.load()?;
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -1,7 +1,17 @@
-//! The archive: a documented, versioned, compressed object format (`format`), durable local
-//! file writes (`fsutil`), the local-directory store (`local`) and the reader behind
-//! `tracegate archive cat`.
+//! The archive: the object formats (`format`: v1, plain; `crypto`: v2, envelope-encrypted),
+//! key-encryption-key providers (`keyring`, `kms`, chosen by `keys`), the stores (`store`: local
+//! directory or S3 through object_store; `local`: the v1 writer), replay, and the commands
+//! behind `tracegate archive`. See docs/archive-format.md.
 
+pub mod cmd;
+pub mod config;
+pub mod crypto;
 pub mod format;
 pub mod fsutil;
+pub mod http;
+pub mod keyring;
+pub mod keys;
+pub mod kms;
 pub mod local;
+pub mod replay;
+pub mod store;

@@ -44,12 +44,11 @@ use tracegate_proto::v1::Batch;
 use super::config::KafkaConfig;
 use super::stats::{self, StatsContext};
 use crate::archive::fsutil::{create_dir_all_durable, sync_dir};
-use crate::archive::local::LocalArchive;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics as m;
 use crate::queue::embedded::BatchQueue;
-use crate::queue::sink::{ArchiveSink, Sink, WriteGroup};
+use crate::queue::sink::{Sink, WriteGroup};
 use crate::server::{admin::Admin, listener};
 
 /// Commit metadata that records a cut batch: `tg1 end=<last offset>`.
@@ -1015,15 +1014,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let archive = LocalArchive::new(&data_dir, config.writer.compression_level);
-    let stale = archive.remove_stale_temp_files()?;
-    if stale > 0 {
-        tracing::info!(
-            count = stale,
-            "removed unacknowledged temp files from an earlier crash"
-        );
-    }
-    let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(ArchiveSink::new(archive))];
+    // The archive of `[archive]` (local or S3, encrypted; docs/archive-format.md).
+    let mut sinks: Vec<Arc<dyn Sink>> = vec![crate::archive::store::archive_sink(&config)?];
     // ClickHouse (docs/clickhouse.md): the group id `topic:partition:first-last` is the insert
     // deduplication token, so a range re-read after a crash is dropped by ClickHouse.
     let clickhouse_stop = crate::clickhouse::sink::from_config(&config).map(|(sink, stop)| {

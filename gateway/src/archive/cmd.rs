@@ -1,0 +1,281 @@
+//! `tracegate archive ls|cat|replay|rotate-key|keys`: work on every backend (local directory,
+//! S3) and decrypt with whichever provider wrapped each object.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use chrono::NaiveDate;
+use clap::Subcommand;
+use prost::Message;
+use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
+
+use super::keyring::Keyring;
+use super::replay;
+use super::store::{ArchiveStore, Filter};
+use crate::cli::CommonArgs;
+use crate::config::Config;
+use crate::queue::sink::Sink;
+
+#[derive(Subcommand, Debug)]
+pub enum ArchiveCommand {
+    /// List archive objects (decrypting each): location, bytes, format, key, batches, spans.
+    Ls {
+        #[arg(long)]
+        project: Option<String>,
+        /// First UTC date (YYYY-MM-DD) of the object keys to include.
+        #[arg(long, value_parser = parse_date)]
+        from: Option<NaiveDate>,
+        /// Last UTC date (YYYY-MM-DD) to include.
+        #[arg(long, value_parser = parse_date)]
+        to: Option<NaiveDate>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Print every archived span as one JSON line.
+    Cat {
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long, value_parser = parse_date)]
+        from: Option<NaiveDate>,
+        #[arg(long, value_parser = parse_date)]
+        to: Option<NaiveDate>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Re-send archived groups through the writer's sinks (ClickHouse) with their original
+    /// group ids, so their dedup tokens match and data already there is not duplicated.
+    Replay {
+        /// First UTC date (YYYY-MM-DD), inclusive.
+        #[arg(long, value_parser = parse_date)]
+        from: NaiveDate,
+        /// Last UTC date (YYYY-MM-DD), inclusive.
+        #[arg(long, value_parser = parse_date)]
+        to: NaiveDate,
+        /// Only groups holding this project (replayed whole).
+        #[arg(long)]
+        project: Option<String>,
+        /// Read, decrypt and rebuild the groups, but send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Add a new key to the local keyring and make it the one new objects use (older keys stay
+    /// for reading). Prints the new key id.
+    RotateKey {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// List the local keyring's keys (ids and dates, never key material).
+    Keys {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+fn parse_date(s: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| format!("{s:?} is not YYYY-MM-DD: {e}"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// The sinks a replay sends to: every configured sink of the writer except the archive itself
+/// (today: ClickHouse, when `clickhouse.url` is set).
+pub fn replay_sinks(cfg: &Config) -> Result<Vec<Arc<dyn Sink>>> {
+    let mut sinks: Vec<Arc<dyn Sink>> = vec![];
+    if let Some(ch) = &cfg.clickhouse {
+        sinks.push(Arc::new(crate::clickhouse::sink::ClickHouseSink::new(
+            ch,
+            &cfg.server.data_dir,
+            cfg.writer.compression_level,
+        )));
+    }
+    Ok(sinks)
+}
+
+pub fn run(cmd: ArchiveCommand, out: &mut impl Write) -> Result<()> {
+    match cmd {
+        ArchiveCommand::Ls {
+            project,
+            from,
+            to,
+            common,
+        } => {
+            let cfg = common.load()?;
+            let f = Filter { project, from, to };
+            runtime()?.block_on(ls(&cfg, &f, out))
+        }
+        ArchiveCommand::Cat {
+            project,
+            from,
+            to,
+            common,
+        } => {
+            let cfg = common.load()?;
+            let f = Filter { project, from, to };
+            runtime()?.block_on(cat(&cfg, &f, out))
+        }
+        ArchiveCommand::Replay {
+            from,
+            to,
+            project,
+            dry_run,
+            common,
+        } => {
+            if from > to {
+                bail!("--from {from} is after --to {to}");
+            }
+            let cfg = common.load()?;
+            runtime()?.block_on(async {
+                let sinks = if dry_run { vec![] } else { replay_sinks(&cfg)? };
+                if !dry_run && sinks.is_empty() {
+                    bail!(
+                        "nothing to replay into: no sink besides the archive is configured \
+                         (replay sends to ClickHouse: set clickhouse.url; --dry-run only reads \
+                         and checks the groups)"
+                    );
+                }
+                run_replay(&cfg, from, to, project.as_deref(), &sinks, out).await
+            })
+        }
+        ArchiveCommand::RotateKey { common } => {
+            let cfg = common.load()?;
+            let path = cfg.archive.keyring_path(&cfg.server.data_dir);
+            let id = Keyring::rotate(&path)?;
+            writeln!(out, "keyring: {}", path.display())?;
+            writeln!(out, "{id}")?;
+            Ok(())
+        }
+        ArchiveCommand::Keys { common } => {
+            let cfg = common.load()?;
+            let path = cfg.archive.keyring_path(&cfg.server.data_dir);
+            let kr = Keyring::open(&path, false)?;
+            for k in kr.keys()? {
+                writeln!(
+                    out,
+                    "{}\tcreated={}\t{}",
+                    k.id,
+                    k.created_at,
+                    if k.active { "active" } else { "read-only" }
+                )?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn ls(cfg: &Config, f: &Filter, out: &mut impl Write) -> Result<()> {
+    let store = ArchiveStore::open(cfg, false)?;
+    let objects = store.list(f).await?;
+    let mut failed = 0usize;
+    for o in &objects {
+        match store.read(o).await {
+            Ok(c) => {
+                let spans: u64 = c.batches.iter().map(|(_, b)| u64::from(b.span_count)).sum();
+                writeln!(
+                    out,
+                    "{}\t{}\tv{}\t{}\tbatches={}\tspans={spans}",
+                    o.location,
+                    o.size,
+                    c.format,
+                    match (&c.provider, &c.key_id) {
+                        (Some(p), Some(k)) => format!("{p}:{k}"),
+                        _ => "plain".to_string(),
+                    },
+                    c.batches.len()
+                )?;
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("tracegate: error: {e:#}");
+            }
+        }
+    }
+    out.flush()?;
+    if failed > 0 {
+        bail!(
+            "{failed} of {} objects could not be read (see above)",
+            objects.len()
+        );
+    }
+    Ok(())
+}
+
+async fn cat(cfg: &Config, f: &Filter, out: &mut impl Write) -> Result<()> {
+    let store = ArchiveStore::open(cfg, false)?;
+    for o in store.list(f).await? {
+        let c = store.read(&o).await?;
+        for (_, batch) in &c.batches {
+            if f.project.as_deref().is_some_and(|p| p != batch.project_id) {
+                continue;
+            }
+            let req = ExportTraceServiceRequest::decode(batch.otlp_request.clone())
+                .with_context(|| format!("decoding OTLP payload in {}", o.location))?;
+            for rs in &req.resource_spans {
+                for ss in &rs.scope_spans {
+                    for span in &ss.spans {
+                        let line = serde_json::json!({
+                            "project_id": batch.project_id,
+                            "org_id": batch.org_id,
+                            "batch_id": hex::encode(&batch.batch_id),
+                            "received_at_unix_nano": batch.received_at_unix_nano,
+                            "resource": rs.resource,
+                            "scope": ss.scope,
+                            "span": span,
+                        });
+                        serde_json::to_writer(&mut *out, &line)?;
+                        out.write_all(b"\n")?;
+                    }
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn run_replay(
+    cfg: &Config,
+    from: NaiveDate,
+    to: NaiveDate,
+    project: Option<&str>,
+    sinks: &[Arc<dyn Sink>],
+    out: &mut impl Write,
+) -> Result<()> {
+    let store = ArchiveStore::open(cfg, false)?;
+    // Every tenant's objects: a group is replayed whole.
+    let objects = store
+        .list(&Filter {
+            project: None,
+            from: Some(from),
+            to: Some(to),
+        })
+        .await?;
+    let groups = replay::plan(objects, project);
+    let r = replay::replay(&store, &groups, sinks, |l| {
+        let _ = writeln!(out, "{l}");
+        let _ = out.flush();
+    })
+    .await;
+    writeln!(
+        out,
+        "replay: groups={} objects={} batches={} spans={} failed={}{}",
+        r.groups,
+        r.objects,
+        r.batches,
+        r.spans,
+        r.failed,
+        if sinks.is_empty() { " (dry run)" } else { "" }
+    )?;
+    out.flush()?;
+    if r.failed > 0 {
+        bail!("{} group(s) could not be replayed (see above)", r.failed);
+    }
+    Ok(())
+}

@@ -1,0 +1,747 @@
+//! The archive store: encrypted v2 objects (`crypto`) on a local directory or S3, through
+//! `object_store`.
+//!
+//! Object key: `<prefix>/<org>/<project>/<yyyy>/<mm>/<dd>/<group id>.tga`, the date being the UTC
+//! date of the group's first batch, so every object of one writer group shares a directory and
+//! the key depends only on the group. Objects are created with a conditional put
+//! (`PutMode::Create`: `If-None-Match: *` on S3, `link(2)` locally, file and directories
+//! fsynced), so a group written again (a retry, or a Kafka range re-read after a crash) keeps its
+//! first object and adds none. On S3 every object is written with SSE-KMS under the tenant's KMS
+//! key (`archive.tenant_kms_key_ids`) else the deployment's (`archive.kms_key_id`) else the
+//! bucket's AWS-managed key; that is on top of the client-side envelope encryption.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use futures_util::future::BoxFuture;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use prost::Message;
+use tracegate_proto::v1::Batch;
+
+use super::config::{ArchiveConfig, ArchiveUrl};
+use super::crypto::{self, EncryptionContext, Provider};
+use super::format;
+use super::fsutil::create_dir_all_durable;
+use super::keys::KeyManager;
+use crate::config::Config;
+use crate::metrics as m;
+use crate::queue::sink::{Sink, WriteGroup};
+
+pub const OBJECT_EXT: &str = "tga";
+
+/// Tenants of one group written concurrently.
+const TENANT_CONCURRENCY: usize = 8;
+
+/// Where an object is and what its key says.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectInfo {
+    pub date: NaiveDate,
+    /// The group id as it appears in the key (sanitised).
+    pub name: String,
+    pub org: String,
+    pub project: String,
+    pub location: ObjPath,
+    pub size: u64,
+}
+
+/// A decrypted object.
+#[derive(Debug)]
+pub struct ObjectContents {
+    pub info: ObjectInfo,
+    /// 1 (plain, `TGA1`) or 2 (encrypted, `TGA2`).
+    pub format: u8,
+    /// The writer group id (v2: from the encryption context; v1: the file name).
+    pub group_id: String,
+    /// Batches of the whole group, every tenant (v2 only).
+    pub group_batches: Option<u32>,
+    pub provider: Option<Provider>,
+    pub key_id: Option<String>,
+    /// (index of the batch in its group, batch), in group order.
+    pub batches: Vec<(u32, Batch)>,
+}
+
+/// What to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub project: Option<String>,
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+}
+
+impl Filter {
+    fn matches(&self, o: &ObjectInfo) -> bool {
+        self.project
+            .as_deref()
+            .is_none_or(|p| safe_segment(p) == o.project)
+            && self.from.is_none_or(|d| o.date >= d)
+            && self.to.is_none_or(|d| o.date <= d)
+    }
+}
+
+/// One object written by `write_group`.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub location: ObjPath,
+    pub bytes: usize,
+    pub key_id: String,
+    /// The SSE-KMS key it was stored under (S3).
+    pub sse_kms_key_id: Option<String>,
+}
+
+enum Backend {
+    Local {
+        root: PathBuf,
+        /// None while the directory does not exist (a reader finds nothing).
+        store: Option<Arc<dyn ObjectStore>>,
+    },
+    S3 {
+        bucket: String,
+        builder: Box<AmazonS3Builder>,
+        /// Reads and lists (no SSE headers needed).
+        read: Arc<dyn ObjectStore>,
+        /// Writers by SSE-KMS key id (None: the bucket's AWS-managed key).
+        writers: Mutex<HashMap<Option<String>, Arc<dyn ObjectStore>>>,
+    },
+}
+
+pub struct ArchiveStore {
+    backend: Backend,
+    prefix: Vec<String>,
+    keys: Arc<KeyManager>,
+    cfg: ArchiveConfig,
+    level: i32,
+}
+
+impl std::fmt::Debug for ArchiveStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+fn s3_builder(bucket: &str, timeout: Duration) -> AmazonS3Builder {
+    let ms = format!("{}ms", timeout.as_millis());
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_http_connector(super::http::Reqwest012Connector { timeout })
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), &ms)
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            &ms,
+        )
+        .with_retry(object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: 3,
+            retry_timeout: timeout * 3,
+        });
+    // An explicit plain-HTTP endpoint (a local S3-compatible store) is allowed as such.
+    let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    if endpoint.is_some_and(|e| e.starts_with("http://")) {
+        b = b.with_allow_http(true);
+    }
+    b
+}
+
+impl ArchiveStore {
+    /// Opens the configured archive. `for_writing` creates the local directory and the keyring
+    /// (keyring provider) and removes temp files left by a crash.
+    pub fn open(config: &Config, for_writing: bool) -> Result<Self> {
+        let cfg = &config.archive;
+        let data_dir = &config.server.data_dir;
+        let keys = Arc::new(KeyManager::new(cfg, data_dir));
+        let url = cfg
+            .parsed_url(data_dir)
+            .map_err(|e| anyhow::anyhow!("archive.url: {e}"))?;
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let (backend, prefix) = match url {
+            ArchiveUrl::Local(root) => {
+                if for_writing {
+                    create_dir_all_durable(&root)?;
+                    let n = remove_stale_temp_files(&root)?;
+                    if n > 0 {
+                        tracing::info!(
+                            count = n,
+                            "removed unacknowledged archive temp files from an earlier crash"
+                        );
+                    }
+                }
+                let store: Option<Arc<dyn ObjectStore>> = if root.is_dir() {
+                    Some(Arc::new(
+                        LocalFileSystem::new_with_prefix(&root)
+                            .with_context(|| format!("archive directory {}", root.display()))?
+                            .with_fsync(true),
+                    ))
+                } else {
+                    None
+                };
+                (Backend::Local { root, store }, vec![])
+            }
+            ArchiveUrl::S3 { bucket, prefix } => {
+                let builder = s3_builder(&bucket, timeout);
+                let read = Arc::new(
+                    builder
+                        .clone()
+                        .build()
+                        .with_context(|| format!("S3 client for bucket {bucket}"))?,
+                );
+                let prefix = prefix
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                (
+                    Backend::S3 {
+                        bucket,
+                        builder: Box::new(builder),
+                        read,
+                        writers: Mutex::new(HashMap::new()),
+                    },
+                    prefix,
+                )
+            }
+        };
+        if for_writing {
+            keys.prepare_for_writing()?;
+        }
+        Ok(Self {
+            backend,
+            prefix,
+            keys,
+            cfg: cfg.clone(),
+            level: config.writer.compression_level,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Local { root, .. } => format!("file://{}", root.display()),
+            Backend::S3 { bucket, .. } => format!("s3://{bucket}/{}", self.prefix.join("/")),
+        }
+    }
+
+    pub fn keys(&self) -> &KeyManager {
+        &self.keys
+    }
+
+    fn reader(&self) -> Option<&Arc<dyn ObjectStore>> {
+        match &self.backend {
+            Backend::Local { store, .. } => store.as_ref(),
+            Backend::S3 { read, .. } => Some(read),
+        }
+    }
+
+    fn writer_for(
+        &self,
+        org: &str,
+        project: &str,
+    ) -> Result<(Arc<dyn ObjectStore>, Option<String>)> {
+        match &self.backend {
+            Backend::Local { store, root } => Ok((
+                store
+                    .clone()
+                    .with_context(|| format!("archive directory {} is missing", root.display()))?,
+                None,
+            )),
+            Backend::S3 {
+                builder, writers, ..
+            } => {
+                let key = self.cfg.kms_key_for(org, project).map(str::to_string);
+                let mut w = writers.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(s) = w.get(&key) {
+                    return Ok((s.clone(), key));
+                }
+                let b = match &key {
+                    Some(k) => (**builder).clone().with_sse_kms_encryption(k),
+                    None => (**builder).clone().with_config(
+                        "aws_server_side_encryption"
+                            .parse::<AmazonS3ConfigKey>()
+                            .context("S3 encryption config key")?,
+                        "aws:kms",
+                    ),
+                };
+                let s: Arc<dyn ObjectStore> = Arc::new(b.build().context("S3 client")?);
+                w.insert(key.clone(), s.clone());
+                Ok((s, key))
+            }
+        }
+    }
+
+    fn object_path(&self, org: &str, project: &str, date: NaiveDate, group_id: &str) -> ObjPath {
+        let mut parts: Vec<String> = self.prefix.clone();
+        parts.push(safe_segment(org));
+        parts.push(safe_segment(project));
+        parts.push(format!("{:04}", date.year()));
+        parts.push(format!("{:02}", date.month()));
+        parts.push(format!("{:02}", date.day()));
+        parts.push(format!("{}.{OBJECT_EXT}", safe_segment(group_id)));
+        ObjPath::from_iter(parts)
+    }
+
+    /// Writes `group` as one encrypted object per tenant; returns the objects it created (an
+    /// object that already exists is the same group written before: kept, not counted).
+    pub async fn write_group(&self, group: Arc<WriteGroup>) -> Result<Vec<Written>> {
+        let Some(first) = group.batches.first() else {
+            return Ok(vec![]);
+        };
+        let date =
+            DateTime::<Utc>::from_timestamp_nanos(first.received_at_unix_nano as i64).date_naive();
+        let mut by_tenant: BTreeMap<(String, String), Vec<u32>> = BTreeMap::new();
+        for (i, b) in group.batches.iter().enumerate() {
+            by_tenant
+                .entry((b.org_id.clone(), b.project_id.clone()))
+                .or_default()
+                .push(i as u32);
+        }
+        let writes: Vec<_> = by_tenant
+            .into_iter()
+            .map(|((org, project), idx)| self.write_tenant(group.clone(), org, project, date, idx))
+            .collect();
+        let results: Vec<Option<Written>> = futures_util::stream::iter(writes)
+            .buffer_unordered(TENANT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    async fn write_tenant(
+        &self,
+        group: Arc<WriteGroup>,
+        org: String,
+        project: String,
+        date: NaiveDate,
+        idx: Vec<u32>,
+    ) -> Result<Option<Written>> {
+        let region = group.batches[idx[0] as usize].region.clone();
+        if let Some(b) = idx
+            .iter()
+            .map(|&i| &group.batches[i as usize])
+            .find(|b| b.region != region)
+        {
+            bail!(
+                "group {}: tenant {org}/{project} has batches of regions {region:?} and {:?}",
+                group.id,
+                b.region
+            );
+        }
+        let (org, project) = (org.as_str(), project.as_str());
+        let ctx = EncryptionContext::new(org, project, &region, &group.id);
+        let key = self
+            .keys
+            .new_key(org, project, &ctx)
+            .await
+            .with_context(|| format!("data key for {org}/{project}"))?;
+        let location = self.object_path(org, project, date, &group.id);
+        let level = self.level;
+        let key_id = key.key_id.clone();
+        let group_batches = group.batches.len() as u32;
+        let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+            let records: Vec<(u32, &Batch)> = idx
+                .iter()
+                .map(|&i| (i, &group.batches[i as usize]))
+                .collect();
+            let payload = crypto::encode_payload(&records, level)?;
+            crypto::seal(
+                key.provider,
+                &key.key_id,
+                &key.wrapped,
+                &key.plaintext,
+                &ctx,
+                group_batches,
+                &payload,
+            )
+        })
+        .await??;
+        let (store, sse) = self.writer_for(org, project)?;
+        let len = bytes.len();
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match store
+            .put_opts(&location, PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(Some(Written {
+                location,
+                bytes: len,
+                key_id,
+                sse_kms_key_id: sse,
+            })),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                tracing::debug!(object = %location, "archive object exists already (group written before)");
+                Ok(None)
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
+                "writing archive object {location} to {}",
+                self.describe()
+            ))),
+        }
+    }
+
+    /// Every object (optionally filtered), ordered by date, group, tenant.
+    pub async fn list(&self, filter: &Filter) -> Result<Vec<ObjectInfo>> {
+        let Some(store) = self.reader() else {
+            return Ok(vec![]);
+        };
+        let prefix = if self.prefix.is_empty() {
+            None
+        } else {
+            Some(ObjPath::from_iter(self.prefix.clone()))
+        };
+        let metas: Vec<object_store::ObjectMeta> = store
+            .list(prefix.as_ref())
+            .try_collect()
+            .await
+            .with_context(|| format!("listing {}", self.describe()))?;
+        let mut out: Vec<ObjectInfo> = metas
+            .into_iter()
+            .filter_map(|meta| self.parse_location(&meta.location, meta.size))
+            .filter(|o| filter.matches(o))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn parse_location(&self, location: &ObjPath, size: u64) -> Option<ObjectInfo> {
+        let parts: Vec<String> = location.parts().map(|p| p.as_ref().to_string()).collect();
+        let rel = parts.get(self.prefix.len()..)?;
+        if rel.len() != 6 || parts[..self.prefix.len()] != self.prefix[..] {
+            return None;
+        }
+        let name = rel[5].strip_suffix(&format!(".{OBJECT_EXT}"))?;
+        let date = NaiveDate::from_ymd_opt(
+            rel[2].parse().ok()?,
+            rel[3].parse().ok()?,
+            rel[4].parse().ok()?,
+        )?;
+        Some(ObjectInfo {
+            date,
+            name: name.to_string(),
+            org: rel[0].clone(),
+            project: rel[1].clone(),
+            location: location.clone(),
+            size,
+        })
+    }
+
+    /// Reads, decrypts and checks one object.
+    pub async fn read(&self, info: &ObjectInfo) -> Result<ObjectContents> {
+        let store = self.reader().context("archive directory is missing")?;
+        let bytes = store
+            .get(&info.location)
+            .await
+            .with_context(|| format!("reading {}", info.location))?
+            .bytes()
+            .await
+            .with_context(|| format!("reading {}", info.location))?;
+        self.decode(info, &bytes)
+            .await
+            .with_context(|| format!("archive object {}", info.location))
+    }
+
+    /// Decodes an object read from `info`'s location (v1 or v2).
+    pub async fn decode(&self, info: &ObjectInfo, bytes: &[u8]) -> Result<ObjectContents> {
+        if bytes.starts_with(format::MAGIC) {
+            let batches = format::decode(bytes)?;
+            return Ok(ObjectContents {
+                info: info.clone(),
+                format: 1,
+                group_id: info.name.clone(),
+                group_batches: None,
+                provider: None,
+                key_id: None,
+                batches: batches
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, b)| (i as u32, b))
+                    .collect(),
+            });
+        }
+        if !bytes.starts_with(crypto::MAGIC) {
+            bail!("not a tracegate archive object (bad magic)");
+        }
+        let parsed = crypto::parse(bytes)?;
+        let h = &parsed.header;
+        // The object must be bound to the tenant and group its location names.
+        let group = h.context.get(crypto::CTX_GROUP).to_string();
+        let mut expected = h.context.clone();
+        expected.0.insert(crypto::CTX_ORG.into(), info.org.clone());
+        expected
+            .0
+            .insert(crypto::CTX_PROJECT.into(), info.project.clone());
+        crypto::check_context(&h.context, &expected)?;
+        if safe_segment(&group) != info.name {
+            bail!(
+                "encryption context mismatch: the object is bound to group {group:?}, but its \
+                 name says {:?}",
+                info.name
+            );
+        }
+        let data_key = self.keys.unwrap(h).await?;
+        let payload = crypto::open(&parsed, &data_key)?;
+        let records = crypto::decode_payload(&payload)?;
+        let mut batches = Vec::with_capacity(records.len());
+        for (i, body) in records {
+            let b = Batch::decode(body).context("decoding batch record")?;
+            if b.schema_version > tracegate_proto::BATCH_SCHEMA_VERSION {
+                bail!(
+                    "batch schema version {} is newer than this build",
+                    b.schema_version
+                );
+            }
+            if b.org_id != h.context.get(crypto::CTX_ORG)
+                || b.project_id != h.context.get(crypto::CTX_PROJECT)
+                || b.region != h.context.get(crypto::CTX_REGION)
+            {
+                bail!(
+                    "encryption context mismatch: a batch of {}/{} (region {}) in an object bound to {}",
+                    b.org_id,
+                    b.project_id,
+                    b.region,
+                    h.context
+                );
+            }
+            batches.push((i, b));
+        }
+        Ok(ObjectContents {
+            info: info.clone(),
+            format: 2,
+            group_id: group,
+            group_batches: Some(h.group_batches),
+            provider: Some(h.provider),
+            key_id: Some(h.key_id.clone()),
+            batches,
+        })
+    }
+}
+
+/// Removes object_store staging files (`<name>#<n>`) and v1 temp files (`.<name>.<rnd>.tmp`)
+/// left by a crash mid-write: they were never acknowledged.
+pub fn remove_stale_temp_files(root: &Path) -> Result<usize> {
+    let mut n = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing {}", d.display())),
+        };
+        for e in rd {
+            let e = e?;
+            let ft = e.file_type()?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() && (name.contains('#') || name.ends_with(".tmp")) {
+                std::fs::remove_file(e.path())?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Names are validated when keys are made; this second guard keeps any name inside its
+/// directory and object keys to `[A-Za-z0-9._-]` (Kafka group ids `t:p:a-b` become `t_p_a-b`).
+pub fn safe_segment(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match cleaned.as_str() {
+        "" | "." | ".." => "_".to_string(),
+        _ => cleaned,
+    }
+}
+
+/// The archive as a writer sink.
+pub struct StoreSink {
+    store: Arc<ArchiveStore>,
+}
+
+impl StoreSink {
+    pub fn new(store: Arc<ArchiveStore>) -> Self {
+        Self { store }
+    }
+}
+
+impl Sink for StoreSink {
+    fn name(&self) -> &'static str {
+        "archive"
+    }
+
+    fn write(&self, group: Arc<WriteGroup>) -> BoxFuture<'static, anyhow::Result<()>> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let written = store.write_group(group).await?;
+            for w in &written {
+                metrics::counter!(m::ARCHIVE_OBJECTS_WRITTEN).increment(1);
+                metrics::counter!(m::ARCHIVE_BYTES_WRITTEN).increment(w.bytes as u64);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The archive sink of a writer (`serve`'s embedded writer, `write`'s Kafka writer): opens the
+/// configured store for writing.
+pub fn archive_sink(config: &Config) -> Result<Arc<dyn Sink>> {
+    let store = ArchiveStore::open(config, true)?;
+    tracing::info!(archive = %store.describe(), provider = ?config.archive.key_provider, "archive ready");
+    Ok(Arc::new(StoreSink::new(Arc::new(store))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(org: &str, project: &str, n: u32) -> Batch {
+        Batch {
+            schema_version: 1,
+            org_id: org.into(),
+            project_id: project.into(),
+            region: "local".into(),
+            batch_id: vec![n as u8; 16].into(),
+            span_count: n,
+            received_at_unix_nano: 1_700_000_000_000_000_000 + u64::from(n),
+            ..Default::default()
+        }
+    }
+
+    fn config(dir: &Path) -> Config {
+        let mut c = Config::default();
+        c.server.data_dir = dir.to_path_buf();
+        c
+    }
+
+    #[tokio::test]
+    async fn local_round_trip_dedup_rotation_and_tamper() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = config(d.path());
+        let store = ArchiveStore::open(&cfg, true).unwrap();
+        let g = Arc::new(WriteGroup {
+            id: "t:0:10-12".into(),
+            batches: vec![
+                batch("o", "p1", 1),
+                batch("o", "p2", 2),
+                batch("o", "p1", 3),
+            ],
+        });
+        let w = store.write_group(g.clone()).await.unwrap();
+        assert_eq!(w.len(), 2);
+        // Same group again: no new object.
+        assert!(store.write_group(g.clone()).await.unwrap().is_empty());
+        let objs = store.list(&Filter::default()).await.unwrap();
+        assert_eq!(objs.len(), 2);
+        assert_eq!(objs[0].name, "t_0_10-12");
+        assert_eq!(objs[0].location.as_ref(), "o/p1/2023/11/14/t_0_10-12.tga");
+        let c = store.read(&objs[0]).await.unwrap();
+        assert_eq!(c.format, 2);
+        assert_eq!(c.group_id, "t:0:10-12");
+        assert_eq!(c.group_batches, Some(3));
+        assert_eq!(
+            c.batches
+                .iter()
+                .map(|(i, b)| (*i, b.span_count))
+                .collect::<Vec<_>>(),
+            vec![(0, 1), (2, 3)]
+        );
+
+        // Rotation: objects before and after decrypt.
+        let k1 = c.key_id.clone().unwrap();
+        super::super::keyring::Keyring::rotate(store.keys().keyring_path()).unwrap();
+        let g2 = Arc::new(WriteGroup {
+            id: "t:0:13-13".into(),
+            batches: vec![batch("o", "p1", 4)],
+        });
+        store.write_group(g2).await.unwrap();
+        let mut keys = std::collections::BTreeSet::new();
+        for o in store.list(&Filter::default()).await.unwrap() {
+            keys.insert(store.read(&o).await.unwrap().key_id.unwrap());
+        }
+        assert!(keys.contains(&k1) && keys.len() == 2, "{keys:?}");
+
+        // Filter by project and date.
+        let f = Filter {
+            project: Some("p2".into()),
+            ..Default::default()
+        };
+        assert_eq!(store.list(&f).await.unwrap().len(), 1);
+        let f = Filter {
+            from: NaiveDate::from_ymd_opt(2023, 11, 15),
+            ..Default::default()
+        };
+        assert!(store.list(&f).await.unwrap().is_empty());
+
+        // Moved to another tenant's path: refused.
+        let root = d.path().join("archive");
+        let src = root.join("o/p1/2023/11/14/t_0_10-12.tga");
+        let dst_dir = root.join("o/p3/2023/11/14");
+        std::fs::create_dir_all(&dst_dir).unwrap();
+        std::fs::copy(&src, dst_dir.join("t_0_10-12.tga")).unwrap();
+        let moved = store
+            .list(&Filter {
+                project: Some("p3".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let e = format!("{:#}", store.read(&moved[0]).await.unwrap_err());
+        assert!(e.contains("encryption context mismatch"), "{e}");
+
+        // A flipped byte anywhere fails.
+        let bytes = std::fs::read(&src).unwrap();
+        for i in (0..bytes.len()).step_by(7) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            assert!(store.decode(&objs[0], &bad).await.is_err(), "flip at {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_v1_objects() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = config(d.path());
+        let v1 = super::super::local::LocalArchive::new(d.path(), 3);
+        v1.write("embedded-1", &[batch("o", "p", 1)]).unwrap();
+        let store = ArchiveStore::open(&cfg, false).unwrap();
+        let objs = store.list(&Filter::default()).await.unwrap();
+        assert_eq!(objs.len(), 1);
+        let c = store.read(&objs[0]).await.unwrap();
+        assert_eq!(
+            (c.format, c.group_id.as_str(), c.batches.len()),
+            (1, "embedded-1", 1)
+        );
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("o/p")).unwrap();
+        std::fs::write(d.path().join("o/p/g.tga#1"), b"x").unwrap();
+        std::fs::write(d.path().join("o/p/.g.tga.ab.tmp"), b"x").unwrap();
+        std::fs::write(d.path().join("o/p/g.tga"), b"x").unwrap();
+        assert_eq!(remove_stale_temp_files(d.path()).unwrap(), 2);
+        assert!(d.path().join("o/p/g.tga").exists());
+    }
+}
