@@ -296,6 +296,13 @@ impl KafkaConfig {
         let heartbeat = (self.session_timeout_ms / 3).clamp(100, 3_000);
         let fetch = self.message_max_bytes.max(1024 * 1024);
         c.set("group.id", &self.group_id)
+            // librdkafka's own pre-fetch queue sits in front of the writer's buffer; its default
+            // (64 MiB) would double a small `writer_max_buffered_bytes`. A quarter of that bound,
+            // but at least two fetches, keeps the writer's total memory near the configured one.
+            .set(
+                "queued.max.messages.kbytes",
+                prefetch_kbytes(self.writer_max_buffered_bytes, fetch).to_string(),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -309,9 +316,25 @@ impl KafkaConfig {
     }
 }
 
+/// The consumer's pre-fetch queue bound in KiB (see `consumer_config`).
+fn prefetch_kbytes(max_buffered: usize, fetch: usize) -> usize {
+    (max_buffered / 4).max(2 * fetch).min(64 * 1024 * 1024) / 1024
+}
+
+#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefetch_queue_follows_the_writer_buffer_bound() {
+        // The default 256 MiB buffer: 64 MiB of pre-fetch (librdkafka's own default).
+        assert_eq!(prefetch_kbytes(256 << 20, 1 << 20), 64 << 10);
+        // A small buffer: two fetches, not 64 MiB.
+        assert_eq!(prefetch_kbytes(1 << 20, 1 << 20), 2 << 10);
+        // Never above librdkafka's default.
+        assert_eq!(prefetch_kbytes(usize::MAX / 2, 1 << 20), 64 << 10);
+    }
 
     fn cfg() -> KafkaConfig {
         KafkaConfig {
