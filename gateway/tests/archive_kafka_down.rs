@@ -1,10 +1,12 @@
-//! The Kafka writer archiving to S3 with envelope keys from KMS (both from moto), when KMS and
-//! then S3 become unreachable under load:
+//! The Kafka writer's sinks failing under load: it archives to S3 with envelope keys from KMS
+//! (both from moto) and inserts into ClickHouse (chdb behind the test front), and KMS, then S3,
+//! then ClickHouse become unreachable in turn:
 //! - the writer retries the same batch and commits no offset past it (the group's committed
 //!   offsets, read from the broker, stand still for the whole outage), and no batch completes;
 //! - its memory stays bounded (the consumer pauses the partitions whose next batch waits);
 //! - once the service is back it carries on, and in the end every acknowledged span is in the
-//!   archive exactly once: one object per offset range, the ranges disjoint.
+//!   archive exactly once (one object per offset range, the ranges disjoint) and in ClickHouse
+//!   exactly once (`count()` = `uniqExact(TraceId, SpanId)` = acknowledged spans).
 
 mod common;
 
@@ -56,13 +58,14 @@ fn range_of(key: &str) -> Option<(i32, i64, i64)> {
 }
 
 #[test]
-fn kafka_writer_retries_while_kms_or_s3_is_down_commits_nothing_and_memory_stays_bounded() {
+fn kafka_writer_retries_while_kms_s3_or_clickhouse_is_down_commits_nothing_and_stays_bounded() {
     let moto = Moto::start();
     let bucket = "tg-kafka-down";
     moto.create_bucket(bucket);
     let kms_key = moto.create_kms_key();
     let moto_addr = moto.endpoint.trim_start_matches("http://").parse().unwrap();
     let s3p = SwitchProxy::start(moto_addr);
+    let mut front = ChFront::start(&[]);
     let kmsp = SwitchProxy::start(moto_addr);
     let broker = TestBroker::start(&[(TOPIC, PARTITIONS)]);
     let gw_dir = tempfile::tempdir().unwrap();
@@ -95,6 +98,8 @@ fn kafka_writer_retries_while_kms_or_s3_is_down_commits_nothing_and_memory_stays
             BUFFER_BOUND.to_string(),
         ),
     ]);
+    wr_env.extend(clickhouse_env(&front, "kdown"));
+    migrate(&wr_env);
     let mut writer = Writer::start(wr_dir.path(), None, &env_refs(&wr_env));
 
     let mut load = Load::start(
@@ -118,8 +123,12 @@ fn kafka_writer_retries_while_kms_or_s3_is_down_commits_nothing_and_memory_stays
     let baseline_rss = rss_kib(writer.pid());
     let mut max_rss = baseline_rss;
 
-    for (what, proxy) in [("kms", &kmsp), ("s3", &s3p)] {
-        proxy.set_down(true);
+    for what in ["kms", "s3", "clickhouse"] {
+        match what {
+            "kms" => kmsp.set_down(true),
+            "s3" => s3p.set_down(true),
+            _ => front.kill9(),
+        }
         // A batch already past the step that is now cut off may still finish; after that
         // nothing can.
         thread::sleep(Duration::from_secs(2));
@@ -164,7 +173,11 @@ fn kafka_writer_retries_while_kms_or_s3_is_down_commits_nothing_and_memory_stays
             batches1, batches0,
             "{what} down: a batch completed while {what} was unreachable"
         );
-        proxy.set_down(false);
+        match what {
+            "kms" => kmsp.set_down(false),
+            "s3" => s3p.set_down(false),
+            _ => front.restart(),
+        }
         assert!(
             wait_until(Duration::from_secs(60), || {
                 writer.metric("tracegate_kafka_writer_batches_total") >= batches1 + 2.0
@@ -255,6 +268,21 @@ fn kafka_writer_retries_while_kms_or_s3_is_down_commits_nothing_and_memory_stays
         assert_eq!(f[1], "aws:kms", "{}: not stored with SSE-KMS", f[0]);
         assert!(f[2].starts_with("arn:aws:kms:"), "{}: no KMS key id", f[0]);
     }
+
+    // And ClickHouse has every acknowledged span once.
+    let out = front.query(
+        "SELECT count(), uniqExact(TraceId, SpanId) FROM kdown.otel_traces \
+         WHERE ProjectId = 'kdown' FORMAT TSV",
+    );
+    let v: Vec<u64> = out
+        .split_whitespace()
+        .map(|x| x.parse().expect("count"))
+        .collect();
+    assert_eq!(
+        v,
+        vec![want.len() as u64, want.len() as u64],
+        "ClickHouse count() and uniqExact must equal the acknowledged spans"
+    );
     drop(gw);
 }
 
