@@ -138,6 +138,24 @@ else
   fail "checkov kubernetes"
 fi
 
+# Negative controls: the same tools on a broken copy of the base must fail, or the checks above
+# prove nothing (a typo'd field for the schema check; a writable root fs for checkov).
+step "negative controls: kubernetes-validate and checkov reject a broken manifest"
+mkdir -p "$WORK/broken"
+sed 's/readOnlyRootFilesystem: true/readOnlyRootFileSystem: true/' "$WORK/k8s/deploy_kubernetes_base.yaml" >"$WORK/broken/typo.yaml"
+sed 's/readOnlyRootFilesystem: true/readOnlyRootFilesystem: false/' "$WORK/k8s/deploy_kubernetes_base.yaml" >"$WORK/broken/writable.yaml"
+if "$VENV/bin/kubernetes-validate" -k "$K8S_VERSION" --strict --quiet "$WORK/broken/typo.yaml" >/dev/null 2>&1; then
+  fail "negative control: kubernetes-validate accepted an unknown field"
+else
+  ok "negative control: kubernetes-validate rejects an unknown field"
+fi
+if "$VENV/bin/checkov" -f "$WORK/broken/writable.yaml" --framework kubernetes --check CKV_K8S_22 \
+  --quiet --compact --skip-download >/dev/null 2>&1; then
+  fail "negative control: checkov accepted a writable root filesystem"
+else
+  ok "negative control: checkov rejects a writable root filesystem (CKV_K8S_22)"
+fi
+
 # --- Terraform --------------------------------------------------------------------------------
 step "Terraform: HCL parse, fmt, checkov"
 if "$PY" - deploy/terraform <<'EOF'; then ok "HCL parse: deploy/terraform"; else fail "HCL parse"; fi
