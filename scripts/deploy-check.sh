@@ -167,6 +167,16 @@ if "$HELM" template tracegate deploy/helm/tracegate --namespace tracegate >"$WOR
 else
   fail "helm template / kubernetes-validate"
 fi
+for values in deploy/helm/tracegate/ci/*.yaml; do
+  out="$WORK/k8s/helm_$(basename "$values" .yaml).yaml"
+  if "$HELM" lint --strict deploy/helm/tracegate -f "$values" >/dev/null &&
+    "$HELM" template tracegate deploy/helm/tracegate --namespace tracegate -f "$values" >"$out" &&
+    "$VENV/bin/kubernetes-validate" -k "$K8S_VERSION" --strict --quiet "$out"; then
+    ok "helm lint + template + kubernetes-validate --strict: deploy/helm/tracegate -f $values"
+  else
+    fail "helm with $values"
+  fi
+done
 # The chart with default values and the kustomize base must describe the same objects (labels,
 # annotations, generated ConfigMap names and TOML comments aside), so they cannot drift apart.
 if "$PY" - "$WORK/k8s/helm_tracegate.yaml" "$WORK/k8s/deploy_kubernetes_base.yaml" <<'EOF'; then
