@@ -213,7 +213,7 @@ impl Gen {
             4 => {
                 // A group with one varint inside.
                 put_varint(out, (u64::from(tag) << 3) | 3);
-                put_varint(out, (1 << 3) | 0);
+                put_varint(out, 1 << 3); // field 1, varint
                 put_varint(out, 5);
                 put_varint(out, (u64::from(tag) << 3) | 4);
             }
