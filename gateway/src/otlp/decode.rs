@@ -52,6 +52,8 @@ pub enum Format {
 /// cannot make the decoder allocate more than that (level 19 uses 8 MiB).
 const ZSTD_WINDOW_LOG_MAX: u32 = 25;
 const READ_CHUNK: usize = 64 * 1024;
+/// A thread's zstd context is dropped after a request that grew it beyond this.
+const ZSTD_KEEP_CONTEXT_BYTES: usize = 4 << 20;
 
 /// Decompresses `body`, never holding more than `cap` decompressed bytes.
 pub fn decompress(compression: Compression, body: Bytes, cap: usize) -> Result<Bytes, ApiError> {
@@ -159,11 +161,21 @@ fn zstd_capped(body: &[u8], cap: usize) -> Result<Bytes, CapError> {
         // window limit is a parameter and survives a session reset.
         ctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
             .map_err(|c| io(zstd_error(c)))?;
-        read_capped(
+        let out = read_capped(
             zstd::stream::read::Decoder::with_context(body, ctx),
             cap,
             hint,
-        )
+        );
+        // Keep the context only while its buffers are of the usual size (a 2 MiB window at
+        // level 3 is ~2.3 MiB): one request with a 32 MiB window must not leave 32 MiB behind
+        // on every blocking thread it ran on.
+        if slot
+            .as_ref()
+            .is_some_and(|c| c.sizeof() > ZSTD_KEEP_CONTEXT_BYTES)
+        {
+            *slot = None;
+        }
+        out
     })
 }
 
@@ -299,6 +311,19 @@ mod tests {
             let e = decompress(Compression::Zstd, cut.into(), 1 << 20).unwrap_err();
             assert_eq!(e.http_status(), 400);
         }
+        // A frame with a large window (8 MiB here) decodes, and its context is not kept.
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.window_log(23).unwrap();
+        enc.long_distance_matching(true).unwrap();
+        let big: Vec<u8> = (0..6_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        enc.write_all(&big).unwrap();
+        let z_big = enc.finish().unwrap();
+        assert!(decompress(Compression::Zstd, z_big.into(), 8 << 20).unwrap() == big);
+        ZSTD_DCTX.with(|c| assert!(c.borrow().is_none(), "large context kept"));
+        assert!(decompress(Compression::Zstd, sized.clone().into(), 1 << 20).unwrap() == data);
+        ZSTD_DCTX.with(|c| assert!(c.borrow().is_some(), "usual context dropped"));
         // Two frames back to back decode as their concatenation.
         let mut two = sized.clone();
         two.extend_from_slice(&streamed);
