@@ -118,6 +118,7 @@ pub fn prepare(
             None => Vec::new(),
         };
         if let Ok(spans) = scan::scan(&plain, limits, &claims) {
+            metrics::counter!(m::VALIDATION_PATH, "path" => "scan").increment(1);
             let decompressed_len = plain.len();
             return Ok((
                 Prepared {
@@ -134,6 +135,7 @@ pub fn prepare(
     }
     // Slow path (JSON, or anything the scan could not prove clean): prost gives the answer,
     // the per-span rejections and their messages.
+    metrics::counter!(m::VALIDATION_PATH, "path" => "prost").increment(1);
     let mut req = decode::decode(format, &plain)?;
     let mut outcome = validate::validate(&mut req, limits);
     if let Some((keys, p)) = tenant {
