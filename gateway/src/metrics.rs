@@ -8,6 +8,9 @@ pub const SPANS_REJECTED: &str = "tracegate_spans_rejected_total";
 pub const REQUESTS: &str = "tracegate_requests_total";
 pub const REQUEST_DURATION: &str = "tracegate_request_duration_seconds";
 pub const REQUEST_BYTES: &str = "tracegate_request_bytes_total";
+/// Requests by validation path: `scan` (protobuf proven clean, bytes forwarded) or `prost`
+/// (JSON, or a request with something to drop or stamp, or malformed).
+pub const VALIDATION_PATH: &str = "tracegate_validation_path_requests_total";
 pub const INFLIGHT_BYTES: &str = "tracegate_inflight_bytes";
 pub const INFLIGHT_BYTES_LIMIT: &str = "tracegate_inflight_bytes_limit";
 pub const BATCHES_WRITTEN: &str = "tracegate_batches_written_total";
@@ -92,6 +95,10 @@ fn describe() {
     describe_counter!(REQUESTS, "Export requests by transport and status");
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Export request latency");
     describe_counter!(REQUEST_BYTES, Unit::Bytes, "Decompressed request bytes");
+    describe_counter!(
+        VALIDATION_PATH,
+        "Requests by validation path: scan (clean protobuf, bytes forwarded) or prost"
+    );
     describe_gauge!(INFLIGHT_BYTES, Unit::Bytes, "Bytes of requests in flight");
     describe_gauge!(
         INFLIGHT_BYTES_LIMIT,

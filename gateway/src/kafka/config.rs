@@ -36,6 +36,14 @@ impl Compression {
             Compression::None => "none",
         }
     }
+
+    /// librdkafka's `compression.level` for this codec (-1 = the codec's own default).
+    fn default_level(self) -> &'static str {
+        match self {
+            Compression::Zstd => "1",
+            Compression::Lz4 | Compression::None => "-1",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -278,6 +286,11 @@ impl KafkaConfig {
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", self.compression.as_rdkafka())
+            // zstd at level 1, not librdkafka's default 3: compressing each message is the
+            // gateway's largest CPU cost on the Kafka path (benches/benches/ingest.rs,
+            // kafka_message_zstd{1,3}: 255 vs 339 µs per 512 spans, more than the whole scan +
+            // envelope step). `kafka.properties."compression.level"` overrides it.
+            .set("compression.level", self.compression.default_level())
             .set("linger.ms", self.linger_ms.to_string())
             .set("message.timeout.ms", self.delivery_timeout_ms.to_string())
             .set("message.max.bytes", self.message_max_bytes.to_string())
@@ -418,7 +431,11 @@ mod tests {
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("acks"), Some("all"));
         assert_eq!(p.get("compression.type"), Some("zstd"));
+        assert_eq!(p.get("compression.level"), Some("1"));
         assert_eq!(p.get("socket.timeout.ms"), Some("5000"));
+        // The operator's level wins.
+        k.properties.insert("compression.level".into(), "6".into());
+        assert_eq!(k.producer_config().get("compression.level"), Some("6"));
         let c = k.consumer_config();
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
