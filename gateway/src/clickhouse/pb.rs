@@ -59,8 +59,20 @@ impl<'a> Reader<'a> {
         Self { buf, pos: 0 }
     }
 
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, PbError> {
+        // One-byte varints (field keys, short lengths) are most of them: no loop.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, PbError> {
         let mut v: u64 = 0;
         let mut shift = 0;
         loop {
