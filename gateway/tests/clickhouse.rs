@@ -644,6 +644,8 @@ fn rand_ms(lo: u64, hi: u64) -> u64 {
 /// keeps its memory bounded, and writes everything exactly once when ClickHouse is back.
 #[test]
 fn clickhouse_down_30s_no_loss_no_duplicate_bounded_memory() {
+    // Span numbers of the probes, after the 400 x 100 of the load.
+    const PROBE_BASE: u64 = 400 * 100;
     let outage: u64 = std::env::var("TRACEGATE_TEST_CH_OUTAGE_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -665,17 +667,59 @@ fn clickhouse_down_30s_no_loss_no_duplicate_bounded_memory() {
     let baseline = common::rss_kib(pid);
     let peak = Arc::new(AtomicU64::new(baseline));
     let done = Arc::new(AtomicBool::new(false));
+    // Extra one-shot requests sent a few seconds into the outage. The 8 load clients may all be
+    // waiting inside the group that cannot be written (then nothing new arrives and nothing is
+    // refused); these probes arrive while it is stuck, fill the 4 waiting slots, and the rest
+    // must be refused with 503. Refused probes are not retried; accepted ones are counted.
+    const PROBES: u64 = 8;
+    let probe_acked = Arc::new(AtomicU64::new(0));
+    let probe_refused = Arc::new(AtomicU64::new(0));
     let chaos = {
         let (front, done, peak) = (front.clone(), done.clone(), peak.clone());
+        let (url, key) = (gw.traces_url(), key.clone());
+        let (probe_acked, probe_refused) = (probe_acked.clone(), probe_refused.clone());
         thread::spawn(move || {
             thread::sleep(Duration::from_secs(2));
             front.lock().unwrap().kill9();
             let until = Instant::now() + Duration::from_secs(outage);
+            let probes: Vec<_> = (0..PROBES)
+                .map(|i| {
+                    let (url, key) = (url.clone(), key.clone());
+                    let (acked, refused) = (probe_acked.clone(), probe_refused.clone());
+                    thread::spawn(move || {
+                        thread::sleep(Duration::from_secs(3));
+                        let client = common::http_client_with_timeout(Duration::from_secs(240));
+                        let body =
+                            common::encode(&common::request_n("outage", PROBE_BASE + i * 100, 100));
+                        let auth = format!("Bearer {key}");
+                        match common::try_post(
+                            &client,
+                            &url,
+                            &[
+                                ("content-type", "application/x-protobuf"),
+                                ("authorization", &auth),
+                            ],
+                            body,
+                        ) {
+                            Ok((200, _, _)) => {
+                                acked.fetch_add(100, Ordering::SeqCst);
+                            }
+                            Ok((503, _, _)) => {
+                                refused.fetch_add(1, Ordering::SeqCst);
+                            }
+                            other => eprintln!("probe {i}: {:?}", other.map(|r| r.0)),
+                        }
+                    })
+                })
+                .collect();
             while Instant::now() < until {
                 peak.fetch_max(common::rss_kib(pid), Ordering::SeqCst);
                 thread::sleep(Duration::from_millis(200));
             }
             front.lock().unwrap().restart();
+            for p in probes {
+                p.join().unwrap();
+            }
             while !done.load(Ordering::SeqCst) {
                 peak.fetch_max(common::rss_kib(pid), Ordering::SeqCst);
                 thread::sleep(Duration::from_millis(200));
@@ -696,6 +740,8 @@ fn clickhouse_down_30s_no_loss_no_duplicate_bounded_memory() {
     chaos.join().unwrap();
     let front = front.lock().unwrap();
     let (count, uniq) = counts(&front, "outage", &project);
+    let refused_probes = probe_refused.load(Ordering::SeqCst);
+    let acked = acked + probe_acked.load(Ordering::SeqCst);
     let peak = peak.load(Ordering::SeqCst);
     eprintln!(
         "outage {outage}s: acked {acked}, count {count}, uniq {uniq}, client retries {failures}, \
@@ -706,8 +752,13 @@ fn clickhouse_down_30s_no_loss_no_duplicate_bounded_memory() {
         "the load finished before the outage ended: the test proves nothing"
     );
     assert!(
-        failures > 0,
+        failures + refused_probes > 0,
         "no request was refused while ClickHouse was down"
+    );
+    assert!(
+        refused_probes > 0,
+        "all {PROBES} requests sent during the outage were taken in: the waiting queue \
+         (capacity 4) is not bounded"
     );
     assert_eq!(count, acked);
     assert_eq!(count - uniq, 0);
