@@ -155,7 +155,7 @@ writer)
   PIDS+=($!)
   wait_line "$WORK/ch.out" "chdb-front listening" 60
   CH="http://$(sed -n 's/.*listening \([^ ]*\).*/\1/p' "$WORK/ch.out")"
-  start_broker 8
+  start_broker 32
   cat > "$WORK/k.toml" <<EOF
 [limits]
 max_inflight_bytes = 1073741824

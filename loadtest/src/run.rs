@@ -119,6 +119,9 @@ pub struct Report {
     /// loop) to the 200, retries included.
     pub latency: Percentiles,
     pub max_send_lag_ms: f64,
+    /// Open loop: requests that fell due before the end but were never sent, because
+    /// `--concurrency` requests were still in flight (the offered load was not delivered).
+    pub due_not_sent: u64,
     pub load_generator: Option<crate::procstat::Watched>,
     pub watched: Vec<crate::procstat::Watched>,
     pub series: Vec<SecondPoint>,
@@ -452,9 +455,26 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
                 tokio::time::sleep_until(due.into()).await;
                 // At most `concurrency` in flight: beyond that the send waits, and the wait
                 // counts in the latency (measured from `due`).
-                let Ok(permit) = inflight.clone().acquire_owned().await else {
-                    break;
+                let permit = match deadline {
+                    Some(d) => {
+                        match tokio::time::timeout_at(d.into(), inflight.clone().acquire_owned())
+                            .await
+                        {
+                            Ok(Ok(p)) => p,
+                            // The run ended while this request waited for a slot: it and every
+                            // request due after it are counted as due but never sent.
+                            _ => break,
+                        }
+                    }
+                    None => match inflight.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
                 };
+                if !before_deadline(Instant::now()) {
+                    drop(permit);
+                    break;
+                }
                 ctx.shared.next.store(r + 1, Ordering::Relaxed);
                 ctx.shared
                     .stats
@@ -470,6 +490,12 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
                     tasks.retain(|t| !t.is_finished());
                 }
                 r += 1;
+            }
+            if let Some(d) = deadline {
+                let due_total =
+                    (d.duration_since(start).as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
+                ctx.shared.stats.lock().unwrap().due_not_sent =
+                    due_total.min(total).saturating_sub(r);
             }
             drain(ctx.clone(), tasks, cfg.drain_timeout_ms, deadline).await;
         }
@@ -543,6 +569,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         offered_spans_per_sec: cfg.rate,
         latency: percentiles(&st.latency),
         max_send_lag_ms: st.max_send_lag.as_secs_f64() * 1000.0,
+        due_not_sent: st.due_not_sent,
         load_generator: Some(me),
         watched,
         series: std::mem::take(&mut st.series),
@@ -634,7 +661,7 @@ pub fn summary_line(r: &Report) -> String {
     format!(
         "loadtest run_id={} protocol={} seconds={:.1} requests_ok={} requests_refused={} \
          requests_unknown={} retries={} spans_ok={} spans_per_sec={:.0} p50_ms={:.1} \
-         p99_ms={:.1} p999_ms={:.1} max_ms={:.1} retryable_refusals={} failures={}",
+         p99_ms={:.1} p999_ms={:.1} max_ms={:.1} retryable_refusals={} due_not_sent={} failures={}",
         r.run_id,
         r.config["protocol"].as_str().unwrap_or("?"),
         r.elapsed_secs,
@@ -649,6 +676,7 @@ pub fn summary_line(r: &Report) -> String {
         r.latency.p999_ms,
         r.latency.max_ms,
         r.refusals.retryable,
+        r.due_not_sent,
         if failures.is_empty() {
             "-".into()
         } else {

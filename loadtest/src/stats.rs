@@ -130,6 +130,7 @@ pub struct Stats {
     pub started_requests: u64,
     /// Largest delay between a request's intended and actual send time (open loop).
     pub max_send_lag: Duration,
+    pub due_not_sent: u64,
 }
 
 impl Default for Stats {
@@ -154,6 +155,7 @@ impl Default for Stats {
             refused_ids: vec![],
             started_requests: 0,
             max_send_lag: Duration::ZERO,
+            due_not_sent: 0,
         }
     }
 }
