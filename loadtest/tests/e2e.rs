@@ -302,3 +302,90 @@ fn overload_refusals_are_retryable_with_retry_after() {
         num(&r["spans"]["refused"]) as u64
     );
 }
+
+#[test]
+fn verify_against_clickhouse_finds_loss_and_duplicates() {
+    // Embedded gateway with the ClickHouse sink: a 200 means the spans are in the archive and
+    // inserted (the chdb front: a real ClickHouse engine behind the test-only HTTP front).
+    let ch = common::ChFront::start();
+    let env = [
+        ("TRACEGATE_CLICKHOUSE__URL", ch.url.as_str()),
+        ("TRACEGATE_CLICKHOUSE__DATABASE", "lt"),
+        ("TRACEGATE_CLICKHOUSE__INSERT_INTERVAL_MS", "50"),
+    ];
+    let mig = common::run_bounded(
+        std::process::Command::new(common::tracegate_bin())
+            .arg("migrate")
+            .envs(env),
+        std::time::Duration::from_secs(120),
+    );
+    assert!(mig.status.success(), "migrate: {mig:?}");
+    let gw = Gateway::start(&env);
+    let key = gw.create_key("lt", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let ep = format!("http://{}", gw.http);
+    let run = |name: &str| -> std::path::PathBuf {
+        let report = dir.path().join(name);
+        loadtest(&[
+            "--endpoint",
+            &ep,
+            "--api-key",
+            &key,
+            "--run-id",
+            "00000000c0ffee01",
+            "--spans",
+            "2000",
+            "--spans-per-request",
+            "100",
+            "--concurrency",
+            "4",
+            "--report",
+            s(&report),
+            "--quiet",
+        ]);
+        report
+    };
+    let report = run("r.json");
+    assert_eq!(check_report(&read_json(&report)), 2000);
+    let ch_verify = |extra: &[&str]| -> (bool, serde_json::Value) {
+        let out_path = dir.path().join("v.json");
+        let mut args = vec![
+            "verify",
+            "--report",
+            s(&report),
+            "--clickhouse",
+            &ch.url,
+            "--database",
+            "lt",
+            "--out",
+            s(&out_path),
+        ];
+        args.extend_from_slice(extra);
+        let out = loadtest_status(&args);
+        assert!(matches!(out.status.code(), Some(0) | Some(1)), "{out:?}");
+        (out.status.success(), read_json(&out_path))
+    };
+    let (ok, v) = ch_verify(&["--fail-on-duplicates"]);
+    assert!(ok, "{v}");
+    assert_eq!(num(&v["acked_found"]), 2000.0);
+
+    // Negative control: rows of 10 spans deleted → reported missing, exit 1.
+    ch.sql(
+        "DELETE FROM lt.otel_traces WHERE TraceId LIKE '00000000c0ffee01%' \
+         AND SpanId IN ('0000000000000005','0000000000000006','0000000000000007',\
+         '0000000000000008','0000000000000009','000000000000000a','000000000000000b',\
+         '000000000000000c','000000000000000d','000000000000000e')",
+    );
+    let (ok, v) = ch_verify(&[]);
+    assert!(!ok, "verify passed with rows deleted: {v}");
+    assert_eq!(num(&v["missing_acked"]), 10.0, "{v}");
+    assert_eq!(num(&v["missing_examples"][0]), 5.0);
+
+    // The same spans sent again: ClickHouse keeps both copies (different writer groups).
+    run("again.json");
+    let (ok, v) = ch_verify(&[]);
+    assert!(ok, "{v}");
+    assert_eq!(num(&v["duplicate_copies"]), 1990.0, "{v}");
+    let (ok, _) = ch_verify(&["--fail-on-duplicates"]);
+    assert!(!ok);
+}

@@ -316,3 +316,105 @@ pub fn check_svg(p: &Path) {
     );
     assert_eq!(s.matches("<svg").count(), s.matches("</svg>").count());
 }
+
+/// The Python with chdb: `$TRACEGATE_CHDB_PYTHON`, else the venv `scripts/chdb-venv.sh`
+/// creates (as gateway/tests). Missing: the test fails with the install hint, never skips.
+pub fn chdb_python() -> PathBuf {
+    let p = std::env::var_os("TRACEGATE_CHDB_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("TRACEGATE_CI_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                        .join(".cache/tracegate-ci")
+                });
+            cache.join("chdb-venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "no Python with chdb at {} (set TRACEGATE_CHDB_PYTHON; `bash scripts/chdb-venv.sh`)",
+        p.display()
+    );
+    p
+}
+
+/// The test-only ClickHouse HTTP front (deploy/testing/chdb_front.py) on a free port.
+pub struct ChFront {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl ChFront {
+    pub fn start() -> ChFront {
+        let dir = tempfile::Builder::new()
+            .prefix("loadtest-chdb-")
+            .tempdir()
+            .expect("temp dir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/testing/chdb_front.py");
+        let mut child = Command::new(chdb_python())
+            .arg(script)
+            .arg("--data")
+            .arg(dir.path())
+            .args(["--port", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn chdb front");
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let err = child.stderr.take().expect("stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[chdb-front {pid}] {line}");
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) if l.starts_with("chdb-front listening") => {
+                    break l.split_whitespace().nth(2).expect("address").to_string()
+                }
+                Ok(_) => {}
+                Err(_) if Instant::now() < deadline => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("chdb front did not start within 90 s");
+                }
+            }
+        };
+        ChFront {
+            child,
+            _dir: dir,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    /// Runs SQL; panics on failure. Returns the TabSeparated output.
+    pub fn sql(&self, q: &str) -> String {
+        let out = run_bounded(
+            Command::new("curl")
+                .args(["-sS", "--fail-with-body", "--data-binary", q])
+                .arg(format!("{}/", self.url)),
+            Duration::from_secs(120),
+        );
+        assert!(out.status.success(), "SQL {q:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for ChFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
