@@ -389,3 +389,99 @@ fn verify_against_clickhouse_finds_loss_and_duplicates() {
     let (ok, _) = ch_verify(&["--fail-on-duplicates"]);
     assert!(!ok);
 }
+
+/// A CA and a leaf for 127.0.0.1 (openssl CLI): (ca.pem, leaf.pem, leaf.key).
+fn make_certs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let script = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem \
+  -days 2 -subj /CN=loadtest-ca -addext basicConstraints=critical,CA:TRUE \
+  -addext keyUsage=critical,keyCertSign
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout leaf.key -out leaf.csr \
+  -subj /CN=localhost
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' > ext
+openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2 -extfile ext
+"#;
+    let out = common::run_bounded(
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "openssl: {out:?}");
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    )
+}
+
+#[test]
+fn tls_with_ca_cert_and_llm_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key_file) = make_certs(dir.path());
+    let gw = Gateway::start(&[
+        ("TRACEGATE_TLS__CERT_FILE", s(&cert)),
+        ("TRACEGATE_TLS__KEY_FILE", s(&key_file)),
+    ]);
+    let key = gw.create_key("lt", &[]);
+    for (name, endpoint, proto) in [
+        ("http", format!("https://{}", gw.http), "http"),
+        ("grpc", format!("https://{}", gw.grpc), "grpc"),
+    ] {
+        let report = dir.path().join(format!("{name}.json"));
+        // LLM spans: prompt and completion of 10-64 KiB each.
+        loadtest(&[
+            "--endpoint",
+            &endpoint,
+            "--protocol",
+            proto,
+            "--ca-cert",
+            s(&ca),
+            "--api-key",
+            &key,
+            "--shape",
+            "llm",
+            "--llm-min-bytes",
+            "10240",
+            "--llm-max-bytes",
+            "65536",
+            "--spans",
+            "64",
+            "--spans-per-request",
+            "8",
+            "--concurrency",
+            "2",
+            "--report",
+            s(&report),
+            "--quiet",
+        ]);
+        let r = read_json(&report);
+        assert_eq!(check_report(&r), 64, "{name}");
+        // 8 spans x 2 values of >= 10 KiB each.
+        assert!(num(&r["request_bytes"]) > 8.0 * 2.0 * 10240.0, "{name}");
+        let (ok, v) = verify(&report, &gw, &[]);
+        assert!(ok, "{name}: {v}");
+    }
+    // Negative control: without --ca-cert the gateway's certificate is not trusted.
+    let report = dir.path().join("untrusted.json");
+    let out = loadtest_status(&[
+        "--endpoint",
+        &format!("https://{}", gw.http),
+        "--api-key",
+        &key,
+        "--spans",
+        "16",
+        "--spans-per-request",
+        "8",
+        "--report",
+        s(&report),
+        "--quiet",
+    ]);
+    assert!(out.status.success());
+    let r = read_json(&report);
+    assert_eq!(num(&r["requests"]["acked"]), 0.0, "{r}");
+    assert!(!r["refusals"]["errors_by_kind"]
+        .as_object()
+        .unwrap()
+        .is_empty());
+}
