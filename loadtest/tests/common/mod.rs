@@ -399,16 +399,27 @@ impl ChFront {
         }
     }
 
-    /// Runs SQL; panics on failure. Returns the TabSeparated output.
+    /// Runs SQL (HTTP/1.1 POST over a plain TcpStream: no curl needed); panics on failure.
+    /// Returns the response body.
     pub fn sql(&self, q: &str) -> String {
-        let out = run_bounded(
-            Command::new("curl")
-                .args(["-sS", "--fail-with-body", "--data-binary", q])
-                .arg(format!("{}/", self.url)),
-            Duration::from_secs(120),
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("http://");
+        let mut c = std::net::TcpStream::connect(addr).expect("connect to the chdb front");
+        c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        write!(
+            c,
+            "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{q}",
+            q.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).expect("read the answer");
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+        assert!(
+            head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+            "SQL {q:?}: {resp}"
         );
-        assert!(out.status.success(), "SQL {q:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
+        body.to_string()
     }
 }
 
