@@ -24,3 +24,15 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
+
+# Python services the integration tests start themselves, each in a venv in the CI cache
+# (${TRACEGATE_CI_CACHE:-$HOME/.cache/tracegate-ci}) so a rerun only checks a stamp file:
+# - chdb (a current ClickHouse engine, in-process) behind deploy/testing/chdb_front.py, for the
+#   ClickHouse tests;
+# - moto[server] (S3 + KMS on one loopback port), for the archive tests.
+if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+fi
+bash "$(dirname "$0")/chdb-venv.sh" >/dev/null
+bash "$(dirname "$0")/moto.sh" install

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Fuzzes the PROXY protocol header parser (fuzz/fuzz_targets/proxy_header.rs) with cargo-fuzz.
-# Usage: scripts/fuzz.sh [SECONDS]      (default 600; CI runs it briefly, e.g. 20)
+# Runs the cargo-fuzz targets one after the other, each for SECONDS:
+# - proxy_header  (fuzz/fuzz_targets/proxy_header.rs): the PROXY protocol header parser;
+# - scan_validate (fuzz/fuzz_targets/scan_validate.rs): the ingest scan fast path against prost
+#   decode + validate (a "clean" verdict must match the prost path's answer).
+# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (default 600 s each, all targets; CI runs each
+# briefly, e.g. 20 s, so the total stays within 40 s)
 #
 # cargo-fuzz wants a nightly compiler for -Zsanitizer=address. This machine has stable Rust only,
 # so we set RUSTC_BOOTSTRAP=1, which lets stable rustc accept those flags (the sanitizer runtime
@@ -8,6 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_TO_RUN="${1:-600}"
+shift || true
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(proxy_header scan_validate)
 if ! command -v cargo-fuzz >/dev/null; then
   echo "== installing cargo-fuzz"
   env -u CARGO_TARGET_DIR cargo install cargo-fuzz --locked --quiet
@@ -15,9 +22,15 @@ fi
 export RUSTC_BOOTSTRAP=1
 # Keep fuzz builds next to the others (CI points CARGO_TARGET_DIR at its cache).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
-mkdir -p fuzz/corpus/proxy_header
 cd fuzz
-echo "== cargo fuzz run proxy_header for ${SECONDS_TO_RUN}s"
-cargo fuzz run proxy_header corpus/proxy_header seeds/proxy_header -- \
-  -max_total_time="$SECONDS_TO_RUN" -max_len=8192 -print_final_stats=1 2>&1 \
-  | grep -a -v -E '^#[0-9]+' || { echo "fuzzing failed: see fuzz/artifacts/proxy_header/"; exit 1; }
+for target in "${TARGETS[@]}"; do
+  case "$target" in
+    proxy_header) max_len=8192 ;;
+    *) max_len=65536 ;;
+  esac
+  mkdir -p "corpus/$target"
+  echo "== cargo fuzz run $target for ${SECONDS_TO_RUN}s"
+  cargo fuzz run "$target" "corpus/$target" "seeds/$target" -- \
+    -max_total_time="$SECONDS_TO_RUN" -max_len="$max_len" -print_final_stats=1 2>&1 \
+    | grep -a -v -E '^#[0-9]+' || { echo "fuzzing failed: see fuzz/artifacts/$target/"; exit 1; }
+done

@@ -2,18 +2,34 @@
 //! bytes of one 512-span realistic request (~870 B/span, 20 string attributes + 1 int), on one
 //! core; next to prost's owned decode of the same bytes (what an encoder over owned structs
 //! would pay first) and the LZ4 framing the insert adds.
+//! `writer_envelope_to_lz4_rowbinary` is the writer's whole CPU path for a group of Kafka
+//! messages: envelope decode → RowBinary rows → LZ4 blocks.
 //! Run: `cargo bench -p tracegate-benches --bench clickhouse`.
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use prost::Message;
 use tracegate::clickhouse::rows::{EncodeOptions, Encoded, Encoder};
+use tracegate_benches::per_cpu_second;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use tracegate_proto::v1::Batch;
 
 const SPANS: usize = 512;
+/// Batches per writer group in the writer bench (10 240 spans per group).
+const GROUP: usize = 20;
+
+/// LZ4 in ClickHouse's native block framing, in the sink's 1 MiB blocks (`clickhouse::sink`).
+fn lz4_blocks(data: &[u8]) -> Vec<clickhouse::insert_formatted::CompressedData> {
+    data.chunks(1024 * 1024)
+        .map(|c| {
+            clickhouse::insert_formatted::CompressedData::new(c, clickhouse::Compression::Lz4)
+                .unwrap()
+        })
+        .collect()
+}
 
 fn bench(c: &mut Criterion) {
+    tracegate_benches::tune_allocator_like_the_binary();
     let req = tracegate_benches::realistic_request(SPANS, 7);
     let batch = Batch {
         org_id: "org".into(),
@@ -36,37 +52,60 @@ fn bench(c: &mut Criterion) {
 
     // Spans per CPU-second of this thread: what "per core" means, even when other processes
     // share the machine (criterion below reports wall-clock throughput).
-    let cpu = || {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes the timespec we pass.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-    };
-    for (label, lz4) in [("rowbinary_encode", false), ("rowbinary_encode+lz4", true)] {
-        let rounds = 400;
-        let t0 = cpu();
-        for _ in 0..rounds {
-            out.clear();
-            enc.encode_batch(&batch, &mut out).unwrap();
-            if lz4 {
-                std::hint::black_box(
-                    clickhouse::insert_formatted::CompressedData::new(
-                        &out.spans,
-                        clickhouse::Compression::Lz4,
-                    )
-                    .unwrap(),
-                );
-            }
+    let rounds = 200;
+    per_cpu_second("rowbinary_encode", SPANS, rounds, || {
+        out.clear();
+        enc.encode_batch(&batch, &mut out).unwrap();
+    });
+    per_cpu_second("rowbinary_encode+lz4", SPANS, rounds, || {
+        out.clear();
+        enc.encode_batch(&batch, &mut out).unwrap();
+        lz4_blocks(&out.spans)
+    });
+    // The writer as a whole, per group of GROUP Kafka messages: envelope decode (from the
+    // message's bytes, so the OTLP payload is copied once, as rdkafka's borrowed payload
+    // requires), RowBinary rows of every batch into one buffer, then LZ4 in the sink's 1 MiB
+    // native blocks.
+    let messages: Vec<Vec<u8>> = (0..GROUP)
+        .map(|i| {
+            let mut b = batch.clone();
+            b.otlp_request =
+                Bytes::from(tracegate_benches::realistic_request(SPANS, i as u64).encode_to_vec());
+            b.encode_to_vec()
+        })
+        .collect();
+    let mut group_out = Encoded::default();
+    let writer = |enc: &mut Encoder, out: &mut Encoded| {
+        out.clear();
+        for m in &messages {
+            let b = Batch::decode(&m[..]).unwrap();
+            enc.encode_batch(&b, out).unwrap();
         }
-        let secs = cpu() - t0;
-        eprintln!(
-            "{label}: {:.0} spans per CPU-second (thread CPU time, {rounds} x {SPANS} spans)",
-            (rounds * SPANS) as f64 / secs
-        );
-    }
+        lz4_blocks(&out.spans)
+    };
+    per_cpu_second(
+        "writer_envelope_to_lz4_rowbinary",
+        SPANS * GROUP,
+        rounds / GROUP,
+        || writer(&mut enc, &mut group_out),
+    );
+    per_cpu_second("writer_rows_only", SPANS * GROUP, rounds / GROUP, || {
+        group_out.clear();
+        for m in &messages {
+            let b = Batch::decode(&m[..]).unwrap();
+            enc.encode_batch(&b, &mut group_out).unwrap();
+        }
+    });
+    let rows = group_out.spans.clone();
+    per_cpu_second("lz4_group_rows", SPANS * GROUP, rounds / GROUP, || {
+        lz4_blocks(&rows)
+    });
+    per_cpu_second("lz4_single_batch_rows", SPANS, rounds, || {
+        lz4_blocks(&out.spans)
+    });
+    per_cpu_second("prost_owned_decode_reference", SPANS, rounds / 4, || {
+        ExportTraceServiceRequest::decode(batch.otlp_request.clone()).unwrap()
+    });
 
     let mut g = c.benchmark_group("clickhouse_512_spans");
     g.throughput(Throughput::Elements(SPANS as u64));
@@ -81,15 +120,18 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             enc.encode_batch(&batch, &mut out).unwrap();
-            clickhouse::insert_formatted::CompressedData::new(
-                &out.spans,
-                clickhouse::Compression::Lz4,
-            )
-            .unwrap()
+            lz4_blocks(&out.spans)
         })
     });
     g.bench_function("prost_owned_decode_reference", |b| {
         b.iter(|| ExportTraceServiceRequest::decode(batch.otlp_request.clone()).unwrap())
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("writer_group_of_20x512_spans");
+    g.throughput(Throughput::Elements((SPANS * GROUP) as u64));
+    g.bench_function("writer_envelope_to_lz4_rowbinary", |b| {
+        b.iter(|| writer(&mut enc, &mut group_out))
     });
     g.finish();
 }

@@ -1,22 +1,39 @@
-//! Decode + validate of a 512-span realistic request — the gateway's CPU cost per request —
-//! next to a bare `prost` decode of the same bytes (the physical reference) and gunzip/zstd.
+//! The gateway's CPU cost per request of 512 realistic spans, step by step, next to the
+//! physical references over the same bytes (bare `prost` decode into owned structs, gunzip,
+//! zstd decompression, memcpy):
+//! - `scan_validate_protobuf`: the fast path alone (`otlp::scan::scan`);
+//! - `decode_validate_protobuf_slow`: the prost path (decode, validate, stamp) that the fast
+//!   path replaces for clean requests; `decode_validate_json`: JSON, always the prost path;
+//! - `prepare_*`: the whole `ingest::prepare` step (reserve, decompress, scan, envelope bytes);
+//! - `envelope_encode`: a `Batch` around the request, encoded as the Kafka producer does;
+//! - `archive_payload_zstd3` and `archive_seal`: the writer's archive object for one batch
+//!   (zstd frame of records, then the v2 AES-256-GCM envelope).
+//!
+//! Before criterion runs, each bench prints spans per CPU-second of this thread (CLOCK_THREAD_
+//! CPUTIME_ID), which holds on a shared machine where criterion's wall-clock figures do not.
 //! Run: `cargo bench -p tracegate-benches --bench ingest`.
 
 use std::io::{Read, Write};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use prost::Message;
 use tracegate::admission::Admission;
+use tracegate::archive::crypto;
 use tracegate::auth::authenticator::Principal;
 use tracegate::config::LimitsConfig;
-use tracegate::ingest::prepare;
-use tracegate::otlp::decode::{Compression, Format};
+use tracegate::ingest::{prepare, stamp_tenant};
+use tracegate::otlp::decode::{self, Compression, Format};
+use tracegate::otlp::scan::{self, Claim};
+use tracegate::otlp::validate;
+use tracegate_benches::per_cpu_second;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
+use tracegate_proto::v1::Batch;
 
 const SPANS: usize = 512;
 
 fn bench(c: &mut Criterion) {
+    tracegate_benches::tune_allocator_like_the_binary();
     let req = tracegate_benches::realistic_request(SPANS, 7);
     let proto = Bytes::from(req.encode_to_vec());
     let json = Bytes::from(serde_json::to_vec(&req).unwrap());
@@ -42,7 +59,15 @@ fn bench(c: &mut Criterion) {
         org_id: "o".into(),
         ..Default::default()
     };
-    // What the request path does per request: reserve, decompress, decode, validate, stamp.
+    let claims: Vec<Claim<'_>> = keys
+        .iter()
+        .map(|k| Claim {
+            key: k,
+            want: "bench",
+        })
+        .collect();
+    // What the request path does per request: reserve, decompress, scan (or decode, validate,
+    // stamp), keep the bytes for the envelope.
     let run = |format: Format, compression: Compression, body: &Bytes| {
         let permit = admission.try_reserve(body.len()).unwrap();
         prepare(
@@ -55,36 +80,135 @@ fn bench(c: &mut Criterion) {
         )
         .unwrap()
     };
+    // The prost path, as `prepare` ran it for every request before the scan existed.
+    let slow = |body: &[u8]| {
+        let mut r = decode::decode(Format::Protobuf, body).unwrap();
+        let o = validate::validate(&mut r, &limits);
+        let stamped = stamp_tenant(&mut r, &keys, &principal);
+        assert!(!o.modified && !stamped);
+        o.accepted
+    };
+    let batch = Batch {
+        org_id: "org".into(),
+        workspace_id: "ws".into(),
+        project_id: "project".into(),
+        region: "eu".into(),
+        span_count: SPANS as u32,
+        batch_id: Bytes::from_static(&[7; 16]),
+        otlp_request: proto.clone(),
+        ..Default::default()
+    };
+    let ctx = crypto::EncryptionContext::new("org", "project", "eu", "bench:0:1-1");
+    let data_key = crypto::new_data_key().unwrap();
+    let payload = crypto::encode_payload(&[(0, &batch)], 3).unwrap();
+    let seal = |p: &[u8]| {
+        crypto::seal(
+            crypto::Provider::Keyring,
+            "k1",
+            &[9; 60],
+            &data_key,
+            &ctx,
+            1,
+            p,
+        )
+        .unwrap()
+    };
+    let gunzip = || {
+        let mut out = Vec::with_capacity(proto.len());
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    };
+    let unzstd = || zstd::bulk::decompress(&zs, proto.len()).unwrap();
+    // What the gateway did per zstd request before it kept a context per thread.
+    let unzstd_fresh = || {
+        let mut out = Vec::with_capacity(proto.len());
+        zstd::stream::read::Decoder::new(&zs[..])
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    };
+
+    // Spans per CPU-second of this thread, one line per step.
+    assert_eq!(scan::scan(&proto, &limits, &claims), Ok(SPANS));
+    let rounds = 200;
+    per_cpu_second("scan_validate_protobuf", SPANS, rounds, || {
+        scan::scan(&proto, &limits, &claims).unwrap()
+    });
+    per_cpu_second("prepare_protobuf", SPANS, rounds, || {
+        run(Format::Protobuf, Compression::Identity, &proto)
+    });
+    per_cpu_second("prepare_protobuf_zstd", SPANS, rounds, || {
+        run(Format::Protobuf, Compression::Zstd, &zs)
+    });
+    per_cpu_second("prepare_protobuf_gzip", SPANS, rounds, || {
+        run(Format::Protobuf, Compression::Gzip, &gz)
+    });
+    per_cpu_second("decode_validate_protobuf_slow", SPANS, rounds / 4, || {
+        slow(&proto)
+    });
+    per_cpu_second("decode_validate_json", SPANS, rounds / 8, || {
+        run(Format::Json, Compression::Identity, &json)
+    });
+    per_cpu_second("envelope_encode", SPANS, rounds, || batch.encode_to_vec());
+    per_cpu_second("archive_payload_zstd3", SPANS, rounds / 4, || {
+        crypto::encode_payload(&[(0, &batch)], 3).unwrap()
+    });
+    per_cpu_second("archive_seal", SPANS, rounds, || seal(&payload));
+    // What librdkafka's per-message compression costs the gateway (compression.type=zstd at
+    // its default level 3, or level 1), over the encoded envelope.
+    let envelope = batch.encode_to_vec();
+    eprintln!(
+        "envelope {} B; zstd 3: {} B, zstd 1: {} B",
+        envelope.len(),
+        zstd::bulk::compress(&envelope, 3).unwrap().len(),
+        zstd::bulk::compress(&envelope, 1).unwrap().len()
+    );
+    per_cpu_second("kafka_message_zstd3", SPANS, rounds / 4, || {
+        zstd::bulk::compress(&envelope, 3).unwrap()
+    });
+    per_cpu_second("kafka_message_zstd1", SPANS, rounds / 4, || {
+        zstd::bulk::compress(&envelope, 1).unwrap()
+    });
+    per_cpu_second("prost_decode_reference", SPANS, rounds / 4, || {
+        ExportTraceServiceRequest::decode(proto.clone()).unwrap()
+    });
+    per_cpu_second("gunzip_reference", SPANS, rounds, gunzip);
+    per_cpu_second("zstd_decompress_reference", SPANS, rounds, unzstd);
+    per_cpu_second("zstd_stream_fresh_context", SPANS, rounds, unzstd_fresh);
+    per_cpu_second("memcpy_reference", SPANS, rounds * 20, || proto.to_vec());
 
     let mut g = c.benchmark_group("ingest_512_spans");
     g.throughput(Throughput::Elements(SPANS as u64));
-    g.bench_function("prost_decode_reference", |b| {
-        b.iter(|| ExportTraceServiceRequest::decode(proto.clone()).unwrap())
+    g.bench_function("scan_validate_protobuf", |b| {
+        b.iter(|| scan::scan(&proto, &limits, &claims).unwrap())
     });
-    g.bench_function("decode_validate_protobuf", |b| {
+    g.bench_function("prepare_protobuf", |b| {
         b.iter(|| run(Format::Protobuf, Compression::Identity, &proto))
     });
-    g.bench_function("decode_validate_protobuf_gzip", |b| {
-        b.iter(|| run(Format::Protobuf, Compression::Gzip, &gz))
-    });
-    g.bench_function("decode_validate_protobuf_zstd", |b| {
+    g.bench_function("prepare_protobuf_zstd", |b| {
         b.iter(|| run(Format::Protobuf, Compression::Zstd, &zs))
     });
+    g.bench_function("prepare_protobuf_gzip", |b| {
+        b.iter(|| run(Format::Protobuf, Compression::Gzip, &gz))
+    });
+    g.bench_function("decode_validate_protobuf_slow", |b| b.iter(|| slow(&proto)));
     g.bench_function("decode_validate_json", |b| {
         b.iter(|| run(Format::Json, Compression::Identity, &json))
     });
-    g.bench_function("gunzip_reference", |b| {
-        b.iter_batched(
-            || Vec::with_capacity(proto.len()),
-            |mut out| {
-                flate2::read::GzDecoder::new(&gz[..])
-                    .read_to_end(&mut out)
-                    .unwrap();
-                out
-            },
-            BatchSize::SmallInput,
-        )
+    g.bench_function("envelope_encode", |b| b.iter(|| batch.encode_to_vec()));
+    g.bench_function("archive_payload_zstd3", |b| {
+        b.iter(|| crypto::encode_payload(&[(0, &batch)], 3).unwrap())
     });
+    g.bench_function("archive_seal", |b| b.iter(|| seal(&payload)));
+    g.bench_function("prost_decode_reference", |b| {
+        b.iter(|| ExportTraceServiceRequest::decode(proto.clone()).unwrap())
+    });
+    g.bench_function("gunzip_reference", |b| b.iter(gunzip));
+    g.bench_function("zstd_decompress_reference", |b| b.iter(unzstd));
+    g.bench_function("zstd_stream_fresh_context", |b| b.iter(unzstd_fresh));
     g.bench_function("memcpy_reference", |b| b.iter(|| proto.to_vec()));
     g.finish();
 }

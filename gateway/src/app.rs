@@ -92,6 +92,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let prometheus = crate::metrics::install();
+    let embedded = config.kafka.is_none();
+    crate::metrics::register(crate::metrics::Parts {
+        receivers: true,
+        embedded_writer: embedded,
+        kafka_producer: !embedded,
+        archive: embedded,
+        clickhouse: embedded && config.clickhouse.is_some(),
+        kafka_writer: false,
+    });
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;

@@ -176,6 +176,9 @@ pub struct AuthConfig {
     pub file_poll_ms: u64,
     /// PostgreSQL URL of the `postgres` store (the gateway needs only a read-only role).
     pub database_url: Option<String>,
+    /// File holding `database_url` (a mounted secret, e.g. with the password in it). Read at
+    /// start-up; setting both is an error.
+    pub database_url_file: Option<PathBuf>,
     /// Pepper as hex (e.g. from `TRACEGATE_AUTH__PEPPER`); wins over `pepper_file`.
     pub pepper: Option<String>,
     /// Pepper file; default `<data_dir>/pepper`, created on first start.
@@ -198,6 +201,7 @@ impl Default for AuthConfig {
             file_path: None,
             file_poll_ms: 1_000,
             database_url: None,
+            database_url_file: None,
             pepper: None,
             pepper_file: None,
             cache_ttl_ms: 60_000,
@@ -319,12 +323,57 @@ impl Config {
         if let Some(v) = &o.data_dir {
             fig = fig.merge(("server.data_dir", v));
         }
-        let cfg: Config = fig.extract().map_err(|e| {
+        let mut cfg: Config = fig.extract().map_err(|e| {
             // figment's errors name the key path ("for key `limits.max_attributes`").
             ConfigError::Parse(e.to_string())
         })?;
+        cfg.read_secret_files()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Reads the secrets that are configured as files (`*_file` keys: a secret store mounts them)
+    /// into their values, so that no secret needs to be in the config file in clear. Each value
+    /// may come from the file or from its own key (file / env), not both. The pepper, the archive
+    /// keyring and the TLS keys are files already (`auth.pepper_file`, `archive.keyring_path`,
+    /// `tls.key_file`) and are read where they are used.
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        fn read(key: &'static str, path: &Path) -> Result<String, ConfigError> {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                key,
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            // Secret files usually end with a newline; the secret itself does not.
+            let value = text.trim_end_matches(['\n', '\r']).to_string();
+            if value.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{} is empty", path.display()),
+                });
+            }
+            Ok(value)
+        }
+        fn both(key: &'static str, other: &str) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                message: format!("set either {key} or {other}, not both"),
+            }
+        }
+        if let Some(path) = &self.auth.database_url_file {
+            if self.auth.database_url.is_some() {
+                return Err(both("auth.database_url_file", "auth.database_url"));
+            }
+            self.auth.database_url = Some(read("auth.database_url_file", path)?);
+        }
+        if let Some(ch) = &mut self.clickhouse {
+            if let Some(path) = &ch.password_file {
+                if !ch.password.is_empty() {
+                    return Err(both("clickhouse.password_file", "clickhouse.password"));
+                }
+                ch.password = read("clickhouse.password_file", path)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -375,10 +424,14 @@ impl Config {
                 message: e.to_string(),
             },
         )?;
-        if self.auth.store == StoreKind::Postgres && self.auth.database_url.is_none() {
+        if self.auth.store == StoreKind::Postgres
+            && self.auth.database_url.is_none()
+            && self.auth.database_url_file.is_none()
+        {
             return Err(ConfigError::Invalid {
                 key: "auth.database_url",
-                message: "is required when auth.store = \"postgres\"".into(),
+                message: "(or auth.database_url_file) is required when auth.store = \"postgres\""
+                    .into(),
             });
         }
         if let Some(p) = &self.auth.pepper {
@@ -505,6 +558,65 @@ mod tests {
             assert!(err.contains("max_insert_rowz"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_and_conflicts_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let dsn = dir.path().join("dsn");
+        let pw = dir.path().join("ch-password");
+        std::fs::write(&dsn, "postgres://reader:s3cr%40t@db:5432/keys\n").unwrap();
+        std::fs::write(&pw, "ch pass word\r\n").unwrap();
+        let p = dir.path().join("c.toml");
+        let toml = format!(
+            "[auth]\nstore = \"postgres\"\ndatabase_url_file = {:?}\n\
+             [clickhouse]\nurl = \"http://127.0.0.1:8123\"\npassword_file = {:?}\n",
+            dsn.display().to_string(),
+            pw.display().to_string()
+        );
+        std::fs::write(&p, &toml).unwrap();
+        let c = Config::load_with_env(Some(&p), &Overrides::default(), no_env()).unwrap();
+        // Only the trailing newline is dropped; inner spaces belong to the secret.
+        assert_eq!(
+            c.auth.database_url.as_deref(),
+            Some("postgres://reader:s3cr%40t@db:5432/keys")
+        );
+        assert_eq!(c.clickhouse.as_ref().unwrap().password, "ch pass word");
+
+        // A secret given both ways is refused, naming the key.
+        std::fs::write(&p, format!("{toml}password = \"inline\"\n")).unwrap();
+        let err = Config::load_with_env(Some(&p), &Overrides::default(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clickhouse.password_file"), "{err}");
+        let both = toml.replace(
+            "store = \"postgres\"\n",
+            "store = \"postgres\"\ndatabase_url = \"postgres://x@y/z\"\n",
+        );
+        std::fs::write(&p, both).unwrap();
+        let err = Config::load_with_env(Some(&p), &Overrides::default(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.database_url_file"), "{err}");
+
+        // A missing or empty file stops start-up, naming the key.
+        std::fs::remove_file(&dsn).unwrap();
+        std::fs::write(&p, &toml).unwrap();
+        let err = Config::load_with_env(Some(&p), &Overrides::default(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth.database_url_file") && err.contains("cannot read"),
+            "{err}"
+        );
+        std::fs::write(&dsn, "\n").unwrap();
+        let err = Config::load_with_env(Some(&p), &Overrides::default(), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth.database_url_file") && err.contains("empty"),
+            "{err}"
+        );
     }
 
     #[test]

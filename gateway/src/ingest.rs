@@ -22,6 +22,7 @@ use crate::error::ApiError;
 use crate::metrics as m;
 use crate::otlp::decode::{self, Compression, Format};
 use crate::otlp::response::export_response;
+use crate::otlp::scan::{self, Claim};
 use crate::otlp::validate::{self, Reason};
 use crate::queue::embedded::BatchQueue;
 
@@ -55,7 +56,7 @@ pub struct Prepared {
 
 /// Which tenant value a claiming attribute gets: by its name (`…org…`, `…workspace…`, else the
 /// project).
-fn tenant_value<'a>(key: &str, p: &'a Principal) -> &'a str {
+pub(crate) fn tenant_value<'a>(key: &str, p: &'a Principal) -> &'a str {
     if key.contains("org") {
         &p.org_id
     } else if key.contains("workspace") {
@@ -89,7 +90,8 @@ pub fn stamp_tenant(req: &mut ExportTraceServiceRequest, keys: &[String], p: &Pr
     changed
 }
 
-/// Decompress (capped), decode, validate and stamp. Blocking: run it on the blocking pool.
+/// Decompress (capped), then scan-validate (protobuf) or decode, validate and stamp. Blocking:
+/// run it on the blocking pool.
 pub fn prepare(
     format: Format,
     compression: Compression,
@@ -102,6 +104,38 @@ pub fn prepare(
     // Account the decompressed bytes before materialising anything from them. The reservation
     // grows to cover them (it already covers the raw body), so nothing is counted twice.
     permit.grow_to(plain.len())?;
+    if format == Format::Protobuf {
+        // Fast path: a scan proves the request clean (all spans valid, nothing to stamp), so the
+        // client's bytes go on as they are and no span is ever materialised.
+        let claims: Vec<Claim<'_>> = match tenant {
+            Some((keys, p)) => keys
+                .iter()
+                .map(|k| Claim {
+                    key: k,
+                    want: tenant_value(k, p),
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Ok(spans) = scan::scan(&plain, limits, &claims) {
+            metrics::counter!(m::VALIDATION_PATH, "path" => "scan").increment(1);
+            let decompressed_len = plain.len();
+            return Ok((
+                Prepared {
+                    otlp_request: plain,
+                    outcome: validate::Outcome {
+                        accepted: spans,
+                        ..Default::default()
+                    },
+                    decompressed_len,
+                },
+                permit,
+            ));
+        }
+    }
+    // Slow path (JSON, or anything the scan could not prove clean): prost gives the answer,
+    // the per-span rejections and their messages.
+    metrics::counter!(m::VALIDATION_PATH, "path" => "prost").increment(1);
     let mut req = decode::decode(format, &plain)?;
     let mut outcome = validate::validate(&mut req, limits);
     if let Some((keys, p)) = tenant {

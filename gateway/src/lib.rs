@@ -4,6 +4,7 @@
 //! decode + validate (blocking pool) → queue → writer → sinks (archive). See `docs/`.
 
 pub mod admission;
+pub mod alloc;
 pub mod app;
 pub mod archive;
 pub mod audit;

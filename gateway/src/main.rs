@@ -6,6 +6,7 @@ use clap::Parser;
 use tracegate::cli::{self, Cli, Command, ServeArgs};
 
 fn main() {
+    tracegate::alloc::tune_malloc();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("tracegate: error: {e:#}");

@@ -8,6 +8,9 @@ pub const SPANS_REJECTED: &str = "tracegate_spans_rejected_total";
 pub const REQUESTS: &str = "tracegate_requests_total";
 pub const REQUEST_DURATION: &str = "tracegate_request_duration_seconds";
 pub const REQUEST_BYTES: &str = "tracegate_request_bytes_total";
+/// Requests by validation path: `scan` (protobuf proven clean, bytes forwarded) or `prost`
+/// (JSON, or a request with something to drop or stamp, or malformed).
+pub const VALIDATION_PATH: &str = "tracegate_validation_path_requests_total";
 pub const INFLIGHT_BYTES: &str = "tracegate_inflight_bytes";
 pub const INFLIGHT_BYTES_LIMIT: &str = "tracegate_inflight_bytes_limit";
 pub const BATCHES_WRITTEN: &str = "tracegate_batches_written_total";
@@ -21,6 +24,8 @@ pub const AUTH_STORE_ERRORS: &str = "tracegate_auth_store_errors_total";
 pub const AUTH_REFUSED: &str = "tracegate_auth_refused_total";
 pub const CONNECTIONS_REFUSED: &str = "tracegate_connections_refused_total";
 pub const TLS_CERT_RELOADS: &str = "tracegate_tls_cert_reloads_total";
+/// notAfter of the certificate each OTLP listener serves (Unix seconds), for expiry alerts.
+pub const TLS_CERT_NOT_AFTER: &str = "tracegate_tls_cert_not_after_timestamp_seconds";
 pub const RATE_LIMITED: &str = "tracegate_rate_limited_requests_total";
 pub const BUILD_INFO: &str = "tracegate_build_info";
 // ClickHouse sink (gateway/src/clickhouse/sink.rs).
@@ -90,6 +95,10 @@ fn describe() {
     describe_counter!(REQUESTS, "Export requests by transport and status");
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Export request latency");
     describe_counter!(REQUEST_BYTES, Unit::Bytes, "Decompressed request bytes");
+    describe_counter!(
+        VALIDATION_PATH,
+        "Requests by validation path: scan (clean protobuf, bytes forwarded) or prost"
+    );
     describe_gauge!(INFLIGHT_BYTES, Unit::Bytes, "Bytes of requests in flight");
     describe_gauge!(
         INFLIGHT_BYTES_LIMIT,
@@ -112,6 +121,11 @@ fn describe() {
     describe_counter!(
         TLS_CERT_RELOADS,
         "Certificate/CA reloads, by result (ok, error)"
+    );
+    describe_gauge!(
+        TLS_CERT_NOT_AFTER,
+        Unit::Seconds,
+        "notAfter of the served TLS certificate (Unix time), by listener"
     );
     describe_counter!(RATE_LIMITED, "Requests refused by a project quota");
     describe_counter!(
@@ -250,4 +264,146 @@ fn describe_kafka() {
         KAFKA_WRITER_QUARANTINED,
         "Unreadable Kafka messages kept in the quarantine dir, by reason"
     );
+}
+
+/// What runs in this process, so that [`register`] creates exactly its series. A series that
+/// only appears after the first event makes `rate()`-based alerts blind until then, and an
+/// absent series cannot be told from a broken scrape; a Kafka gauge at 0 in a process without
+/// Kafka would fire alerts, so each part registers only its own metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Parts {
+    /// `tracegate serve`: OTLP receivers, auth, admission.
+    pub receivers: bool,
+    /// The embedded queue and writer (`serve` without `[kafka]`).
+    pub embedded_writer: bool,
+    /// The Kafka producer (`serve` with `[kafka]`).
+    pub kafka_producer: bool,
+    /// The Kafka consumer-group writer (`tracegate write`).
+    pub kafka_writer: bool,
+    /// The archive sink (embedded writer or `tracegate write`).
+    pub archive: bool,
+    /// The ClickHouse sink.
+    pub clickhouse: bool,
+}
+
+fn labels(pairs: &[(&'static str, &'static str)]) -> Vec<metrics::Label> {
+    pairs
+        .iter()
+        .map(|(k, v)| metrics::Label::new(*k, *v))
+        .collect()
+}
+
+fn zero_counter(name: &'static str, pairs: &[(&'static str, &'static str)]) {
+    metrics::counter!(name, labels(pairs)).increment(0);
+}
+
+fn zero_gauge(name: &'static str, pairs: &[(&'static str, &'static str)]) {
+    metrics::gauge!(name, labels(pairs)).increment(0.0);
+}
+
+fn histogram(name: &'static str, pairs: &[(&'static str, &'static str)]) {
+    // Registering is enough: the exporter renders a registered histogram with zero counts.
+    let _ = metrics::histogram!(name, labels(pairs));
+}
+
+/// Registers, at zero, every series the given parts of the process export, with the label values
+/// the alert rules and the dashboard in deploy/ select on (gateway/tests/deploy_metrics.rs checks
+/// them against the scraped output). Counters and gauges are only touched (`+0`), so calling this
+/// after some were already updated changes nothing.
+pub fn register(parts: Parts) {
+    if parts.receivers {
+        for transport in ["http", "grpc"] {
+            for status in ["ok", "unavailable"] {
+                zero_counter(REQUESTS, &[("transport", transport), ("status", status)]);
+            }
+            histogram(REQUEST_DURATION, &[("transport", transport)]);
+        }
+        zero_counter(REQUEST_BYTES, &[]);
+        zero_counter(SPANS_ACCEPTED, &[]);
+        for r in crate::otlp::validate::Reason::ALL {
+            zero_counter(SPANS_REJECTED, &[("reason", r.label())]);
+        }
+        zero_gauge(INFLIGHT_BYTES, &[]);
+        zero_gauge(INFLIGHT_BYTES_LIMIT, &[]);
+        zero_counter(AUTH_CACHE_LOOKUPS, &[]);
+        zero_counter(AUTH_STORE_ERRORS, &[]);
+        zero_counter(AUTH_REFUSED, &[]);
+        zero_counter(CONNECTIONS_REFUSED, &[]);
+        zero_counter(RATE_LIMITED, &[]);
+    }
+    if parts.embedded_writer || parts.kafka_writer {
+        zero_counter(BATCHES_WRITTEN, &[]);
+        histogram(WRITE_DURATION, &[]);
+    }
+    if parts.embedded_writer {
+        zero_gauge(QUEUE_BATCHES, &[]);
+    }
+    if parts.archive {
+        zero_counter(ARCHIVE_OBJECTS_WRITTEN, &[]);
+        zero_counter(ARCHIVE_BYTES_WRITTEN, &[]);
+        zero_counter(WRITE_ERRORS, &[("sink", "archive")]);
+    }
+    if parts.clickhouse {
+        zero_counter(WRITE_ERRORS, &[("sink", "clickhouse")]);
+        for table in [
+            crate::clickhouse::schema::SPANS_TABLE,
+            crate::clickhouse::schema::PAYLOADS_TABLE,
+        ] {
+            for result in ["ok", "error", "rejected"] {
+                zero_counter(CLICKHOUSE_INSERTS, &[("table", table), ("result", result)]);
+            }
+            zero_counter(CLICKHOUSE_ROWS, &[("table", table)]);
+            histogram(CLICKHOUSE_INSERT_DURATION, &[("table", table)]);
+        }
+        histogram(CLICKHOUSE_ENCODE_DURATION, &[]);
+        histogram(CLICKHOUSE_WRITE_DURATION, &[]);
+        zero_counter(CLICKHOUSE_DEAD_LETTER_BATCHES, &[]);
+    }
+    let kafka_client = if parts.kafka_producer {
+        Some("producer")
+    } else if parts.kafka_writer {
+        Some("consumer")
+    } else {
+        None
+    };
+    if let Some(client) = kafka_client {
+        zero_gauge(KAFKA_CLIENT_QUEUE_MESSAGES, &[("client", client)]);
+        zero_gauge(KAFKA_CLIENT_QUEUE_BYTES, &[("client", client)]);
+        zero_gauge(KAFKA_BROKER_RTT_P99, &[("client", client)]);
+        for kind in ["tx", "rx", "request_timeout", "retry"] {
+            zero_counter(KAFKA_BROKER_ERRORS, &[("client", client), ("kind", kind)]);
+        }
+        zero_counter(KAFKA_CLIENT_ERRORS, &[("client", client)]);
+        // KAFKA_BROKERS_UP is not registered: 0 before the first statistics would read as
+        // "every broker down"; it appears with the first statistics (kafka.statistics_interval_ms).
+    }
+    if parts.kafka_producer {
+        zero_counter(KAFKA_PRODUCED_MESSAGES, &[]);
+        zero_counter(KAFKA_PRODUCED_BYTES, &[]);
+        histogram(KAFKA_DELIVERY_DURATION, &[]);
+        zero_counter(KAFKA_DELIVERY_FAILURES, &[]);
+        zero_counter(KAFKA_SPLIT_BATCHES, &[]);
+        zero_gauge(KAFKA_PRODUCER_QUEUE_BYTES, &[]);
+        zero_gauge(KAFKA_PRODUCER_QUEUE_BYTES_LIMIT, &[]);
+        zero_gauge(KAFKA_PRODUCER_QUEUE_LATENCY_P99, &[]);
+    }
+    if parts.kafka_writer {
+        zero_gauge(KAFKA_CONSUMER_LAG, &[]);
+        zero_counter(KAFKA_WRITER_BATCHES, &[]);
+        zero_counter(KAFKA_WRITER_MESSAGES, &[]);
+        zero_counter(KAFKA_WRITER_SPANS, &[]);
+        histogram(KAFKA_WRITER_BATCH_DURATION, &[]);
+        for kind in ["intent", "done"] {
+            for result in ["ok", "error"] {
+                zero_counter(KAFKA_WRITER_COMMITS, &[("kind", kind), ("result", result)]);
+            }
+        }
+        for kind in ["assign", "revoke"] {
+            zero_counter(KAFKA_WRITER_REBALANCES, &[("kind", kind)]);
+        }
+        zero_gauge(KAFKA_WRITER_BUFFERED_BYTES, &[]);
+        zero_gauge(KAFKA_WRITER_ASSIGNED_PARTITIONS, &[]);
+        zero_gauge(KAFKA_WRITER_PAUSED_PARTITIONS, &[]);
+        zero_counter(KAFKA_WRITER_QUARANTINED, &[]);
+    }
 }

@@ -8,9 +8,13 @@
 //! To make "ClickHouse committed the insert but the writer never learned it" frequent rather
 //! than a matter of luck, the front also drops 20 % of insert answers after committing them.
 //! The negative control runs the same scenario without deterministic tokens and must see
-//! duplicates. Scale: the issue asks for 1 000 000 spans and 20 kills; this runs about 20 000
-//! to 50 000 spans and `TRACEGATE_TEST_KAFKA_CH_KILLS` (default 10) kills, to stay within CI
-//! time on 2 cores (docs/testing.md).
+//! duplicates.
+//!
+//! Scale: the issue's figures, 1 000 000 sequence-numbered spans and 20 kills at random moments
+//! (`TRACEGATE_TEST_KAFKA_CH_SPANS`, `TRACEGATE_TEST_KAFKA_CH_KILLS` override them). The load is
+//! sent in 1 000-span requests, as fast as the gateway takes it, while the writer is killed at
+//! random points of its work. The negative control only has to show
+//! that duplicates appear, so it runs a tenth of the spans and a quarter of the kills.
 
 mod common;
 
@@ -18,21 +22,26 @@ use std::time::{Duration, Instant};
 
 use common::{ChFront, Gateway, Load, TestBroker, Writer};
 
-const SPANS_PER_REQUEST: u64 = 10;
+const SPANS_PER_REQUEST: u64 = 1000;
 
 struct Outcome {
     acked_spans: u64,
     count: u64,
     uniq: u64,
     kills: usize,
+    elapsed: Duration,
 }
 
-fn run(topic: &str, db: &str, dedup: bool) -> Outcome {
-    let kills: usize = std::env::var("TRACEGATE_TEST_KAFKA_CH_KILLS")
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
-    let broker = TestBroker::start(&[(topic, 2)]);
+        .unwrap_or(default)
+}
+
+fn run(topic: &str, db: &str, dedup: bool, spans: u64, kills: usize) -> Outcome {
+    let started = Instant::now();
+    let broker = TestBroker::start(&[(topic, 8)]);
     let front = ChFront::start(&["--fault-ack-loss", "0.2", "--seed", "11"]);
     let gw_dir = tempfile::Builder::new()
         .prefix("tg-kch-gw-")
@@ -46,8 +55,8 @@ fn run(topic: &str, db: &str, dedup: bool) -> Outcome {
     env.extend(common::clickhouse_env(&front, db));
     for (k, v) in [
         ("TRACEGATE_KAFKA__SESSION_TIMEOUT_MS", "6000"),
-        ("TRACEGATE_KAFKA__BATCH_MAX_AGE_MS", "100"),
-        ("TRACEGATE_KAFKA__BATCH_MAX_SPANS", "1000"),
+        ("TRACEGATE_KAFKA__BATCH_MAX_AGE_MS", "200"),
+        ("TRACEGATE_KAFKA__BATCH_MAX_SPANS", "5000"),
         ("TRACEGATE_KAFKA__PARTITION_KEY", "batch"),
         (
             "TRACEGATE_CLICKHOUSE__INSERT_DEDUPLICATION",
@@ -62,15 +71,14 @@ fn run(topic: &str, db: &str, dedup: bool) -> Outcome {
     let project = common::unique_project(db);
     let key = gw.create_key(&project);
     let mut writer = Writer::start(wr_dir.path(), None, &env);
+    let requests = spans.div_ceil(SPANS_PER_REQUEST);
     let mut load = Load::start(
         &gw.traces_url(),
         &key,
         "kch",
         2,
         SPANS_PER_REQUEST,
-        // About 300 spans/s: what the chdb front (a Python HTTP layer) absorbs on 2 shared
-        // cores while it also loses answers and the writer restarts.
-        Duration::from_millis(50),
+        Duration::ZERO,
         Duration::from_millis(100),
     );
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
@@ -80,34 +88,51 @@ fn run(topic: &str, db: &str, dedup: bool) -> Outcome {
         seed ^= seed << 17;
         lo + seed % (hi - lo)
     };
-    for k in 0..kills {
-        let before = writer.metric("tracegate_kafka_writer_batches_total");
-        let wrote = common::wait_until(Duration::from_secs(60), || {
-            writer.metric("tracegate_kafka_writer_batches_total") >= before + 2.0
-        });
-        assert!(wrote, "kill {k}: the writer wrote no batches");
-        std::thread::sleep(Duration::from_millis(rnd(20, 600)));
-        writer.kill9();
-        writer = Writer::start(wr_dir.path(), None, &env);
-    }
-    assert!(common::wait_until(Duration::from_secs(60), || {
-        writer.metric("tracegate_kafka_writer_batches_total") >= 2.0
-    }));
-    load.stop();
-    let acked_spans = load.acked() as u64 * SPANS_PER_REQUEST;
-    // Acknowledged by the gateway = in Kafka; wait for the writer to bring all of it over.
-    let sql = format!(
+    let mut loading = true;
+    let count_sql = format!(
         "SELECT count(), uniqExact(TraceId, SpanId) FROM {db}.otel_traces \
          WHERE ProjectId = '{project}' FORMAT TSV"
     );
     let read = || -> (u64, u64) {
-        let out = front.query(&sql);
+        let out = front.query(&count_sql);
         let mut it = out.split_whitespace().map(|v| v.parse::<u64>().unwrap());
         (it.next().unwrap(), it.next().unwrap())
     };
-    let deadline = Instant::now() + Duration::from_secs(240);
+    // Kill at random moments while there is still work: each writer lives until it has
+    // committed a random 1-3 batches (of at most 5 000 spans; a million spans make at least
+    // 200), then a random pause, then -9. So every kill lands in the middle of the run, with
+    // batches cut, inserted, archived or committed at that instant.
+    for k in 0..kills {
+        let batches = rnd(1, 4) as f64;
+        let progressed = common::wait_until(Duration::from_secs(120), || {
+            if loading && load.acked() as u64 >= requests {
+                load.stop();
+                loading = false;
+            }
+            writer.metric("tracegate_kafka_writer_batches_total") >= batches
+        });
+        assert!(progressed, "kill {k}: the writer made no progress");
+        std::thread::sleep(Duration::from_millis(rnd(0, 500)));
+        writer.kill9();
+        writer = Writer::start(wr_dir.path(), None, &env);
+    }
+    assert!(common::wait_until(Duration::from_secs(600), || {
+        if loading && load.acked() as u64 >= requests {
+            load.stop();
+            loading = false;
+        }
+        !loading
+    }));
+    let acked_spans = load.acked() as u64 * SPANS_PER_REQUEST;
+    eprintln!(
+        "[kafka→clickhouse] {acked_spans} spans acked after {:?}; {} in ClickHouse",
+        started.elapsed(),
+        read().1
+    );
+    // Acknowledged by the gateway = in Kafka; wait for the writer to bring all of it over.
+    let deadline = Instant::now() + Duration::from_secs(600);
     while read().1 < acked_spans && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(500));
     }
     // The writer drains and exits; then the final figures.
     let s = writer.terminate();
@@ -118,17 +143,20 @@ fn run(topic: &str, db: &str, dedup: bool) -> Outcome {
         count,
         uniq,
         kills,
+        elapsed: started.elapsed(),
     }
 }
 
 #[test]
 fn kafka_writer_killed_repeatedly_exactly_once_in_clickhouse() {
-    let o = run("tracegate-kch", "kch", true);
+    let spans = env_or("TRACEGATE_TEST_KAFKA_CH_SPANS", 1_000_000);
+    let kills = env_or("TRACEGATE_TEST_KAFKA_CH_KILLS", 20) as usize;
+    let o = run("tracegate-kch", "kch", true, spans, kills);
     eprintln!(
-        "[kafka→clickhouse] {} kills: acked {} spans, count {}, uniq {}",
-        o.kills, o.acked_spans, o.count, o.uniq
+        "[kafka→clickhouse] {} kills: acked {} spans, count {}, uniq {} in {:?}",
+        o.kills, o.acked_spans, o.count, o.uniq, o.elapsed
     );
-    assert!(o.acked_spans > 0);
+    assert!(o.acked_spans >= spans, "the load was acknowledged in full");
     assert_eq!(
         o.uniq, o.acked_spans,
         "every acknowledged span is in ClickHouse"
@@ -142,10 +170,12 @@ fn kafka_writer_killed_repeatedly_exactly_once_in_clickhouse() {
 
 #[test]
 fn kafka_negative_control_without_tokens_duplicates() {
-    let o = run("tracegate-kch-nc", "kch_nc", false);
+    let spans = env_or("TRACEGATE_TEST_KAFKA_CH_SPANS", 1_000_000) / 10;
+    let kills = (env_or("TRACEGATE_TEST_KAFKA_CH_KILLS", 20) as usize / 4).max(2);
+    let o = run("tracegate-kch-nc", "kch_nc", false, spans, kills);
     eprintln!(
-        "[kafka→clickhouse, no tokens] {} kills: acked {} spans, count {}, uniq {}",
-        o.kills, o.acked_spans, o.count, o.uniq
+        "[kafka→clickhouse, no tokens] {} kills: acked {} spans, count {}, uniq {} in {:?}",
+        o.kills, o.acked_spans, o.count, o.uniq, o.elapsed
     );
     assert_eq!(o.uniq, o.acked_spans);
     assert!(

@@ -250,6 +250,26 @@ fn run_case(transport: Transport, compression: Option<Compression>) {
         accepted.is_some_and(|v| v >= SPANS as f64),
         "{label}: tracegate_spans_accepted_total = {accepted:?}, expected >= {SPANS}"
     );
+    // The SDK's protobuf requests are clean: every one takes the scan fast path (bytes
+    // forwarded, never decoded by prost). JSON always goes through prost.
+    let path = |p: &str| {
+        metric_sum(
+            &metrics,
+            &format!("tracegate_validation_path_requests_total{{path=\"{p}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let (scan, prost) = (path("scan"), path("prost"));
+    match transport {
+        Transport::HttpJson => assert!(
+            scan == 0.0 && prost >= 1.0,
+            "{label}: JSON requests: scan {scan}, prost {prost}"
+        ),
+        Transport::HttpProtobuf | Transport::Grpc => assert!(
+            scan >= 1.0 && prost == 0.0,
+            "{label}: protobuf requests: scan {scan}, prost {prost}"
+        ),
+    }
 
     let mut gw = gw;
     let status = gw.terminate();

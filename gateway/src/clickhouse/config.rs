@@ -23,6 +23,10 @@ pub struct ClickHouseConfig {
     pub database: String,
     pub user: String,
     pub password: String,
+    /// File holding the password (a mounted secret; trailing newline ignored). Read at start-up
+    /// into `password`; setting both is an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
     /// Table engine used by `tracegate migrate` for new tables.
     pub engine: Engine,
     /// Retention in days (partitions older than this are dropped whole); 0 = keep forever.
@@ -59,6 +63,7 @@ impl Default for ClickHouseConfig {
             database: "tracegate".into(),
             user: "default".into(),
             password: String::new(),
+            password_file: None,
             engine: Engine::MergeTree,
             ttl_days: 30,
             deduplication_window: 1000,

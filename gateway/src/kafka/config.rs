@@ -36,6 +36,14 @@ impl Compression {
             Compression::None => "none",
         }
     }
+
+    /// librdkafka's `compression.level` for this codec (-1 = the codec's own default).
+    fn default_level(self) -> &'static str {
+        match self {
+            Compression::Zstd => "1",
+            Compression::Lz4 | Compression::None => "-1",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -278,6 +286,11 @@ impl KafkaConfig {
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", self.compression.as_rdkafka())
+            // zstd at level 1, not librdkafka's default 3: compressing each message is the
+            // gateway's largest CPU cost on the Kafka path (benches/benches/ingest.rs,
+            // kafka_message_zstd{1,3}: 255 vs 339 µs per 512 spans, more than the whole scan +
+            // envelope step). `kafka.properties."compression.level"` overrides it.
+            .set("compression.level", self.compression.default_level())
             .set("linger.ms", self.linger_ms.to_string())
             .set("message.timeout.ms", self.delivery_timeout_ms.to_string())
             .set("message.max.bytes", self.message_max_bytes.to_string())
@@ -296,6 +309,13 @@ impl KafkaConfig {
         let heartbeat = (self.session_timeout_ms / 3).clamp(100, 3_000);
         let fetch = self.message_max_bytes.max(1024 * 1024);
         c.set("group.id", &self.group_id)
+            // librdkafka's own pre-fetch queue sits in front of the writer's buffer; its default
+            // (64 MiB) would double a small `writer_max_buffered_bytes`. A quarter of that bound,
+            // but at least two fetches, keeps the writer's total memory near the configured one.
+            .set(
+                "queued.max.messages.kbytes",
+                prefetch_kbytes(self.writer_max_buffered_bytes, fetch).to_string(),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -309,9 +329,25 @@ impl KafkaConfig {
     }
 }
 
+/// The consumer's pre-fetch queue bound in KiB (see `consumer_config`).
+fn prefetch_kbytes(max_buffered: usize, fetch: usize) -> usize {
+    (max_buffered / 4).max(2 * fetch).min(64 * 1024 * 1024) / 1024
+}
+
+#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefetch_queue_follows_the_writer_buffer_bound() {
+        // The default 256 MiB buffer: 64 MiB of pre-fetch (librdkafka's own default).
+        assert_eq!(prefetch_kbytes(256 << 20, 1 << 20), 64 << 10);
+        // A small buffer: two fetches, not 64 MiB.
+        assert_eq!(prefetch_kbytes(1 << 20, 1 << 20), 2 << 10);
+        // Never above librdkafka's default.
+        assert_eq!(prefetch_kbytes(usize::MAX / 2, 1 << 20), 64 << 10);
+    }
 
     fn cfg() -> KafkaConfig {
         KafkaConfig {
@@ -395,7 +431,11 @@ mod tests {
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("acks"), Some("all"));
         assert_eq!(p.get("compression.type"), Some("zstd"));
+        assert_eq!(p.get("compression.level"), Some("1"));
         assert_eq!(p.get("socket.timeout.ms"), Some("5000"));
+        // The operator's level wins.
+        k.properties.insert("compression.level".into(), "6".into());
+        assert_eq!(k.producer_config().get("compression.level"), Some("6"));
         let c = k.consumer_config();
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));

@@ -1011,6 +1011,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         .clone()
         .context("tracegate write needs a [kafka] section (kafka.brokers, kafka.topic)")?;
     let prometheus = m::install();
+    m::register(m::Parts {
+        kafka_writer: true,
+        archive: true,
+        clickhouse: config.clickhouse.is_some(),
+        ..Default::default()
+    });
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;

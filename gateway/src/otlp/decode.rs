@@ -2,8 +2,8 @@
 //!
 //! The size cap applies to the **decompressed** body and is enforced while inflating, so a
 //! compression bomb never puts more than the cap (plus one read chunk) in memory
-//! (cf. Collector CVE-2024-36129). Runs on the blocking pool: callers must not call it from an
-//! async worker.
+//! (cf. Collector CVE-2024-36129). zstd reuses one decompression context per thread. Runs on
+//! the blocking pool: callers must not call it from an async worker.
 
 use std::io::Read;
 
@@ -52,6 +52,8 @@ pub enum Format {
 /// cannot make the decoder allocate more than that (level 19 uses 8 MiB).
 const ZSTD_WINDOW_LOG_MAX: u32 = 25;
 const READ_CHUNK: usize = 64 * 1024;
+/// A thread's zstd context is dropped after a request that grew it beyond this.
+const ZSTD_KEEP_CONTEXT_BYTES: usize = 4 << 20;
 
 /// Decompresses `body`, never holding more than `cap` decompressed bytes.
 pub fn decompress(compression: Compression, body: Bytes, cap: usize) -> Result<Bytes, ApiError> {
@@ -67,7 +69,7 @@ pub fn decompress(compression: Compression, body: Bytes, cap: usize) -> Result<B
         Compression::Gzip => read_capped(
             flate2::read::MultiGzDecoder::new(&body[..]),
             cap,
-            body.len(),
+            gzip_size_hint(&body).unwrap_or(body.len().saturating_mul(4)),
         )
         .map_err(|e| e.or_invalid(corrupt)),
         Compression::Deflate => {
@@ -76,21 +78,21 @@ pub fn decompress(compression: Compression, body: Bytes, cap: usize) -> Result<B
                 && body[0] & 0x0f == 8
                 && (u16::from(body[0]) << 8 | u16::from(body[1])) % 31 == 0;
             if zlib {
-                read_capped(flate2::read::ZlibDecoder::new(&body[..]), cap, body.len())
+                read_capped(
+                    flate2::read::ZlibDecoder::new(&body[..]),
+                    cap,
+                    body.len().saturating_mul(4),
+                )
             } else {
                 read_capped(
                     flate2::read::DeflateDecoder::new(&body[..]),
                     cap,
-                    body.len(),
+                    body.len().saturating_mul(4),
                 )
             }
             .map_err(|e| e.or_invalid(corrupt))
         }
-        Compression::Zstd => {
-            let mut dec = zstd::stream::read::Decoder::new(&body[..]).map_err(corrupt)?;
-            dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(corrupt)?;
-            read_capped(dec, cap, body.len()).map_err(|e| e.or_invalid(corrupt))
-        }
+        Compression::Zstd => zstd_capped(&body, cap).map_err(|e| e.or_invalid(corrupt)),
     }
 }
 
@@ -108,15 +110,85 @@ impl CapError {
     }
 }
 
-fn read_capped(mut r: impl Read, cap: usize, compressed_len: usize) -> Result<Bytes, CapError> {
-    // Start from a modest guess and grow in bounded steps so a bomb is caught at `cap` without
-    // a doubling overshoot.
-    let mut out: Vec<u8> = Vec::with_capacity(
-        compressed_len
-            .saturating_mul(4)
-            .max(READ_CHUNK)
-            .min(cap.saturating_add(1)),
-    );
+/// The size a gzip body declares in its trailer (ISIZE: the last member's length mod 2^32). Only
+/// a hint for the first allocation; the cap is enforced while inflating whatever it says.
+fn gzip_size_hint(body: &[u8]) -> Option<usize> {
+    let tail: [u8; 4] = body.get(body.len().checked_sub(4)?..)?.try_into().ok()?;
+    // +1 so the final read that finds the end of the stream does not have to grow the buffer.
+    usize::try_from(u32::from_le_bytes(tail))
+        .ok()?
+        .checked_add(1)
+}
+
+thread_local! {
+    /// One zstd decompression context per blocking-pool thread, reused across requests: a new
+    /// context per request allocates its workspace and a window buffer (2 MiB for a frame
+    /// streamed at level 3) and faults their pages in every time.
+    static ZSTD_DCTX: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Capped zstd decompression with this thread's reused context. The first allocation is the size
+/// the frame declares (when it does), bounded by the cap.
+fn zstd_capped(body: &[u8], cap: usize) -> Result<Bytes, CapError> {
+    let declared = zstd::zstd_safe::get_frame_content_size(body)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        // +1: the read that finds the end of the stream needs room without regrowing.
+        .map(|n| n.saturating_add(1));
+    let hint = declared.unwrap_or(body.len().saturating_mul(8));
+    let io = |e: std::io::Error| CapError::Io(e);
+    ZSTD_DCTX.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            // Re-entered (cannot happen: nothing here calls back); use a fresh context.
+            let mut dec = zstd::stream::read::Decoder::new(body).map_err(io)?;
+            dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(io)?;
+            return read_capped(dec, cap, hint);
+        };
+        if slot.is_none() {
+            let mut ctx = zstd::zstd_safe::DCtx::create();
+            ctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+                ZSTD_WINDOW_LOG_MAX,
+            ))
+            .map_err(|c| io(zstd_error(c)))?;
+            *slot = Some(ctx);
+        }
+        let Some(ctx) = slot.as_mut() else {
+            return Err(io(std::io::Error::other("zstd context missing")));
+        };
+        // A previous request may have stopped mid-frame (error or cap): start clean. The
+        // window limit is a parameter and survives a session reset.
+        ctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .map_err(|c| io(zstd_error(c)))?;
+        let out = read_capped(
+            zstd::stream::read::Decoder::with_context(body, ctx),
+            cap,
+            hint,
+        );
+        // Keep the context only while its buffers are of the usual size (a 2 MiB window at
+        // level 3 is ~2.3 MiB): one request with a 32 MiB window must not leave 32 MiB behind
+        // on every blocking thread it ran on.
+        if slot
+            .as_ref()
+            .is_some_and(|c| c.sizeof() > ZSTD_KEEP_CONTEXT_BYTES)
+        {
+            *slot = None;
+        }
+        out
+    })
+}
+
+fn zstd_error(code: usize) -> std::io::Error {
+    std::io::Error::other(zstd::zstd_safe::get_error_name(code).to_string())
+}
+
+/// `size_hint`: the expected decompressed size, used (bounded by the cap) for the first
+/// allocation so a typical body is inflated without regrowing and copying the buffer.
+fn read_capped(mut r: impl Read, cap: usize, size_hint: usize) -> Result<Bytes, CapError> {
+    // Start from the hint and grow in bounded steps so a bomb is caught at `cap` without a
+    // doubling overshoot.
+    let mut out: Vec<u8> = Vec::with_capacity(size_hint.max(READ_CHUNK).min(cap.saturating_add(1)));
     loop {
         if out.len() > cap {
             return Err(CapError::TooLarge(cap));
@@ -217,6 +289,46 @@ mod tests {
                 .http_status(),
             413
         );
+    }
+
+    #[test]
+    fn zstd_with_and_without_declared_size_and_a_reused_context() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let streamed = zstd::encode_all(&data[..], 3).unwrap();
+        let sized = zstd::bulk::compress(&data, 3).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&sized).unwrap(),
+            Some(data.len() as u64)
+        );
+        for z in [&streamed, &sized] {
+            let out = decompress(Compression::Zstd, z.clone().into(), 1 << 20).unwrap();
+            assert!(out == data, "round trip");
+            // Over the cap by one byte: 413, and the context is fine for the next request.
+            let e = decompress(Compression::Zstd, z.clone().into(), data.len() - 1).unwrap_err();
+            assert_eq!(e.http_status(), 413);
+            // Truncated mid-frame: 400; the next request still decodes.
+            let cut = z[..z.len() - 3].to_vec();
+            let e = decompress(Compression::Zstd, cut.into(), 1 << 20).unwrap_err();
+            assert_eq!(e.http_status(), 400);
+        }
+        // A frame with a large window (8 MiB here) decodes, and its context is not kept.
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.window_log(23).unwrap();
+        enc.long_distance_matching(true).unwrap();
+        let big: Vec<u8> = (0..6_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        enc.write_all(&big).unwrap();
+        let z_big = enc.finish().unwrap();
+        assert!(decompress(Compression::Zstd, z_big.into(), 8 << 20).unwrap() == big);
+        ZSTD_DCTX.with(|c| assert!(c.borrow().is_none(), "large context kept"));
+        assert!(decompress(Compression::Zstd, sized.clone().into(), 1 << 20).unwrap() == data);
+        ZSTD_DCTX.with(|c| assert!(c.borrow().is_some(), "usual context dropped"));
+        // Two frames back to back decode as their concatenation.
+        let mut two = sized.clone();
+        two.extend_from_slice(&streamed);
+        let both = decompress(Compression::Zstd, two.into(), 1 << 20).unwrap();
+        assert!(both.len() == 2 * data.len() && both[data.len()..] == data[..]);
     }
 
     #[test]

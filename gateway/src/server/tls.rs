@@ -139,6 +139,65 @@ pub fn serial_hex(cert: &[u8]) -> Option<String> {
     Some(hex::encode(serial))
 }
 
+/// notAfter of a DER certificate as Unix seconds (UTCTime or GeneralizedTime, `Z` form as RFC
+/// 5280 requires), for the expiry gauge; `None` if the structure is not what RFC 5280 says.
+pub fn not_after_unix(cert: &[u8]) -> Option<i64> {
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = b.split_first()?;
+        let (&l0, rest) = rest.split_first()?;
+        let (len, rest) = if l0 < 0x80 {
+            (l0 as usize, rest)
+        } else {
+            let n = (l0 & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n].iter().fold(0usize, |a, &x| (a << 8) | x as usize);
+            (len, &rest[n..])
+        };
+        if rest.len() < len {
+            return None;
+        }
+        Some((tag, &rest[..len], &rest[len..]))
+    }
+    // tbsCertificate: [0] version OPTIONAL, serial, signature, issuer, validity, …
+    let (_, cert, _) = tlv(cert)?;
+    let (_, tbs, _) = tlv(cert)?;
+    let (tag, _, mut rest) = tlv(tbs)?;
+    if tag == 0xA0 {
+        rest = tlv(rest)?.2; // serial
+    }
+    let rest = tlv(rest)?.2; // signature algorithm
+    let rest = tlv(rest)?.2; // issuer
+    let (tag, validity, _) = tlv(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (_, _, after) = tlv(validity)?; // notBefore
+    let (tag, t, _) = tlv(after)?;
+    let t = std::str::from_utf8(t).ok()?;
+    let full = match (tag, t.len()) {
+        // UTCTime YYMMDDHHMMSSZ: YY < 50 is 20YY (RFC 5280 4.1.2.5.1)
+        (0x17, 13) => {
+            let yy: u32 = t[..2].parse().ok()?;
+            format!("{}{t}", if yy < 50 { "20" } else { "19" })
+        }
+        (0x18, 15) => t.to_string(),
+        _ => return None,
+    };
+    chrono::NaiveDateTime::parse_from_str(full.trim_end_matches('Z'), "%Y%m%d%H%M%S")
+        .ok()
+        .filter(|_| full.ends_with('Z'))
+        .map(|d| d.and_utc().timestamp())
+}
+
+/// Publishes the served certificate's notAfter (alert: deploy/prometheus/alerts.yaml).
+fn record_not_after(listener: &'static str, ck: &CertifiedKey) {
+    if let Some(t) = ck.cert.first().and_then(|c| not_after_unix(c)) {
+        metrics::gauge!(m::TLS_CERT_NOT_AFTER, "listener" => listener).set(t as f64);
+    }
+}
+
 impl TlsListener {
     /// Loads the certificate, key and (optional) client CA; errors name the config key.
     pub fn new(l: OtlpListener, settings: ResolvedTls) -> Result<Arc<Self>> {
@@ -154,6 +213,11 @@ impl TlsListener {
                 settings.key_file.display()
             )
         })?;
+        record_not_after(l.name(), &ck);
+        // Registered at zero, so reload-failure alerts see the series before the first reload.
+        for result in ["ok", "error"] {
+            metrics::counter!(m::TLS_CERT_RELOADS, "result" => result).increment(0);
+        }
         let resolver = Arc::new(CertResolver {
             current: ArcSwap::from_pointee(ck),
         });
@@ -238,6 +302,7 @@ impl TlsListener {
         match result {
             Ok(ck) => {
                 let serial = ck.cert.first().and_then(|c| serial_hex(c));
+                record_not_after(self.listener, &ck);
                 self.resolver.current.store(Arc::new(ck));
                 metrics::counter!(m::TLS_CERT_RELOADS, "result" => "ok").increment(1);
                 tracing::info!(
@@ -385,6 +450,20 @@ mod tests {
         assert!(load_client_ca(c1.as_bytes()).is_ok());
         assert!(load_client_ca(b"").is_err());
         assert_eq!(serial_hex(b"\x30\x80"), None);
+    }
+
+    #[test]
+    fn not_after_is_read_from_utc_and_generalized_times() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        // 2049 is written as UTCTime, 2050 and later as GeneralizedTime (RFC 5280).
+        for (y, want) in [(2049, 2_514_844_800_i64), (2051, 2_577_916_800)] {
+            let mut p = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+            p.not_after = rcgen::date_time_ymd(y, 9, 10);
+            let c = p.self_signed(&key).unwrap();
+            assert_eq!(not_after_unix(c.der()), Some(want), "year {y}");
+        }
+        assert_eq!(not_after_unix(b"\x30\x03\x30\x01\x00"), None);
+        assert_eq!(not_after_unix(b""), None);
     }
 
     #[tokio::test]
