@@ -63,9 +63,9 @@ EP="http://$HTTP"; [ "$PROTOCOL" = grpc ] && EP="http://$GRPC"
 KEY=$("$BIN/tracegate" keys create --project bench --data-dir "$WORK/gw" | tail -1)
 for _ in $(seq 1 50); do curl -sf "http://$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' "$WORK/gw.out")/readyz" >/dev/null && break; sleep 0.1; done
 # warm-up, then the measured run
-"$BIN/loadtest" --endpoint "$EP" --protocol "$PROTOCOL" --api-key "$KEY" --duration 2s --concurrency "$CONC" --spans-per-request "$SPANS" --max-requests 20 >/dev/null
+"$BIN/loadtest" --quiet --endpoint "$EP" --protocol "$PROTOCOL" --api-key "$KEY" --duration 2s --concurrency "$CONC" --spans-per-request "$SPANS" --max-requests 20 >/dev/null
 c0=$(cpu_secs $GW)
-OUT=$("$BIN/loadtest" --endpoint "$EP" --protocol "$PROTOCOL" --api-key "$KEY" --duration 300s --concurrency "$CONC" \
+OUT=$("$BIN/loadtest" --quiet --endpoint "$EP" --protocol "$PROTOCOL" --api-key "$KEY" --duration 300s --concurrency "$CONC" \
   --spans-per-request "$SPANS" --max-requests "$REQUESTS")
 c1=$(cpu_secs $GW)
 echo "$OUT"

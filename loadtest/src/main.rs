@@ -1,80 +1,203 @@
-//! `loadtest`: a minimal OTLP trace load generator for tracegate.
+//! `loadtest`: OTLP trace load generator for tracegate, and `loadtest verify`.
 //!
 //! ```text
 //! loadtest --endpoint http://127.0.0.1:4318 --api-key tg_... [--protocol http|grpc]
-//!          [--duration 30s] [--rate 0] [--concurrency 8] [--spans-per-request 100]
-//!          [--compression none|gzip] [--threads 1] [--max-requests 0]
+//!          [--encoding protobuf|json] [--compression none|gzip|zstd] [--ca-cert FILE]
+//!          [--duration 20s | --spans N] [--rate SPANS_PER_SEC] [--concurrency N]
+//!          [--spans-per-request 512] [--shape small|realistic|llm]
+//!          [--report FILE.json] [--plot FILE.svg] [--run-id HEX] [--seed N] [--watch-pid PID]
+//! loadtest verify --report FILE.json (--data-dir D | --config FILE | --clickhouse URL)
 //! ```
-//! Requests carry realistic spans (about 870 B encoded: 20 string attributes and one int, like
-//! the field notes' measurements), pre-encoded once. `--rate` is requests per second over all
-//! workers (0 = as fast as the answers come: a closed loop with `--concurrency` requests in
-//! flight). A request counts as accepted only on HTTP 200 / gRPC OK; the gateway answers that
-//! only once the spans are durable (with `[kafka]`: acknowledged by the broker), so the
-//! `spans_per_sec` figure is throughput through to the broker ack. Prints one summary line:
-//! `loadtest protocol=… seconds=… requests_ok=… requests_failed=… spans_ok=… spans_per_sec=…
-//! p50_ms=… p99_ms=… max_ms=… failures=<code>:<n>,…`.
+//!
+//! With `--rate` the run is an open loop: request r is due at `start + r * spans_per_request /
+//! rate`, whatever the answers before it did, and its latency is measured from that moment, so
+//! a server that stalls is charged for the whole queue it caused (no coordinated omission).
+//! `--concurrency` then caps the requests in flight (a send beyond it waits, and the wait
+//! counts). Without `--rate` the run is a closed loop: `--concurrency` requests in flight, each
+//! sent as soon as the one before it was answered. See docs/benchmarks.md.
+//!
+//! Prints one summary line on stdout (`loadtest run_id=… seconds=… spans_ok=… spans_per_sec=…
+//! p50_ms=… p99_ms=… …`); `--report` writes the full JSON report, `--plot` an SVG of the
+//! per-second series.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod client;
+mod ids;
+mod payload;
+mod plot;
+mod procstat;
+mod run;
+mod stats;
+mod verify;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
-use clap::{Parser, ValueEnum};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use prost::Message;
-use rand::RngCore;
+use clap::{Args, Parser, Subcommand};
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-enum Protocol {
-    Http,
-    Grpc,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
-enum Compression {
-    None,
-    Gzip,
-}
+use client::{Compression, Protocol};
+use payload::{Encoding, Shape};
 
 #[derive(Parser, Debug)]
-#[command(name = "loadtest", about = "OTLP trace load generator for tracegate")]
-struct Args {
-    /// Base URL: OTLP/HTTP `http://host:4318` (POSTs to /v1/traces) or OTLP/gRPC `http://host:4317`.
+#[command(
+    name = "loadtest",
+    about = "OTLP trace load generator for tracegate",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Check a run's spans in the archive or ClickHouse against its report: loss (acked spans
+    /// missing), duplicates, spans never sent. Exits 1 when the check fails.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// OTLP/HTTP base URL (`http://host:4318`; POSTs to /v1/traces) or OTLP/gRPC URL
+    /// (`http://host:4317`); `https://` for TLS.
     #[arg(long)]
-    endpoint: String,
-    /// API key, sent as `Authorization: Bearer <key>`.
+    endpoint: Option<String>,
+    /// API key (repeatable: requests go round-robin over the keys, e.g. of N projects).
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// File with one API key per line (added to --api-key).
     #[arg(long)]
-    api_key: String,
+    api_key_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "http")]
     protocol: Protocol,
-    /// How long to send, e.g. `30s`, `2m`, `500ms`.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Requests per second over all workers; 0 = closed loop (as fast as answers come).
-    #[arg(long, default_value_t = 0.0)]
-    rate: f64,
-    /// Requests in flight at most (one per worker).
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
-    #[arg(long, default_value_t = 100)]
-    spans_per_request: usize,
+    /// OTLP/HTTP body encoding (gRPC is always protobuf).
+    #[arg(long, value_enum, default_value = "protobuf")]
+    encoding: Encoding,
+    /// Body compression (HTTP: Content-Encoding; gRPC: grpc-encoding).
     #[arg(long, value_enum, default_value = "none")]
     compression: Compression,
-    /// Tokio worker threads of the load generator.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// Per-request timeout.
+    /// Compression level [default: gzip 1, zstd 1: cheap for the load generator].
+    #[arg(long)]
+    compression_level: Option<i32>,
+    /// PEM CA certificate to trust for an https:// endpoint (instead of the built-in roots).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// How long to send (`20s`, `2m`, `500ms`). Default 20s unless --spans/--max-requests.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Total spans to send (rounded up to whole requests), instead of a duration.
+    #[arg(long)]
+    spans: Option<u64>,
+    /// Total requests to send at most.
+    #[arg(long)]
+    max_requests: Option<u64>,
+    /// Offered load in spans/s (open loop). Absent: closed loop, as fast as possible.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Closed loop: requests in flight. Open loop: cap on requests in flight [default: 8
+    /// closed, 256 open].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// gRPC connections (HTTP/2 channels) to spread requests over [default: min(concurrency, 4)].
+    #[arg(long)]
+    connections: Option<usize>,
+    #[arg(long, default_value_t = 512)]
+    spans_per_request: u64,
+    #[arg(long, value_enum, default_value = "realistic")]
+    shape: Shape,
+    /// LLM shape: smallest prompt/completion value in bytes.
+    #[arg(long, default_value_t = 10 * 1024)]
+    llm_min_bytes: usize,
+    /// LLM shape: largest prompt/completion value in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    llm_max_bytes: usize,
+    /// Run id (16 hex digits or decimal), encoded in every trace id [default: random].
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Seed of the payload text and sizes [default: from the run id].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Send N pre-built bodies in turn instead of a fresh body per request: no render and no
+    /// compression per request (cheapest load), but span ids repeat, so no `verify`.
+    #[arg(long, default_value_t = 0)]
+    body_pool: usize,
+    /// Retries of a request after retryable refusals (429/502/503/504, gRPC UNAVAILABLE,
+    /// RESOURCE_EXHAUSTED with RetryInfo). 0 = never retry.
+    #[arg(long, default_value_t = 5)]
+    max_retries: u32,
+    /// Wait before a retry when the refusal names none (ms).
+    #[arg(long, default_value_t = 1000)]
+    retry_default_ms: u64,
+    /// Cap on the wait before a retry, whatever Retry-After says (ms).
+    #[arg(long, default_value_t = 30_000)]
+    retry_max_ms: u64,
+    /// Per-attempt timeout.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     timeout: Duration,
-    /// Stop after this many requests were sent (0 = no limit; --duration still applies).
-    #[arg(long, default_value_t = 0)]
-    max_requests: u64,
+    /// After the run, how long requests in flight may still finish before they are abandoned
+    /// (counted as unknown).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Tokio worker threads of the load generator.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Sample this process's CPU time and RSS every second into the report (repeatable;
+    /// `PID` or `PID:label`). Its acked spans per CPU-second is the per-core figure.
+    #[arg(long = "watch-pid")]
+    watch_pids: Vec<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Write an SVG plot of throughput and latency over time here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Always draw the progress bar on stderr (default: only when stderr is a terminal).
+    #[arg(long)]
+    progress: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// The run's report (`--report` of the run); gives the run id and the acked ranges.
+    #[arg(long, alias = "acked")]
+    report: PathBuf,
+    /// Run id to look for [default: the report's].
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Archive: the gateway's / writer's config file (archive.url, keyring, KMS).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Archive: the gateway's / writer's data dir (local archive and keyring under it).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Archive: only this project's objects.
+    #[arg(long)]
+    project: Option<String>,
+    /// ClickHouse HTTP URL (instead of the archive), e.g. http://127.0.0.1:8123.
+    #[arg(long)]
+    clickhouse: Option<String>,
+    #[arg(long, default_value = "tracegate")]
+    database: String,
+    #[arg(long, default_value = "otel_traces")]
+    table: String,
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long, env = "CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Fail (exit 1) when any span is stored more than once.
+    #[arg(long)]
+    fail_on_duplicates: bool,
+    /// Write the verification summary (JSON) here; it is also printed.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -85,6 +208,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         (v, 1.0)
     } else if let Some(v) = s.strip_suffix('m') {
         (v, 60.0)
+    } else if let Some(v) = s.strip_suffix('h') {
+        (v, 3600.0)
     } else {
         (s, 1.0)
     };
@@ -95,298 +220,209 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(n * mult))
 }
 
-fn kv(key: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        b = (t ^ u64::from(std::process::id()).rotate_left(32)).to_be_bytes();
     }
+    u64::from_be_bytes(b)
 }
 
-/// One request of `n` realistic spans (fresh random ids): 20 string attributes + 1 int.
-fn request(n: usize, rng: &mut impl RngCore) -> ExportTraceServiceRequest {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let mut trace_id = vec![0u8; 16];
-    let spans = (0..n)
-        .map(|i| {
-            if i % 10 == 0 {
-                rng.fill_bytes(&mut trace_id);
-            }
-            let mut span_id = vec![0u8; 8];
-            rng.fill_bytes(&mut span_id);
-            let mut attributes: Vec<KeyValue> = (0..20)
-                .map(|a| {
-                    kv(
-                        &format!("app.attribute.{a:02}"),
-                        any_value::Value::StringValue(format!(
-                            "value-{a:02}-{:08x}-lorem-ipsum-dolor",
-                            rng.next_u32()
-                        )),
-                    )
-                })
-                .collect();
-            attributes.push(kv(
-                "gen_ai.usage.input_tokens",
-                any_value::Value::IntValue(i64::from(rng.next_u32() % 4096)),
-            ));
-            Span {
-                trace_id: trace_id.clone(),
-                span_id,
-                name: format!("chat gpt-4o {i}"),
-                kind: 3,
-                start_time_unix_nano: now,
-                end_time_unix_nano: now + 1_500_000,
-                attributes,
-                ..Default::default()
-            }
-        })
-        .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv(
-                    "service.name",
-                    any_value::Value::StringValue("loadtest".into()),
-                )],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "loadtest".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                spans,
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }],
+fn run_config(a: RunArgs) -> Result<(run::RunConfig, Option<PathBuf>, Option<PathBuf>)> {
+    let Some(endpoint) = a.endpoint else {
+        bail!("--endpoint is required (e.g. http://127.0.0.1:4318)");
+    };
+    let mut keys = a.api_keys;
+    if let Some(f) = &a.api_key_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
     }
-}
-
-#[derive(Default)]
-struct Tally {
-    ok: u64,
-    failed: BTreeMap<String, u64>,
-    latencies_us: Vec<u32>,
-}
-
-enum Client {
-    Http {
-        client: reqwest::Client,
-        url: String,
-        auth: String,
-        gzip: bool,
-        bodies: Vec<Bytes>,
-    },
-    Grpc {
-        client: TraceServiceClient<tonic::transport::Channel>,
-        auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
-        requests: Vec<ExportTraceServiceRequest>,
-    },
-}
-
-impl Client {
-    /// Sends request `i`; Ok(()) on 200/OK, Err(label) otherwise.
-    async fn send(&mut self, i: usize) -> Result<(), String> {
-        match self {
-            Client::Http {
-                client,
-                url,
-                auth,
-                gzip,
-                bodies,
-            } => {
-                let mut rb = client
-                    .post(url.as_str())
-                    .header("content-type", "application/x-protobuf")
-                    .header("authorization", auth.as_str())
-                    .body(bodies[i % bodies.len()].clone());
-                if *gzip {
-                    rb = rb.header("content-encoding", "gzip");
-                }
-                match rb.send().await {
-                    Ok(r) if r.status().as_u16() == 200 => {
-                        let _ = r.bytes().await;
-                        Ok(())
-                    }
-                    Ok(r) => Err(format!("http_{}", r.status().as_u16())),
-                    Err(e) if e.is_timeout() => Err("timeout".into()),
-                    Err(_) => Err("transport".into()),
-                }
-            }
-            Client::Grpc {
-                client,
-                auth,
-                requests,
-            } => {
-                let mut req = tonic::Request::new(requests[i % requests.len()].clone());
-                req.metadata_mut().insert("authorization", auth.clone());
-                match client.export(req).await {
-                    Ok(_) => Ok(()),
-                    Err(s) => Err(format!("grpc_{:?}", s.code()).to_lowercase()),
-                }
-            }
+    if keys.is_empty() {
+        bail!("no API key: give --api-key KEY (repeatable) or --api-key-file FILE");
+    }
+    if a.spans_per_request == 0 || a.threads == 0 {
+        bail!("--spans-per-request and --threads must be > 0");
+    }
+    if let Some(r) = a.rate {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--rate must be a positive number of spans/s");
         }
     }
+    if a.protocol == Protocol::Grpc && a.encoding == Encoding::Json {
+        bail!("--encoding json is for --protocol http (OTLP/gRPC is protobuf)");
+    }
+    if a.llm_min_bytes > a.llm_max_bytes {
+        bail!("--llm-min-bytes is larger than --llm-max-bytes");
+    }
+    let concurrency = a
+        .concurrency
+        .unwrap_or(if a.rate.is_some() { 256 } else { 8 })
+        .max(1);
+    let duration = match (a.duration, a.spans.or(a.max_requests)) {
+        (Some(d), _) => Some(d),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(20)),
+    };
+    let run_id = match &a.run_id {
+        Some(s) => ids::parse_run_id(s).map_err(anyhow::Error::msg)?,
+        None => random_u64(),
+    };
+    let mut watch = vec![];
+    for w in &a.watch_pids {
+        let (pid, label) = match w.split_once(':') {
+            Some((p, l)) => (p, l.to_string()),
+            None => (w.as_str(), format!("pid {w}")),
+        };
+        let pid: u32 = pid
+            .parse()
+            .with_context(|| format!("--watch-pid {w:?}: not a pid"))?;
+        if procstat::sample(pid).is_none() {
+            bail!("--watch-pid {pid}: no such process (or /proc unreadable)");
+        }
+        watch.push((pid, label));
+    }
+    let progress = !a.quiet && (a.progress || std::io::stderr().is_terminal());
+    let cfg = run::RunConfig {
+        endpoint,
+        protocol: a.protocol,
+        encoding: a.encoding,
+        compression: a.compression,
+        compression_level: a.compression_level,
+        projects: {
+            let mut k = keys.clone();
+            k.sort();
+            k.dedup();
+            k.len()
+        },
+        api_keys: keys,
+        ca_cert: a.ca_cert,
+        duration_secs: duration.map(|d| d.as_secs_f64()),
+        spans: a.spans,
+        max_requests: a.max_requests,
+        rate: a.rate,
+        concurrency,
+        connections: a.connections.unwrap_or(concurrency.min(4)).max(1),
+        spans_per_request: a.spans_per_request,
+        shape: a.shape,
+        llm_min_bytes: a.llm_min_bytes,
+        llm_max_bytes: a.llm_max_bytes,
+        run_id: ids::run_id_hex(run_id),
+        seed: a.seed.unwrap_or(run_id),
+        body_pool: a.body_pool,
+        max_retries: a.max_retries,
+        retry_default_ms: a.retry_default_ms,
+        retry_max_ms: a.retry_max_ms,
+        timeout_ms: a.timeout.as_millis() as u64,
+        drain_timeout_ms: a.drain_timeout.as_millis() as u64,
+        threads: a.threads,
+        watch_pids: watch,
+        progress,
+    };
+    Ok((cfg, a.report, a.plot))
 }
 
-async fn build_client(a: &Args, pool: &[ExportTraceServiceRequest]) -> Result<Client> {
-    let auth = format!("Bearer {}", a.api_key);
-    Ok(match a.protocol {
-        Protocol::Http => {
-            let gzip = a.compression == Compression::Gzip;
-            let bodies = pool
-                .iter()
-                .map(|r| {
-                    let raw = r.encode_to_vec();
-                    if gzip {
-                        use std::io::Write;
-                        let mut e =
-                            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                        e.write_all(&raw).expect("gzip in memory");
-                        Bytes::from(e.finish().expect("gzip in memory"))
-                    } else {
-                        Bytes::from(raw)
-                    }
-                })
-                .collect();
-            Client::Http {
-                client: reqwest::Client::builder()
-                    .timeout(a.timeout)
-                    .no_proxy()
-                    .build()?,
-                url: format!("{}/v1/traces", a.endpoint.trim_end_matches('/')),
-                auth,
-                gzip,
-                bodies,
-            }
+fn main_run(a: RunArgs) -> Result<ExitCode> {
+    let (cfg, report_path, plot_path) = run_config(a)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads)
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(run::run(cfg))?;
+    // Runtime shutdown must not wait on abandoned requests.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    if let Some(p) = &report_path {
+        let f = std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
+        serde_json::to_writer_pretty(std::io::BufWriter::new(f), &report)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &plot_path {
+        plot::write_svg(&report, p)?;
+    }
+    println!("{}", run::summary_line(&report));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main_verify(a: VerifyArgs) -> Result<ExitCode> {
+    let rep = verify::read_report(&a.report)?;
+    let run_id = ids::parse_run_id(a.run_id.as_deref().unwrap_or(&rep.run_id))
+        .map_err(anyhow::Error::msg)?;
+    let mut tally = verify::Tally::new(&rep)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut summary = if let Some(url) = &a.clickhouse {
+        let src = verify::ClickHouseSource {
+            url: url.clone(),
+            database: a.database.clone(),
+            table: a.table.clone(),
+            user: a.user.clone(),
+            password: a.password.clone(),
+        };
+        let source = rt.block_on(verify::from_clickhouse(&src, run_id, &mut tally))?;
+        tally.summary(
+            source,
+            "no: a span sent twice is two rows (insert tokens only drop a retried insert of the \
+             same writer group)",
+            vec![],
+        )
+    } else {
+        if a.config.is_none() && a.data_dir.is_none() {
+            bail!("give --data-dir D or --config FILE (archive) or --clickhouse URL");
         }
-        Protocol::Grpc => {
-            let channel = tonic::transport::Endpoint::from_shared(a.endpoint.clone())?
-                .timeout(a.timeout)
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {}", a.endpoint))?;
-            let mut client = TraceServiceClient::new(channel)
-                .max_encoding_message_size(usize::MAX)
-                .max_decoding_message_size(64 << 20);
-            if a.compression == Compression::Gzip {
-                client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
-            }
-            Client::Grpc {
-                client,
-                auth: auth.parse()?,
-                requests: pool.to_vec(),
-            }
-        }
+        let src = verify::ArchiveSource {
+            config: a.config.clone(),
+            data_dir: a.data_dir.clone(),
+            project: a.project.clone(),
+        };
+        let (source, errors) = rt.block_on(verify::from_archive(&src, run_id, &mut tally))?;
+        tally.summary(
+            source,
+            "no: the archive keeps every copy (a rewritten writer group adds none)",
+            errors,
+        )
+    };
+    summary.judge(a.fail_on_duplicates);
+    let json = serde_json::to_string_pretty(&summary)?;
+    if let Some(p) = &a.out {
+        std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    eprintln!("{json}");
+    for e in &summary.read_errors {
+        eprintln!("loadtest verify: unreadable: {e}");
+    }
+    println!("{}", verify::line(&summary));
+    Ok(if summary.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }
 
-fn main() -> Result<()> {
-    let a = Args::parse();
-    if a.concurrency == 0 || a.spans_per_request == 0 || a.threads == 0 {
-        bail!("--concurrency, --spans-per-request and --threads must be > 0");
-    }
-    let mut rng = rand::rng();
-    let pool: Vec<ExportTraceServiceRequest> = (0..16)
-        .map(|_| request(a.spans_per_request, &mut rng))
-        .collect();
-    let request_bytes = pool[0].encoded_len();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(a.threads)
-        .enable_all()
-        .build()?;
-    rt.block_on(run(a, pool, request_bytes))
-}
-
-async fn run(a: Args, pool: Vec<ExportTraceServiceRequest>, request_bytes: usize) -> Result<()> {
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let max_requests = if a.max_requests == 0 {
-        u64::MAX
-    } else {
-        a.max_requests
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Some(Cmd::Verify(v)) => main_verify(v),
+        None => main_run(cli.run),
     };
-    let started = Instant::now();
-    let deadline = started + a.duration;
-    // Each worker sends one request at a time; with --rate they share the rate evenly.
-    let interval = (a.rate > 0.0).then(|| Duration::from_secs_f64(a.concurrency as f64 / a.rate));
-    let mut tasks = Vec::new();
-    for w in 0..a.concurrency {
-        let mut client = build_client(&a, &pool).await?;
-        let (tally, stop, sent) = (tally.clone(), stop.clone(), sent.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = w;
-            let mut next = Instant::now()
-                + interval.map_or(Duration::ZERO, |iv| {
-                    iv.mul_f64(w as f64 / a.concurrency as f64)
-                });
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                if let Some(iv) = interval {
-                    tokio::time::sleep_until(next.into()).await;
-                    next += iv;
-                }
-                if sent.fetch_add(1, Ordering::Relaxed) >= max_requests {
-                    break;
-                }
-                let t = Instant::now();
-                let r = client.send(i).await;
-                let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                let mut tl = tally.lock().unwrap();
-                match r {
-                    Ok(()) => {
-                        tl.ok += 1;
-                        tl.latencies_us.push(us);
-                    }
-                    Err(label) => *tl.failed.entry(label).or_default() += 1,
-                }
-                i += a.concurrency;
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let secs = started.elapsed().as_secs_f64();
-    let mut tl = tally.lock().unwrap();
-    tl.latencies_us.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if tl.latencies_us.is_empty() {
-            return 0.0;
+    match r {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("loadtest: error: {e:#}");
+            ExitCode::from(2)
         }
-        let idx =
-            ((tl.latencies_us.len() as f64 * p).ceil() as usize).clamp(1, tl.latencies_us.len());
-        f64::from(tl.latencies_us[idx - 1]) / 1000.0
-    };
-    let failed: u64 = tl.failed.values().sum();
-    let spans_ok = tl.ok * a.spans_per_request as u64;
-    let failures = if tl.failed.is_empty() {
-        "-".to_string()
-    } else {
-        tl.failed
-            .iter()
-            .map(|(k, v)| format!("{k}:{v}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    println!(
-        "loadtest protocol={:?} seconds={secs:.1} concurrency={} spans_per_request={} \
-         request_bytes={request_bytes} requests_ok={} requests_failed={failed} spans_ok={spans_ok} \
-         spans_per_sec={:.0} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} failures={failures}",
-        a.protocol,
-        a.concurrency,
-        a.spans_per_request,
-        tl.ok,
-        spans_ok as f64 / secs,
-        pct(0.50),
-        pct(0.99),
-        pct(1.0),
-    );
-    Ok(())
+    }
 }

@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# System-level load figures of docs/benchmarks.md ("System-level load (issue 8)"), with release
+# builds of tracegate and loadtest. Every run writes loadtest's JSON report and SVG plot to
+# $OUT (default ./bench-out) and prints the figures.
+#
+#   scripts/bench-load.sh gateway [embedded|kafka] [none|zstd]   max rate (closed loop), then 70 % of it (open loop)
+#   scripts/bench-load.sh soak [SECONDS] [RATE]                  RSS at RATE spans/s (default: 600 s)
+#   scripts/bench-load.sh overload [RATE]                        10x overload against a 64 MiB in-flight bound
+#   scripts/bench-load.sh quota                                  quiet project next to one sending 4x its quota
+#   scripts/bench-load.sh writer [SPANS]                         Kafka backlog -> tracegate write -> ClickHouse (chdb front) + archive
+#   scripts/bench-load.sh profile [embedded|kafka]               perf profile of the gateway at max load
+#
+# Pinning: the gateway (or writer) runs on CPU 0, loadtest and the test broker on CPU 1
+# (`taskset`), so the gateway's figures are not diluted by the load generator. Per-core figures
+# are acked spans / (user+sys CPU seconds of the gateway process, from /proc/PID/stat), taken
+# by loadtest --watch-pid. Requests are 512 realistic spans (20 string attributes + 1 int),
+# auth on (a key from `tracegate keys create`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE="${1:-gateway}"
+BIN="${CARGO_TARGET_DIR:-target}/release"
+OUT="${OUT:-bench-out}"
+SPR="${SPANS_PER_REQUEST:-512}"
+GW_CPU="${GW_CPU:-0}"
+LOAD_CPU="${LOAD_CPU:-1}"
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p tracegate -p loadtest
+mkdir -p "$OUT"
+WORK="$(mktemp -d /tmp/tracegate-bench-load.XXXXXX)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+wait_line() { # file pattern seconds
+  for _ in $(seq 1 $(( $3 * 10 ))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timeout waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
+}
+field() { sed -n "s/.*$2=\([^ ]*\).*/\1/p" "$1"; }
+jq_() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
+machine() {
+  echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); date: $(date -u +%FT%TZ); load average: $(cut -d' ' -f1-3 /proc/loadavg); commit: $(git rev-parse --short HEAD)"
+}
+
+start_broker() { # partitions
+  mkfifo "$WORK/broker.in"
+  taskset -c "$LOAD_CPU" "$BIN/tracegate-test-broker" --topic "bench:$1" < "$WORK/broker.in" > "$WORK/broker.out" 2>"$WORK/broker.err" &
+  PIDS+=($!)
+  sleep 1000000 > "$WORK/broker.in" &
+  PIDS+=($!)
+  wait_line "$WORK/broker.out" "bootstrap=" 10
+  BOOT=$(field "$WORK/broker.out" bootstrap)
+}
+
+# start_gateway CONFIG_FILE: sets GW (pid), HTTP, GRPC, ADMIN, KEY
+start_gateway() {
+  RUST_LOG=warn taskset -c "$GW_CPU" "$BIN/tracegate" serve --config "$1" --data-dir "$WORK/gw" \
+    --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 > "$WORK/gw.out" 2>"$WORK/gw.err" &
+  GW=$!; PIDS+=($GW)
+  wait_line "$WORK/gw.out" "tracegate listening" 30
+  HTTP=$(field "$WORK/gw.out" otlp_http); GRPC=$(field "$WORK/gw.out" otlp_grpc); ADMIN=$(field "$WORK/gw.out" admin)
+  KEY=$("$BIN/tracegate" keys create --project bench --data-dir "$WORK/gw" ${KEY_ARGS:-} | tail -1)
+  for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
+}
+
+load() { # loadtest args...
+  taskset -c "$LOAD_CPU" "$BIN/loadtest" --quiet "$@"
+}
+
+summary() { # report.json
+  jq_ "$1" '"acked %d spans in %.1f s = %.0f spans/s; gateway CPU %.2f s = %.0f spans per gateway CPU-second (RSS max %d MiB); loadtest CPU %.2f s; p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, max %.1f ms; answers %s" % (r["spans"]["acked"], r["elapsed_secs"], r["acked_spans_per_sec"], r["watched"][0]["cpu_secs"], r["watched"][0]["acked_spans_per_cpu_sec"], r["watched"][0]["rss_max_kib"]//1024, r["load_generator"]["cpu_secs"], r["latency"]["p50_ms"], r["latency"]["p99_ms"], r["latency"]["p999_ms"], r["latency"]["max_ms"], r["responses"])'
+}
+
+machine | tee "$OUT/machine-$MODE.txt"
+case "$MODE" in
+gateway)
+  TRANSPORT="${2:-embedded}"; COMP="${3:-none}"
+  echo "[limits]" > "$WORK/gw.toml"
+  echo "max_inflight_bytes = 1073741824" >> "$WORK/gw.toml"
+  if [ "$TRANSPORT" = kafka ]; then
+    start_broker 32
+    cat >> "$WORK/gw.toml" <<EOF
+[kafka]
+brokers = "$BOOT"
+topic = "bench"
+partition_key = "batch"
+EOF
+  fi
+  start_gateway "$WORK/gw.toml"
+  TAG="gateway-$TRANSPORT-$COMP"
+  EP="http://$HTTP"
+  # warm-up
+  load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" --duration 3s --concurrency 8 --body-pool 16 >/dev/null
+  # max: closed loop, 8 in flight; pre-built bodies (no per-request render/compress in loadtest)
+  load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" \
+    --duration "${MAX_SECS:-20}s" --concurrency "${MAX_CONC:-16}" --body-pool 16 --watch-pid "$GW:gateway" \
+    --report "$OUT/$TAG-max.json" --plot "$OUT/$TAG-max.svg"
+  echo "MAX   $TAG: $(summary "$OUT/$TAG-max.json")"
+  MAXR=$(jq_ "$OUT/$TAG-max.json" 'int(r["acked_spans_per_sec"])')
+  RATE=$(( MAXR * 7 / 10 ))
+  # 70 %: open loop, fresh sequence-numbered ids per request, latency from the intended send time
+  load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" \
+    --duration "${RATE_SECS:-30}s" --rate "$RATE" --watch-pid "$GW:gateway" \
+    --report "$OUT/$TAG-70pct.json" --plot "$OUT/$TAG-70pct.svg"
+  echo "70%   $TAG at $RATE spans/s: $(summary "$OUT/$TAG-70pct.json")"
+  if [ "$TRANSPORT" = embedded ]; then
+    "$BIN/loadtest" verify --report "$OUT/$TAG-70pct.json" --data-dir "$WORK/gw" 2>/dev/null
+  fi
+  ;;
+soak)
+  SECS="${2:-600}"; RATE="${3:?RATE spans/s (70 % of the measured max)}"
+  printf '[limits]\nmax_inflight_bytes = 67108864\n' > "$WORK/gw.toml"
+  start_gateway "$WORK/gw.toml"
+  load --endpoint "http://$HTTP" --api-key "$KEY" --spans-per-request "$SPR" --duration "${SECS}s" \
+    --rate "$RATE" --watch-pid "$GW:gateway" --report "$OUT/soak.json" --plot "$OUT/soak.svg"
+  echo "SOAK  ${SECS}s at $RATE spans/s: $(summary "$OUT/soak.json")"
+  jq_ "$OUT/soak.json" '"RSS every 10 s (MiB): " + " ".join(str(p["rss_kib"][0]//1024) for p in r["series"][::10])'
+  jq_ "$OUT/soak.json" '"RSS start %d MiB, end %d MiB, max %d MiB" % (r["watched"][0]["rss_start_kib"]//1024, r["watched"][0]["rss_end_kib"]//1024, r["watched"][0]["rss_max_kib"]//1024)'
+  # Reading ~80 M spans back takes minutes: opt-in.
+  [ -z "${VERIFY:-}" ] || "$BIN/loadtest" verify --report "$OUT/soak.json" --data-dir "$WORK/gw" 2>/dev/null
+  ;;
+overload)
+  RATE="${2:?RATE spans/s (10x the measured max)}"
+  # The memory bound under test: 64 MiB of request bytes in flight.
+  printf '[limits]\nmax_inflight_bytes = 67108864\n' > "$WORK/gw.toml"
+  start_gateway "$WORK/gw.toml"
+  load --endpoint "http://$HTTP" --api-key "$KEY" --spans-per-request "$SPR" --duration 60s \
+    --rate "$RATE" --concurrency 512 --max-retries 3 --watch-pid "$GW:gateway" \
+    --report "$OUT/overload.json" --plot "$OUT/overload.svg"
+  echo "OVERLOAD at $RATE spans/s offered: $(summary "$OUT/overload.json")"
+  jq_ "$OUT/overload.json" '"retryable refusals %d (with Retry-After %d), final refusals %s, gave up %s, RSS start %d MiB, max %d MiB" % (r["refusals"]["retryable"], r["refusals"]["retryable_with_retry_after"], r["refusals"]["final_by_status"], r["refusals"]["gave_up_by_status"], r["watched"][0]["rss_start_kib"]//1024, r["watched"][0]["rss_max_kib"]//1024)'
+  "$BIN/loadtest" verify --report "$OUT/overload.json" --data-dir "$WORK/gw" 2>/dev/null
+  ;;
+quota)
+  Q="${QUOTA:-20000}"
+  printf '[limits]\nmax_inflight_bytes = 1073741824\n' > "$WORK/gw.toml"
+  KEY_ARGS="--spans-per-sec $Q" start_gateway "$WORK/gw.toml"
+  NOISY=$KEY
+  QUIET=$("$BIN/tracegate" keys create --project quiet --data-dir "$WORK/gw" --spans-per-sec "$Q" | tail -1)
+  # quiet alone first (baseline), then quiet next to noisy at 4x its quota
+  load --endpoint "http://$HTTP" --api-key "$QUIET" --spans-per-request "$SPR" --duration 20s --rate $(( Q / 2 )) \
+    --max-retries 0 --report "$OUT/quota-quiet-alone.json"
+  echo "QUIET alone at $(( Q / 2 )) spans/s: $(jq_ "$OUT/quota-quiet-alone.json" '"acked %d of %d spans, p50 %.1f ms, p99 %.1f ms, answers %s" % (r["spans"]["acked"], r["spans"]["sent"], r["latency"]["p50_ms"], r["latency"]["p99_ms"], r["responses"])')"
+  load --endpoint "http://$HTTP" --api-key "$NOISY" --spans-per-request "$SPR" --duration 24s --rate $(( Q * 4 )) \
+    --max-retries 0 --report "$OUT/quota-noisy.json" &
+  NP=$!
+  sleep 2
+  load --endpoint "http://$HTTP" --api-key "$QUIET" --spans-per-request "$SPR" --duration 20s --rate $(( Q / 2 )) \
+    --max-retries 0 --watch-pid "$GW:gateway" --report "$OUT/quota-quiet.json" --plot "$OUT/quota-quiet.svg"
+  wait $NP
+  echo "NOISY at $(( Q * 4 )) spans/s (quota $Q): $(jq_ "$OUT/quota-noisy.json" '"acked %d of %d spans (%.0f spans/s), answers %s" % (r["spans"]["acked"], r["spans"]["sent"], r["acked_spans_per_sec"], r["responses"])')"
+  echo "QUIET next to it at $(( Q / 2 )) spans/s: $(jq_ "$OUT/quota-quiet.json" '"acked %d of %d spans, p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, answers %s" % (r["spans"]["acked"], r["spans"]["sent"], r["latency"]["p50_ms"], r["latency"]["p99_ms"], r["latency"]["p999_ms"], r["responses"])')"
+  ;;
+writer)
+  SPANS="${2:-200000}"
+  PY="$(bash scripts/chdb-venv.sh | tail -n 1)"
+  taskset -c "$LOAD_CPU" "$PY" deploy/testing/chdb_front.py --data "$WORK/ch" --port 0 > "$WORK/ch.out" 2>"$WORK/ch.err" &
+  PIDS+=($!)
+  wait_line "$WORK/ch.out" "chdb-front listening" 60
+  CH="http://$(sed -n 's/.*listening \([^ ]*\).*/\1/p' "$WORK/ch.out")"
+  start_broker 32
+  cat > "$WORK/k.toml" <<EOF
+[limits]
+max_inflight_bytes = 1073741824
+[kafka]
+brokers = "$BOOT"
+topic = "bench"
+partition_key = "batch"
+batch_max_spans = 20000
+batch_max_age_ms = 500
+[clickhouse]
+url = "$CH"
+EOF
+  "$BIN/tracegate" migrate --config "$WORK/k.toml" | tail -1
+  # A: the backlog, through a gateway (no writer running)
+  GW_CPU=$LOAD_CPU start_gateway "$WORK/k.toml"
+  load --endpoint "http://$HTTP" --api-key "$KEY" --spans-per-request "$SPR" --spans "$SPANS" --concurrency 4 \
+    --report "$OUT/writer-backlog.json"
+  TOTAL=$(jq_ "$OUT/writer-backlog.json" 'r["spans"]["acked"]')
+  kill -TERM "$GW"; wait "$GW" || true
+  # B: the writer drains it into ClickHouse + the archive, pinned to its own core
+  RUST_LOG=warn taskset -c "$GW_CPU" "$BIN/tracegate" write --config "$WORK/k.toml" --data-dir "$WORK/wr" --admin-addr 127.0.0.1:0 \
+    > "$WORK/wr.out" 2>"$WORK/wr.err" &
+  WR=$!; PIDS+=($WR)
+  wait_line "$WORK/wr.out" "tracegate writer ready" 30
+  WADMIN=$(field "$WORK/wr.out" admin)
+  metric() { curl -s "http://$WADMIN/metrics" | awk -v m="$1" '$1 ~ "^"m"({|$)" {s+=$NF} END {printf "%.0f", s}'; }
+  tck=$(getconf CLK_TCK)
+  cpu() { awk -v t="$tck" '{print ($14+$15)/t}' "/proc/$1/stat"; }
+  t0=$(date +%s.%N); c0=$(cpu "$WR")
+  last=0; tl=$t0; cl=$c0
+  while :; do
+    s=$(metric tracegate_kafka_writer_spans_total); now=$(date +%s.%N)
+    if [ "$s" -gt "$last" ]; then last=$s; tl=$now; cl=$(cpu "$WR"); fi
+    [ "$s" -ge "$TOTAL" ] && break
+    awk -v a="$now" -v b="$tl" 'BEGIN { exit !(a - b > 60) }' && { echo "writer stalled at $s of $TOTAL" >&2; break; }
+    sleep 0.2
+  done
+  awk -v n="$last" -v t0="$t0" -v t1="$tl" -v c0="$c0" -v c1="$cl" -v want="$TOTAL" 'BEGIN {
+    printf "WRITER %d of %d spans into ClickHouse + archive in %.1f s = %.0f spans/s; writer CPU %.2f s = %.0f spans per writer CPU-second\n", n, want, t1-t0, n/(t1-t0), c1-c0, n/(c1-c0) }'
+  "$BIN/loadtest" verify --report "$OUT/writer-backlog.json" --clickhouse "$CH" 2>/dev/null || true
+  "$BIN/loadtest" verify --report "$OUT/writer-backlog.json" --data-dir "$WORK/wr" 2>/dev/null || true
+  ;;
+profile)
+  # Where the gateway's CPU goes at max load: perf (apt: linux-perf) samples it for 15 s.
+  TRANSPORT="${2:-embedded}"
+  printf '[limits]\nmax_inflight_bytes = 1073741824\n' > "$WORK/gw.toml"
+  if [ "$TRANSPORT" = kafka ]; then
+    start_broker 32
+    printf '[kafka]\nbrokers = "%s"\ntopic = "bench"\npartition_key = "batch"\n' "$BOOT" >> "$WORK/gw.toml"
+  fi
+  start_gateway "$WORK/gw.toml"
+  load --endpoint "http://$HTTP" --api-key "$KEY" --spans-per-request "$SPR" --duration 20s --concurrency 16 \
+    --body-pool 16 --watch-pid "$GW:gateway" --report "$OUT/profile-$TRANSPORT.json" > /dev/null &
+  LP=$!
+  sleep 3
+  perf record -F 499 -g -o "$WORK/perf.data" -p "$GW" -- sleep 15 2>/dev/null >/dev/null
+  wait $LP
+  echo "PROFILE $TRANSPORT: $(summary "$OUT/profile-$TRANSPORT.json")"
+  perf report -i "$WORK/perf.data" --no-children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40 | tee "$OUT/profile-$TRANSPORT.txt"
+  ;;
+*) echo "unknown mode $MODE" >&2; exit 2 ;;
+esac
