@@ -14,6 +14,7 @@ use tracegate_proto::v1::Batch;
 
 use super::format;
 use super::fsutil::{create_dir_all_durable, sync_dir};
+use super::store::safe_segment;
 
 pub const OBJECT_EXT: &str = "tga";
 
@@ -127,25 +128,6 @@ impl LocalArchive {
     pub fn read_object(path: &Path) -> Result<Vec<Batch>> {
         let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         format::decode(&bytes).with_context(|| format!("decoding {}", path.display()))
-    }
-}
-
-/// Project and org names are validated when keys are made; this is a second guard so no name
-/// can ever escape the archive root.
-fn safe_segment(s: &str) -> String {
-    let cleaned: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    match cleaned.as_str() {
-        "" | "." | ".." => "_".to_string(),
-        _ => cleaned,
     }
 }
 
