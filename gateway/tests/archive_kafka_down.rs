@@ -48,15 +48,6 @@ fn committed(bootstrap: &str) -> Vec<i64> {
         .collect()
 }
 
-/// `…/<topic>_<partition>_<first>-<last>.tga` → (partition, first, last).
-fn range_of(key: &str) -> Option<(i32, i64, i64)> {
-    let name = key.rsplit('/').next()?.strip_suffix(".tga")?;
-    let rest = name.strip_prefix(&format!("{TOPIC}_"))?;
-    let (p, r) = rest.split_once('_')?;
-    let (f, l) = r.split_once('-')?;
-    Some((p.parse().ok()?, f.parse().ok()?, l.parse().ok()?))
-}
-
 #[test]
 fn kafka_writer_retries_while_kms_s3_or_clickhouse_is_down_commits_nothing_and_stays_bounded() {
     let moto = Moto::start();
@@ -235,7 +226,12 @@ fn kafka_writer_retries_while_kms_s3_or_clickhouse_is_down_commits_nothing_and_s
 
     // One object per offset range, and the ranges of a partition never overlap.
     let keys = moto.list_keys(bucket, "");
-    let mut ranges: Vec<(i32, i64, i64)> = keys.iter().filter_map(|k| range_of(k)).collect();
+    let mut ranges: Vec<(i32, i64, i64)> = keys
+        .iter()
+        .filter_map(|k| k.rsplit('/').next())
+        .filter(|n| n.starts_with(&format!("{TOPIC}_")))
+        .filter_map(parse_object_name)
+        .collect();
     assert_eq!(
         ranges.len(),
         keys.len(),

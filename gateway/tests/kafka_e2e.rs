@@ -10,7 +10,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use common::{Gateway, TestBroker, Writer};
+use common::{parse_object_name, walk_names, Gateway, TestBroker, Writer};
 use opentelemetry::trace::{Span as _, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{
@@ -263,39 +263,6 @@ fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
     assert!(s.success(), "writer SIGTERM exit status {s}");
     let s = gw.terminate();
     assert!(s.success(), "gateway SIGTERM exit status {s}");
-}
-
-/// File names under `dir`, recursively.
-pub fn walk_names(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
-                out.push(n.to_string());
-            }
-        }
-    }
-    out
-}
-
-/// `<topic>_<partition>_<first>-<last>.tga` → (partition, first, last).
-pub fn parse_object_name(name: &str) -> Option<(i32, i64, i64)> {
-    let stem = name.strip_suffix(".tga")?;
-    let (rest, range) = stem.rsplit_once('_')?;
-    let (_, partition) = rest.rsplit_once('_')?;
-    let (first, last) = range.split_once('-')?;
-    Some((
-        partition.parse().ok()?,
-        first.parse().ok()?,
-        last.parse().ok()?,
-    ))
 }
 
 #[test]

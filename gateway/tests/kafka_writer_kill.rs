@@ -19,29 +19,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Gateway, Load, TestBroker, Writer};
+use common::{walk_names, Gateway, Load, TestBroker, Writer};
 
 const SESSION_TIMEOUT_MS: &str = "6000";
-
-/// File names under `dir`, recursively.
-fn walk_names(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
-                out.push(n.to_string());
-            }
-        }
-    }
-    out
-}
 
 /// Archive objects as `topic:partition:first-last` group ids (file `topic_p_f-l.tga`).
 fn archived_groups(data_dir: &Path, topic: &str) -> BTreeSet<String> {

@@ -106,27 +106,29 @@ fn read(path: &Path, key: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("`{key}`: reading {}", path.display()))
 }
 
+/// One DER TLV: (tag, value, the bytes after it); `None` if truncated or longer than 4 GiB.
+fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&l0, rest) = rest.split_first()?;
+    let (len, rest) = if l0 < 0x80 {
+        (l0 as usize, rest)
+    } else {
+        let n = (l0 & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, &x| (a << 8) | x as usize);
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
 /// The serial number of a DER certificate as lowercase hex (for logs), if it parses.
 pub fn serial_hex(cert: &[u8]) -> Option<String> {
     // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serial INTEGER …
-    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = b.split_first()?;
-        let (&l0, rest) = rest.split_first()?;
-        let (len, rest) = if l0 < 0x80 {
-            (l0 as usize, rest)
-        } else {
-            let n = (l0 & 0x7f) as usize;
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n].iter().fold(0usize, |a, &x| (a << 8) | x as usize);
-            (len, &rest[n..])
-        };
-        if rest.len() < len {
-            return None;
-        }
-        Some((tag, &rest[..len], &rest[len..]))
-    }
     let (_, cert, _) = tlv(cert)?;
     let (_, tbs, _) = tlv(cert)?;
     let (tag, v, rest) = tlv(tbs)?;
@@ -142,24 +144,6 @@ pub fn serial_hex(cert: &[u8]) -> Option<String> {
 /// notAfter of a DER certificate as Unix seconds (UTCTime or GeneralizedTime, `Z` form as RFC
 /// 5280 requires), for the expiry gauge; `None` if the structure is not what RFC 5280 says.
 pub fn not_after_unix(cert: &[u8]) -> Option<i64> {
-    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = b.split_first()?;
-        let (&l0, rest) = rest.split_first()?;
-        let (len, rest) = if l0 < 0x80 {
-            (l0 as usize, rest)
-        } else {
-            let n = (l0 & 0x7f) as usize;
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n].iter().fold(0usize, |a, &x| (a << 8) | x as usize);
-            (len, &rest[n..])
-        };
-        if rest.len() < len {
-            return None;
-        }
-        Some((tag, &rest[..len], &rest[len..]))
-    }
     // tbsCertificate: [0] version OPTIONAL, serial, signature, issuer, validity, …
     let (_, cert, _) = tlv(cert)?;
     let (_, tbs, _) = tlv(cert)?;

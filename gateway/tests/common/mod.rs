@@ -1938,3 +1938,37 @@ impl Drop for SwitchProxy {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// File names under `dir`, recursively.
+pub fn walk_names(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
+                out.push(n.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Archive object name `<topic>_<partition>_<first>-<last>.tga` (a Kafka group id) →
+/// (partition, first, last).
+pub fn parse_object_name(name: &str) -> Option<(i32, i64, i64)> {
+    let stem = name.strip_suffix(".tga")?;
+    let (rest, range) = stem.rsplit_once('_')?;
+    let (_, partition) = rest.rsplit_once('_')?;
+    let (first, last) = range.split_once('-')?;
+    Some((
+        partition.parse().ok()?,
+        first.parse().ok()?,
+        last.parse().ok()?,
+    ))
+}
