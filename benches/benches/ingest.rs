@@ -161,16 +161,36 @@ fn bench(c: &mut Criterion) {
     // its default level 3, or level 1), over the encoded envelope.
     let envelope = batch.encode_to_vec();
     eprintln!(
-        "envelope {} B; zstd 3: {} B, zstd 1: {} B",
+        "envelope {} B; zstd 3: {} B, zstd 1: {} B, lz4: {} B",
         envelope.len(),
         zstd::bulk::compress(&envelope, 3).unwrap().len(),
-        zstd::bulk::compress(&envelope, 1).unwrap().len()
+        zstd::bulk::compress(&envelope, 1).unwrap().len(),
+        {
+            let mut w = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            std::io::Write::write_all(&mut w, &envelope).unwrap();
+            w.finish().unwrap().len()
+        }
     );
     per_cpu_second("kafka_message_zstd3", SPANS, rounds / 4, || {
         zstd::bulk::compress(&envelope, 3).unwrap()
     });
     per_cpu_second("kafka_message_zstd1", SPANS, rounds / 4, || {
         zstd::bulk::compress(&envelope, 1).unwrap()
+    });
+    for level in [-1, -3, -5] {
+        let name = format!("kafka_message_zstd{level}");
+        let n = zstd::bulk::compress(&envelope, level).unwrap().len();
+        println!("zstd {level}: {n} B");
+        per_cpu_second(&name, SPANS, rounds / 4, || {
+            zstd::bulk::compress(&envelope, level).unwrap()
+        });
+    }
+    // librdkafka's lz4 codec (LZ4F frames, bundled C lz4); lz4_flex's frame encoder runs at the
+    // same speed as C liblz4 on these bytes (docs/benchmarks.md, writer LZ4).
+    per_cpu_second("kafka_message_lz4", SPANS, rounds / 4, || {
+        let mut w = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(envelope.len() / 4));
+        std::io::Write::write_all(&mut w, &envelope).unwrap();
+        w.finish().unwrap()
     });
     per_cpu_second("prost_decode_reference", SPANS, rounds / 4, || {
         ExportTraceServiceRequest::decode(proto.clone()).unwrap()

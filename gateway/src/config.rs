@@ -118,6 +118,11 @@ pub struct ServerConfig {
     pub shutdown_timeout_ms: u64,
     /// A request body that stalls longer than this is answered 408 and its bytes released.
     pub body_timeout_ms: u64,
+    /// Open connections per OTLP listener. At the limit the listener stops accepting (new
+    /// clients wait in the kernel's backlog) instead of growing memory: each connection holds
+    /// up to ~64 KiB of HTTP/1.1 read buffer or 1 MiB of HTTP/2 flow-control window, plus TLS
+    /// buffers, outside `limits.max_inflight_bytes` (docs/operations.md, Memory).
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -129,6 +134,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./tracegate-data"),
             shutdown_timeout_ms: 30_000,
             body_timeout_ms: 30_000,
+            max_connections: 4096,
         }
     }
 }
@@ -251,6 +257,9 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
     /// zstd level of archive objects.
     pub compression_level: i32,
+    /// Groups the embedded writer writes at once (compression, encryption and fsync of one
+    /// group overlap with the next).
+    pub max_concurrent_writes: usize,
 }
 
 impl Default for WriterConfig {
@@ -260,7 +269,8 @@ impl Default for WriterConfig {
             max_batch_bytes: 64 * 1024 * 1024,
             max_wait_ms: 5,
             queue_capacity: 4096,
-            compression_level: 3,
+            compression_level: 1,
+            max_concurrent_writes: 4,
         }
     }
 }
@@ -386,6 +396,7 @@ impl Config {
             }
             Ok(())
         }
+        positive("server.max_connections", self.server.max_connections as u64)?;
         let l = &self.limits;
         positive("limits.max_request_bytes", l.max_request_bytes as u64)?;
         positive("limits.max_inflight_bytes", l.max_inflight_bytes as u64)?;
@@ -409,6 +420,10 @@ impl Config {
         positive("writer.max_batch_spans", w.max_batch_spans as u64)?;
         positive("writer.max_batch_bytes", w.max_batch_bytes as u64)?;
         positive("writer.queue_capacity", w.queue_capacity as u64)?;
+        positive(
+            "writer.max_concurrent_writes",
+            w.max_concurrent_writes as u64,
+        )?;
         if !(1..=19).contains(&w.compression_level) {
             return Err(ConfigError::Invalid {
                 key: "writer.compression_level",

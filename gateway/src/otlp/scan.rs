@@ -149,11 +149,11 @@ impl<'a> Cur<'a> {
         self.len_delimited()
     }
 
-    /// A `string` field: prost refuses one that is not UTF-8.
+    /// A `string` field: prost refuses one that is not UTF-8 (`is_utf8`).
     #[inline(always)]
     fn string(&mut self, wt: u8) -> R<&'a [u8]> {
         let s = self.bytes(wt)?;
-        if std::str::from_utf8(s).is_ok() {
+        if is_utf8(s) {
             Ok(s)
         } else {
             Err(NeedsSlowPath)
@@ -600,6 +600,23 @@ fn id_ok(id: &[u8], len: usize) -> R<()> {
     } else {
         Err(NeedsSlowPath)
     }
+}
+
+/// Whether `s` is UTF-8, as `std::str::from_utf8` decides. Keys and values are short and
+/// nearly always ASCII, where `from_utf8`'s call, alignment prologue and byte loop cost more
+/// than the check (perf: 6–11 % of the gateway's CPU). OR-ing eight bytes at a time (LLVM
+/// vectorises the loop) settles ASCII; anything else goes to `from_utf8`.
+#[inline(always)]
+fn is_utf8(s: &[u8]) -> bool {
+    let mut acc = 0u64;
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        acc |= u64::from_le_bytes(<[u8; 8]>::try_from(w).unwrap_or([0x80; 8]));
+    }
+    for &b in words.remainder() {
+        acc |= u64::from(b);
+    }
+    acc & 0x8080_8080_8080_8080 == 0 || std::str::from_utf8(s).is_ok()
 }
 
 #[cfg(test)]

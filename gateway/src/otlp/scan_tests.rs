@@ -686,3 +686,42 @@ fn realistic_request_is_clean_and_claims_are_checked() {
     // The empty request is clean and has no spans.
     assert_eq!(fast(&[], &l), Ok(0));
 }
+
+/// The ASCII shortcut must agree with `from_utf8` everywhere: a non-ASCII or invalid byte at
+/// every position of every length around the 8-byte word boundary, and random bytes.
+#[test]
+fn is_utf8_agrees_with_std() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let probes: [&[u8]; 6] = [
+        b"\x80",
+        b"\xff",
+        "é".as_bytes(),
+        "€".as_bytes(),
+        b"\xe2\x82",
+        b"\xc3\x28",
+    ];
+    for len in 0..40 {
+        let base = vec![b'a'; len];
+        assert!(super::is_utf8(&base));
+        for pos in 0..=len {
+            for p in probes {
+                let mut s = base.clone();
+                s.splice(pos..pos, p.iter().copied());
+                assert_eq!(super::is_utf8(&s), std::str::from_utf8(&s).is_ok(), "{s:?}");
+            }
+        }
+    }
+    for _ in 0..20_000 {
+        let len = rng.random_range(0..64);
+        let s: Vec<u8> = (0..len)
+            .map(|_| {
+                if rng.random_bool(0.9) {
+                    rng.random_range(0x20..0x7f)
+                } else {
+                    rng.random()
+                }
+            })
+            .collect();
+        assert_eq!(super::is_utf8(&s), std::str::from_utf8(&s).is_ok(), "{s:?}");
+    }
+}

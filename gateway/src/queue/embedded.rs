@@ -1,7 +1,9 @@
 //! The embedded queue: a bounded in-process channel from the receivers to one writer task that
 //! groups batches (max spans / bytes / wait) and hands each group to every sink. A publisher
 //! gets its answer only when the sinks have made its batch durable, so a 200 always means
-//! "on stable storage". Group commit: while one group is being written, the next accumulates.
+//! "on stable storage". Group commit: while groups are being written (up to
+//! `writer.max_concurrent_writes` at once), the next one accumulates, so a request waits for at
+//! most `max_wait_ms` plus its own group's write, not for the writes of the groups before it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,6 +30,9 @@ pub trait BatchQueue: Send + Sync + 'static {
 struct Pending {
     batch: Batch,
     bytes: usize,
+    /// When it was queued: a group's wait is counted from its first batch's arrival, also when
+    /// that batch waited for a free write slot.
+    queued: Instant,
     ack: oneshot::Sender<Result<(), String>>,
 }
 
@@ -73,7 +78,12 @@ impl BatchQueue for EmbeddedQueue {
             let (ack, wait) = oneshot::channel();
             let bytes = batch.encoded_len();
             self.tx
-                .try_send(Pending { batch, bytes, ack })
+                .try_send(Pending {
+                    batch,
+                    bytes,
+                    queued: Instant::now(),
+                    ack,
+                })
                 .map_err(|e| match e {
                     mpsc::error::TrySendError::Full(_) => {
                         ApiError::unavailable("writer queue is full, retry later")
@@ -107,9 +117,31 @@ async fn writer_loop(
     mut stop: oneshot::Receiver<()>,
     healthy: Arc<AtomicBool>,
 ) {
+    let sinks: Arc<[Arc<dyn Sink>]> = sinks.into();
     let max_wait = Duration::from_millis(cfg.max_wait_ms);
+    // Writes in flight at once: a group is compressed, encrypted and fsynced while the next
+    // ones gather and start, so the write time of one group is not added to the latency of
+    // every group queued behind it.
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        cfg.max_concurrent_writes.max(1),
+    ));
+    let mut writing = tokio::task::JoinSet::new();
     let mut stopping = false;
     loop {
+        // A free write slot first: while all are busy, batches keep queueing in the channel and
+        // go out as one larger group.
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = &mut stop, if !stopping => {
+                rx.close();
+                stopping = true;
+                continue;
+            }
+        };
+        while writing.try_join_next().is_some() {}
         let first = if stopping {
             match rx.recv().await {
                 Some(p) => p,
@@ -119,17 +151,16 @@ async fn writer_loop(
             tokio::select! {
                 p = rx.recv() => match p { Some(p) => p, None => break },
                 _ = &mut stop => {
-                    // Refuse new batches, then drain what is already queued.
                     rx.close();
                     stopping = true;
                     continue;
                 }
             }
         };
+        let deadline = first.queued + max_wait;
         let mut group = vec![first];
         let mut spans = group[0].batch.span_count as usize;
         let mut bytes = group[0].bytes;
-        let deadline = Instant::now() + max_wait;
         while spans < cfg.max_batch_spans && bytes < cfg.max_batch_bytes {
             let next = match rx.try_recv() {
                 Ok(p) => Some(p),
@@ -149,8 +180,14 @@ async fn writer_loop(
             group.push(p);
         }
         metrics::gauge!(m::QUEUE_BATCHES).decrement(group.len() as f64);
-        flush(&sinks, group, &healthy).await;
+        let (sinks, healthy) = (sinks.clone(), healthy.clone());
+        writing.spawn(async move {
+            flush(&sinks, group, &healthy).await;
+            drop(slot);
+        });
     }
+    // Every group taken from the queue is answered before the writer reports stopped.
+    while writing.join_next().await.is_some() {}
     tracing::info!("embedded writer stopped");
 }
 

@@ -64,6 +64,8 @@ pub struct ConnSetup {
     pub tls: Option<Arc<TlsListener>>,
     pub tls_timeout: Duration,
     pub proxy: Option<ProxyPolicy>,
+    /// Open connections at most (`server.max_connections`).
+    pub max_connections: usize,
 }
 
 pub type Io = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
@@ -74,6 +76,7 @@ impl ConnSetup {
             tls: None,
             tls_timeout: Duration::from_secs(10),
             proxy: None,
+            max_connections: crate::config::ServerConfig::default().max_connections,
         }
     }
 
@@ -99,6 +102,7 @@ impl ConnSetup {
             tls,
             tls_timeout: Duration::from_millis(cfg.tls.handshake_timeout_ms),
             proxy,
+            max_connections: cfg.server.max_connections,
         })
     }
 

@@ -144,8 +144,15 @@ impl GrpcReceiver {
             return Err(ApiError::internal("request body already taken"));
         };
         // Room for the 5-byte prefix; a message over the cap is refused while reading.
-        let body = super::body::read_capped(incoming, cap + 5, self.body_timeout, None).await?;
-        let permit = self.ingest.admission.try_reserve(body.len())?;
+        let (body, permit) = super::body::read_capped(
+            incoming,
+            cap + 5,
+            self.body_timeout,
+            None,
+            &self.ingest.admission,
+            None,
+        )
+        .await?;
         let (flag, msg) = split_message(body)?;
         let compression = match (flag, compression) {
             (0, _) => Compression::Identity,

@@ -170,17 +170,15 @@ impl HttpReceiver {
         let Some(incoming) = body.take() else {
             return Err(ApiError::internal("request body already taken"));
         };
-        let body = super::body::read_capped(
+        let (body, permit) = super::body::read_capped(
             incoming,
             cap,
             self.body_timeout,
             declared.map(|d| d as usize),
+            &self.ingest.admission,
+            declared_permit,
         )
         .await?;
-        let permit = match declared_permit {
-            Some(p) => p,
-            None => self.ingest.admission.try_reserve(body.len())?,
-        };
         let transport = match format {
             Format::Protobuf => Transport::OtlpHttpProtobuf,
             Format::Json => Transport::OtlpHttpJson,

@@ -62,6 +62,9 @@ pub async fn serve<H: Handler>(
     .await
 }
 
+/// Largest HTTP/1.1 read buffer of one connection.
+pub const HTTP1_MAX_BUF: usize = 64 * 1024;
+
 pub async fn serve_with<H: Handler>(
     name: &'static str,
     listener: TcpListener,
@@ -71,11 +74,17 @@ pub async fn serve_with<H: Handler>(
     setup: ConnSetup,
 ) {
     let setup = Arc::new(setup);
+    let slots = Arc::new(tokio::sync::Semaphore::new(setup.max_connections));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(Duration::from_secs(30))
+        // hyper's read buffer grows to ~400 KiB per connection on large bodies and keeps that
+        // capacity while the connection lives; body bytes are counted by admission anyway, so a
+        // small buffer only costs a few more reads per request and keeps idle memory per
+        // connection small (docs/operations.md, Memory).
+        .max_buf_size(HTTP1_MAX_BUF);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -84,6 +93,14 @@ pub async fn serve_with<H: Handler>(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
+        // A slot first, then accept: at the limit new clients wait in the kernel's backlog.
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -103,6 +120,7 @@ pub async fn serve_with<H: Handler>(
         let watcher = graceful.watcher();
         let stop = shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let (io, info) = tokio::select! {
                 r = setup.establish(name, stream, peer) => match r {
                     Ok(x) => x,
