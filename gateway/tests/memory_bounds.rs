@@ -1,0 +1,130 @@
+//! Memory bounds on the request path, against a real `tracegate serve`:
+//! - a body of unknown length (chunked HTTP/1.1) is covered by the in-flight reservation while
+//!   it is being read, not only after it was read whole;
+//! - `server.max_connections` caps open connections per listener: at the limit new clients
+//!   wait (kernel backlog) until a slot frees.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn read_status(s: &mut TcpStream) -> Option<u16> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&buf);
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn chunked_body_is_reserved_while_it_is_read() {
+    let gw = Gateway::start(&[]);
+    let key = gw.create_key(&unique_project("mem"));
+    const SPANS: u64 = 12_000;
+    let body = encode(&request_n("chunked", 0, SPANS));
+    assert!(
+        body.len() > 900_000,
+        "want a body of about 1 MB, got {}",
+        body.len()
+    );
+    let first = body.len() * 2 / 3;
+
+    let mut s = TcpStream::connect(gw.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "POST /v1/traces HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/x-protobuf\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    for c in body[..first].chunks(64 * 1024) {
+        write!(s, "{:x}\r\n", c.len()).unwrap();
+        s.write_all(c).unwrap();
+        s.write_all(b"\r\n").unwrap();
+    }
+    s.flush().unwrap();
+
+    // Half-way through the body: its bytes are already counted against the in-flight bound.
+    let mut seen = 0.0;
+    let reserved = wait_until(Duration::from_secs(10), || {
+        seen = gauge(&gw.metrics(), "tracegate_inflight_bytes").unwrap_or(0.0);
+        seen >= first as f64
+    });
+    assert!(
+        reserved,
+        "in-flight gauge {seen} while {first} bytes of a chunked body were read (want >= {first})"
+    );
+
+    let rest = &body[first..];
+    write!(s, "{:x}\r\n", rest.len()).unwrap();
+    s.write_all(rest).unwrap();
+    s.write_all(b"\r\n0\r\n\r\n").unwrap();
+    assert_eq!(
+        read_status(&mut s),
+        Some(200),
+        "the completed body is accepted"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || gauge(
+            &gw.metrics(),
+            "tracegate_inflight_bytes"
+        ) == Some(0.0)),
+        "the reservation is released after the answer"
+    );
+    let spans = gw.archive_spans(None);
+    assert_eq!(
+        spans.len() as u64,
+        SPANS,
+        "every span of the chunked request is archived"
+    );
+}
+
+#[test]
+fn connections_over_the_limit_wait_for_a_free_slot() {
+    let gw = Gateway::start(&[("TRACEGATE_SERVER__MAX_CONNECTIONS", "2")]);
+    // Two idle connections take both slots (hyper waits up to 30 s for their headers).
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(gw.http).expect("connect idle"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The third connects (kernel backlog) but is not served while both slots are held.
+    let mut third = TcpStream::connect(gw.http).expect("connect third");
+    third
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    third
+        .write_all(b"POST /v1/traces HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        read_status(&mut third),
+        None,
+        "a connection over server.max_connections was served"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+
+    // Closing one idle connection frees a slot: the waiting client is answered (401: no key).
+    drop(idle);
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(read_status(&mut third), Some(401));
+}
