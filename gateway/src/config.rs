@@ -269,7 +269,7 @@ impl Default for WriterConfig {
             max_batch_bytes: 64 * 1024 * 1024,
             max_wait_ms: 5,
             queue_capacity: 4096,
-            compression_level: 1,
+            compression_level: 3,
             max_concurrent_writes: 4,
         }
     }
