@@ -420,6 +420,56 @@ pub fn archive_spans_in(data_dir: &Path, project: Option<&str>) -> Vec<serde_jso
         .collect()
 }
 
+/// Every envelope archived under `data_dir` (read with the library, as `archive cat` does),
+/// optionally only `project`'s: to check envelope fields `archive cat` does not print.
+pub fn archive_batches_in(
+    data_dir: &Path,
+    project: Option<&str>,
+) -> Vec<tracegate_proto::v1::Batch> {
+    use tracegate::archive::store::{ArchiveStore, Filter};
+    let cfg = tracegate::cli::CommonArgs {
+        config: None,
+        data_dir: Some(data_dir.to_path_buf()),
+    }
+    .load()
+    .expect("config for the archive");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let store = ArchiveStore::open(&cfg, false).expect("open the archive");
+        let filter = Filter {
+            project: project.map(str::to_string),
+            from: None,
+            to: None,
+        };
+        let mut out = Vec::new();
+        for o in store.list(&filter).await.expect("list the archive") {
+            let c = store.read(&o).await.expect("read an archive object");
+            out.extend(
+                c.batches
+                    .into_iter()
+                    .map(|(_, b)| b)
+                    .filter(|b| project.is_none_or(|p| p == b.project_id)),
+            );
+        }
+        out
+    })
+}
+
+/// (schema_version, otlp_request_encoding) of every envelope, counted.
+pub fn envelope_encodings(
+    batches: &[tracegate_proto::v1::Batch],
+) -> std::collections::BTreeMap<(u32, i32), usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for b in batches {
+        *m.entry((b.schema_version, b.otlp_request_encoding))
+            .or_default() += 1;
+    }
+    m
+}
+
 /// Span names found in archive records (`record["span"]["name"]`).
 pub fn span_names(records: &[serde_json::Value]) -> Vec<String> {
     records
