@@ -652,6 +652,32 @@ pub fn post_protobuf(gw: &Gateway, key: &str, req: &ExportTraceServiceRequest) -
     )
 }
 
+/// POST protobuf-encoded `req`, compressed with `encoding` (`gzip` or `zstd`), with
+/// `Content-Encoding: encoding`.
+pub fn post_protobuf_compressed(
+    gw: &Gateway,
+    key: &str,
+    req: &ExportTraceServiceRequest,
+    encoding: &str,
+) -> HttpResponse {
+    let auth = format!("Bearer {key}");
+    let plain = encode(req);
+    let body = match encoding {
+        "gzip" => gzip(&plain),
+        "zstd" => zstd::encode_all(&plain[..], 3).expect("zstd"),
+        other => panic!("post_protobuf_compressed: unknown encoding {other}"),
+    };
+    post(
+        &gw.traces_url(),
+        &[
+            ("content-type", "application/x-protobuf"),
+            ("content-encoding", encoding),
+            ("authorization", &auth),
+        ],
+        body,
+    )
+}
+
 /// POST JSON-encoded `req` to the gateway's `/v1/traces` with `Authorization: Bearer key`.
 pub fn post_json(gw: &Gateway, key: &str, req: &ExportTraceServiceRequest) -> HttpResponse {
     let auth = format!("Bearer {key}");
@@ -1278,29 +1304,63 @@ impl Load {
         pause: Duration,
         retry_pause: Duration,
     ) -> Load {
+        Self::start_encoded(
+            url,
+            key,
+            prefix,
+            threads,
+            spans_per_request,
+            pause,
+            retry_pause,
+            &["identity"],
+        )
+    }
+
+    /// As `start`, with request `id` sent in `encodings[id % len]` (`identity`, `gzip`,
+    /// `zstd`: the `content-encoding`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_encoded(
+        url: &str,
+        key: &str,
+        prefix: &str,
+        threads: usize,
+        spans_per_request: u64,
+        pause: Duration,
+        retry_pause: Duration,
+        encodings: &[&'static str],
+    ) -> Load {
+        let encodings: std::sync::Arc<Vec<&'static str>> = std::sync::Arc::new(encodings.to_vec());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let next = std::sync::Arc::new(AtomicU64::new(0));
         let log = std::sync::Arc::new(std::sync::Mutex::new(LoadLog::default()));
         let threads = (0..threads)
             .map(|_| {
                 let (stop, next, log) = (stop.clone(), next.clone(), log.clone());
+                let encodings = encodings.clone();
                 let (url, auth, prefix) =
                     (url.to_string(), format!("Bearer {key}"), prefix.to_string());
                 thread::spawn(move || {
                     let client = http_client_with_timeout(Duration::from_secs(15));
-                    let headers = [
-                        ("content-type", "application/x-protobuf"),
-                        ("authorization", auth.as_str()),
-                    ];
                     while !stop.load(Ordering::Relaxed) {
                         let id = next.fetch_add(1, Ordering::Relaxed);
+                        let encoding = encodings[(id as usize) % encodings.len().max(1)];
+                        let headers = [
+                            ("content-type", "application/x-protobuf"),
+                            ("authorization", auth.as_str()),
+                            ("content-encoding", encoding),
+                        ];
                         let spans = (0..spans_per_request)
                             .map(|j| {
                                 let n = id * spans_per_request + j;
                                 span(trace_id(n / 10), span_id(n), &format!("{prefix}-{id}-{j}"))
                             })
                             .collect();
-                        let body = encode(&request_with_spans(spans));
+                        let plain = encode(&request_with_spans(spans));
+                        let body = match encoding {
+                            "gzip" => gzip(&plain),
+                            "zstd" => zstd::encode_all(&plain[..], 3).expect("zstd"),
+                            _ => plain,
+                        };
                         let mut attempts = 0;
                         loop {
                             attempts += 1;
