@@ -589,7 +589,12 @@ mod tests {
             plain.len(),
         );
         let g = with(PayloadEncoding::Gzip, gz.finish().unwrap(), plain.len());
-        let want = encode_group(&[id.clone()], EncodeOptions::default(), 100, usize::MAX);
+        let want = encode_group(
+            std::slice::from_ref(&id),
+            EncodeOptions::default(),
+            100,
+            usize::MAX,
+        );
         for b in [z.clone(), g] {
             assert!(b.otlp_request.len() < plain.len() / 10);
             let e = encode_group(&[b], EncodeOptions::default(), 100, usize::MAX);
