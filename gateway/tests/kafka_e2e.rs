@@ -373,3 +373,103 @@ fn kafka_config_errors_name_the_key() {
         "{err}"
     );
 }
+
+/// Envelopes produced straight to the topic: plain (v1), forwarded zstd / gzip (v2) and one of
+/// a future schema version (3). The writer archives the readable ones (decoding the compressed
+/// payloads for `archive cat`), quarantines the newer one byte for byte (never dropped, never
+/// misread) and goes on past it.
+#[test]
+fn writer_reads_compressed_envelopes_and_quarantines_a_newer_schema() {
+    use prost::Message as _;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use tracegate_proto::v1::{Batch, PayloadEncoding};
+
+    const Q_TOPIC: &str = "tracegate-e2e-q";
+    let broker = TestBroker::start(&[(Q_TOPIC, 1)]);
+    let wr_dir = tempfile::Builder::new()
+        .prefix("tg-kafka-q-")
+        .tempdir()
+        .unwrap();
+    let cfg = wr_dir.path().join("writer.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"{Q_TOPIC}\"\ngroup_id = \"q\"\n\
+             batch_max_age_ms = 200\nsession_timeout_ms = 6000\n",
+            broker.bootstrap
+        ),
+    )
+    .unwrap();
+    let data = wr_dir.path().join("data");
+    let project = common::unique_project("kafka-q");
+    let envelope = |prefix: &str, encoding: PayloadEncoding, version: u32| {
+        let plain = common::encode(&common::request_n(prefix, 0, 5));
+        let (body, plain_len) = match encoding {
+            PayloadEncoding::Identity => (plain.clone(), 0),
+            PayloadEncoding::Zstd => (zstd::encode_all(&plain[..], 3).unwrap(), plain.len()),
+            PayloadEncoding::Gzip => (common::gzip(&plain), plain.len()),
+        };
+        Batch {
+            schema_version: version,
+            batch_id: prefix.as_bytes().to_vec().into(),
+            org_id: "org-q".into(),
+            project_id: project.clone(),
+            span_count: 5,
+            otlp_request: body.into(),
+            otlp_request_encoding: encoding as i32,
+            otlp_request_plain_len: plain_len as u64,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let values = [
+        envelope("q-plain", PayloadEncoding::Identity, 1),
+        envelope("q-zstd", PayloadEncoding::Zstd, 2),
+        envelope("q-future", PayloadEncoding::Zstd, 3),
+        envelope("q-gzip", PayloadEncoding::Gzip, 2),
+    ];
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .unwrap();
+    for v in &values {
+        producer
+            .send(BaseRecord::<[u8], [u8]>::to(Q_TOPIC).payload(&v[..]))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let mut writer = Writer::start(&data, Some(&cfg), &[]);
+    let want: Vec<String> = ["q-plain", "q-zstd", "q-gzip"]
+        .iter()
+        .flat_map(|p| (0..5).map(move |i| format!("{p}-{i}")))
+        .collect();
+    let (missing, _) = common::wait_for_spans(&data, &project, &want, Duration::from_secs(60));
+    assert!(missing.is_empty(), "missing from the archive: {missing:?}");
+    let names = common::span_names(&common::archive_spans_in(&data, Some(&project)));
+    assert_eq!(names.len(), want.len(), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("q-future")));
+    // The archive keeps the envelopes as produced.
+    let encodings = common::envelope_encodings(&common::archive_batches_in(&data, Some(&project)));
+    assert_eq!(
+        encodings.into_iter().collect::<Vec<_>>(),
+        vec![((1, 0), 1), ((2, 1), 1), ((2, 2), 1)]
+    );
+    let q = data
+        .join("kafka-quarantine")
+        .join(Q_TOPIC)
+        .join("0-2.schema_too_new.bin");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || q.exists()),
+        "no quarantine file {}",
+        q.display()
+    );
+    assert_eq!(std::fs::read(&q).unwrap(), values[2]);
+    assert_eq!(
+        writer.metric("tracegate_kafka_writer_quarantined_messages_total"),
+        1.0
+    );
+    let s = writer.terminate();
+    assert!(s.success(), "writer SIGTERM exit status {s}");
+}
