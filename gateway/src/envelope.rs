@@ -92,6 +92,21 @@ pub fn plain_request(batch: &Batch, cap: usize) -> Result<Bytes, PayloadError> {
     Ok(plain)
 }
 
+/// The bytes `batch` stands for once its payload is decompressed: `encoded_len` (its encoded
+/// size) plus what decompression adds (the declared plain length, capped at
+/// [`MAX_PLAIN_BYTES`]). Byte bounds on groups of batches (`kafka.batch_max_bytes`,
+/// `writer.max_batch_bytes`) count this, so a group of compressed payloads does not grow by
+/// their compression ratio when a sink (ClickHouse) decompresses them.
+pub fn inflated_len(batch: &Batch, encoded_len: usize) -> usize {
+    if batch.otlp_request_encoding == PayloadEncoding::Identity as i32 {
+        return encoded_len;
+    }
+    let plain = usize::try_from(batch.otlp_request_plain_len)
+        .unwrap_or(usize::MAX)
+        .min(MAX_PLAIN_BYTES);
+    encoded_len.saturating_add(plain.saturating_sub(batch.otlp_request.len()))
+}
+
 /// Sets `batch`'s payload to the plain `otlp_request` (identity encoding, schema version 1).
 pub fn set_plain(batch: &mut Batch, plain: Bytes) {
     batch.otlp_request = plain;
@@ -215,6 +230,25 @@ mod tests {
         );
         future.otlp_request_encoding = -1;
         assert!(plain_request(&future, MAX_PLAIN_BYTES).is_err());
+    }
+
+    #[test]
+    fn inflated_len_counts_the_plain_size_capped() {
+        let p = plain();
+        let id = envelope(PayloadEncoding::Identity, p.clone(), 0);
+        assert_eq!(inflated_len(&id, 123), 123);
+        let z = envelope(
+            PayloadEncoding::Zstd,
+            zstd::encode_all(&p[..], 3).unwrap(),
+            p.len(),
+        );
+        assert_eq!(inflated_len(&z, 500), 500 + p.len() - z.otlp_request.len());
+        let mut huge = z.clone();
+        huge.otlp_request_plain_len = u64::MAX;
+        assert_eq!(
+            inflated_len(&huge, 500),
+            500 + MAX_PLAIN_BYTES - z.otlp_request.len()
+        );
     }
 
     #[test]

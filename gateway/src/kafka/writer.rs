@@ -507,6 +507,12 @@ impl Driver {
             }
         };
         let spans = batch.as_ref().map_or(0, |b| u64::from(b.span_count));
+        // A compressed payload counts at its decompressed size: the batch bounds
+        // (`kafka.batch_max_bytes`) then bound what the ClickHouse sink holds once it has
+        // decompressed the batch, as they did when payloads were always plain.
+        let bytes = batch
+            .as_ref()
+            .map_or(bytes, |b| crate::envelope::inflated_len(b, bytes));
         part.buf.push_back(Msg {
             offset,
             batch,
