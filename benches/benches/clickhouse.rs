@@ -3,7 +3,9 @@
 //! core; next to prost's owned decode of the same bytes (what an encoder over owned structs
 //! would pay first) and the LZ4 framing the insert adds.
 //! `writer_envelope_to_lz4_rowbinary` is the writer's whole CPU path for a group of Kafka
-//! messages: envelope decode → RowBinary rows → LZ4 blocks.
+//! messages: envelope decode → RowBinary rows → LZ4 blocks; `_forwarded_zstd` is the same
+//! with envelopes that carry the client's zstd body (schema version 2), which the writer
+//! decompresses first (`envelope::plain_request`).
 //! Run: `cargo bench -p tracegate-benches --bench clickhouse`.
 
 use bytes::Bytes;
@@ -74,20 +76,45 @@ fn bench(c: &mut Criterion) {
             b.encode_to_vec()
         })
         .collect();
+    // The same group as the gateway forwards clean zstd requests: zstd (level 3) payloads.
+    let messages_zstd: Vec<Vec<u8>> = messages
+        .iter()
+        .map(|m| {
+            let mut b = Batch::decode(&m[..]).unwrap();
+            let plain = b.otlp_request.clone();
+            b.schema_version = 2;
+            b.otlp_request = Bytes::from(zstd::encode_all(&plain[..], 3).unwrap());
+            b.otlp_request_encoding = tracegate_proto::v1::PayloadEncoding::Zstd as i32;
+            b.otlp_request_plain_len = plain.len() as u64;
+            b.encode_to_vec()
+        })
+        .collect();
+    eprintln!(
+        "writer group: {} envelope bytes plain, {} forwarded zstd",
+        messages.iter().map(Vec::len).sum::<usize>(),
+        messages_zstd.iter().map(Vec::len).sum::<usize>()
+    );
     let mut group_out = Encoded::default();
-    let writer = |enc: &mut Encoder, out: &mut Encoded| {
+    let writer_of = |msgs: &[Vec<u8>], enc: &mut Encoder, out: &mut Encoded| {
         out.clear();
-        for m in &messages {
+        for m in msgs {
             let b = Batch::decode(&m[..]).unwrap();
             enc.encode_batch(&b, out).unwrap();
         }
         lz4_blocks(&out.spans)
     };
+    let writer = |enc: &mut Encoder, out: &mut Encoded| writer_of(&messages, enc, out);
     per_cpu_second(
         "writer_envelope_to_lz4_rowbinary",
         SPANS * GROUP,
         rounds / GROUP,
         || writer(&mut enc, &mut group_out),
+    );
+    per_cpu_second(
+        "writer_envelope_to_lz4_rowbinary_forwarded_zstd",
+        SPANS * GROUP,
+        rounds / GROUP,
+        || writer_of(&messages_zstd, &mut enc, &mut group_out),
     );
     per_cpu_second("writer_rows_only", SPANS * GROUP, rounds / GROUP, || {
         group_out.clear();
@@ -132,6 +159,9 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements((SPANS * GROUP) as u64));
     g.bench_function("writer_envelope_to_lz4_rowbinary", |b| {
         b.iter(|| writer(&mut enc, &mut group_out))
+    });
+    g.bench_function("writer_envelope_to_lz4_rowbinary_forwarded_zstd", |b| {
+        b.iter(|| writer_of(&messages_zstd, &mut enc, &mut group_out))
     });
     g.finish();
 }

@@ -7,7 +7,10 @@
 //! - `prepare_*`: the whole `ingest::prepare` step (reserve, decompress, scan, envelope bytes);
 //! - `envelope_encode`: a `Batch` around the request, encoded as the Kafka producer does;
 //! - `archive_payload_zstd3` and `archive_seal`: the writer's archive object for one batch
-//!   (zstd frame of records, then the v2 AES-256-GCM envelope).
+//!   (zstd frame of records, then the v2 AES-256-GCM envelope);
+//! - `*_forwarded_zstd`: the same steps for an envelope that carries the client's zstd body as
+//!   it is (what `prepare_protobuf_zstd` / `_gzip` now produce for a clean request), and
+//!   `plain_request_zstd`: a reader decompressing it (`envelope::plain_request`).
 //!
 //! Before criterion runs, each bench prints spans per CPU-second of this thread (CLOCK_THREAD_
 //! CPUTIME_ID), which holds on a shared machine where criterion's wall-clock figures do not.
@@ -28,7 +31,7 @@ use tracegate::otlp::scan::{self, Claim};
 use tracegate::otlp::validate;
 use tracegate_benches::per_cpu_second;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
-use tracegate_proto::v1::Batch;
+use tracegate_proto::v1::{Batch, PayloadEncoding};
 
 const SPANS: usize = 512;
 
@@ -98,6 +101,19 @@ fn bench(c: &mut Criterion) {
         otlp_request: proto.clone(),
         ..Default::default()
     };
+    // The envelope of a clean zstd request: the client's body, forwarded.
+    let forwarded = {
+        let (p, _) = run(Format::Protobuf, Compression::Zstd, &zs);
+        assert_eq!(p.encoding, PayloadEncoding::Zstd);
+        assert_eq!(p.otlp_request, zs);
+        let mut b = batch.clone();
+        p.set_payload(&mut b);
+        b
+    };
+    assert_eq!(
+        run(Format::Protobuf, Compression::Gzip, &gz).0.encoding,
+        PayloadEncoding::Gzip
+    );
     let ctx = crypto::EncryptionContext::new("org", "project", "eu", "bench:0:1-1");
     let data_key = crypto::new_data_key().unwrap();
     let payload = crypto::encode_payload(&[(0, &batch)], 3).unwrap();
@@ -191,6 +207,28 @@ fn bench(c: &mut Criterion) {
         let mut w = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(envelope.len() / 4));
         std::io::Write::write_all(&mut w, &envelope).unwrap();
         w.finish().unwrap()
+    });
+    let envelope_fwd = forwarded.encode_to_vec();
+    eprintln!(
+        "forwarded zstd envelope {} B; zstd 3: {} B",
+        envelope_fwd.len(),
+        zstd::bulk::compress(&envelope_fwd, 3).unwrap().len()
+    );
+    per_cpu_second("envelope_encode_forwarded_zstd", SPANS, rounds, || {
+        forwarded.encode_to_vec()
+    });
+    per_cpu_second("kafka_message_zstd3_forwarded_zstd", SPANS, rounds, || {
+        zstd::bulk::compress(&envelope_fwd, 3).unwrap()
+    });
+    per_cpu_second(
+        "archive_payload_zstd3_forwarded_zstd",
+        SPANS,
+        rounds,
+        || crypto::encode_payload(&[(0, &forwarded)], 3).unwrap(),
+    );
+    per_cpu_second("plain_request_zstd", SPANS, rounds, || {
+        tracegate::envelope::plain_request(&forwarded, tracegate::envelope::MAX_PLAIN_BYTES)
+            .unwrap()
     });
     per_cpu_second("prost_decode_reference", SPANS, rounds / 4, || {
         ExportTraceServiceRequest::decode(proto.clone()).unwrap()

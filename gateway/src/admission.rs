@@ -50,6 +50,20 @@ impl BytesPermit {
         self.admission.report();
         Ok(())
     }
+
+    /// Shrinks this reservation to `total` bytes (at least 1; no-op if it holds less), giving
+    /// the rest back: a request whose decompressed bytes are gone holds only what it keeps.
+    pub fn shrink_to(&mut self, total: usize) {
+        let have = self.bytes();
+        let keep = total.max(1);
+        if keep >= have {
+            return;
+        }
+        if let Some(p) = self._permit.as_mut() {
+            drop(p.split(have - keep));
+        }
+        self.admission.report();
+    }
 }
 
 impl Admission {
@@ -104,6 +118,14 @@ mod tests {
         assert_eq!(a.in_flight(), 100);
         p.grow_to(50).unwrap();
         assert_eq!(p.bytes(), 100);
+        assert!(a.try_reserve(1).is_err());
+        p.shrink_to(30);
+        assert_eq!((p.bytes(), a.in_flight()), (30, 30));
+        p.shrink_to(40);
+        assert_eq!(p.bytes(), 30);
+        p.shrink_to(0);
+        assert_eq!(p.bytes(), 1);
+        p.grow_to(100).unwrap();
         assert!(a.try_reserve(1).is_err());
         drop(p);
         assert_eq!(a.in_flight(), 0);

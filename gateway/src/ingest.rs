@@ -12,12 +12,13 @@ use tracegate_proto::otlp::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use tracegate_proto::otlp::common::v1::{any_value::Value, AnyValue};
-use tracegate_proto::v1::{Batch, Source, Transport};
+use tracegate_proto::v1::{Batch, PayloadEncoding, Source, Transport};
 
 use crate::admission::{Admission, BytesPermit};
 use crate::auth::authenticator::{Authenticator, Origin, Principal};
 use crate::auth::ratelimit::RateLimits;
 use crate::config::LimitsConfig;
+use crate::envelope;
 use crate::error::ApiError;
 use crate::metrics as m;
 use crate::otlp::decode::{self, Compression, Format};
@@ -49,9 +50,37 @@ pub struct RawRequest {
 
 /// Result of the CPU-heavy step.
 pub struct Prepared {
+    /// The envelope payload, encoded as `encoding` says.
     pub otlp_request: Bytes,
+    /// Identity, or the client's zstd / gzip body forwarded as it is (`otlp_request` is then
+    /// the body as received; its decompression is `decompressed_len` bytes).
+    pub encoding: PayloadEncoding,
     pub outcome: validate::Outcome,
     pub decompressed_len: usize,
+}
+
+impl Prepared {
+    /// Sets `batch`'s payload fields, and the schema version they need (1 for identity, so
+    /// such envelopes are what older builds wrote; 2 for a compressed payload).
+    pub fn set_payload(&self, batch: &mut Batch) {
+        batch.schema_version = tracegate_proto::schema_version_for(self.encoding);
+        batch.otlp_request = self.otlp_request.clone();
+        batch.otlp_request_encoding = self.encoding as i32;
+        batch.otlp_request_plain_len = match self.encoding {
+            PayloadEncoding::Identity => 0,
+            _ => self.decompressed_len as u64,
+        };
+    }
+}
+
+/// The envelope encoding under which a clean body in `compression` is forwarded as it is.
+/// Deflate is not forwarded (two wire forms, rarely used): it goes out plain.
+fn forwarded_encoding(compression: Compression) -> Option<PayloadEncoding> {
+    match compression {
+        Compression::Zstd => Some(PayloadEncoding::Zstd),
+        Compression::Gzip => Some(PayloadEncoding::Gzip),
+        Compression::Identity | Compression::Deflate => None,
+    }
 }
 
 /// Which tenant value a claiming attribute gets: by its name (`…org…`, `…workspace…`, else the
@@ -92,6 +121,11 @@ pub fn stamp_tenant(req: &mut ExportTraceServiceRequest, keys: &[String], p: &Pr
 
 /// Decompress (capped), then scan-validate (protobuf) or decode, validate and stamp. Blocking:
 /// run it on the blocking pool.
+///
+/// A zstd or gzip protobuf body that the scan proves clean (nothing to remove or stamp) is
+/// forwarded as the client sent it (`Prepared::encoding`), so the gateway's compression work is
+/// the client's: the Kafka producer and the archive then compress compressed bytes, and the
+/// plain buffer is dropped here (the reservation shrinks back to the body).
 pub fn prepare(
     format: Format,
     compression: Compression,
@@ -100,6 +134,9 @@ pub fn prepare(
     mut permit: BytesPermit,
     tenant: Option<(&[String], &Principal)>,
 ) -> Result<(Prepared, BytesPermit), ApiError> {
+    let forward = forwarded_encoding(compression);
+    // Keep the body only when it may be forwarded (a refcount, no copy).
+    let original = forward.map(|_| body.clone());
     let plain = decode::decompress(compression, body, limits.max_request_bytes)?;
     // Account the decompressed bytes before materialising anything from them. The reservation
     // grows to cover them (it already covers the raw body), so nothing is counted twice.
@@ -120,9 +157,18 @@ pub fn prepare(
         if let Ok(spans) = scan::scan(&plain, limits, &claims) {
             metrics::counter!(m::VALIDATION_PATH, "path" => "scan").increment(1);
             let decompressed_len = plain.len();
+            let (otlp_request, encoding) = match (forward, original) {
+                (Some(enc), Some(body)) if decompressed_len <= envelope::MAX_PLAIN_BYTES => {
+                    drop(plain);
+                    permit.shrink_to(body.len());
+                    (body, enc)
+                }
+                _ => (plain, PayloadEncoding::Identity),
+            };
             return Ok((
                 Prepared {
-                    otlp_request: plain,
+                    otlp_request,
+                    encoding,
                     outcome: validate::Outcome {
                         accepted: spans,
                         ..Default::default()
@@ -136,6 +182,7 @@ pub fn prepare(
     // Slow path (JSON, or anything the scan could not prove clean): prost gives the answer,
     // the per-span rejections and their messages.
     metrics::counter!(m::VALIDATION_PATH, "path" => "prost").increment(1);
+    drop(original);
     let mut req = decode::decode(format, &plain)?;
     let mut outcome = validate::validate(&mut req, limits);
     if let Some((keys, p)) = tenant {
@@ -150,6 +197,7 @@ pub fn prepare(
     Ok((
         Prepared {
             otlp_request,
+            encoding: PayloadEncoding::Identity,
             outcome,
             decompressed_len: plain.len(),
         },
@@ -216,8 +264,7 @@ impl Ingest {
         if o.accepted > 0 {
             let mut id = [0u8; 16];
             rand::rng().fill_bytes(&mut id);
-            let batch = Batch {
-                schema_version: tracegate_proto::BATCH_SCHEMA_VERSION,
+            let mut batch = Batch {
                 batch_id: Bytes::copy_from_slice(&id),
                 org_id: principal.org_id.clone(),
                 workspace_id: principal.workspace_id.clone(),
@@ -233,11 +280,10 @@ impl Ingest {
                     vpc_endpoint_id: origin.vpc_endpoint_id.unwrap_or_default(),
                 }),
                 span_count: o.accepted as u32,
-                otlp_request: prepared.otlp_request,
                 key_id: principal.key_id.clone(),
-                part_index: 0,
-                part_count: 0,
+                ..Default::default()
             };
+            prepared.set_payload(&mut batch);
             self.queue.publish(batch).await?;
             metrics::counter!(m::SPANS_ACCEPTED).increment(o.accepted as u64);
         }
@@ -286,5 +332,174 @@ mod tests {
         assert_eq!(attrs[1], kv("tracegate.org_id", "o"));
         assert_eq!(attrs[2], kv("service.name", "s"));
         assert!(!stamp_tenant(&mut req, &keys, &p));
+    }
+}
+
+#[cfg(test)]
+mod forward_tests {
+    use super::*;
+    use std::io::Write;
+    use tracegate_proto::otlp::common::v1::KeyValue;
+    use tracegate_proto::otlp::resource::v1::Resource;
+    use tracegate_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    use crate::envelope::{plain_request, MAX_PLAIN_BYTES};
+
+    fn request(claim: Option<&str>, bad_span: bool) -> ExportTraceServiceRequest {
+        let mut spans: Vec<Span> = (0..50u64)
+            .map(|i| Span {
+                trace_id: vec![7; 16],
+                span_id: (i + 1).to_be_bytes().to_vec(),
+                name: format!("span-{i}"),
+                ..Default::default()
+            })
+            .collect();
+        if bad_span {
+            spans[3].trace_id = vec![1, 2, 3];
+        }
+        let attributes = claim
+            .map(|v| {
+                vec![KeyValue {
+                    key: "tracegate.project_id".into(),
+                    value: Some(AnyValue {
+                        value: Some(Value::StringValue(v.into())),
+                    }),
+                    ..Default::default()
+                }]
+            })
+            .unwrap_or_default();
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes,
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn compress(c: Compression, data: &[u8]) -> Bytes {
+        match c {
+            Compression::Identity => Bytes::copy_from_slice(data),
+            Compression::Zstd => zstd::encode_all(data, 3).unwrap().into(),
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(data).unwrap();
+                e.finish().unwrap().into()
+            }
+            Compression::Deflate => {
+                let mut e =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(data).unwrap();
+                e.finish().unwrap().into()
+            }
+        }
+    }
+
+    /// `prepare` as `Ingest::export` runs it, then the envelope it would publish.
+    fn run(format: Format, c: Compression, body: Bytes) -> (Prepared, Batch, BytesPermit) {
+        let limits = LimitsConfig::default();
+        let admission = Admission::new(1 << 30);
+        let permit = admission.try_reserve(body.len()).unwrap();
+        let p = Principal {
+            org_id: "o".into(),
+            project_id: "mine".into(),
+            ..Default::default()
+        };
+        let keys = crate::config::AuthConfig::default().tenant_attribute_keys;
+        let (prepared, permit) =
+            prepare(format, c, body, &limits, permit, Some((&keys, &p))).unwrap();
+        let mut batch = Batch::default();
+        prepared.set_payload(&mut batch);
+        (prepared, batch, permit)
+    }
+
+    #[test]
+    fn clean_zstd_and_gzip_bodies_are_forwarded_as_sent() {
+        let plain = request(Some("mine"), false).encode_to_vec();
+        for (c, enc) in [
+            (Compression::Zstd, PayloadEncoding::Zstd),
+            (Compression::Gzip, PayloadEncoding::Gzip),
+        ] {
+            let body = compress(c, &plain);
+            assert!(body.len() < plain.len());
+            let (prepared, batch, permit) = run(Format::Protobuf, c, body.clone());
+            assert_eq!(prepared.outcome.accepted, 50);
+            assert_eq!(prepared.decompressed_len, plain.len());
+            // The very bytes the client sent, not a copy.
+            assert_eq!(batch.otlp_request, body);
+            assert_eq!(batch.otlp_request.as_ptr(), body.as_ptr());
+            assert_eq!(batch.otlp_request_encoding, enc as i32);
+            assert_eq!(batch.otlp_request_plain_len, plain.len() as u64);
+            assert_eq!(batch.schema_version, 2);
+            // The plain buffer is gone: the reservation is back to the body.
+            assert_eq!(permit.bytes(), body.len());
+            // Through the encoded envelope, as a reader sees it.
+            let read = Batch::decode(Bytes::from(batch.encode_to_vec())).unwrap();
+            assert_eq!(plain_request(&read, MAX_PLAIN_BYTES).unwrap(), plain);
+            assert!(matches!(
+                plain_request(&read, 1000),
+                Err(crate::envelope::PayloadError::TooLarge { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn everything_else_goes_out_plain() {
+        let clean = request(None, false);
+        let plain = clean.encode_to_vec();
+        let json = serde_json::to_vec(&clean).unwrap();
+        let cases: Vec<(Format, Compression, Vec<u8>, &str)> = vec![
+            (
+                Format::Protobuf,
+                Compression::Identity,
+                plain.clone(),
+                "identity",
+            ),
+            (
+                Format::Protobuf,
+                Compression::Deflate,
+                plain.clone(),
+                "deflate",
+            ),
+            (Format::Json, Compression::Zstd, json.clone(), "json zstd"),
+            (Format::Json, Compression::Gzip, json, "json gzip"),
+            (
+                Format::Protobuf,
+                Compression::Zstd,
+                request(Some("victim"), false).encode_to_vec(),
+                "needs stamping",
+            ),
+            (
+                Format::Protobuf,
+                Compression::Gzip,
+                request(None, true).encode_to_vec(),
+                "an invalid span",
+            ),
+        ];
+        for (format, c, data, what) in cases {
+            let body = compress(c, &data);
+            let (prepared, batch, _) = run(format, c, body);
+            assert_eq!(prepared.encoding, PayloadEncoding::Identity, "{what}");
+            assert_eq!(batch.otlp_request_encoding, 0, "{what}");
+            assert_eq!(batch.otlp_request_plain_len, 0, "{what}");
+            assert_eq!(batch.schema_version, 1, "{what}");
+            let out = plain_request(&batch, 0).unwrap();
+            let req = ExportTraceServiceRequest::decode(out).unwrap();
+            let spans: usize = req.resource_spans[0].scope_spans[0].spans.len();
+            match what {
+                "an invalid span" => assert_eq!(spans, 49),
+                "needs stamping" => {
+                    assert_eq!(spans, 50);
+                    assert_eq!(req, request(Some("mine"), false), "{what}");
+                }
+                _ => assert_eq!(req, clean, "{what}"),
+            }
+        }
     }
 }

@@ -65,15 +65,24 @@ fn replay_after_truncate_restores_exactly_the_archive_and_again_adds_nothing() {
             handles.push(thread::spawn(move || {
                 let client = http_client_with_timeout(Duration::from_secs(60));
                 let auth = format!("Bearer {key}");
+                // Plain, zstd and gzip bodies (one client thread each): the compressed ones are
+                // archived as sent (envelope v2), decompressed for ClickHouse and on replay.
+                let encoding = ["identity", "zstd", "gzip"][t as usize];
                 for i in 0..6u64 {
                     let first = (t * 6 + i) * 7;
-                    let body = encode(&request_n(p, first, 7));
+                    let plain = encode(&request_n(p, first, 7));
+                    let body = match encoding {
+                        "zstd" => zstd::encode_all(&plain[..], 3).unwrap(),
+                        "gzip" => gzip(&plain),
+                        _ => plain,
+                    };
                     let r = try_post(
                         &client,
                         &url,
                         &[
                             ("authorization", auth.as_str()),
                             ("content-type", "application/x-protobuf"),
+                            ("content-encoding", encoding),
                         ],
                         body,
                     )
@@ -100,6 +109,11 @@ fn replay_after_truncate_restores_exactly_the_archive_and_again_adds_nothing() {
         })
         .collect();
     assert_eq!(archived.len(), total);
+    let encodings = envelope_encodings(&archive_batches_in(data, None));
+    assert_eq!(
+        encodings.into_iter().collect::<Vec<_>>(),
+        vec![((1, 0), 12), ((2, 1), 12), ((2, 2), 12)]
+    );
     assert_eq!(rows(&front, db), (total as u64, total as u64));
     assert_eq!(span_keys_in_clickhouse(&front, db), archived);
     let ls = tracegate_ok(data, &["archive", "ls"], &[]);

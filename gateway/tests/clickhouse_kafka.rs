@@ -8,7 +8,8 @@
 //! To make "ClickHouse committed the insert but the writer never learned it" frequent rather
 //! than a matter of luck, the front also drops 20 % of insert answers after committing them.
 //! The negative control runs the same scenario without deterministic tokens and must see
-//! duplicates.
+//! duplicates. Requests are plain, zstd and gzip in turn, so the compressed envelopes the
+//! gateway forwards (schema version 2) go through the same kills and dedup.
 //!
 //! Scale: the figures, 1 000 000 sequence-numbered spans and 20 kills at random moments
 //! (`TRACEGATE_TEST_KAFKA_CH_SPANS`, `TRACEGATE_TEST_KAFKA_CH_KILLS` override them). The load is
@@ -72,7 +73,9 @@ fn run(topic: &str, db: &str, dedup: bool, spans: u64, kills: usize) -> Outcome 
     let key = gw.create_key(&project);
     let mut writer = Writer::start(wr_dir.path(), None, &env);
     let requests = spans.div_ceil(SPANS_PER_REQUEST);
-    let mut load = Load::start(
+    // Plain, zstd and gzip requests in turn: the compressed ones travel as the client's bytes
+    // (envelope schema 2) and the writer decompresses them for ClickHouse.
+    let mut load = Load::start_encoded(
         &gw.traces_url(),
         &key,
         "kch",
@@ -80,6 +83,7 @@ fn run(topic: &str, db: &str, dedup: bool, spans: u64, kills: usize) -> Outcome 
         SPANS_PER_REQUEST,
         Duration::ZERO,
         Duration::from_millis(100),
+        &["identity", "zstd", "gzip"],
     );
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
     let mut rnd = |lo: u64, hi: u64| {
@@ -138,6 +142,16 @@ fn run(topic: &str, db: &str, dedup: bool, spans: u64, kills: usize) -> Outcome 
     let s = writer.terminate();
     assert!(s.success(), "writer exit {s}");
     let (count, uniq) = read();
+    // The writer's archive holds the envelopes as produced: plain (v1) and forwarded zstd /
+    // gzip (v2) ones.
+    let encodings =
+        common::envelope_encodings(&common::archive_batches_in(wr_dir.path(), Some(&project)));
+    for want in [(1, 0), (2, 1), (2, 2)] {
+        assert!(
+            encodings.get(&want).is_some_and(|n| *n > 0),
+            "no archived envelope with (schema_version, encoding) {want:?}: {encodings:?}"
+        );
+    }
     Outcome {
         acked_spans,
         count,

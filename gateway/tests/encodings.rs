@@ -41,6 +41,9 @@ fn deflate_zlib_and_raw_are_accepted() {
         names.iter().filter(|n| n.starts_with("deflate-")).count(),
         6
     );
+    // Deflate bodies are not forwarded: their envelopes are plain (schema version 1).
+    let encodings = envelope_encodings(&archive_batches_in(&gw.data_dir, Some("enc")));
+    assert_eq!(encodings.into_iter().collect::<Vec<_>>(), vec![((1, 0), 2)]);
 }
 
 #[test]

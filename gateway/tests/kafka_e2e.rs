@@ -3,7 +3,9 @@
 //! with `[kafka]` (env `TRACEGATE_KAFKA__*`) → `tracegate-test-broker` → `tracegate write
 //! --config FILE` → archive. Every span sent is archived exactly once with its key's project; a
 //! request larger than one Kafka message is split and fully delivered; a single span that cannot
-//! fit in a message is refused with 413, not dropped silently.
+//! fit in a message is refused with 413, not dropped silently. Clean zstd / gzip requests are
+//! archived as the client's compressed bytes (envelope v2); one too large even compressed is
+//! split into plain parts.
 
 mod common;
 
@@ -161,7 +163,55 @@ fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
         "big (split) post: {:?}",
         String::from_utf8_lossy(&r.2)
     );
-    for (prefix, n) in [("raw-json", 20), ("raw-pb", 20), ("raw-big", 120)] {
+    // Compressed requests: clean ones travel as the client's zstd / gzip bytes (envelope v2).
+    // The big one compresses below one message and goes unsplit; the incompressible one does
+    // not fit compressed either and is split (decompressed, parts plain).
+    for (prefix, enc) in [("raw-zstd", "zstd"), ("raw-gzip", "gzip")] {
+        let r = common::post_protobuf_compressed(&gw, &k2, &common::request_n(prefix, 0, 20), enc);
+        assert_eq!(r.0, 200, "{enc} post: {:?}", String::from_utf8_lossy(&r.2));
+    }
+    let mut big_z = common::request_n("raw-big-zstd", 0, 120);
+    for s in &mut big_z.resource_spans[0].scope_spans[0].spans {
+        s.attributes
+            .push(common::kv_str("gen_ai.prompt", &"p".repeat(3000)));
+    }
+    let r = common::post_protobuf_compressed(&gw, &k2, &big_z, "zstd");
+    assert_eq!(
+        r.0,
+        200,
+        "big zstd post: {:?}",
+        String::from_utf8_lossy(&r.2)
+    );
+    let mut noisy = common::request_n("raw-noisy-gzip", 0, 120);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for s in &mut noisy.resource_spans[0].scope_spans[0].spans {
+        let text: String = (0..3000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect();
+        s.attributes.push(common::kv_str("gen_ai.prompt", &text));
+    }
+    assert!(common::gzip(&common::encode(&noisy)).len() > 2 * MESSAGE_MAX_BYTES);
+    let r = common::post_protobuf_compressed(&gw, &k2, &noisy, "gzip");
+    assert_eq!(
+        r.0,
+        200,
+        "noisy gzip post: {:?}",
+        String::from_utf8_lossy(&r.2)
+    );
+    for (prefix, n) in [
+        ("raw-json", 20),
+        ("raw-pb", 20),
+        ("raw-big", 120),
+        ("raw-zstd", 20),
+        ("raw-gzip", 20),
+        ("raw-big-zstd", 120),
+        ("raw-noisy-gzip", 120),
+    ] {
         for i in 0..n {
             want.insert(format!("{prefix}-{i}"), p2.as_str());
         }
@@ -233,6 +283,22 @@ fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
         !counts.keys().any(|n| n.starts_with("raw-huge")),
         "the refused request was archived"
     );
+
+    // The archived envelopes of p2: compressed ones forwarded (zstd: the two clean zstd posts,
+    // gzip: the small one), the rest plain, the split parts too.
+    let batches = common::archive_batches_in(&archive_dir, Some(&p2));
+    let encodings = common::envelope_encodings(&batches);
+    assert_eq!(encodings.get(&(2, 1)), Some(&2), "{encodings:?}");
+    assert_eq!(encodings.get(&(2, 2)), Some(&1), "{encodings:?}");
+    assert_eq!(encodings.keys().len(), 3, "{encodings:?}");
+    for b in &batches {
+        let plain = tracegate::envelope::plain_request(b, tracegate::envelope::MAX_PLAIN_BYTES)
+            .expect("archived payload readable");
+        if b.otlp_request_encoding != 0 {
+            assert!(b.otlp_request.len() * 4 < plain.len(), "not compressed");
+            assert_eq!(b.part_count, 0, "a compressed envelope is never a part");
+        }
+    }
 
     // Objects are named by the deterministic offset range `topic:partition:first-last`.
     let objects: Vec<String> = walk_names(&archive_dir.join("archive"));
@@ -306,4 +372,104 @@ fn kafka_config_errors_name_the_key() {
         !out.status.success() && err.contains("batch_max_spanz"),
         "{err}"
     );
+}
+
+/// Envelopes produced straight to the topic: plain (v1), forwarded zstd / gzip (v2) and one of
+/// a future schema version (3). The writer archives the readable ones (decoding the compressed
+/// payloads for `archive cat`), quarantines the newer one byte for byte (never dropped, never
+/// misread) and goes on past it.
+#[test]
+fn writer_reads_compressed_envelopes_and_quarantines_a_newer_schema() {
+    use prost::Message as _;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use tracegate_proto::v1::{Batch, PayloadEncoding};
+
+    const Q_TOPIC: &str = "tracegate-e2e-q";
+    let broker = TestBroker::start(&[(Q_TOPIC, 1)]);
+    let wr_dir = tempfile::Builder::new()
+        .prefix("tg-kafka-q-")
+        .tempdir()
+        .unwrap();
+    let cfg = wr_dir.path().join("writer.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"{Q_TOPIC}\"\ngroup_id = \"q\"\n\
+             batch_max_age_ms = 200\nsession_timeout_ms = 6000\n",
+            broker.bootstrap
+        ),
+    )
+    .unwrap();
+    let data = wr_dir.path().join("data");
+    let project = common::unique_project("kafka-q");
+    let envelope = |prefix: &str, encoding: PayloadEncoding, version: u32| {
+        let plain = common::encode(&common::request_n(prefix, 0, 5));
+        let (body, plain_len) = match encoding {
+            PayloadEncoding::Identity => (plain.clone(), 0),
+            PayloadEncoding::Zstd => (zstd::encode_all(&plain[..], 3).unwrap(), plain.len()),
+            PayloadEncoding::Gzip => (common::gzip(&plain), plain.len()),
+        };
+        Batch {
+            schema_version: version,
+            batch_id: prefix.as_bytes().to_vec().into(),
+            org_id: "org-q".into(),
+            project_id: project.clone(),
+            span_count: 5,
+            otlp_request: body.into(),
+            otlp_request_encoding: encoding as i32,
+            otlp_request_plain_len: plain_len as u64,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let values = [
+        envelope("q-plain", PayloadEncoding::Identity, 1),
+        envelope("q-zstd", PayloadEncoding::Zstd, 2),
+        envelope("q-future", PayloadEncoding::Zstd, 3),
+        envelope("q-gzip", PayloadEncoding::Gzip, 2),
+    ];
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .unwrap();
+    for v in &values {
+        producer
+            .send(BaseRecord::<[u8], [u8]>::to(Q_TOPIC).payload(&v[..]))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let mut writer = Writer::start(&data, Some(&cfg), &[]);
+    let want: Vec<String> = ["q-plain", "q-zstd", "q-gzip"]
+        .iter()
+        .flat_map(|p| (0..5).map(move |i| format!("{p}-{i}")))
+        .collect();
+    let (missing, _) = common::wait_for_spans(&data, &project, &want, Duration::from_secs(60));
+    assert!(missing.is_empty(), "missing from the archive: {missing:?}");
+    let names = common::span_names(&common::archive_spans_in(&data, Some(&project)));
+    assert_eq!(names.len(), want.len(), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("q-future")));
+    // The archive keeps the envelopes as produced.
+    let encodings = common::envelope_encodings(&common::archive_batches_in(&data, Some(&project)));
+    assert_eq!(
+        encodings.into_iter().collect::<Vec<_>>(),
+        vec![((1, 0), 1), ((2, 1), 1), ((2, 2), 1)]
+    );
+    let q = data
+        .join("kafka-quarantine")
+        .join(Q_TOPIC)
+        .join("0-2.schema_too_new.bin");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || q.exists()),
+        "no quarantine file {}",
+        q.display()
+    );
+    assert_eq!(std::fs::read(&q).unwrap(), values[2]);
+    assert_eq!(
+        writer.metric("tracegate_kafka_writer_quarantined_messages_total"),
+        1.0
+    );
+    let s = writer.terminate();
+    assert!(s.success(), "writer SIGTERM exit status {s}");
 }

@@ -180,6 +180,33 @@ fn run_case(transport: Transport, compression: Option<Compression>) {
         records.len()
     );
 
+    // The envelopes: a clean compressed protobuf request is forwarded as the client compressed
+    // it (schema version 2, its encoding, the plain length); everything else is plain (v1).
+    let batches = common::archive_batches_in(&gw.data_dir, Some(&project));
+    let want = match (transport, compression) {
+        (Transport::HttpJson, _) | (_, None) => (1, 0),
+        (_, Some(Compression::Zstd)) => (2, 1),
+        (_, Some(Compression::Gzip)) => (2, 2),
+        (_, Some(c)) => panic!("{label}: unexpected compression {c:?}"),
+    };
+    let encodings = common::envelope_encodings(&batches);
+    assert_eq!(
+        encodings.keys().copied().collect::<Vec<_>>(),
+        vec![want],
+        "{label}: envelope (schema_version, encoding) counts {encodings:?}"
+    );
+    for b in &batches {
+        let plain = tracegate::envelope::plain_request(b, tracegate::envelope::MAX_PLAIN_BYTES)
+            .unwrap_or_else(|e| panic!("{label}: archived payload unreadable: {e}"));
+        if want.1 != 0 {
+            assert_eq!(b.otlp_request_plain_len, plain.len() as u64, "{label}");
+            assert!(
+                b.otlp_request.len() < plain.len(),
+                "{label}: not compressed"
+            );
+        }
+    }
+
     // Per record: project, ids as lowercase hex, trace structure preserved.
     let mut by_trace: BTreeMap<String, Vec<&serde_json::Value>> = BTreeMap::new();
     for r in &records {

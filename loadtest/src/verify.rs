@@ -253,7 +253,14 @@ pub async fn from_archive(
         match store.read(o).await {
             Ok(c) => {
                 for (_, b) in c.batches {
-                    match request_ids(&b.otlp_request) {
+                    let plain = tracegate::envelope::plain_request(
+                        &b,
+                        tracegate::envelope::MAX_PLAIN_BYTES,
+                    );
+                    match plain
+                        .map_err(anyhow::Error::from)
+                        .and_then(|p| request_ids(&p))
+                    {
                         Ok(spans) => {
                             for (t, s) in spans {
                                 tally.add(run_id, &t, &s, 1);

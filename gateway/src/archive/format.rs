@@ -103,4 +103,29 @@ mod tests {
         assert!(decode(&obj[..obj.len() - 3]).is_err());
         assert!(decode(b"nope").is_err());
     }
+
+    #[test]
+    fn compressed_envelopes_are_stored_as_they_are_and_newer_schemas_refused() {
+        let z = Batch {
+            schema_version: 2,
+            project_id: "p".into(),
+            otlp_request: Bytes::from(zstd::encode_all(&b"abc"[..], 3).unwrap()),
+            otlp_request_encoding: tracegate_proto::v1::PayloadEncoding::Zstd as i32,
+            otlp_request_plain_len: 3,
+            ..Default::default()
+        };
+        let obj = encode(&[&z], 3).unwrap();
+        let back = decode(&obj).unwrap();
+        assert_eq!(back, vec![z.clone()]);
+        assert_eq!(
+            crate::envelope::plain_request(&back[0], 10).unwrap(),
+            &b"abc"[..]
+        );
+        let future = Batch {
+            schema_version: tracegate_proto::BATCH_SCHEMA_VERSION + 1,
+            ..z
+        };
+        let e = decode(&encode(&[&future], 3).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("newer than this build"), "{e}");
+    }
 }

@@ -17,6 +17,9 @@ pub enum PbError {
     Group,
     #[error("nesting too deep")]
     TooDeep,
+    /// The envelope's payload could not be decompressed (`crate::envelope::plain_request`).
+    #[error(transparent)]
+    Payload(#[from] crate::envelope::PayloadError),
 }
 
 /// One field value. Groups (deprecated wire types 3/4) are skipped by the reader.

@@ -516,7 +516,9 @@ impl Encoder {
     }
 
     /// Appends the rows of `batch` to `out`. On error (the batch's OTLP bytes are not a readable
-    /// `ExportTraceServiceRequest`) `out` is restored to what it was before the call.
+    /// `ExportTraceServiceRequest`) `out` is restored to what it was before the call. A
+    /// compressed payload is decompressed first (`envelope::plain_request`, capped at
+    /// `envelope::MAX_PLAIN_BYTES`).
     pub fn encode_batch(&mut self, batch: &Batch, out: &mut Encoded) -> Result<(), PbError> {
         let (s_len, s_rows, p_len, p_rows) = (
             out.spans.len(),
@@ -541,7 +543,8 @@ impl Encoder {
         put_str(&mut self.tenant, batch.project_id.as_bytes());
         put_str(&mut self.tenant, batch.region.as_bytes());
         self.received_at = batch.received_at_unix_nano as i64;
-        for_each(&batch.otlp_request, 1, |rs| self.resource_spans(rs, out))
+        let plain = crate::envelope::plain_request(batch, crate::envelope::MAX_PLAIN_BYTES)?;
+        for_each(&plain, 1, |rs| self.resource_spans(rs, out))
     }
 
     fn resource_spans(&mut self, rs: &[u8], out: &mut Encoded) -> Result<(), PbError> {

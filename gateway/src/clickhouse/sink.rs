@@ -544,4 +544,79 @@ mod tests {
             assert_eq!(a.spans, b.spans);
         }
     }
+
+    #[test]
+    fn compressed_payloads_encode_like_plain_ones() {
+        use std::io::Write;
+        use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
+        use tracegate_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        use tracegate_proto::v1::PayloadEncoding;
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: (0..4u64)
+                        .map(|i| Span {
+                            trace_id: vec![2; 16],
+                            span_id: (i + 1).to_be_bytes().to_vec(),
+                            name: "n".repeat(3000),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let plain = prost::Message::encode_to_vec(&req);
+        let id = Batch {
+            schema_version: 1,
+            span_count: 4,
+            otlp_request: plain.clone().into(),
+            ..Default::default()
+        };
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let with = |enc: PayloadEncoding, body: Vec<u8>, len: usize| Batch {
+            schema_version: 2,
+            otlp_request: body.into(),
+            otlp_request_encoding: enc as i32,
+            otlp_request_plain_len: len as u64,
+            ..id.clone()
+        };
+        let z = with(
+            PayloadEncoding::Zstd,
+            zstd::encode_all(&plain[..], 3).unwrap(),
+            plain.len(),
+        );
+        let g = with(PayloadEncoding::Gzip, gz.finish().unwrap(), plain.len());
+        let want = encode_group(
+            std::slice::from_ref(&id),
+            EncodeOptions::default(),
+            100,
+            usize::MAX,
+        );
+        for b in [z.clone(), g] {
+            assert!(b.otlp_request.len() < plain.len() / 10);
+            let e = encode_group(&[b], EncodeOptions::default(), 100, usize::MAX);
+            assert!(e.undecodable.is_empty());
+            assert_eq!(e.chunks.len(), 1);
+            assert_eq!(e.chunks[0].spans, want.chunks[0].spans);
+            assert_eq!(e.chunks[0].payloads, want.chunks[0].payloads);
+            assert_eq!(e.chunks[0].span_rows, 4);
+        }
+        // A wrong declared length or an unknown encoding: dead-lettered, never rows of garbage.
+        let mut short = z.clone();
+        short.otlp_request_plain_len -= 1;
+        let mut future = z;
+        future.otlp_request_encoding = 9;
+        let e = encode_group(
+            &[short, id, future],
+            EncodeOptions::default(),
+            100,
+            usize::MAX,
+        );
+        let bad: Vec<usize> = e.undecodable.iter().map(|(i, _)| *i).collect();
+        assert_eq!(bad, vec![0, 2]);
+        assert_eq!(e.chunks[0].span_rows, 4);
+    }
 }

@@ -74,10 +74,14 @@ pub fn to_messages(
             spans,
         }]);
     }
-    let req = ExportTraceServiceRequest::decode(batch.otlp_request.clone())
+    // A compressed payload is decompressed to be split; the parts are plain (identity,
+    // schema version 1).
+    let plain = crate::envelope::plain_request(&batch, crate::envelope::MAX_PLAIN_BYTES)
         .map_err(|e| SplitError::Decode(e.to_string()))?;
+    let req =
+        ExportTraceServiceRequest::decode(plain).map_err(|e| SplitError::Decode(e.to_string()))?;
     let mut head = batch;
-    head.otlp_request = Bytes::new();
+    crate::envelope::set_plain(&mut head, Bytes::new());
     head.span_count = 0;
     // Envelope fields other than the payload, plus the payload's own tag/length and the part
     // fields (each at most 1 tag byte + 5-byte varint).
@@ -95,7 +99,7 @@ pub fn to_messages(
         .enumerate()
         .map(|(i, (req, spans))| {
             let mut b = head.clone();
-            b.otlp_request = Bytes::from(req.encode_to_vec());
+            crate::envelope::set_plain(&mut b, Bytes::from(req.encode_to_vec()));
             b.span_count = spans;
             b.part_index = i as u32;
             b.part_count = count;
@@ -336,5 +340,86 @@ mod tests {
             "{e:?}"
         );
         assert!(e.to_string().contains("kafka.message_max_bytes"));
+    }
+
+    /// `req` with every attribute value replaced by incompressible text of the same length.
+    fn noisy(mut req: ExportTraceServiceRequest) -> ExportTraceServiceRequest {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for sp in req
+            .resource_spans
+            .iter_mut()
+            .flat_map(|r| &mut r.scope_spans)
+            .flat_map(|s| &mut s.spans)
+        {
+            for kv in &mut sp.attributes {
+                if let Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(v)),
+                }) = &mut kv.value
+                {
+                    *v = (0..v.len())
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            char::from(b'a' + (x % 26) as u8)
+                        })
+                        .collect();
+                }
+            }
+        }
+        req
+    }
+
+    fn zstd_batch(req: &ExportTraceServiceRequest) -> Batch {
+        let plain = req.encode_to_vec();
+        let mut b = batch(req);
+        b.schema_version = 2;
+        b.otlp_request = zstd::encode_all(&plain[..], 3).unwrap().into();
+        b.otlp_request_encoding = tracegate_proto::v1::PayloadEncoding::Zstd as i32;
+        b.otlp_request_plain_len = plain.len() as u64;
+        b
+    }
+
+    #[test]
+    fn a_compressed_batch_that_fits_goes_as_it_is() {
+        // ~720 KB plain, a few KB compressed: one message, the compressed bytes unchanged.
+        let req = request(3, 2, 40, 3_000);
+        let b = zstd_batch(&req);
+        assert!(b.otlp_request.len() < 20_000);
+        let m = to_messages(b.clone(), PartitionKey::Project, 64 * 1024).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(Batch::decode(&m[0].value[..]).unwrap(), b);
+    }
+
+    #[test]
+    fn a_compressed_batch_too_large_is_split_into_plain_parts() {
+        let req = noisy(request(3, 2, 40, 3_000));
+        let b = zstd_batch(&req);
+        let limit = 64 * 1024;
+        assert!(b.otlp_request.len() > limit);
+        let msgs = to_messages(b.clone(), PartitionKey::Project, limit).unwrap();
+        assert!(msgs.len() > 5, "{}", msgs.len());
+        let mut all = vec![];
+        for (i, m) in msgs.iter().enumerate() {
+            assert!(m.value.len() + m.key.len() + RECORD_OVERHEAD <= limit);
+            let p = Batch::decode(&m.value[..]).unwrap();
+            assert_eq!((p.schema_version, p.otlp_request_encoding), (1, 0));
+            assert_eq!(p.otlp_request_plain_len, 0);
+            assert_eq!(
+                (p.part_index, p.batch_id.clone()),
+                (i as u32, b.batch_id.clone())
+            );
+            let r = ExportTraceServiceRequest::decode(p.otlp_request).unwrap();
+            assert_eq!(p.span_count as usize, flatten(&r).len());
+            all.extend(flatten(&r));
+        }
+        assert_eq!(all, flatten(&req));
+        // A corrupt compressed payload is an error, never parts of garbage.
+        let mut bad = b;
+        bad.otlp_request_plain_len += 1;
+        assert!(matches!(
+            to_messages(bad, PartitionKey::Project, limit),
+            Err(SplitError::Decode(_))
+        ));
     }
 }

@@ -232,6 +232,9 @@ struct Part {
     last_offset: Option<i64>,
     stage: Stage,
     paused: bool,
+    /// Offset of an unreadable message whose quarantine file could not be written (only
+    /// possible while stopping): nothing from it on is buffered, so no commit passes it.
+    stalled_at: Option<i64>,
 }
 
 impl Part {
@@ -394,6 +397,7 @@ impl Driver {
                             last_offset: None,
                             stage: Stage::Idle,
                             paused: false,
+                            stalled_at: None,
                         };
                         if let Some(old) = self.parts.insert(tp, part) {
                             self.buffered -= old.buf_bytes;
@@ -472,6 +476,9 @@ impl Driver {
         if part.last_offset.is_some_and(|l| offset <= l) {
             return; // already buffered (a re-fetch after pause/resume)
         }
+        if part.stalled_at.is_some() {
+            return; // left for the next owner of the partition (see `stalled_at`)
+        }
         let bytes = payload.as_ref().map_or(0, bytes::Bytes::len);
         // Decoding from `Bytes` keeps `otlp_request` a slice of the payload (no second copy).
         let batch = match payload.clone().map(Batch::decode) {
@@ -482,7 +489,7 @@ impl Driver {
                     Some(Ok(_)) => "schema_too_new",
                     Some(Err(_)) => "undecodable",
                 };
-                quarantine(
+                let kept = quarantine(
                     &self.quarantine,
                     &tp,
                     offset,
@@ -490,10 +497,22 @@ impl Driver {
                     payload.as_deref().unwrap_or_default(),
                     &self.shared,
                 );
+                if !kept {
+                    // Not kept anywhere: the offset must never move past it.
+                    tracing::error!(topic = %tp.0, partition = tp.1, offset, "unreadable message not quarantined; the partition is not committed past it");
+                    part.stalled_at = Some(offset);
+                    return;
+                }
                 None
             }
         };
         let spans = batch.as_ref().map_or(0, |b| u64::from(b.span_count));
+        // A compressed payload counts at its decompressed size: the batch bounds
+        // (`kafka.batch_max_bytes`) then bound what the ClickHouse sink holds once it has
+        // decompressed the batch, as they did when payloads were always plain.
+        let bytes = batch
+            .as_ref()
+            .map_or(bytes, |b| crate::envelope::inflated_len(b, bytes));
         part.buf.push_back(Msg {
             offset,
             batch,
@@ -938,7 +957,8 @@ fn spawn_write(
 
 /// Keeps an unreadable message (never dropped): `<data dir>/kafka-quarantine/<topic>/
 /// <partition>-<offset>.<reason>.bin`, fsynced before the offset can move past it. Retries
-/// until it is written (the disk the sinks need is failing too) or shutdown.
+/// until it is written (the disk the sinks need is failing too) or shutdown. Returns whether
+/// it was written (false only when it gave up because the process is stopping).
 fn quarantine(
     dir: &Path,
     tp: &Tp,
@@ -946,7 +966,7 @@ fn quarantine(
     reason: &'static str,
     bytes: &[u8],
     shared: &Shared,
-) {
+) -> bool {
     metrics::counter!(m::KAFKA_WRITER_QUARANTINED, "reason" => reason).increment(1);
     tracing::error!(topic = %tp.0, partition = tp.1, offset, reason, "message is not a readable tracegate.v1.Batch; quarantined");
     let d = dir.join(safe(&tp.0));
@@ -961,11 +981,11 @@ fn quarantine(
             Ok(())
         })();
         match r {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %format!("{e:#}"), "cannot write quarantine file; retrying");
                 if shared.shutdown.load(Ordering::Relaxed) && attempt > 3 {
-                    return;
+                    return false;
                 }
                 std::thread::sleep(backoff(attempt));
                 attempt += 1;

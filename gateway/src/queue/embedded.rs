@@ -76,7 +76,9 @@ impl BatchQueue for EmbeddedQueue {
     fn publish(&self, batch: Batch) -> BoxFuture<'_, Result<(), ApiError>> {
         Box::pin(async move {
             let (ack, wait) = oneshot::channel();
-            let bytes = batch.encoded_len();
+            // A compressed payload counts at its decompressed size (what a sink decoding the
+            // group holds).
+            let bytes = crate::envelope::inflated_len(&batch, batch.encoded_len());
             self.tx
                 .try_send(Pending {
                     batch,

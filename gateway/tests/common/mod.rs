@@ -420,6 +420,56 @@ pub fn archive_spans_in(data_dir: &Path, project: Option<&str>) -> Vec<serde_jso
         .collect()
 }
 
+/// Every envelope archived under `data_dir` (read with the library, as `archive cat` does),
+/// optionally only `project`'s: to check envelope fields `archive cat` does not print.
+pub fn archive_batches_in(
+    data_dir: &Path,
+    project: Option<&str>,
+) -> Vec<tracegate_proto::v1::Batch> {
+    use tracegate::archive::store::{ArchiveStore, Filter};
+    let cfg = tracegate::cli::CommonArgs {
+        config: None,
+        data_dir: Some(data_dir.to_path_buf()),
+    }
+    .load()
+    .expect("config for the archive");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let store = ArchiveStore::open(&cfg, false).expect("open the archive");
+        let filter = Filter {
+            project: project.map(str::to_string),
+            from: None,
+            to: None,
+        };
+        let mut out = Vec::new();
+        for o in store.list(&filter).await.expect("list the archive") {
+            let c = store.read(&o).await.expect("read an archive object");
+            out.extend(
+                c.batches
+                    .into_iter()
+                    .map(|(_, b)| b)
+                    .filter(|b| project.is_none_or(|p| p == b.project_id)),
+            );
+        }
+        out
+    })
+}
+
+/// (schema_version, otlp_request_encoding) of every envelope, counted.
+pub fn envelope_encodings(
+    batches: &[tracegate_proto::v1::Batch],
+) -> std::collections::BTreeMap<(u32, i32), usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for b in batches {
+        *m.entry((b.schema_version, b.otlp_request_encoding))
+            .or_default() += 1;
+    }
+    m
+}
+
 /// Span names found in archive records (`record["span"]["name"]`).
 pub fn span_names(records: &[serde_json::Value]) -> Vec<String> {
     records
@@ -599,6 +649,32 @@ pub fn post_protobuf(gw: &Gateway, key: &str, req: &ExportTraceServiceRequest) -
             ("authorization", &auth),
         ],
         encode(req),
+    )
+}
+
+/// POST protobuf-encoded `req`, compressed with `encoding` (`gzip` or `zstd`), with
+/// `Content-Encoding: encoding`.
+pub fn post_protobuf_compressed(
+    gw: &Gateway,
+    key: &str,
+    req: &ExportTraceServiceRequest,
+    encoding: &str,
+) -> HttpResponse {
+    let auth = format!("Bearer {key}");
+    let plain = encode(req);
+    let body = match encoding {
+        "gzip" => gzip(&plain),
+        "zstd" => zstd::encode_all(&plain[..], 3).expect("zstd"),
+        other => panic!("post_protobuf_compressed: unknown encoding {other}"),
+    };
+    post(
+        &gw.traces_url(),
+        &[
+            ("content-type", "application/x-protobuf"),
+            ("content-encoding", encoding),
+            ("authorization", &auth),
+        ],
+        body,
     )
 }
 
@@ -1228,29 +1304,63 @@ impl Load {
         pause: Duration,
         retry_pause: Duration,
     ) -> Load {
+        Self::start_encoded(
+            url,
+            key,
+            prefix,
+            threads,
+            spans_per_request,
+            pause,
+            retry_pause,
+            &["identity"],
+        )
+    }
+
+    /// As `start`, with request `id` sent in `encodings[id % len]` (`identity`, `gzip`,
+    /// `zstd`: the `content-encoding`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_encoded(
+        url: &str,
+        key: &str,
+        prefix: &str,
+        threads: usize,
+        spans_per_request: u64,
+        pause: Duration,
+        retry_pause: Duration,
+        encodings: &[&'static str],
+    ) -> Load {
+        let encodings: std::sync::Arc<Vec<&'static str>> = std::sync::Arc::new(encodings.to_vec());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let next = std::sync::Arc::new(AtomicU64::new(0));
         let log = std::sync::Arc::new(std::sync::Mutex::new(LoadLog::default()));
         let threads = (0..threads)
             .map(|_| {
                 let (stop, next, log) = (stop.clone(), next.clone(), log.clone());
+                let encodings = encodings.clone();
                 let (url, auth, prefix) =
                     (url.to_string(), format!("Bearer {key}"), prefix.to_string());
                 thread::spawn(move || {
                     let client = http_client_with_timeout(Duration::from_secs(15));
-                    let headers = [
-                        ("content-type", "application/x-protobuf"),
-                        ("authorization", auth.as_str()),
-                    ];
                     while !stop.load(Ordering::Relaxed) {
                         let id = next.fetch_add(1, Ordering::Relaxed);
+                        let encoding = encodings[(id as usize) % encodings.len().max(1)];
+                        let headers = [
+                            ("content-type", "application/x-protobuf"),
+                            ("authorization", auth.as_str()),
+                            ("content-encoding", encoding),
+                        ];
                         let spans = (0..spans_per_request)
                             .map(|j| {
                                 let n = id * spans_per_request + j;
                                 span(trace_id(n / 10), span_id(n), &format!("{prefix}-{id}-{j}"))
                             })
                             .collect();
-                        let body = encode(&request_with_spans(spans));
+                        let plain = encode(&request_with_spans(spans));
+                        let body = match encoding {
+                            "gzip" => gzip(&plain),
+                            "zstd" => zstd::encode_all(&plain[..], 3).expect("zstd"),
+                            _ => plain,
+                        };
                         let mut attempts = 0;
                         loop {
                             attempts += 1;
