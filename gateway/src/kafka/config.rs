@@ -23,9 +23,21 @@ pub enum PartitionKey {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
+    /// Each message's OTLP payload is zstd once: the client's zstd/gzip body as it came, or a
+    /// plain body compressed by the gateway (one shot, a context per thread, level
+    /// `payload_zstd_level`); librdkafka then compresses nothing.
+    PayloadZstd,
+    /// librdkafka compresses every message (plain payloads included).
     Zstd,
     Lz4,
     None,
+}
+
+impl KafkaConfig {
+    /// The zstd level at which the gateway compresses plain payloads itself, if it does.
+    pub fn gateway_payload_zstd(&self) -> Option<i32> {
+        (self.compression == Compression::PayloadZstd).then_some(self.payload_zstd_level)
+    }
 }
 
 impl Compression {
@@ -33,7 +45,7 @@ impl Compression {
         match self {
             Compression::Zstd => "zstd",
             Compression::Lz4 => "lz4",
-            Compression::None => "none",
+            Compression::None | Compression::PayloadZstd => "none",
         }
     }
 
@@ -41,7 +53,7 @@ impl Compression {
     fn default_level(self) -> &'static str {
         match self {
             Compression::Zstd => "1",
-            Compression::Lz4 | Compression::None => "-1",
+            Compression::Lz4 | Compression::None | Compression::PayloadZstd => "-1",
         }
     }
 }
@@ -54,6 +66,8 @@ pub struct KafkaConfig {
     pub topic: String,
     pub partition_key: PartitionKey,
     pub compression: Compression,
+    /// zstd level of payloads the gateway compresses (`compression = "payload_zstd"`).
+    pub payload_zstd_level: i32,
     /// Largest Kafka message the producer sends (≤ the topic's `max.message.bytes`); larger
     /// batches are split by resource / scope / span.
     pub message_max_bytes: usize,
@@ -89,7 +103,8 @@ impl Default for KafkaConfig {
             brokers: String::new(),
             topic: "tracegate-batches".into(),
             partition_key: PartitionKey::Project,
-            compression: Compression::Zstd,
+            compression: Compression::PayloadZstd,
+            payload_zstd_level: 1,
             message_max_bytes: 1_000_000,
             queue_max_bytes: 64 * 1024 * 1024,
             delivery_timeout_ms: 10_000,
@@ -150,6 +165,15 @@ impl KafkaConfig {
             if !ok {
                 return Err(invalid("kafka.brokers", format!("{b:?} is not host:port")));
             }
+        }
+        if !(-7..=19).contains(&self.payload_zstd_level) || self.payload_zstd_level == 0 {
+            return Err(invalid(
+                "kafka.payload_zstd_level",
+                format!(
+                    "{} is not a zstd level (1..=19, or -7..=-1 for zstd's fast levels)",
+                    self.payload_zstd_level
+                ),
+            ));
         }
         // Kafka topic names: 1-249 of [a-zA-Z0-9._-].
         let t = &self.topic;
@@ -430,6 +454,12 @@ mod tests {
         let p = k.producer_config();
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("acks"), Some("all"));
+        // Payloads are compressed once by the client or the gateway: librdkafka adds nothing.
+        assert_eq!(p.get("compression.type"), Some("none"));
+        assert_eq!(k.gateway_payload_zstd(), Some(1));
+        k.compression = Compression::Zstd;
+        assert_eq!(k.gateway_payload_zstd(), None);
+        let p = k.producer_config();
         assert_eq!(p.get("compression.type"), Some("zstd"));
         assert_eq!(p.get("compression.level"), Some("1"));
         assert_eq!(p.get("socket.timeout.ms"), Some("5000"));
