@@ -104,6 +104,12 @@ fn slow_then_down_broker_under_load_refuses_with_503_stays_bounded_and_loses_not
             "TRACEGATE_KAFKA__BATCH_MAX_AGE_MS".to_string(),
             "200".to_string(),
         ),
+        // Plain payloads, so the producer queue holds ~60 KB per request as the load below
+        // counts on (with the default "payload_zstd" its similar spans shrink ~20x).
+        (
+            "TRACEGATE_KAFKA__COMPRESSION".to_string(),
+            "zstd".to_string(),
+        ),
     ]);
     let env = common::env_refs(&env);
     let mut gw = Gateway::start_in(gw_dir.path(), &env);

@@ -223,7 +223,9 @@ fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
         .attributes
         .push(common::kv_str(
             "gen_ai.completion",
-            &"c".repeat(2 * MESSAGE_MAX_BYTES),
+            // Incompressible, so it is too large for a message also once zstd'ed
+            // (kafka.compression = "payload_zstd").
+            &incompressible(2 * MESSAGE_MAX_BYTES),
         ));
     let r = common::post_protobuf(&gw, &k2, &huge);
     assert_eq!(
@@ -285,10 +287,11 @@ fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
     );
 
     // The archived envelopes of p2: compressed ones forwarded (zstd: the two clean zstd posts,
-    // gzip: the small one), the rest plain, the split parts too.
+    // gzip: the small one); zstd by the gateway (kafka.compression = "payload_zstd"): the
+    // plain "raw-big" post; the rest plain (under 4 KiB, and the split parts).
     let batches = common::archive_batches_in(&archive_dir, Some(&p2));
     let encodings = common::envelope_encodings(&batches);
-    assert_eq!(encodings.get(&(2, 1)), Some(&2), "{encodings:?}");
+    assert_eq!(encodings.get(&(2, 1)), Some(&3), "{encodings:?}");
     assert_eq!(encodings.get(&(2, 2)), Some(&1), "{encodings:?}");
     assert_eq!(encodings.keys().len(), 3, "{encodings:?}");
     for b in &batches {
@@ -472,4 +475,18 @@ fn writer_reads_compressed_envelopes_and_quarantines_a_newer_schema() {
     );
     let s = writer.terminate();
     assert!(s.success(), "writer SIGTERM exit status {s}");
+}
+
+/// `n` pseudo-random alphanumeric characters (zstd cannot shrink them much).
+fn incompressible(n: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
 }
