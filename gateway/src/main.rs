@@ -55,15 +55,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             drop(stdout);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .max_blocking_threads(blocking_threads())
                 .build()?;
             rt.block_on(tracegate::kafka::writer::serve(cfg, shutdown_signal()))
         }
     }
 }
 
+/// Threads of tokio's blocking pool (decode, scan and compression of requests; archive file
+/// I/O). The work is CPU-bound, so more threads than a few per core do not add throughput; each
+/// keeps its own zstd contexts (a few MiB at most), and tokio's default of 512 would let an
+/// overload of 512 concurrent clients grow 512 of them. Excess tasks queue instead; their bytes
+/// are already bounded by `limits.max_inflight_bytes`.
+fn blocking_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (4 * cpus).max(8)
+}
+
 fn serve(cfg: tracegate::config::Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(blocking_threads())
         .build()?;
     rt.block_on(async move {
         let listeners = tracegate::app::Listeners::bind(&cfg).await?;
