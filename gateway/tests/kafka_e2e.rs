@@ -185,14 +185,7 @@ fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
     let mut noisy = common::request_n("raw-noisy-gzip", 0, 120);
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for s in &mut noisy.resource_spans[0].scope_spans[0].spans {
-        let text: String = (0..3000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                char::from(b'a' + (x % 26) as u8)
-            })
-            .collect();
+        let text = noise(&mut x, 3000, b"abcdefghijklmnopqrstuvwxyz");
         s.attributes.push(common::kv_str("gen_ai.prompt", &text));
     }
     assert!(common::gzip(&common::encode(&noisy)).len() > 2 * MESSAGE_MAX_BYTES);
@@ -479,14 +472,21 @@ fn writer_reads_compressed_envelopes_and_quarantines_a_newer_schema() {
 
 /// `n` pseudo-random alphanumeric characters (zstd cannot shrink them much).
 fn incompressible(n: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    noise(
+        &mut 0x9E37_79B9_7F4A_7C15,
+        n,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+    )
+}
+
+/// `n` characters of `alphabet` picked by a xorshift64 generator whose state is `x`.
+fn noise(x: &mut u64, n: usize, alphabet: &[u8]) -> String {
     (0..n)
         .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ALPHABET[(x % ALPHABET.len() as u64) as usize] as char
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            char::from(alphabet[(*x % alphabet.len() as u64) as usize])
         })
         .collect()
 }
