@@ -61,7 +61,10 @@ pub async fn read_capped(
                 return Err(ApiError::too_large(cap));
             }
             if want > permit.bytes() {
-                if let Err(e) = permit.grow_to(want.next_multiple_of(RESERVE_STEP).min(cap)) {
+                // A whole step when there is room for it, else exactly what is held: a request
+                // that alone fits the bound is never refused for the rounding.
+                let step = want.next_multiple_of(RESERVE_STEP).min(cap);
+                if let Err(e) = permit.grow_to(step).or_else(|_| permit.grow_to(want)) {
                     drop(buf);
                     drop(permit);
                     drain(body).await;
