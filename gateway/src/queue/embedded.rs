@@ -112,6 +112,9 @@ impl BatchQueue for EmbeddedQueue {
     }
 }
 
+/// A write running longer than this counts as stuck (a sink down or stalled): see `running`.
+const STALLED_AFTER: Duration = Duration::from_secs(2);
+
 async fn writer_loop(
     cfg: WriterConfig,
     sinks: Vec<Arc<dyn Sink>>,
@@ -128,6 +131,18 @@ async fn writer_loop(
         cfg.max_concurrent_writes.max(1),
     ));
     let mut writing = tokio::task::JoinSet::new();
+    // Start time of every write in flight. A write running longer than `STALLED_AFTER` means a
+    // sink is down or stuck: then no other group is gathered or started until writes finish, so
+    // new batches wait in the bounded queue (and the excess is refused with 503) instead of
+    // disappearing into more stuck groups whose clients would hang.
+    let running: Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>> = Arc::default();
+    let stalled = |running: &std::sync::Mutex<std::collections::HashMap<u64, Instant>>| {
+        running
+            .lock()
+            .map(|r| r.values().any(|t| t.elapsed() > STALLED_AFTER))
+            .unwrap_or(false)
+    };
+    let mut seq = 0u64;
     let mut stopping = false;
     loop {
         // A free write slot first: while all are busy, batches keep queueing in the channel and
@@ -163,7 +178,7 @@ async fn writer_loop(
         let mut group = vec![first];
         let mut spans = group[0].batch.span_count as usize;
         let mut bytes = group[0].bytes;
-        while spans < cfg.max_batch_spans && bytes < cfg.max_batch_bytes {
+        while spans < cfg.max_batch_spans && bytes < cfg.max_batch_bytes && !stalled(&running) {
             let next = match rx.try_recv() {
                 Ok(p) => Some(p),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
@@ -182,9 +197,22 @@ async fn writer_loop(
             group.push(p);
         }
         metrics::gauge!(m::QUEUE_BATCHES).decrement(group.len() as f64);
+        while stalled(&running) {
+            if writing.join_next().await.is_none() {
+                break;
+            }
+        }
         let (sinks, healthy) = (sinks.clone(), healthy.clone());
+        seq += 1;
+        let (id, running_w) = (seq, running.clone());
+        if let Ok(mut r) = running.lock() {
+            r.insert(id, Instant::now());
+        }
         writing.spawn(async move {
             flush(&sinks, group, &healthy).await;
+            if let Ok(mut r) = running_w.lock() {
+                r.remove(&id);
+            }
             drop(slot);
         });
     }
