@@ -56,9 +56,13 @@ pub struct Prepared {
     /// The envelope payload, encoded as `encoding` says.
     pub otlp_request: Bytes,
     /// Identity, or the client's zstd / gzip body forwarded as it is (`otlp_request` is then
-    /// the body as received; its decompression is `decompressed_len` bytes).
+    /// the body as received), or zstd by the gateway (`compress_plain`).
     pub encoding: PayloadEncoding,
+    /// Size of the payload once decompressed (`otlp_request_plain_len`). Not always
+    /// `decompressed_len`: a request with spans removed or a tenant stamped is re-encoded.
+    pub plain_len: usize,
     pub outcome: validate::Outcome,
+    /// Size of the request as received, decompressed (metrics, quota).
     pub decompressed_len: usize,
 }
 
@@ -80,7 +84,6 @@ impl Prepared {
         }
         match zstd_once(&self.otlp_request, level) {
             Ok(z) => {
-                self.decompressed_len = self.otlp_request.len();
                 self.otlp_request = z;
                 self.encoding = PayloadEncoding::Zstd;
                 permit.shrink_to(self.otlp_request.len());
@@ -100,7 +103,7 @@ impl Prepared {
         batch.otlp_request_encoding = self.encoding as i32;
         batch.otlp_request_plain_len = match self.encoding {
             PayloadEncoding::Identity => 0,
-            _ => self.decompressed_len as u64,
+            _ => self.plain_len as u64,
         };
     }
 }
@@ -226,6 +229,7 @@ pub fn prepare(
                 Prepared {
                     otlp_request,
                     encoding,
+                    plain_len: decompressed_len,
                     outcome: validate::Outcome {
                         accepted: spans,
                         ..Default::default()
@@ -253,6 +257,7 @@ pub fn prepare(
     };
     Ok((
         Prepared {
+            plain_len: otlp_request.len(),
             otlp_request,
             encoding: PayloadEncoding::Identity,
             outcome,
