@@ -11,6 +11,7 @@
 #   scripts/bench-load.sh profile [embedded|kafka] [none|zstd]   perf profile of the gateway at max load
 #
 # KAFKA_EXTRA='compression = "zstd"' adds lines to the gateway's [kafka] section (gateway, profile).
+# GW_EXTRA='[writer]\ncompression_level = -3' adds sections to the gateway's config (gateway, profile).
 #
 # Pinning: the gateway (or writer) runs on CPU 0, loadtest and the test broker on CPU 1
 # (`taskset`), so the gateway's figures are not diluted by the load generator. Per-core figures
@@ -44,7 +45,7 @@ machine() {
 start_broker() { # partitions
   mkfifo "$WORK/broker.in"
   taskset -c "$LOAD_CPU" "$BIN/tracegate-test-broker" --topic "bench:$1" < "$WORK/broker.in" > "$WORK/broker.out" 2>"$WORK/broker.err" &
-  PIDS+=($!)
+  BROKER=$!; PIDS+=($BROKER)
   sleep 1000000 > "$WORK/broker.in" &
   PIDS+=($!)
   wait_line "$WORK/broker.out" "bootstrap=" 10
@@ -66,6 +67,11 @@ load() { # loadtest args...
   taskset -c "$LOAD_CPU" "$BIN/loadtest" --quiet "$@"
 }
 
+# The broker shares the load generator's core: its CPU says whether that core kept up.
+watch_broker() { [ -z "${BROKER:-}" ] || echo "--watch-pid $BROKER:broker"; }
+broker_cpu() { # report.json
+  [ -z "${BROKER:-}" ] || jq_ "$1" '"broker CPU %.2f s (shares the load core with loadtest)" % r["watched"][1]["cpu_secs"]'
+}
 summary() { # report.json
   jq_ "$1" '"acked %d spans in %.1f s = %.0f spans/s; gateway CPU %.2f s = %.0f spans per gateway CPU-second (RSS max %d MiB); loadtest CPU %.2f s; p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, max %.1f ms; answers %s" % (r["spans"]["acked"], r["elapsed_secs"], r["acked_spans_per_sec"], r["watched"][0]["cpu_secs"], r["watched"][0]["acked_spans_per_cpu_sec"], r["watched"][0]["rss_max_kib"]//1024, r["load_generator"]["cpu_secs"], r["latency"]["p50_ms"], r["latency"]["p99_ms"], r["latency"]["p999_ms"], r["latency"]["max_ms"], r["responses"])'
 }
@@ -76,6 +82,7 @@ gateway)
   TRANSPORT="${2:-embedded}"; COMP="${3:-none}"
   echo "[limits]" > "$WORK/gw.toml"
   echo "max_inflight_bytes = 1073741824" >> "$WORK/gw.toml"
+  [ -z "${GW_EXTRA:-}" ] || printf '%b\n' "$GW_EXTRA" >> "$WORK/gw.toml"
   if [ "$TRANSPORT" = kafka ]; then
     start_broker 32
     cat >> "$WORK/gw.toml" <<EOF
@@ -93,9 +100,9 @@ EOF
   load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" --duration 3s --concurrency 8 --body-pool 16 >/dev/null
   # max: closed loop, 8 in flight; pre-built bodies (no per-request render/compress in loadtest)
   load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" \
-    --duration "${MAX_SECS:-20}s" --concurrency "${MAX_CONC:-16}" --body-pool 16 --watch-pid "$GW:gateway" \
+    --duration "${MAX_SECS:-20}s" --concurrency "${MAX_CONC:-16}" --body-pool 16 --watch-pid "$GW:gateway" $(watch_broker) \
     --report "$OUT/$TAG-max.json" --plot "$OUT/$TAG-max.svg"
-  echo "MAX   $TAG: $(summary "$OUT/$TAG-max.json")"
+  echo "MAX   $TAG: $(summary "$OUT/$TAG-max.json") $(broker_cpu "$OUT/$TAG-max.json")"
   MAXR=$(jq_ "$OUT/$TAG-max.json" 'int(r["acked_spans_per_sec"])')
   RATE=$(( MAXR * 7 / 10 ))
   # 70 %: open loop, fresh sequence-numbered ids per request, latency from the intended send time.
@@ -105,9 +112,10 @@ EOF
   POOL=()
   [ -z "${RATE_POOL:-}" ] || POOL=(--body-pool "$RATE_POOL")
   load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" \
-    --duration "${RATE_SECS:-30}s" --rate "$RATE" --watch-pid "$GW:gateway" "${POOL[@]}" \
+    --duration "${RATE_SECS:-30}s" --rate "$RATE" --watch-pid "$GW:gateway" $(watch_broker) "${POOL[@]}" \
     --report "$OUT/$TAG-70pct.json" --plot "$OUT/$TAG-70pct.svg"
-  echo "70%   $TAG at $RATE spans/s: $(summary "$OUT/$TAG-70pct.json")"
+  echo "70%   $TAG at $RATE spans/s: $(summary "$OUT/$TAG-70pct.json") $(broker_cpu "$OUT/$TAG-70pct.json")"
+  jq_ "$OUT/$TAG-70pct.json" '"p99 per second (ms): " + " ".join("%.0f" % p["latency"]["p99_ms"] for p in r["series"])'
   if [ "$TRANSPORT" = embedded ] && [ -z "${RATE_POOL:-}" ]; then
     "$BIN/loadtest" verify --report "$OUT/$TAG-70pct.json" --data-dir "$WORK/gw" 2>/dev/null
   fi
@@ -171,6 +179,10 @@ max_inflight_bytes = 1073741824
 brokers = "$BOOT"
 topic = "bench"
 partition_key = "batch"
+# The mock broker keeps only the latest ~5 MiB of each partition (librdkafka's rdkafka_mock.c):
+# a backlog of plain 625 KB payloads would be trimmed before the writer reads it. zstd payloads
+# (~110 KB) fit; the writer then also decompresses each one, as for clients that send zstd.
+compression = "payload_zstd"
 batch_max_spans = 20000
 batch_max_age_ms = 500
 [clickhouse]

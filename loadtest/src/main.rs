@@ -126,6 +126,12 @@ struct RunArgs {
     /// compression per request (cheapest load), but span ids repeat, so no `verify`.
     #[arg(long, default_value_t = 0)]
     body_pool: usize,
+    /// Template requests with different attribute values (different seeds), used in turn.
+    /// Real traffic does not repeat a whole request's values; one template would let a
+    /// compressor whose window spans several requests (the archive's zstd at level >= 3) match
+    /// whole requests and flatter its speed and ratio. Capped at 256 MiB of templates.
+    #[arg(long, default_value_t = 16)]
+    templates: usize,
     /// Retries of a request after retryable refusals (429/502/503/504, gRPC UNAVAILABLE,
     /// RESOURCE_EXHAUSTED with RetryInfo). 0 = never retry.
     #[arg(long, default_value_t = 5)]
@@ -322,6 +328,7 @@ fn run_config(a: RunArgs) -> Result<(run::RunConfig, Option<PathBuf>, Option<Pat
         run_id: ids::run_id_hex(run_id),
         seed: a.seed.unwrap_or(run_id),
         body_pool: a.body_pool,
+        templates: a.templates,
         max_retries: a.max_retries,
         retry_default_ms: a.retry_default_ms,
         retry_max_ms: a.retry_max_ms,

@@ -546,6 +546,29 @@ mod tests {
     }
 
     #[test]
+    fn templates_of_other_seeds_share_shape_not_values() {
+        // `--templates`: requests rendered from different seeds have the same size and ids but
+        // different attribute values, so no compressor can match one request against another.
+        let mut p = params(Shape::Realistic, 20);
+        let a = Template::build(&p, Encoding::Protobuf).unwrap();
+        p.seed += 1;
+        let b = Template::build(&p, Encoding::Protobuf).unwrap();
+        let (mut ra, mut rb) = (vec![], vec![]);
+        a.render(5, 1, &mut ra);
+        b.render(5, 1, &mut rb);
+        assert_eq!(ra.len(), rb.len());
+        let value = |r: &[u8]| {
+            let req = ExportTraceServiceRequest::decode(r).unwrap();
+            let s = req.resource_spans[0].scope_spans[0].spans[0].clone();
+            (s.span_id, s.attributes[0].value.clone())
+        };
+        let (ida, va) = value(&ra);
+        let (idb, vb) = value(&rb);
+        assert_eq!(ida, idb);
+        assert_ne!(va, vb);
+    }
+
+    #[test]
     fn json_render_has_hex_ids() {
         let t = Template::build(&params(Shape::Realistic, 10), Encoding::Json).unwrap();
         let mut out = vec![];

@@ -46,6 +46,8 @@ pub struct RunConfig {
     pub run_id: String,
     pub seed: u64,
     pub body_pool: usize,
+    /// Template requests with different values, used in turn (at least 1).
+    pub templates: usize,
     pub max_retries: u32,
     pub retry_default_ms: u64,
     pub retry_max_ms: u64,
@@ -152,7 +154,8 @@ struct Shared {
 struct Ctx {
     cfg: RunConfig,
     run_id: u64,
-    template: Template,
+    /// Request `r` renders `templates[r % len]`.
+    templates: Vec<Template>,
     pool: Vec<Bytes>,
     sender: Sender,
     auth: Vec<String>,
@@ -171,8 +174,9 @@ impl Ctx {
         if !self.pool.is_empty() {
             return Ok(self.pool[(r % self.pool.len() as u64) as usize].clone());
         }
-        let mut raw = Vec::with_capacity(self.template.len());
-        self.template.render(
+        let template = &self.templates[(r % self.templates.len() as u64) as usize];
+        let mut raw = Vec::with_capacity(template.len());
+        template.render(
             self.run_id,
             ids::first_seq(r, self.cfg.spans_per_request),
             &mut raw,
@@ -273,15 +277,28 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
     }
     let run_id = ids::parse_run_id(&cfg.run_id).map_err(anyhow::Error::msg)?;
     let started_at = chrono::Utc::now().to_rfc3339();
-    let params = ShapeParams {
+    let params = |k: usize| ShapeParams {
         shape: cfg.shape,
         spans: cfg.spans_per_request as usize,
         llm_min_bytes: cfg.llm_min_bytes,
         llm_max_bytes: cfg.llm_max_bytes,
-        seed: cfg.seed,
+        seed: cfg.seed.wrapping_add(k as u64),
         start_unix_nano: now_unix_nano(),
     };
-    let template = Template::build(&params, cfg.encoding)?;
+    let template = Template::build(&params(0), cfg.encoding)?;
+    let mut templates = Vec::with_capacity(cfg.templates.max(1));
+    let mut template_bytes = template.len();
+    templates.push(template);
+    const TEMPLATE_BUDGET: usize = 256 << 20;
+    while templates.len() < cfg.templates {
+        let t = Template::build(&params(templates.len()), cfg.encoding)?;
+        if template_bytes + t.len() > TEMPLATE_BUDGET {
+            break;
+        }
+        template_bytes += t.len();
+        templates.push(t);
+    }
+    let template = &templates[0];
     let mut probe = Vec::new();
     template.render(run_id, 1, &mut probe);
     let request_bytes = probe.len() as u64;
@@ -295,7 +312,11 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
     let mut pool = vec![];
     for r in 0..cfg.body_pool as u64 {
         let mut raw = Vec::new();
-        template.render(run_id, ids::first_seq(r, cfg.spans_per_request), &mut raw);
+        templates[(r % templates.len() as u64) as usize].render(
+            run_id,
+            ids::first_seq(r, cfg.spans_per_request),
+            &mut raw,
+        );
         pool.push(Bytes::from(
             if cfg.protocol == Protocol::Http && cfg.compression != Compression::None {
                 compress(cfg.compression, cfg.compression_level, &raw)?
@@ -317,7 +338,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
     let auth = cfg.api_keys.iter().map(|k| format!("Bearer {k}")).collect();
     let ctx = Arc::new(Ctx {
         run_id,
-        template,
+        templates,
         pool,
         sender,
         auth,
