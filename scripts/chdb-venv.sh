@@ -12,10 +12,11 @@ set -euo pipefail
 CHDB_VERSION=4.4.0
 LZ4_VERSION=4.4.5
 CITYHASH_VERSION=1.0.2.6
+ZSTANDARD_VERSION=0.25.0
 CACHE="${TRACEGATE_CI_CACHE:-$HOME/.cache/tracegate-ci}"
 VENV="$CACHE/chdb-venv"
 STAMP="$VENV/.tracegate-stamp"
-WANT="chdb==$CHDB_VERSION lz4==$LZ4_VERSION clickhouse-cityhash==$CITYHASH_VERSION"
+WANT="chdb==$CHDB_VERSION lz4==$LZ4_VERSION clickhouse-cityhash==$CITYHASH_VERSION zstandard==$ZSTANDARD_VERSION"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -x "$VENV/bin/python" ]; then
   echo "$VENV/bin/python"
@@ -30,6 +31,6 @@ mkdir -p "$CACHE"
 }
 # shellcheck disable=SC2086
 "$VENV/bin/pip" install --disable-pip-version-check -q $WANT >&2
-"$VENV/bin/python" -c 'import chdb, lz4.block; from clickhouse_cityhash import cityhash' >&2
+"$VENV/bin/python" -c 'import chdb, lz4.block, zstandard; from clickhouse_cityhash import cityhash' >&2
 echo "$WANT" > "$STAMP"
 echo "$VENV/bin/python"

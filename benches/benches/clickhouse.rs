@@ -1,9 +1,10 @@
 //! ClickHouse row encoding: RowBinary rows of `otel_traces` straight from the queued protobuf
 //! bytes of one 512-span realistic request (~870 B/span, 20 string attributes + 1 int), on one
 //! core; next to prost's owned decode of the same bytes (what an encoder over owned structs
-//! would pay first) and the LZ4 framing the insert adds.
-//! `writer_envelope_to_lz4_rowbinary` is the writer's whole CPU path for a group of Kafka
-//! messages: envelope decode → RowBinary rows → LZ4 blocks; `_forwarded_zstd` is the same
+//! would pay first) and the native compressed blocks the insert adds (zstd at level -3, the
+//! default `clickhouse.compression`; LZ4 beside it).
+//! `writer_envelope_to_compressed_rowbinary` is the writer's whole CPU path for a group of Kafka
+//! messages: envelope decode → RowBinary rows → compressed blocks; `_forwarded_zstd` is the same
 //! with envelopes that carry the client's zstd body (schema version 2), which the writer
 //! decompresses first (`envelope::plain_request`).
 //! Run: `cargo bench -p tracegate-benches --bench clickhouse`.
@@ -11,7 +12,9 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use prost::Message;
+use tracegate::clickhouse::config::ClickHouseConfig;
 use tracegate::clickhouse::rows::{EncodeOptions, Encoded, Encoder};
+use tracegate::clickhouse::sink;
 use tracegate_benches::per_cpu_second;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use tracegate_proto::v1::Batch;
@@ -20,14 +23,14 @@ const SPANS: usize = 512;
 /// Batches per writer group in the writer bench (10 240 spans per group).
 const GROUP: usize = 20;
 
-/// LZ4 in ClickHouse's native block framing, in the sink's 1 MiB blocks (`clickhouse::sink`).
+/// The sink's native compressed blocks with the default codec (`clickhouse.compression`).
+fn blocks(data: &[u8]) -> Vec<clickhouse::insert_formatted::CompressedData> {
+    let codec = sink::codec(&ClickHouseConfig::default());
+    sink::native_blocks(data, codec).unwrap()
+}
+
 fn lz4_blocks(data: &[u8]) -> Vec<clickhouse::insert_formatted::CompressedData> {
-    data.chunks(1024 * 1024)
-        .map(|c| {
-            clickhouse::insert_formatted::CompressedData::new(c, clickhouse::Compression::Lz4)
-                .unwrap()
-        })
-        .collect()
+    sink::native_blocks(data, clickhouse::Compression::Lz4).unwrap()
 }
 
 fn bench(c: &mut Criterion) {
@@ -59,6 +62,11 @@ fn bench(c: &mut Criterion) {
         out.clear();
         enc.encode_batch(&batch, &mut out).unwrap();
     });
+    per_cpu_second("rowbinary_encode+zstd-3", SPANS, rounds, || {
+        out.clear();
+        enc.encode_batch(&batch, &mut out).unwrap();
+        blocks(&out.spans)
+    });
     per_cpu_second("rowbinary_encode+lz4", SPANS, rounds, || {
         out.clear();
         enc.encode_batch(&batch, &mut out).unwrap();
@@ -66,8 +74,8 @@ fn bench(c: &mut Criterion) {
     });
     // The writer as a whole, per group of GROUP Kafka messages: envelope decode (from the
     // message's bytes, so the OTLP payload is copied once, as rdkafka's borrowed payload
-    // requires), RowBinary rows of every batch into one buffer, then LZ4 in the sink's 1 MiB
-    // native blocks.
+    // requires), RowBinary rows of every batch into one buffer, then the sink's 1 MiB native
+    // blocks (zstd -3, the default).
     let messages: Vec<Vec<u8>> = (0..GROUP)
         .map(|i| {
             let mut b = batch.clone();
@@ -101,17 +109,17 @@ fn bench(c: &mut Criterion) {
             let b = Batch::decode(&m[..]).unwrap();
             enc.encode_batch(&b, out).unwrap();
         }
-        lz4_blocks(&out.spans)
+        blocks(&out.spans)
     };
     let writer = |enc: &mut Encoder, out: &mut Encoded| writer_of(&messages, enc, out);
     per_cpu_second(
-        "writer_envelope_to_lz4_rowbinary",
+        "writer_envelope_to_compressed_rowbinary",
         SPANS * GROUP,
         rounds / GROUP,
         || writer(&mut enc, &mut group_out),
     );
     per_cpu_second(
-        "writer_envelope_to_lz4_rowbinary_forwarded_zstd",
+        "writer_envelope_to_compressed_rowbinary_forwarded_zstd",
         SPANS * GROUP,
         rounds / GROUP,
         || writer_of(&messages_zstd, &mut enc, &mut group_out),
@@ -124,6 +132,14 @@ fn bench(c: &mut Criterion) {
         }
     });
     let rows = group_out.spans.clone();
+    let zstd_len: usize = rows
+        .chunks(1 << 20)
+        .map(|c| zstd::bulk::compress(c, -3).unwrap().len())
+        .sum();
+    eprintln!("group rows: {} B, zstd -3 blocks {zstd_len} B", rows.len());
+    per_cpu_second("zstd-3_group_rows", SPANS * GROUP, rounds / GROUP, || {
+        blocks(&rows)
+    });
     per_cpu_second("lz4_group_rows", SPANS * GROUP, rounds / GROUP, || {
         lz4_blocks(&rows)
     });

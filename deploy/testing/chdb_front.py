@@ -15,7 +15,7 @@ Served:
 - `POST /?query=INSERT INTO t (...) FORMAT RowBinary[&decompress=1][&<setting>=<value>...]`
   with the data as the (possibly chunked) body. With `decompress=1` the body is a sequence of
   ClickHouse native compressed blocks: 16-byte CityHash128 checksum, method byte (0x82 LZ4,
-  0x02 none), u32 compressed size (with the 9-byte header), u32 raw size, data; the checksum is
+  0x90 zstd, 0x02 none), u32 compressed size (with the 9-byte header), u32 raw size, data; the checksum is
   verified. The data is written to a file and run as
   `INSERT INTO t (...) FROM INFILE '<file>' SETTINGS <settings> FORMAT RowBinary` in the chdb
   session, so `insert_deduplication_token` and `insert_deduplicate` are applied by the engine.
@@ -44,6 +44,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import chdb
 import lz4.block
+import zstandard
 from chdb import session as chdb_session
 from clickhouse_cityhash import cityhash
 
@@ -102,6 +103,11 @@ def decompress_blocks(data):
         payload = block[9:]
         if method == 0x82:
             out.append(lz4.block.decompress(payload, uncompressed_size=raw_size))
+        elif method == 0x90:
+            raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_size)
+            if len(raw) != raw_size:
+                raise ValueError("Code: 271. DB::Exception: zstd block decompressed to the wrong size")
+            out.append(raw)
         elif method == 0x02:
             out.append(payload)
         else:

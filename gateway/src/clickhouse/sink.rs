@@ -32,7 +32,7 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tracegate_proto::v1::Batch;
 
-use super::config::ClickHouseConfig;
+use super::config::{ClickHouseConfig, InsertCompression};
 use super::rows::{EncodeOptions, Encoded, Encoder};
 use super::schema;
 use crate::archive::local::LocalArchive;
@@ -175,11 +175,20 @@ fn encode_group(
     }
 }
 
-/// LZ4 frames of `data` in ClickHouse's native block framing, ≤ 1 MiB of input each.
-fn compress(data: &[u8]) -> Result<Vec<CompressedData>> {
+/// `data` in ClickHouse's native compressed blocks, ≤ 1 MiB of input each. The client is set
+/// to LZ4 only so that it asks for `decompress=1`; each block names its own codec.
+pub fn native_blocks(data: &[u8], codec: Compression) -> Result<Vec<CompressedData>> {
     data.chunks(COMPRESS_BLOCK)
-        .map(|c| CompressedData::new(c, Compression::Lz4).context("LZ4 compression"))
+        .map(|c| CompressedData::new(c, codec).context("compressing an insert block"))
         .collect()
+}
+
+/// The configured codec in the `clickhouse` crate's terms.
+pub fn codec(cfg: &ClickHouseConfig) -> Compression {
+    match cfg.compression {
+        InsertCompression::Zstd => Compression::Zstd(cfg.zstd_level),
+        InsertCompression::Lz4 => Compression::Lz4,
+    }
 }
 
 enum InsertError {
@@ -433,7 +442,8 @@ impl Inner {
         token: &str,
         data: Bytes,
     ) -> Result<(), clickhouse::error::Error> {
-        let frames = tokio::task::spawn_blocking(move || compress(&data))
+        let codec = codec(&self.cfg);
+        let frames = tokio::task::spawn_blocking(move || native_blocks(&data, codec))
             .await
             .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?
             .map_err(|e| clickhouse::error::Error::Custom(format!("{e:#}")))?;
