@@ -269,7 +269,9 @@ impl Default for WriterConfig {
             max_batch_bytes: 64 * 1024 * 1024,
             max_wait_ms: 5,
             queue_capacity: 4096,
-            compression_level: 3,
+            // Level 1: on realistic spans (random ids and values) it compresses ~5.8x at
+            // ~1 GB/s, where level 3 gives ~4.4x at ~0.4 GB/s (docs/configuration.md).
+            compression_level: 1,
             max_concurrent_writes: 4,
         }
     }
@@ -424,10 +426,13 @@ impl Config {
             "writer.max_concurrent_writes",
             w.max_concurrent_writes as u64,
         )?;
-        if !(1..=19).contains(&w.compression_level) {
+        if !(-7..=19).contains(&w.compression_level) || w.compression_level == 0 {
             return Err(ConfigError::Invalid {
                 key: "writer.compression_level",
-                message: "must be between 1 and 19".into(),
+                message: format!(
+                    "{} is not a zstd level (1..=19, or -7..=-1 for zstd's fast levels)",
+                    w.compression_level
+                ),
             });
         }
         positive("auth.cache_max_keys", self.auth.cache_max_keys)?;
@@ -542,6 +547,31 @@ mod tests {
 
     #[test]
     #[allow(clippy::result_large_err)] // figment::Jail dictates the closure type
+    fn writer_compression_level_takes_zstd_fast_levels() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(
+                Config::load(None, &Overrides::default())
+                    .unwrap()
+                    .writer
+                    .compression_level,
+                1
+            );
+            jail.set_env("TRACEGATE_WRITER__COMPRESSION_LEVEL", "-3");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.writer.compression_level, -3);
+            for bad in ["0", "-8", "20"] {
+                jail.set_env("TRACEGATE_WRITER__COMPRESSION_LEVEL", bad);
+                let err = Config::load(None, &Overrides::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains("writer.compression_level"), "{bad}: {err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail dictates the closure type
     fn clickhouse_section_from_env_and_errors_name_keys() {
         figment::Jail::expect_with(|jail| {
             assert!(Config::load(None, &Overrides::default())
@@ -566,6 +596,30 @@ mod tests {
                 .to_string();
             assert!(err.contains("clickhouse.database"), "{err}");
             jail.set_env("TRACEGATE_CLICKHOUSE__DATABASE", "ok");
+            // Insert blocks: zstd at a fast level unless told otherwise; levels are checked.
+            let ch = Config::load(None, &Overrides::default())
+                .unwrap()
+                .clickhouse
+                .unwrap();
+            assert_eq!(
+                crate::clickhouse::sink::codec(&ch),
+                clickhouse::Compression::Zstd(-3)
+            );
+            jail.set_env("TRACEGATE_CLICKHOUSE__COMPRESSION", "lz4");
+            let ch = Config::load(None, &Overrides::default())
+                .unwrap()
+                .clickhouse
+                .unwrap();
+            assert_eq!(
+                crate::clickhouse::sink::codec(&ch),
+                clickhouse::Compression::Lz4
+            );
+            jail.set_env("TRACEGATE_CLICKHOUSE__ZSTD_LEVEL", "0");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("clickhouse.zstd_level"), "{err}");
+            jail.set_env("TRACEGATE_CLICKHOUSE__ZSTD_LEVEL", "-1");
             jail.set_env("TRACEGATE_CLICKHOUSE__MAX_INSERT_ROWZ", "1");
             let err = Config::load(None, &Overrides::default())
                 .unwrap_err()

@@ -59,6 +59,8 @@ fn run(topic: &str, db: &str, dedup: bool, spans: u64, kills: usize) -> Outcome 
         ("TRACEGATE_KAFKA__BATCH_MAX_AGE_MS", "200"),
         ("TRACEGATE_KAFKA__BATCH_MAX_SPANS", "5000"),
         ("TRACEGATE_KAFKA__PARTITION_KEY", "batch"),
+        // Not the default ("none"): payloads compressed by the gateway go through the writer.
+        ("TRACEGATE_KAFKA__COMPRESSION", "payload_zstd"),
         (
             "TRACEGATE_CLICKHOUSE__INSERT_DEDUPLICATION",
             if dedup { "true" } else { "false" },

@@ -105,7 +105,7 @@ fn slow_then_down_broker_under_load_refuses_with_503_stays_bounded_and_loses_not
             "200".to_string(),
         ),
         // Plain payloads, so the producer queue holds ~60 KB per request as the load below
-        // counts on (with the default "payload_zstd" its similar spans shrink ~20x).
+        // counts on (with "payload_zstd" its similar spans would shrink ~20x).
         (
             "TRACEGATE_KAFKA__COMPRESSION".to_string(),
             "zstd".to_string(),

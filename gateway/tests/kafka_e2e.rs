@@ -98,6 +98,8 @@ fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
         "TRACEGATE_KAFKA__MESSAGE_MAX_BYTES".into(),
         MESSAGE_MAX_BYTES.to_string(),
     ));
+    // Not the default ("none"): this test covers the gateway compressing plain payloads too.
+    env.push(("TRACEGATE_KAFKA__COMPRESSION".into(), "payload_zstd".into()));
     let mut gw = Gateway::start_in(gw_dir.path(), &common::env_refs(&env));
 
     // The writer reads a config file (brokers/topic from it, not from the env).

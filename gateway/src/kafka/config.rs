@@ -103,12 +103,21 @@ impl Default for KafkaConfig {
             brokers: String::new(),
             topic: "tracegate-batches".into(),
             partition_key: PartitionKey::Project,
-            compression: Compression::PayloadZstd,
+            // The gateway adds no compression work of its own: what the client compressed
+            // travels compressed (forwarded as sent), plain stays plain, and the writer
+            // compresses once for the archive and ClickHouse. Compressing plain payloads here
+            // costs ~0.5-1 µs of gateway CPU per realistic span (zstd at 1-2 GB/s against
+            // ~1 µs for everything else), i.e. 40-45 % of a core's spans; `payload_zstd` buys
+            // ~6x smaller Kafka messages for that (docs/kafka.md, docs/benchmarks.md).
+            compression: Compression::None,
             payload_zstd_level: 1,
             message_max_bytes: 1_000_000,
             queue_max_bytes: 64 * 1024 * 1024,
             delivery_timeout_ms: 10_000,
-            linger_ms: 5,
+            // The gateway answers only after the broker's ack, so linger is request latency:
+            // 1 ms halves p50 against librdkafka's 5 ms; realistic requests (hundreds of KB)
+            // fill a batch by themselves anyway (docs/benchmarks.md, p99 at 70 %).
+            linger_ms: 1,
             statistics_interval_ms: 1_000,
             group_id: "tracegate-writer".into(),
             session_timeout_ms: 45_000,
@@ -454,9 +463,13 @@ mod tests {
         let p = k.producer_config();
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("acks"), Some("all"));
-        // Payloads are compressed once by the client or the gateway: librdkafka adds nothing.
+        // Payloads travel as the client sent them: neither librdkafka nor the gateway compresses.
         assert_eq!(p.get("compression.type"), Some("none"));
+        assert_eq!(p.get("linger.ms"), Some("1"));
+        assert_eq!(k.gateway_payload_zstd(), None);
+        k.compression = Compression::PayloadZstd;
         assert_eq!(k.gateway_payload_zstd(), Some(1));
+        assert_eq!(k.producer_config().get("compression.type"), Some("none"));
         k.compression = Compression::Zstd;
         assert_eq!(k.gateway_payload_zstd(), None);
         let p = k.producer_config();
