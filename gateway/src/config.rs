@@ -294,6 +294,18 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+/// zstd levels the config accepts (archive, Kafka payloads, ClickHouse blocks): 1..=19, or
+/// zstd's fast levels -7..=-1. 0 would mean "zstd's default" and hide the choice.
+pub fn zstd_level(key: &'static str, level: i32) -> Result<(), ConfigError> {
+    if (-7..=19).contains(&level) && level != 0 {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        key,
+        message: format!("{level} is not a zstd level (1..=19, or -7..=-1 for zstd's fast levels)"),
+    })
+}
+
 impl Config {
     /// Parses defaults, the optional TOML file, `TRACEGATE_*` env vars and overrides, then
     /// validates.
@@ -426,15 +438,7 @@ impl Config {
             "writer.max_concurrent_writes",
             w.max_concurrent_writes as u64,
         )?;
-        if !(-7..=19).contains(&w.compression_level) || w.compression_level == 0 {
-            return Err(ConfigError::Invalid {
-                key: "writer.compression_level",
-                message: format!(
-                    "{} is not a zstd level (1..=19, or -7..=-1 for zstd's fast levels)",
-                    w.compression_level
-                ),
-            });
-        }
+        zstd_level("writer.compression_level", w.compression_level)?;
         positive("auth.cache_max_keys", self.auth.cache_max_keys)?;
         positive("auth.cache_ttl_ms", self.auth.cache_ttl_ms)?;
         positive("server.body_timeout_ms", self.server.body_timeout_ms)?;
@@ -597,23 +601,15 @@ mod tests {
             assert!(err.contains("clickhouse.database"), "{err}");
             jail.set_env("TRACEGATE_CLICKHOUSE__DATABASE", "ok");
             // Insert blocks: zstd at a fast level unless told otherwise; levels are checked.
-            let ch = Config::load(None, &Overrides::default())
-                .unwrap()
-                .clickhouse
-                .unwrap();
-            assert_eq!(
-                crate::clickhouse::sink::codec(&ch),
-                clickhouse::Compression::Zstd(-3)
-            );
+            let codec = || {
+                let ch = Config::load(None, &Overrides::default())
+                    .unwrap()
+                    .clickhouse;
+                crate::clickhouse::sink::codec(&ch.unwrap())
+            };
+            assert_eq!(codec(), clickhouse::Compression::Zstd(-3));
             jail.set_env("TRACEGATE_CLICKHOUSE__COMPRESSION", "lz4");
-            let ch = Config::load(None, &Overrides::default())
-                .unwrap()
-                .clickhouse
-                .unwrap();
-            assert_eq!(
-                crate::clickhouse::sink::codec(&ch),
-                clickhouse::Compression::Lz4
-            );
+            assert_eq!(codec(), clickhouse::Compression::Lz4);
             jail.set_env("TRACEGATE_CLICKHOUSE__ZSTD_LEVEL", "0");
             let err = Config::load(None, &Overrides::default())
                 .unwrap_err()

@@ -145,15 +145,7 @@ impl ClickHouseConfig {
         if self.user.is_empty() {
             return Err(invalid("clickhouse.user", "must not be empty"));
         }
-        if !(-7..=19).contains(&self.zstd_level) || self.zstd_level == 0 {
-            return Err(invalid(
-                "clickhouse.zstd_level",
-                format!(
-                    "{} is not a zstd level (1..=19, or -7..=-1 for zstd's fast levels)",
-                    self.zstd_level
-                ),
-            ));
-        }
+        crate::config::zstd_level("clickhouse.zstd_level", self.zstd_level)?;
         for (key, v) in [
             ("clickhouse.deduplication_window", self.deduplication_window),
             ("clickhouse.max_insert_rows", self.max_insert_rows as u64),

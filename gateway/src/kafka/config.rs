@@ -175,15 +175,7 @@ impl KafkaConfig {
                 return Err(invalid("kafka.brokers", format!("{b:?} is not host:port")));
             }
         }
-        if !(-7..=19).contains(&self.payload_zstd_level) || self.payload_zstd_level == 0 {
-            return Err(invalid(
-                "kafka.payload_zstd_level",
-                format!(
-                    "{} is not a zstd level (1..=19, or -7..=-1 for zstd's fast levels)",
-                    self.payload_zstd_level
-                ),
-            ));
-        }
+        crate::config::zstd_level("kafka.payload_zstd_level", self.payload_zstd_level)?;
         // Kafka topic names: 1-249 of [a-zA-Z0-9._-].
         let t = &self.topic;
         if t.is_empty()
