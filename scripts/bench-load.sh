@@ -111,11 +111,22 @@ EOF
   # pre-built bodies in turn, and the run cannot be verified (ids repeat).
   POOL=()
   [ -z "${RATE_POOL:-}" ] || POOL=(--body-pool "$RATE_POOL")
+  curl -s "http://$ADMIN/metrics" > "$WORK/m0.txt"
   load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" \
     --duration "${RATE_SECS:-30}s" --rate "$RATE" --watch-pid "$GW:gateway" $(watch_broker) "${POOL[@]}" \
     --report "$OUT/$TAG-70pct.json" --plot "$OUT/$TAG-70pct.svg"
   echo "70%   $TAG at $RATE spans/s: $(summary "$OUT/$TAG-70pct.json") $(broker_cpu "$OUT/$TAG-70pct.json")"
   jq_ "$OUT/$TAG-70pct.json" '"p99 per second (ms): " + " ".join("%.0f" % p["latency"]["p99_ms"] for p in r["series"])'
+  # The gateway's own view of the same run (from the request's headers to its answer): how many
+  # requests took over 10 / 25 / 50 ms, next to loadtest's (from the intended send time).
+  curl -s "http://$ADMIN/metrics" > "$WORK/m1.txt"
+  over() { # file le
+    awk -v le="$2" 'index($1, "tracegate_request_duration_seconds_count") == 1 { c += $NF }
+      index($1, "tracegate_request_duration_seconds_bucket") == 1 && index($1, "le=\"" le "\"") > 0 { b += $NF }
+      END { printf "%d", c - b }' "$1"; }
+  for le in 0.01 0.025 0.05; do
+    echo "gateway-side requests over ${le}s: $(( $(over "$WORK/m1.txt" $le) - $(over "$WORK/m0.txt" $le) ))"
+  done
   if [ "$TRANSPORT" = embedded ] && [ -z "${RATE_POOL:-}" ]; then
     "$BIN/loadtest" verify --report "$OUT/$TAG-70pct.json" --data-dir "$WORK/gw" 2>/dev/null
   fi

@@ -115,9 +115,10 @@ impl Default for KafkaConfig {
             queue_max_bytes: 64 * 1024 * 1024,
             delivery_timeout_ms: 10_000,
             // The gateway answers only after the broker's ack, so linger is request latency:
-            // 1 ms halves p50 against librdkafka's 5 ms; realistic requests (hundreds of KB)
-            // fill a batch by themselves anyway (docs/benchmarks.md, p99 at 70 %).
-            linger_ms: 1,
+            // 2 ms gives p50 4.7 ms against 7.5 ms with librdkafka's 5 ms. 1 ms gave 3.8 ms but
+            // seconds with p99 of 25-130 ms and once a run that never recovered; 2 ms kept p99
+            // at 8.8-14.2 ms (docs/benchmarks.md, p99 at 70 %).
+            linger_ms: 2,
             statistics_interval_ms: 1_000,
             group_id: "tracegate-writer".into(),
             session_timeout_ms: 45_000,
@@ -457,7 +458,7 @@ mod tests {
         assert_eq!(p.get("acks"), Some("all"));
         // Payloads travel as the client sent them: neither librdkafka nor the gateway compresses.
         assert_eq!(p.get("compression.type"), Some("none"));
-        assert_eq!(p.get("linger.ms"), Some("1"));
+        assert_eq!(p.get("linger.ms"), Some("2"));
         assert_eq!(k.gateway_payload_zstd(), None);
         k.compression = Compression::PayloadZstd;
         assert_eq!(k.gateway_payload_zstd(), Some(1));
