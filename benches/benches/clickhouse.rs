@@ -23,10 +23,13 @@ const SPANS: usize = 512;
 /// Batches per writer group in the writer bench (10 240 spans per group).
 const GROUP: usize = 20;
 
-/// The sink's native compressed blocks with the default codec (`clickhouse.compression`).
+/// The default codec (`clickhouse.compression`), derived once, not inside the measured loops.
+static DEFAULT_CODEC: std::sync::LazyLock<clickhouse::Compression> =
+    std::sync::LazyLock::new(|| sink::codec(&ClickHouseConfig::default()));
+
+/// The sink's native compressed blocks with the default codec.
 fn blocks(data: &[u8]) -> Vec<clickhouse::insert_formatted::CompressedData> {
-    let codec = sink::codec(&ClickHouseConfig::default());
-    sink::native_blocks(data, codec).unwrap()
+    sink::native_blocks(data, *DEFAULT_CODEC).unwrap()
 }
 
 fn lz4_blocks(data: &[u8]) -> Vec<clickhouse::insert_formatted::CompressedData> {

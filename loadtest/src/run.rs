@@ -169,25 +169,27 @@ fn now_unix_nano() -> u64 {
         .unwrap_or(0)
 }
 
+/// Request `r`'s body: template `r % len` with its sequence-numbered ids, compressed as
+/// configured (HTTP; gRPC compresses per message in the sender).
+fn render_body(cfg: &RunConfig, run_id: u64, templates: &[Template], r: u64) -> Result<Bytes> {
+    let template = &templates[(r % templates.len() as u64) as usize];
+    let mut raw = Vec::with_capacity(template.len());
+    template.render(run_id, ids::first_seq(r, cfg.spans_per_request), &mut raw);
+    Ok(Bytes::from(
+        if cfg.protocol == Protocol::Http && cfg.compression != Compression::None {
+            compress(cfg.compression, cfg.compression_level, &raw)?
+        } else {
+            raw
+        },
+    ))
+}
+
 impl Ctx {
     fn body(&self, r: u64) -> Result<Bytes> {
         if !self.pool.is_empty() {
             return Ok(self.pool[(r % self.pool.len() as u64) as usize].clone());
         }
-        let template = &self.templates[(r % self.templates.len() as u64) as usize];
-        let mut raw = Vec::with_capacity(template.len());
-        template.render(
-            self.run_id,
-            ids::first_seq(r, self.cfg.spans_per_request),
-            &mut raw,
-        );
-        Ok(Bytes::from(
-            if self.cfg.protocol == Protocol::Http && self.cfg.compression != Compression::None {
-                compress(self.cfg.compression, self.cfg.compression_level, &raw)?
-            } else {
-                raw
-            },
-        ))
+        render_body(&self.cfg, self.run_id, &self.templates, r)
     }
 
     /// One request with its retries; `intended`: when it should have been sent.
@@ -285,14 +287,13 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         seed: cfg.seed.wrapping_add(k as u64),
         start_unix_nano: now_unix_nano(),
     };
-    let template = Template::build(&params(0), cfg.encoding)?;
-    let mut templates = Vec::with_capacity(cfg.templates.max(1));
-    let mut template_bytes = template.len();
-    templates.push(template);
+    // The first template always; more while they fit the budget.
     const TEMPLATE_BUDGET: usize = 256 << 20;
-    while templates.len() < cfg.templates {
-        let t = Template::build(&params(templates.len()), cfg.encoding)?;
-        if template_bytes + t.len() > TEMPLATE_BUDGET {
+    let mut templates: Vec<Template> = Vec::new();
+    let mut template_bytes = 0;
+    for k in 0..cfg.templates.max(1) {
+        let t = Template::build(&params(k), cfg.encoding)?;
+        if k > 0 && template_bytes + t.len() > TEMPLATE_BUDGET {
             break;
         }
         template_bytes += t.len();
@@ -309,22 +310,9 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
             request_bytes
         };
     drop(probe);
-    let mut pool = vec![];
-    for r in 0..cfg.body_pool as u64 {
-        let mut raw = Vec::new();
-        templates[(r % templates.len() as u64) as usize].render(
-            run_id,
-            ids::first_seq(r, cfg.spans_per_request),
-            &mut raw,
-        );
-        pool.push(Bytes::from(
-            if cfg.protocol == Protocol::Http && cfg.compression != Compression::None {
-                compress(cfg.compression, cfg.compression_level, &raw)?
-            } else {
-                raw
-            },
-        ));
-    }
+    let pool = (0..cfg.body_pool as u64)
+        .map(|r| render_body(&cfg, run_id, &templates, r))
+        .collect::<Result<Vec<_>>>()?;
     let sender = Sender::new(&SenderConfig {
         endpoint: &cfg.endpoint,
         protocol: cfg.protocol,

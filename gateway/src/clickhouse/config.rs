@@ -21,7 +21,7 @@ pub enum Engine {
 #[serde(rename_all = "snake_case")]
 pub enum InsertCompression {
     /// zstd at `zstd_level`. At the default fast level (-3) it compresses RowBinary spans
-    /// ~1.4x faster than LZ4 here and ~3.7x (docs/benchmarks.md, writer).
+    /// ~1.3x faster than LZ4 here, to ~3.7x (docs/benchmarks.md, writer).
     #[default]
     Zstd,
     /// LZ4, ClickHouse's own default codec.
