@@ -112,6 +112,13 @@ EOF
   POOL=()
   [ -z "${RATE_POOL:-}" ] || POOL=(--body-pool "$RATE_POOL")
   curl -s "http://$ADMIN/metrics" > "$WORK/m0.txt"
+  # SCRAPE=1: the gateway's /metrics every second of the run, to split each second's latency
+  # into the gateway's handling and the Kafka delivery (scripts/metrics-per-second.py).
+  if [ -n "${SCRAPE:-}" ]; then
+    mkdir -p "$OUT/$TAG-metrics"; rm -f "$OUT/$TAG-metrics"/*.txt
+    ( while kill -0 "$GW" 2>/dev/null; do curl -s "http://$ADMIN/metrics" > "$OUT/$TAG-metrics/$(date +%s.%N).txt"; sleep 1; done ) &
+    PIDS+=($!)
+  fi
   load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" \
     --duration "${RATE_SECS:-30}s" --rate "$RATE" --watch-pid "$GW:gateway" $(watch_broker) "${POOL[@]}" \
     --report "$OUT/$TAG-70pct.json" --plot "$OUT/$TAG-70pct.svg"

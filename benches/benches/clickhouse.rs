@@ -12,6 +12,7 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use prost::Message;
+use tracegate::clickhouse::blocks::native;
 use tracegate::clickhouse::config::ClickHouseConfig;
 use tracegate::clickhouse::rows::{EncodeOptions, Encoded, Encoder};
 use tracegate::clickhouse::sink;
@@ -28,12 +29,12 @@ static DEFAULT_CODEC: std::sync::LazyLock<clickhouse::Compression> =
     std::sync::LazyLock::new(|| sink::codec(&ClickHouseConfig::default()));
 
 /// The sink's native compressed blocks with the default codec.
-fn blocks(data: &[u8]) -> Vec<clickhouse::insert_formatted::CompressedData> {
-    sink::native_blocks(data, *DEFAULT_CODEC).unwrap()
+fn blocks(data: &[u8]) -> Vec<bytes::Bytes> {
+    native(data, *DEFAULT_CODEC).unwrap()
 }
 
-fn lz4_blocks(data: &[u8]) -> Vec<clickhouse::insert_formatted::CompressedData> {
-    sink::native_blocks(data, clickhouse::Compression::Lz4).unwrap()
+fn lz4_blocks(data: &[u8]) -> Vec<bytes::Bytes> {
+    native(data, clickhouse::Compression::Lz4).unwrap()
 }
 
 fn bench(c: &mut Criterion) {
@@ -60,7 +61,8 @@ fn bench(c: &mut Criterion) {
 
     // Spans per CPU-second of this thread: what "per core" means, even when other processes
     // share the machine (criterion below reports wall-clock throughput).
-    let rounds = 200;
+    let profiling = std::env::var_os("PROFILE_WRITER").is_some();
+    let rounds = if profiling { 1 } else { 200 };
     per_cpu_second("rowbinary_encode", SPANS, rounds, || {
         out.clear();
         enc.encode_batch(&batch, &mut out).unwrap();
@@ -115,16 +117,32 @@ fn bench(c: &mut Criterion) {
         blocks(&out.spans)
     };
     let writer = |enc: &mut Encoder, out: &mut Encoded| writer_of(&messages, enc, out);
+    // PROFILE_WRITER=N: only the writer's group path, N times, for a profiler
+    // (`perf record -g target/release/deps/clickhouse-* --bench`).
+    if let Some(n) = std::env::var("PROFILE_WRITER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        per_cpu_second(
+            "writer_envelope_to_compressed_rowbinary",
+            SPANS * GROUP,
+            n,
+            || writer(&mut enc, &mut group_out),
+        );
+        return;
+    }
+    // 40 groups (~0.4 s of CPU): 10 varied by ±3 % from run to run.
+    let group_rounds = (rounds * 4 / GROUP).max(1);
     per_cpu_second(
         "writer_envelope_to_compressed_rowbinary",
         SPANS * GROUP,
-        rounds / GROUP,
+        group_rounds,
         || writer(&mut enc, &mut group_out),
     );
     per_cpu_second(
         "writer_envelope_to_compressed_rowbinary_forwarded_zstd",
         SPANS * GROUP,
-        rounds / GROUP,
+        group_rounds,
         || writer_of(&messages_zstd, &mut enc, &mut group_out),
     );
     per_cpu_second("writer_rows_only", SPANS * GROUP, rounds / GROUP, || {
@@ -135,6 +153,9 @@ fn bench(c: &mut Criterion) {
         }
     });
     let rows = group_out.spans.clone();
+    if let Some(path) = std::env::var_os("DUMP_ROWS") {
+        std::fs::write(path, &rows).unwrap();
+    }
     let zstd_len: usize = rows
         .chunks(1 << 20)
         .map(|c| zstd::bulk::compress(c, -3).unwrap().len())

@@ -521,6 +521,58 @@ fn counts(front: &ChFront, db: &str, project: &str) -> (u64, u64) {
     (it.next().unwrap(), it.next().unwrap())
 }
 
+/// Both insert codecs reach the engine intact: the writer frames ClickHouse's native blocks
+/// itself (`clickhouse/blocks.rs`), and the front checks every block's checksum and sizes the
+/// way ClickHouse does before it decompresses. LZ4 is not the default, so it gets its own run;
+/// the zstd default is what every other test here sends.
+#[test]
+fn lz4_and_zstd_insert_blocks_are_accepted() {
+    for codec in ["lz4", "zstd"] {
+        let db = format!("codec_{codec}");
+        let (front, env) = setup(&db, &[], &[("TRACEGATE_CLICKHOUSE__COMPRESSION", codec)]);
+        let gw = Gateway::start(&common::env_refs(&env));
+        let project = common::unique_project(&db);
+        let key = gw.create_key(&project);
+        // 40 x 500 spans: several 1 MiB blocks per insert.
+        let (acked, _) = send_sequenced(
+            &gw,
+            &key,
+            "codec",
+            40,
+            500,
+            2,
+            Instant::now() + Duration::from_secs(120),
+        );
+        assert_eq!(acked, 20_000);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (count, uniq) = counts(&front, &db, &project);
+            if count == acked {
+                assert_eq!(uniq, acked, "{codec}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{codec}: {count} of {acked} spans"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+        let failed: f64 = gw
+            .metrics()
+            .lines()
+            .filter(|l| {
+                l.starts_with("tracegate_clickhouse_inserts_total")
+                    && l.contains("result=\"error\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(
+            failed, 0.0,
+            "{codec}: no insert failed (a bad checksum is an error, then a retry)"
+        );
+    }
+}
+
 /// The writer-crash window: ClickHouse committed an insert but the writer never heard back
 /// (the front drops 30 % of insert answers after committing them — what a writer killed -9 after
 /// ClickHouse's commit sees). The same group is written again with the same tokens: ClickHouse

@@ -1,6 +1,7 @@
 //! ClickHouse: the `[clickhouse]` config, the schema and its migrations (`tracegate migrate`),
 //! the RowBinary row encoding and the writer sink. See docs/clickhouse.md.
 
+pub mod blocks;
 pub mod config;
 pub mod pb;
 pub mod rows;

@@ -101,7 +101,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field (number, value), or `None` at the end of the message.
-    #[inline]
+    #[inline(always)]
     pub fn next_field(&mut self) -> Result<Option<(u32, Value<'a>)>, PbError> {
         loop {
             if self.pos >= self.buf.len() {

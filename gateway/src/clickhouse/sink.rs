@@ -2,8 +2,8 @@
 //!
 //! A group is encoded to RowBinary on the blocking pool (never on the async workers), cut into
 //! inserts of at most `max_insert_rows` / `max_insert_bytes` at batch boundaries, and each insert
-//! is sent LZ4-compressed (ClickHouse's native block framing, `decompress=1`) by the `clickhouse`
-//! crate with `insert_deduplication_token = <group id>#<n>`. The cut depends only on the
+//! is sent in ClickHouse's native compressed blocks (`blocks.rs`, zstd or LZ4, `decompress=1`)
+//! by the `clickhouse` crate with `insert_deduplication_token = <group id>#<n>`. The cut depends only on the
 //! group's content, so a group written again (a retry, or a Kafka range re-read after a writer
 //! crash) produces the same inserts with the same tokens and ClickHouse drops the copies.
 //!
@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use clickhouse::insert_formatted::CompressedData;
 use clickhouse::Compression;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -38,9 +37,6 @@ use super::schema;
 use crate::archive::local::LocalArchive;
 use crate::metrics as m;
 use crate::queue::sink::{Sink, WriteGroup};
-
-/// ClickHouse compresses in blocks of about this size (`max_compress_block_size`); so do we.
-const COMPRESS_BLOCK: usize = 1024 * 1024;
 
 /// ClickHouse error codes that mean "this data is malformed": retrying it cannot help.
 const REJECT_CODES: &[u32] = &[
@@ -78,7 +74,8 @@ pub fn is_rejection(e: &clickhouse::error::Error) -> bool {
     error_code(e).is_some_and(|c| REJECT_CODES.contains(&c))
 }
 
-/// A `clickhouse` client for the configured endpoint, with LZ4 compression.
+/// A `clickhouse` client for the configured endpoint, with LZ4 compression (asks for compressed
+/// answers to queries).
 pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
     let mut c = clickhouse::Client::default()
         .with_url(&cfg.url)
@@ -175,12 +172,13 @@ fn encode_group(
     }
 }
 
-/// `data` in ClickHouse's native compressed blocks, ≤ 1 MiB of input each. The client is set
-/// to LZ4 only so that it asks for `decompress=1`; each block names its own codec.
-pub fn native_blocks(data: &[u8], codec: Compression) -> Result<Vec<CompressedData>> {
-    data.chunks(COMPRESS_BLOCK)
-        .map(|c| CompressedData::new(c, codec).context("compressing an insert block"))
-        .collect()
+/// The client inserts go through: the body is already in native compressed blocks
+/// (`blocks.rs`), so the crate must send it as it is (no compression of its own) and only ask
+/// ClickHouse to decompress it.
+fn insert_client(cfg: &ClickHouseConfig) -> clickhouse::Client {
+    client(cfg)
+        .with_compression(Compression::None)
+        .with_setting("decompress", "1")
 }
 
 /// The configured codec in the `clickhouse` crate's terms.
@@ -215,7 +213,7 @@ pub struct ClickHouseSink {
 impl ClickHouseSink {
     /// `data_dir` holds the dead-letter archive (`<data_dir>/clickhouse-dead-letter`).
     pub fn new(cfg: &ClickHouseConfig, data_dir: &Path, compression_level: i32) -> Self {
-        let client = client(cfg);
+        let client = insert_client(cfg);
         Self {
             inner: Arc::new(Inner {
                 spans_sql: schema::insert_sql(
@@ -443,7 +441,7 @@ impl Inner {
         data: Bytes,
     ) -> Result<(), clickhouse::error::Error> {
         let codec = codec(&self.cfg);
-        let frames = tokio::task::spawn_blocking(move || native_blocks(&data, codec))
+        let frames = tokio::task::spawn_blocking(move || super::blocks::native(&data, codec))
             .await
             .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?
             .map_err(|e| clickhouse::error::Error::Custom(format!("{e:#}")))?;
@@ -471,7 +469,7 @@ impl Inner {
         };
         let all = async {
             for f in frames {
-                ins.send_compressed(f).await?;
+                ins.send(f).await?;
             }
             ins.end().await
         };
