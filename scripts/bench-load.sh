@@ -44,7 +44,7 @@ machine() {
 
 start_broker() { # partitions
   mkfifo "$WORK/broker.in"
-  taskset -c "$LOAD_CPU" "$BIN/tracegate-test-broker" --topic "bench:$1" < "$WORK/broker.in" > "$WORK/broker.out" 2>"$WORK/broker.err" &
+  taskset -c "${BROKER_CPU:-$LOAD_CPU}" "$BIN/tracegate-test-broker" --topic "bench:$1" < "$WORK/broker.in" > "$WORK/broker.out" 2>"$WORK/broker.err" &
   BROKER=$!; PIDS+=($BROKER)
   sleep 1000000 > "$WORK/broker.in" &
   PIDS+=($!)
@@ -64,7 +64,7 @@ start_gateway() {
 }
 
 load() { # loadtest args...
-  taskset -c "$LOAD_CPU" "$BIN/loadtest" --quiet "$@"
+  ${LOAD_NICE:+nice -n "$LOAD_NICE"} taskset -c "$LOAD_CPU" "$BIN/loadtest" --quiet "$@"
 }
 
 # The broker shares the load generator's core: its CPU says whether that core kept up.
@@ -104,7 +104,7 @@ EOF
     --report "$OUT/$TAG-max.json" --plot "$OUT/$TAG-max.svg"
   echo "MAX   $TAG: $(summary "$OUT/$TAG-max.json") $(broker_cpu "$OUT/$TAG-max.json")"
   MAXR=$(jq_ "$OUT/$TAG-max.json" 'int(r["acked_spans_per_sec"])')
-  RATE=$(( MAXR * 7 / 10 ))
+  RATE="${RATE:-$(( MAXR * 7 / 10 ))}"
   # 70 %: open loop, fresh sequence-numbered ids per request, latency from the intended send time.
   # With zstd, rendering and compressing fresh bodies at 70 % of the gateway's rate takes more
   # than loadtest's one core (its lag would be charged as latency): then RATE_POOL=N sends N

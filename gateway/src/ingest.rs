@@ -3,7 +3,7 @@
 //! durable.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use prost::Message;
@@ -293,6 +293,7 @@ impl Ingest {
             origin,
         } = raw;
         let zstd_level = self.payload_zstd_level;
+        let decoding = Instant::now();
         let (prepared, permit) = tokio::task::spawn_blocking(move || {
             let (mut prepared, mut permit) = prepare(
                 format,
@@ -309,6 +310,7 @@ impl Ingest {
         })
         .await
         .map_err(|e| ApiError::internal(format!("decode task failed: {e}")))??;
+        metrics::histogram!(m::REQUEST_DECODE_DURATION).record(decoding.elapsed().as_secs_f64());
         // Held until the batch is durable: its bytes are still in memory until then.
         let _permit = permit;
         metrics::counter!(m::REQUEST_BYTES).increment(prepared.decompressed_len as u64);

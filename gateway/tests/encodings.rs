@@ -44,6 +44,20 @@ fn deflate_zlib_and_raw_are_accepted() {
     // Deflate bodies are not forwarded: their envelopes are plain (schema version 1).
     let encodings = envelope_encodings(&archive_batches_in(&gw.data_dir, Some("enc")));
     assert_eq!(encodings.into_iter().collect::<Vec<_>>(), vec![((1, 0), 2)]);
+    // Both exports went through the phase histograms inside the request's (body read, then
+    // decode on the blocking pool), and neither phase took longer than the whole request.
+    let m = gw.metrics();
+    let v = |name: &str| common::metric_value(&m, name);
+    for phase in [
+        "tracegate_request_body_read_seconds",
+        "tracegate_request_decode_seconds",
+    ] {
+        assert_eq!(v(&format!("{phase}_count")), 2.0, "{phase}");
+        assert!(
+            v(&format!("{phase}_sum")) <= v("tracegate_request_duration_seconds_sum"),
+            "{phase}"
+        );
+    }
 }
 
 #[test]

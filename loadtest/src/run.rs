@@ -194,9 +194,14 @@ impl Ctx {
 
     /// One request with its retries; `intended`: when it should have been sent.
     async fn request(&self, r: u64, intended: Instant) {
+        self.request_with(r, intended, self.body(r)).await
+    }
+
+    /// `request` with its body already rendered.
+    async fn request_with(&self, r: u64, intended: Instant, body: Result<Bytes>) {
         let n = self.cfg.spans_per_request;
         let auth = &self.auth[(r % self.auth.len() as u64) as usize];
-        let body = match self.body(r) {
+        let body = match body {
             Ok(b) => b,
             Err(e) => {
                 let a = Attempt::Error {
@@ -452,54 +457,73 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
             drain(ctx.clone(), workers, cfg.drain_timeout_ms, deadline).await;
         }
         Some(rate) => {
-            // Open loop: request r is due at start + r * interval whatever happened before.
+            // Open loop: request r is due at start + r * interval whatever happened before,
+            // and its latency counts from then. The dispatcher has a thread of its own and
+            // sleeps with the OS's timer (tens of µs): tokio's timer fires on whole-millisecond
+            // ticks, rounded up, which added up to 1 ms to every measured latency. Each body is
+            // rendered before its due time, as a real client has its data ready when it sends:
+            // rendering is not the gateway's latency (when it falls behind, the lag is counted).
             let interval = Duration::from_secs_f64(n as f64 / rate);
-            let mut tasks = vec![];
-            let mut r = 0u64;
-            while r < total {
-                let due = start + interval.mul_f64(r as f64);
-                if !before_deadline(due) {
-                    break;
-                }
-                tokio::time::sleep_until(due.into()).await;
-                // At most `concurrency` in flight: beyond that the send waits, and the wait
-                // counts in the latency (measured from `due`).
-                let permit = match deadline {
-                    Some(d) => {
-                        match tokio::time::timeout_at(d.into(), inflight.clone().acquire_owned())
-                            .await
-                        {
-                            Ok(Ok(p)) => p,
-                            // The run ended while this request waited for a slot: it and every
-                            // request due after it are counted as due but never sent.
-                            _ => break,
+            let handle = tokio::runtime::Handle::current();
+            let dispatch = {
+                let ctx = ctx.clone();
+                let inflight = inflight.clone();
+                move || {
+                    let mut tasks = vec![];
+                    let mut r = 0u64;
+                    while r < total {
+                        let due = start + interval.mul_f64(r as f64);
+                        if !before_deadline(due) {
+                            break;
                         }
+                        let body = ctx.body(r);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        // At most `concurrency` in flight: beyond that the send waits, and the
+                        // wait counts in the latency (measured from `due`).
+                        let permit = match deadline {
+                            Some(d) => match handle.block_on(tokio::time::timeout_at(
+                                d.into(),
+                                inflight.clone().acquire_owned(),
+                            )) {
+                                Ok(Ok(p)) => p,
+                                // The run ended while this request waited for a slot: it and
+                                // every request due after it are counted as due but never sent.
+                                _ => break,
+                            },
+                            None => match handle.block_on(inflight.clone().acquire_owned()) {
+                                Ok(p) => p,
+                                Err(_) => break,
+                            },
+                        };
+                        if !before_deadline(Instant::now()) {
+                            drop(permit);
+                            break;
+                        }
+                        ctx.shared.next.store(r + 1, Ordering::Relaxed);
+                        ctx.shared
+                            .stats
+                            .lock()
+                            .unwrap()
+                            .offered(n, Instant::now().saturating_duration_since(due));
+                        let ctx2 = ctx.clone();
+                        tasks.push(handle.spawn(async move {
+                            ctx2.request_with(r, due, body).await;
+                            drop(permit);
+                        }));
+                        if tasks.len() >= 4096 {
+                            tasks.retain(|t| !t.is_finished());
+                        }
+                        r += 1;
                     }
-                    None => match inflight.clone().acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                };
-                if !before_deadline(Instant::now()) {
-                    drop(permit);
-                    break;
+                    (r, tasks)
                 }
-                ctx.shared.next.store(r + 1, Ordering::Relaxed);
-                ctx.shared
-                    .stats
-                    .lock()
-                    .unwrap()
-                    .offered(n, Instant::now().saturating_duration_since(due));
-                let ctx2 = ctx.clone();
-                tasks.push(tokio::spawn(async move {
-                    ctx2.request(r, due).await;
-                    drop(permit);
-                }));
-                if tasks.len() >= 4096 {
-                    tasks.retain(|t| !t.is_finished());
-                }
-                r += 1;
-            }
+            };
+            let (r, tasks) = tokio::task::spawn_blocking(dispatch)
+                .await
+                .map_err(|e| anyhow::anyhow!("dispatcher thread failed: {e}"))?;
             if let Some(d) = deadline {
                 let due_total =
                     (d.duration_since(start).as_secs_f64() / interval.as_secs_f64()).ceil() as u64;

@@ -170,6 +170,7 @@ impl HttpReceiver {
         let Some(incoming) = body.take() else {
             return Err(ApiError::internal("request body already taken"));
         };
+        let reading = Instant::now();
         let (body, permit) = super::body::read_capped(
             incoming,
             cap,
@@ -179,6 +180,7 @@ impl HttpReceiver {
             declared_permit,
         )
         .await?;
+        metrics::histogram!(m::REQUEST_BODY_READ_DURATION).record(reading.elapsed().as_secs_f64());
         let transport = match format {
             Format::Protobuf => Transport::OtlpHttpProtobuf,
             Format::Json => Transport::OtlpHttpJson,
