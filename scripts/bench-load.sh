@@ -12,6 +12,10 @@
 #
 # KAFKA_EXTRA='compression = "zstd"' adds lines to the gateway's [kafka] section (gateway, profile).
 # GW_EXTRA='[writer]\ncompression_level = -3' adds sections to the gateway's config (gateway, profile).
+# Latency experiments (gateway): SCRAPE=1 keeps the gateway's /metrics of every second of the
+# 70 % run (read them with scripts/metrics-per-second.py); RATE=N replaces 70 % of the max;
+# BROKERS=N test brokers (default 1); BROKER_CPU=C puts the broker on another core than the load
+# generator's; LOAD_NICE=-10 runs loadtest at a higher priority.
 #
 # Pinning: the gateway (or writer) runs on CPU 0, loadtest and the test broker on CPU 1
 # (`taskset`), so the gateway's figures are not diluted by the load generator. Per-core figures
@@ -44,7 +48,7 @@ machine() {
 
 start_broker() { # partitions
   mkfifo "$WORK/broker.in"
-  taskset -c "${BROKER_CPU:-$LOAD_CPU}" "$BIN/tracegate-test-broker" --topic "bench:$1" < "$WORK/broker.in" > "$WORK/broker.out" 2>"$WORK/broker.err" &
+  taskset -c "${BROKER_CPU:-$LOAD_CPU}" "$BIN/tracegate-test-broker" --brokers "${BROKERS:-1}" --topic "bench:$1" < "$WORK/broker.in" > "$WORK/broker.out" 2>"$WORK/broker.err" &
   BROKER=$!; PIDS+=($BROKER)
   sleep 1000000 > "$WORK/broker.in" &
   PIDS+=($!)
