@@ -7,9 +7,10 @@ pub const SPANS_ACCEPTED: &str = "tracegate_spans_accepted_total";
 pub const SPANS_REJECTED: &str = "tracegate_spans_rejected_total";
 pub const REQUESTS: &str = "tracegate_requests_total";
 pub const REQUEST_DURATION: &str = "tracegate_request_duration_seconds";
-/// Phases of an OTLP/HTTP export inside `REQUEST_DURATION`: reading the body after the headers
-/// (a slow client or a busy receiver), and decoding + validating it on the blocking pool (queue
-/// wait included: a saturated core shows here first). The rest is the queue's durable write.
+/// Phases of an export inside `REQUEST_DURATION`: reading the body after the headers (OTLP/HTTP
+/// only: a slow client or a busy receiver), and decoding + validating it on the blocking pool
+/// (both transports, queue wait included: a saturated core shows here first). The rest is the
+/// queue's durable write.
 pub const REQUEST_BODY_READ_DURATION: &str = "tracegate_request_body_read_seconds";
 pub const REQUEST_DECODE_DURATION: &str = "tracegate_request_decode_seconds";
 pub const REQUEST_BYTES: &str = "tracegate_request_bytes_total";

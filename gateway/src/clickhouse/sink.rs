@@ -3,9 +3,10 @@
 //! A group is encoded to RowBinary on the blocking pool (never on the async workers), cut into
 //! inserts of at most `max_insert_rows` / `max_insert_bytes` at batch boundaries, and each insert
 //! is sent in ClickHouse's native compressed blocks (`blocks.rs`, zstd or LZ4, `decompress=1`)
-//! by the `clickhouse` crate with `insert_deduplication_token = <group id>#<n>`. The cut depends only on the
-//! group's content, so a group written again (a retry, or a Kafka range re-read after a writer
-//! crash) produces the same inserts with the same tokens and ClickHouse drops the copies.
+//! by the `clickhouse` crate with `insert_deduplication_token = <group id>#<n>`. The cut
+//! depends only on the group's content, so a group written again (a retry, or a Kafka range
+//! re-read after a writer crash) produces the same inserts with the same tokens and ClickHouse
+//! drops the copies.
 //!
 //! Failures:
 //! - transient (network, timeout, server busy, unknown table…): the same insert is retried with
