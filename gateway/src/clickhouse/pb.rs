@@ -100,6 +100,31 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// If the next field's key is the one-byte `tag` of a length-delimited field, that field's
+    /// bytes (the reader moves past it); else `None`, the reader unmoved. A fast path for the
+    /// field that repeats most in a message (a span's attributes): anything unusual, errors
+    /// included, is left to `next_field`.
+    #[inline(always)]
+    pub fn take_tagged(&mut self, tag: u8) -> Option<&'a [u8]> {
+        let b = self.buf.get(self.pos..)?;
+        if b.first() != Some(&tag) {
+            return None;
+        }
+        let (len, hdr): (usize, usize) = match *b.get(1)? {
+            l if l < 0x80 => (l as usize, 2),
+            l => {
+                let h = *b.get(2)?;
+                if h >= 0x80 {
+                    return None;
+                }
+                (((h as usize) << 7) | (l & 0x7f) as usize, 3)
+            }
+        };
+        let field = b.get(hdr..hdr.checked_add(len)?)?;
+        self.pos += hdr + len;
+        Some(field)
+    }
+
     /// The next field (number, value), or `None` at the end of the message.
     #[inline(always)]
     pub fn next_field(&mut self) -> Result<Option<(u32, Value<'a>)>, PbError> {
@@ -204,6 +229,25 @@ mod tests {
         let (n, v) = r.next_field().unwrap().unwrap();
         assert_eq!((n, v.u64()), (4, 1));
         assert!(r.next_field().unwrap().is_none());
+    }
+
+    #[test]
+    fn take_tagged_agrees_with_next_field() {
+        // field 9 bytes (1-byte length), field 9 bytes (2-byte length: 200), field 1 varint,
+        // then a truncated field 9 that only next_field may report.
+        let mut msg = vec![0x4a, 0x02, b'a', b'b', 0x4a, 0xc8, 0x01];
+        msg.extend(std::iter::repeat_n(b'x', 200));
+        msg.extend([0x08, 0x05, 0x4a, 0x05, b'z']);
+        let mut r = Reader::new(&msg);
+        assert_eq!(r.take_tagged(0x4a), Some(&b"ab"[..]));
+        assert_eq!(r.take_tagged(0x4a).map(<[u8]>::len), Some(200));
+        assert_eq!(r.take_tagged(0x4a), None, "a varint field is not taken");
+        assert_eq!(
+            r.next_field().unwrap().map(|(n, v)| (n, v.u64())),
+            Some((1, 5))
+        );
+        assert_eq!(r.take_tagged(0x4a), None, "truncated: left to next_field");
+        assert_eq!(r.next_field().unwrap_err(), PbError::Truncated);
     }
 
     #[test]

@@ -505,11 +505,17 @@ fn as_str(v: Any<'_>) -> &[u8] {
 }
 
 impl<'a> GenAi<'a> {
-    #[inline]
+    /// Cheap for the attributes that are not GenAI ones (nearly all): one length and one
+    /// 8-byte compare, inline.
+    #[inline(always)]
     fn observe(&mut self, key: &[u8], v: Any<'a>) {
-        if !key.starts_with(b"gen_ai.") {
-            return;
+        if key.len() > 7 && key.starts_with(b"gen_ai.") {
+            self.observe_genai(key, v);
         }
+    }
+
+    #[inline(never)]
+    fn observe_genai(&mut self, key: &[u8], v: Any<'a>) {
         match &key[7..] {
             b"provider.name" => self.provider = as_str(v),
             b"system" => self.system = as_str(v),
@@ -825,7 +831,15 @@ impl Encoder {
             (from, from + b.len() as u32)
         };
         let mut r = Reader::new(msg);
-        while let Some((n, v)) = r.next_field()? {
+        loop {
+            // Attributes (field 9, tag 0x4a) are most of a span's fields.
+            if let Some(kv) = r.take_tagged(0x4a) {
+                attrs.push(range(kv));
+                continue;
+            }
+            let Some((n, v)) = r.next_field()? else {
+                break;
+            };
             match n {
                 1 => s.trace_id = v.bytes(),
                 2 => s.span_id = v.bytes(),
