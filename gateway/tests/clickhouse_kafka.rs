@@ -108,20 +108,42 @@ fn run(topic: &str, db: &str, dedup: bool, spans: u64, kills: usize) -> Outcome 
     // committed a random 1-3 batches (of at most 5 000 spans; a million spans make at least
     // 200), then a random pause, then -9. So every kill lands in the middle of the run, with
     // batches cut, inserted, archived or committed at that instant.
+    // A fast writer can finish the whole load before the last kill: then there is nothing left
+    // to kill it in the middle of, and the loop ends (at least two kills must have happened).
+    let mut done_kills = 0;
+    let mut last_check = Instant::now();
     for k in 0..kills {
         let batches = rnd(1, 4) as f64;
+        let mut drained = false;
         let progressed = common::wait_until(Duration::from_secs(120), || {
             if loading && load.acked() as u64 >= requests {
                 load.stop();
                 loading = false;
             }
-            writer.metric("tracegate_kafka_writer_batches_total") >= batches
+            if writer.metric("tracegate_kafka_writer_batches_total") >= batches {
+                return true;
+            }
+            if !loading && last_check.elapsed() > Duration::from_secs(1) {
+                last_check = Instant::now();
+                drained = read().1 >= load.acked() as u64 * SPANS_PER_REQUEST;
+            }
+            drained
         });
         assert!(progressed, "kill {k}: the writer made no progress");
+        if drained {
+            eprintln!("[kafka→clickhouse] every acknowledged span written after {k} kills");
+            break;
+        }
         std::thread::sleep(Duration::from_millis(rnd(0, 500)));
         writer.kill9();
         writer = Writer::start(wr_dir.path(), None, &env);
+        done_kills += 1;
     }
+    assert!(
+        done_kills >= kills.min(2),
+        "only {done_kills} kills landed while there was work"
+    );
+    let kills = done_kills;
     assert!(common::wait_until(Duration::from_secs(600), || {
         if loading && load.acked() as u64 >= requests {
             load.stop();
