@@ -61,8 +61,12 @@ fn bench(c: &mut Criterion) {
 
     // Spans per CPU-second of this thread: what "per core" means, even when other processes
     // share the machine (criterion below reports wall-clock throughput).
-    let profiling = std::env::var_os("PROFILE_WRITER").is_some();
-    let rounds = if profiling { 1 } else { 200 };
+    // PROFILE_WRITER=N: only the writer's group path, N times, for a profiler
+    // (`perf record -g target/release/deps/clickhouse-* --bench`).
+    let profile: Option<usize> = std::env::var("PROFILE_WRITER")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let rounds = if profile.is_some() { 1 } else { 200 };
     per_cpu_second("rowbinary_encode", SPANS, rounds, || {
         out.clear();
         enc.encode_batch(&batch, &mut out).unwrap();
@@ -117,12 +121,7 @@ fn bench(c: &mut Criterion) {
         blocks(&out.spans)
     };
     let writer = |enc: &mut Encoder, out: &mut Encoded| writer_of(&messages, enc, out);
-    // PROFILE_WRITER=N: only the writer's group path, N times, for a profiler
-    // (`perf record -g target/release/deps/clickhouse-* --bench`).
-    if let Some(n) = std::env::var("PROFILE_WRITER")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(n) = profile {
         per_cpu_second(
             "writer_envelope_to_compressed_rowbinary",
             SPANS * GROUP,
@@ -156,11 +155,11 @@ fn bench(c: &mut Criterion) {
     if let Some(path) = std::env::var_os("DUMP_ROWS") {
         std::fs::write(path, &rows).unwrap();
     }
-    let zstd_len: usize = rows
-        .chunks(1 << 20)
-        .map(|c| zstd::bulk::compress(c, -3).unwrap().len())
-        .sum();
-    eprintln!("group rows: {} B, zstd -3 blocks {zstd_len} B", rows.len());
+    let blocks_len: usize = blocks(&rows).iter().map(Bytes::len).sum();
+    eprintln!(
+        "group rows: {} B, zstd -3 blocks {blocks_len} B",
+        rows.len()
+    );
     per_cpu_second("zstd-3_group_rows", SPANS * GROUP, rounds / GROUP, || {
         blocks(&rows)
     });

@@ -15,8 +15,8 @@ Served:
 - `POST /?query=INSERT INTO t (...) FORMAT RowBinary[&decompress=1][&<setting>=<value>...]`
   with the data as the (possibly chunked) body. With `decompress=1` the body is a sequence of
   ClickHouse native compressed blocks: 16-byte CityHash128 checksum, method byte (0x82 LZ4,
-  0x90 zstd, 0x02 none), u32 compressed size (with the 9-byte header), u32 raw size, data; the checksum is
-  verified. The data is written to a file and run as
+  0x90 zstd, 0x02 none), u32 compressed size (with the 9-byte header), u32 raw size, data; the
+  checksum is verified. The data is written to a file and run as
   `INSERT INTO t (...) FROM INFILE '<file>' SETTINGS <settings> FORMAT RowBinary` in the chdb
   session, so `insert_deduplication_token` and `insert_deduplicate` are applied by the engine.
 - `POST /` with SQL in the body (or `?query=`), output in `default_format` (default

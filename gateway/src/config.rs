@@ -492,6 +492,13 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The error `Config::load` gives for the environment as it is now (in a `figment::Jail`).
+    fn load_err() -> String {
+        Config::load(None, &Overrides::default())
+            .unwrap_err()
+            .to_string()
+    }
+
     /// An env provider that sees no variables, so tests do not depend on the caller's env.
     fn no_env() -> Env {
         Env::prefixed("TRACEGATE_UNIT_TEST_NOTHING_").split("__")
@@ -506,9 +513,7 @@ mod tests {
             let c = Config::load(None, &Overrides::default()).unwrap();
             assert_eq!(c.limits.max_attributes, 7);
             jail.set_env("TRACEGATE_LIMITS__NOPE", "7");
-            let err = Config::load(None, &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = load_err();
             assert!(err.contains("nope"), "{err}");
             Ok(())
         });
@@ -565,9 +570,7 @@ mod tests {
             assert_eq!(c.writer.compression_level, -3);
             for bad in ["0", "-8", "20"] {
                 jail.set_env("TRACEGATE_WRITER__COMPRESSION_LEVEL", bad);
-                let err = Config::load(None, &Overrides::default())
-                    .unwrap_err()
-                    .to_string();
+                let err = load_err();
                 assert!(err.contains("writer.compression_level"), "{bad}: {err}");
             }
             Ok(())
@@ -589,15 +592,11 @@ mod tests {
             assert_eq!(ch.password, "pw");
             assert_eq!(ch.database, "tracegate");
             jail.set_env("TRACEGATE_CLICKHOUSE__URL", "ftp://x");
-            let err = Config::load(None, &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = load_err();
             assert!(err.contains("clickhouse.url"), "{err}");
             jail.set_env("TRACEGATE_CLICKHOUSE__URL", "http://127.0.0.1:8123");
             jail.set_env("TRACEGATE_CLICKHOUSE__DATABASE", "bad-name");
-            let err = Config::load(None, &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = load_err();
             assert!(err.contains("clickhouse.database"), "{err}");
             jail.set_env("TRACEGATE_CLICKHOUSE__DATABASE", "ok");
             // Insert blocks: zstd at a fast level unless told otherwise; levels are checked.
@@ -611,15 +610,11 @@ mod tests {
             jail.set_env("TRACEGATE_CLICKHOUSE__COMPRESSION", "lz4");
             assert_eq!(codec(), clickhouse::Compression::Lz4);
             jail.set_env("TRACEGATE_CLICKHOUSE__ZSTD_LEVEL", "0");
-            let err = Config::load(None, &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = load_err();
             assert!(err.contains("clickhouse.zstd_level"), "{err}");
             jail.set_env("TRACEGATE_CLICKHOUSE__ZSTD_LEVEL", "-1");
             jail.set_env("TRACEGATE_CLICKHOUSE__MAX_INSERT_ROWZ", "1");
-            let err = Config::load(None, &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = load_err();
             assert!(err.contains("max_insert_rowz"), "{err}");
             Ok(())
         });

@@ -69,9 +69,7 @@ pub struct Encoder {
     json: Vec<u8>,
     payload_keys: Vec<u8>,
     payload_key_count: usize,
-    payload_prefix: Vec<u8>,
-    /// `payload_prefix` holds the current span's (see `PayloadPrefix`).
-    payload_prefix_ready: bool,
+    payload_prefix: PrefixCache,
     attr_ranges: Vec<(u32, u32)>,
     event_ranges: Vec<(u32, u32)>,
     link_ranges: Vec<(u32, u32)>,
@@ -552,6 +550,27 @@ struct PayloadPrefix<'a> {
     span_id: &'a [u8],
 }
 
+/// The current span's payload-row prefix, formatted on first use: most spans have no large
+/// value, and formatting it for every span was two hex ids of wasted work.
+#[derive(Default)]
+struct PrefixCache {
+    bytes: Vec<u8>,
+    ready: bool,
+}
+
+impl PrefixCache {
+    fn get(&mut self, p: &PayloadPrefix<'_>) -> &[u8] {
+        if !self.ready {
+            self.bytes.clear();
+            put_i64(&mut self.bytes, p.start as i64);
+            put_hex(&mut self.bytes, p.trace_id);
+            put_hex(&mut self.bytes, p.span_id);
+            self.ready = true;
+        }
+        &self.bytes
+    }
+}
+
 /// Where a large value came from (payload table `Location`, `EventIndex`).
 #[derive(Clone, Copy)]
 enum Loc {
@@ -592,8 +611,7 @@ impl Encoder {
             json: Vec::new(),
             payload_keys: Vec::new(),
             payload_key_count: 0,
-            payload_prefix: Vec::new(),
-            payload_prefix_ready: false,
+            payload_prefix: PrefixCache::default(),
             attr_ranges: Vec::new(),
             event_ranges: Vec::new(),
             link_ranges: Vec::new(),
@@ -760,16 +778,9 @@ impl Encoder {
             // Payload row: tenant, Timestamp, TraceId, SpanId (the span's prefix), Location,
             // EventIndex, Key, Value, ValueBytes.
             out.payloads.extend_from_slice(&self.tenant);
-            if !self.payload_prefix_ready {
-                if let Some(p) = prefix {
-                    self.payload_prefix.clear();
-                    put_i64(&mut self.payload_prefix, p.start as i64);
-                    put_hex(&mut self.payload_prefix, p.trace_id);
-                    put_hex(&mut self.payload_prefix, p.span_id);
-                }
-                self.payload_prefix_ready = true;
+            if let Some(p) = prefix {
+                out.payloads.extend_from_slice(self.payload_prefix.get(p));
             }
-            out.payloads.extend_from_slice(&self.payload_prefix);
             match loc {
                 Loc::Span => {
                     put_str(&mut out.payloads, b"span");
@@ -876,7 +887,7 @@ impl Encoder {
             trace_id: s.trace_id,
             span_id: s.span_id,
         };
-        self.payload_prefix_ready = false;
+        self.payload_prefix.ready = false;
         self.payload_keys.clear();
         self.payload_key_count = 0;
 

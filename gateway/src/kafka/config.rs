@@ -115,9 +115,9 @@ impl Default for KafkaConfig {
             queue_max_bytes: 64 * 1024 * 1024,
             delivery_timeout_ms: 10_000,
             // The gateway answers only after the broker's ack, so linger is request latency:
-            // 2 ms gives p50 4.7 ms against 7.5 ms with librdkafka's 5 ms. 1 ms gave 3.8 ms but
-            // seconds with p99 of 25-130 ms and once a run that never recovered; 2 ms kept p99
-            // at 8.8-14.2 ms (docs/benchmarks.md, p99 at 70 %).
+            // 2 ms cuts p50 by ~3 ms against librdkafka's 5 ms. 1 ms is better still with
+            // evenly spaced requests but gave p99 of 20-55 ms (and once a run that never
+            // recovered) with bursty ones, as real clients are (docs/benchmarks.md, p99).
             linger_ms: 2,
             statistics_interval_ms: 1_000,
             group_id: "tracegate-writer".into(),
