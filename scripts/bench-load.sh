@@ -15,7 +15,8 @@
 # Latency experiments (gateway): SCRAPE=1 keeps the gateway's /metrics of every second of the
 # 70 % run (read them with scripts/metrics-per-second.py); RATE=N replaces 70 % of the max;
 # BROKERS=N test brokers (default 1); BROKER_CPU=C puts the broker on another core than the load
-# generator's; LOAD_NICE=-10 runs loadtest at a higher priority.
+# generator's; LOAD_NICE=-10 runs loadtest at a higher priority; ARRIVALS=poisson makes the 70 %
+# run's requests fall due as a Poisson process (bursty) instead of evenly spaced.
 #
 # Pinning: the gateway (or writer) runs on CPU 0, loadtest and the test broker on CPU 1
 # (`taskset`), so the gateway's figures are not diluted by the load generator. Per-core figures
@@ -124,7 +125,7 @@ EOF
     PIDS+=($!)
   fi
   load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" \
-    --duration "${RATE_SECS:-30}s" --rate "$RATE" --watch-pid "$GW:gateway" $(watch_broker) "${POOL[@]}" \
+    --duration "${RATE_SECS:-30}s" --rate "$RATE" --arrivals "${ARRIVALS:-even}" --watch-pid "$GW:gateway" $(watch_broker) "${POOL[@]}" \
     --report "$OUT/$TAG-70pct.json" --plot "$OUT/$TAG-70pct.svg"
   echo "70%   $TAG at $RATE spans/s: $(summary "$OUT/$TAG-70pct.json") $(broker_cpu "$OUT/$TAG-70pct.json")"
   jq_ "$OUT/$TAG-70pct.json" '"p99 per second (ms): " + " ".join("%.0f" % p["latency"]["p99_ms"] for p in r["series"])'

@@ -3,7 +3,8 @@
 //! ```text
 //! loadtest --endpoint http://127.0.0.1:4318 --api-key tg_... [--protocol http|grpc]
 //!          [--encoding protobuf|json] [--compression none|gzip|zstd] [--ca-cert FILE]
-//!          [--duration 20s | --spans N] [--rate SPANS_PER_SEC] [--concurrency N]
+//!          [--duration 20s | --spans N] [--rate SPANS_PER_SEC [--arrivals even|poisson]]
+//!          [--concurrency N]
 //!          [--spans-per-request 512] [--shape small|realistic|llm]
 //!          [--report FILE.json] [--plot FILE.svg] [--run-id HEX] [--seed N] [--watch-pid PID]
 //! loadtest verify --report FILE.json (--data-dir D | --config FILE | --clickhouse URL)
@@ -99,6 +100,10 @@ struct RunArgs {
     /// Offered load in spans/s (open loop). Absent: closed loop, as fast as possible.
     #[arg(long)]
     rate: Option<f64>,
+    /// Open loop: requests due evenly spaced, or as a Poisson process (exponential gaps, the
+    /// same mean rate; bursts as many independent clients make them).
+    #[arg(long, value_enum, default_value = "even")]
+    arrivals: run::Arrivals,
     /// Closed loop: requests in flight. Open loop: cap on requests in flight [default: 8
     /// closed, 256 open].
     #[arg(long)]
@@ -319,6 +324,7 @@ fn run_config(a: RunArgs) -> Result<(run::RunConfig, Option<PathBuf>, Option<Pat
         spans: a.spans,
         max_requests: a.max_requests,
         rate: a.rate,
+        arrivals: a.arrivals,
         concurrency,
         connections: a.connections.unwrap_or(concurrency.min(4)).max(1),
         spans_per_request: a.spans_per_request,

@@ -37,6 +37,8 @@ pub struct RunConfig {
     pub max_requests: Option<u64>,
     /// Spans per second (open loop); None = closed loop.
     pub rate: Option<f64>,
+    /// How the open loop's requests fall due (ignored by the closed loop).
+    pub arrivals: Arrivals,
     pub concurrency: usize,
     pub connections: usize,
     pub spans_per_request: u64,
@@ -160,6 +162,59 @@ struct Ctx {
     sender: Sender,
     auth: Vec<String>,
     shared: Shared,
+}
+
+/// When the open loop's requests fall due, at the same mean rate either way.
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arrivals {
+    /// Evenly spaced, one request every `spans_per_request / rate` seconds.
+    Even,
+    /// A Poisson process: independent, exponentially distributed gaps, which is what the sum of
+    /// many independent exporters looks like. Several requests sometimes fall due within a
+    /// millisecond, so queues in the server (and in its Kafka producer) are exercised the way
+    /// real traffic exercises them; even spacing never does.
+    Poisson,
+}
+
+/// The open loop's due times: `start + r × interval` (even), or a running sum of exponential
+/// gaps with mean `interval` drawn from a seeded generator (Poisson; the same seed gives the
+/// same schedule).
+struct Schedule {
+    arrivals: Arrivals,
+    start: Instant,
+    interval: Duration,
+    r: u64,
+    offset: Duration,
+    rng: crate::payload::Rng,
+}
+
+impl Schedule {
+    fn new(arrivals: Arrivals, start: Instant, interval: Duration, seed: u64) -> Self {
+        Self {
+            arrivals,
+            start,
+            interval,
+            r: 0,
+            offset: Duration::ZERO,
+            rng: crate::payload::Rng::new(seed ^ 0xa441_7a15),
+        }
+    }
+
+    fn next_due(&mut self) -> Instant {
+        let due = match self.arrivals {
+            Arrivals::Even => self.start + self.interval.mul_f64(self.r as f64),
+            Arrivals::Poisson => {
+                let due = self.start + self.offset;
+                // u in [0, 1) with 53 random bits; 1 - u is never 0, so the gap is finite.
+                let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                self.offset += self.interval.mul_f64(-(1.0 - u).ln());
+                due
+            }
+        };
+        self.r += 1;
+        due
+    }
 }
 
 fn now_unix_nano() -> u64 {
@@ -464,6 +519,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
             // rendered before its due time, as a real client has its data ready when it sends:
             // rendering is not the gateway's latency (when it falls behind, the lag is counted).
             let interval = Duration::from_secs_f64(n as f64 / rate);
+            let mut schedule = Schedule::new(cfg.arrivals, start, interval, cfg.seed);
             let handle = tokio::runtime::Handle::current();
             let dispatch = {
                 let ctx = ctx.clone();
@@ -472,7 +528,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
                     let mut tasks = vec![];
                     let mut r = 0u64;
                     while r < total {
-                        let due = start + interval.mul_f64(r as f64);
+                        let due = schedule.next_due();
                         if !before_deadline(due) {
                             break;
                         }
@@ -716,4 +772,44 @@ pub fn summary_line(r: &Report) -> String {
             failures
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gaps(arrivals: Arrivals, seed: u64, n: usize) -> Vec<f64> {
+        let start = Instant::now();
+        let mut s = Schedule::new(arrivals, start, Duration::from_millis(1), seed);
+        let dues: Vec<Instant> = (0..=n).map(|_| s.next_due()).collect();
+        assert_eq!(dues[0], start, "the first request is due at the start");
+        dues.windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+            .collect()
+    }
+
+    #[test]
+    fn even_arrivals_are_evenly_spaced() {
+        for g in gaps(Arrivals::Even, 1, 1000) {
+            assert!((g - 1.0).abs() < 1e-6, "gap {g} ms");
+        }
+    }
+
+    #[test]
+    fn poisson_arrivals_keep_the_rate_and_are_bursty_and_repeatable() {
+        let g = gaps(Arrivals::Poisson, 7, 200_000);
+        let mean = g.iter().sum::<f64>() / g.len() as f64;
+        assert!((mean - 1.0).abs() < 0.01, "mean gap {mean} ms");
+        // Exponential gaps: P(gap < 0.1 × mean) = 1 - e^-0.1 ≈ 9.5 %, P(gap > 3 × mean) ≈ 5 %.
+        let short = g.iter().filter(|&&x| x < 0.1).count() as f64 / g.len() as f64;
+        let long = g.iter().filter(|&&x| x > 3.0).count() as f64 / g.len() as f64;
+        assert!((short - 0.095).abs() < 0.005, "short gaps {short}");
+        assert!((long - 0.0498).abs() < 0.004, "long gaps {long}");
+        assert_eq!(
+            g[..100],
+            gaps(Arrivals::Poisson, 7, 100)[..],
+            "same seed, same schedule"
+        );
+        assert_ne!(g[..100], gaps(Arrivals::Poisson, 8, 100)[..]);
+    }
 }
