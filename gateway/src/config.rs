@@ -154,6 +154,20 @@ pub struct LimitsConfig {
     pub max_attribute_depth: usize,
     pub max_events_per_span: usize,
     pub max_links_per_span: usize,
+    /// Requests decoded and validated at once; more wait their turn, oldest first. 0: one per
+    /// CPU this process may run on.
+    pub decode_concurrency: usize,
+}
+
+impl LimitsConfig {
+    /// `decode_concurrency` with 0 resolved to the CPUs this process may run on (its affinity
+    /// mask, so a gateway pinned to one core decodes one request at a time).
+    pub fn decode_slots(&self) -> usize {
+        match self.decode_concurrency {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -167,6 +181,7 @@ impl Default for LimitsConfig {
             max_attribute_depth: 32,
             max_events_per_span: 1024,
             max_links_per_span: 1024,
+            decode_concurrency: 0,
         }
     }
 }
@@ -414,6 +429,12 @@ impl Config {
         let l = &self.limits;
         positive("limits.max_request_bytes", l.max_request_bytes as u64)?;
         positive("limits.max_inflight_bytes", l.max_inflight_bytes as u64)?;
+        if l.decode_concurrency > 1024 {
+            return Err(ConfigError::Invalid {
+                key: "limits.decode_concurrency",
+                message: format!("{} is over 1024 (0 = one per CPU)", l.decode_concurrency),
+            });
+        }
         positive("limits.max_attribute_depth", l.max_attribute_depth as u64)?;
         if l.max_inflight_bytes < l.max_request_bytes {
             return Err(ConfigError::Invalid {
@@ -552,6 +573,19 @@ mod tests {
         c.limits.max_inflight_bytes = 1;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("limits.max_inflight_bytes"), "{err}");
+    }
+
+    #[test]
+    fn decode_concurrency_defaults_to_the_cpus_and_is_bounded() {
+        let mut c = Config::default();
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.limits.decode_slots(), cpus);
+        c.limits.decode_concurrency = 3;
+        assert_eq!(c.limits.decode_slots(), 3);
+        c.validate().unwrap();
+        c.limits.decode_concurrency = 5000;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.decode_concurrency"), "{err}");
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub struct Ingest {
     /// zstd level at which a plain payload is compressed here, on the blocking pool, before it
     /// is queued (`kafka.compression = "payload_zstd"`); `None`: payloads stay as prepared.
     pub payload_zstd_level: Option<i32>,
+    /// Decode slots (`limits.decode_concurrency`, FIFO). Decoding is CPU-bound: with more
+    /// requests decoding than cores, the kernel shares the cores among all of them, so every
+    /// request in a burst finishes late, and the async workers (reading bodies, answering) and
+    /// librdkafka's threads get a thinner share too. One per core keeps the others moving and
+    /// serves a burst oldest first.
+    pub decode_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A body as received, with what the receiver learned about it.
@@ -294,7 +300,14 @@ impl Ingest {
         } = raw;
         let zstd_level = self.payload_zstd_level;
         let decoding = Instant::now();
+        let slot = self
+            .decode_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::unavailable("gateway is shutting down"))?;
         let (prepared, permit) = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let (mut prepared, mut permit) = prepare(
                 format,
                 compression,

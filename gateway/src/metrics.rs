@@ -111,7 +111,7 @@ fn describe() {
     describe_histogram!(
         REQUEST_DECODE_DURATION,
         Unit::Seconds,
-        "Decode and validation of a request on the blocking pool, queue wait included"
+        "Decode and validation of a request on the blocking pool, waits for a decode slot and a thread included"
     );
     describe_counter!(REQUEST_BYTES, Unit::Bytes, "Decompressed request bytes");
     describe_counter!(
