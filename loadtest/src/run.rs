@@ -581,6 +581,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
                 .await
                 .map_err(|e| anyhow::anyhow!("dispatcher thread failed: {e}"))?;
             if let Some(d) = deadline {
+                // With Poisson arrivals this is the expected number due, not the drawn one.
                 let due_total =
                     (d.duration_since(start).as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
                 ctx.shared.stats.lock().unwrap().due_not_sent =

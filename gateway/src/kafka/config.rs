@@ -127,7 +127,7 @@ impl Default for KafkaConfig {
             // 512-span request (~600 KB) that is a batch on its own and never shares one (two
             // do not fit): 2 ms on every answer. At 128 KiB such a request is sent at once and
             // small ones still gather for up to `linger_ms`. At 70 % of max: p50 3.0 -> 0.6 ms,
-            // p99 12-16 -> 7-9 ms, and ~7 % less gateway CPU per span (docs/benchmarks.md).
+            // p99 12-16 -> 7-10 ms, and ~7 % less gateway CPU per span (docs/benchmarks.md).
             produce_batch_bytes: 128 * 1024,
             statistics_interval_ms: 1_000,
             group_id: "tracegate-writer".into(),
