@@ -75,6 +75,10 @@ pub struct KafkaConfig {
     pub queue_max_bytes: usize,
     /// A message not acknowledged within this time fails its request (503, retryable).
     pub delivery_timeout_ms: u64,
+    /// Producer clients of the gateway, used in turn. Each has its own broker connections, and
+    /// an idempotent producer keeps at most 5 requests in flight per connection: a burst of
+    /// large requests queues behind that limit (docs/benchmarks.md, session 6).
+    pub producers: usize,
     /// How long a partition's messages wait for more before they are sent…
     pub linger_ms: u64,
     /// …unless this many bytes are already waiting (librdkafka `batch.size`): a request this
@@ -123,6 +127,7 @@ impl Default for KafkaConfig {
             // evenly spaced requests but gave p99 of 20-55 ms (and once a run that never
             // recovered) with bursty ones, as real clients are (docs/benchmarks.md, p99).
             linger_ms: 2,
+            producers: 2,
             // librdkafka's 1 MB made every message under 1 MB wait the full linger, even a
             // 512-span request (~600 KB) that is a batch on its own and never shares one (two
             // do not fit): 2 ms on every answer. At 128 KiB such a request is sent at once and
@@ -242,6 +247,12 @@ impl KafkaConfig {
             3_600_000,
         )?;
         ms("kafka.linger_ms", self.linger_ms, 0, 900_000)?;
+        if !(1..=16).contains(&self.producers) {
+            return Err(invalid(
+                "kafka.producers",
+                format!("{} is not between 1 and 16", self.producers),
+            ));
+        }
         if !(1..=1_000_000_000).contains(&self.produce_batch_bytes) {
             return Err(invalid(
                 "kafka.produce_batch_bytes",
@@ -425,6 +436,9 @@ mod tests {
         let mut k = cfg();
         k.produce_batch_bytes = 0;
         assert!(err(k).contains("kafka.produce_batch_bytes"));
+        let mut k = cfg();
+        k.producers = 0;
+        assert!(err(k).contains("kafka.producers"));
         let mut k = cfg();
         k.properties
             .insert("enable.idempotence".into(), "false".into());

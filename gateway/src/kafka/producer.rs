@@ -7,6 +7,7 @@
 //! fails its request the same way. A request that failed may still have been written (a
 //! timed-out message can land later): the layers below absorb duplicates.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,9 @@ const PROBE_UP: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Inner {
-    producer: FutureProducer<StatsContext>,
+    /// `kafka.producers` clients, used in turn; the first one reports librdkafka statistics.
+    producers: Vec<FutureProducer<StatsContext>>,
+    next: AtomicUsize,
     topic: String,
     key: PartitionKey,
     max_message_bytes: usize,
@@ -45,6 +48,12 @@ struct Inner {
 }
 
 impl Inner {
+    /// The next producer of the pool, round robin: all of one batch's messages go through it.
+    fn producer(&self) -> &FutureProducer<StatsContext> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.producers.len();
+        &self.producers[i]
+    }
+
     fn report_queue(&self) {
         let used = self.limit.saturating_sub(self.bytes.available_permits());
         metrics::gauge!(m::KAFKA_PRODUCER_QUEUE_BYTES).set(used as f64);
@@ -71,9 +80,21 @@ impl ProducerHandle {
         let _ = self.probe.await;
         let inner = self.inner.clone();
         let timeout = inner.delivery_timeout;
-        let r = tokio::task::spawn_blocking(move || inner.producer.flush(timeout)).await;
+        let r = tokio::task::spawn_blocking(move || {
+            // Flushed together: each gets what is left of the one timeout.
+            let deadline = Instant::now() + timeout;
+            let mut result = Ok(());
+            for p in &inner.producers {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Err(e) = p.flush(left) {
+                    result = Err(e);
+                }
+            }
+            result
+        })
+        .await;
         match r {
-            Ok(Ok(())) => tracing::info!("kafka producer flushed"),
+            Ok(Ok(())) => tracing::info!("kafka producers flushed"),
             Ok(Err(e)) => tracing::warn!(error = %e, "kafka producer flush incomplete"),
             Err(e) => tracing::warn!(error = %e, "kafka producer flush task failed"),
         }
@@ -84,15 +105,31 @@ impl KafkaQueue {
     /// Creates the producer and starts its reachability probe (a metadata request for the
     /// topic). Must run inside a tokio runtime.
     pub fn start(cfg: &KafkaConfig) -> anyhow::Result<(Self, ProducerHandle)> {
-        let ctx = StatsContext::new("producer");
-        let reach = ctx.reach.clone();
-        let producer: FutureProducer<StatsContext> = cfg
-            .producer_config()
-            .create_with_context(ctx)
-            .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?;
+        // One reachability for the pool: they talk to the same brokers, and a fatal error in
+        // any of them must stop the gateway from accepting.
+        let first = StatsContext::new("producer");
+        let reach = first.reach.clone();
+        let mut first = Some(first);
+        let mut producers = Vec::with_capacity(cfg.producers);
+        for _ in 0..cfg.producers {
+            let mut config = cfg.producer_config();
+            let ctx = first.take().unwrap_or_else(|| {
+                // Statistics come from the first producer only: the pool shares the load
+                // evenly, and librdkafka's counters of several clients cannot be set as one
+                // absolute value (docs/kafka.md, metrics).
+                config.set("statistics.interval.ms", "0");
+                StatsContext::with_reach("producer", reach.clone())
+            });
+            producers.push(
+                config
+                    .create_with_context(ctx)
+                    .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?,
+            );
+        }
         metrics::gauge!(m::KAFKA_PRODUCER_QUEUE_BYTES_LIMIT).set(cfg.queue_max_bytes as f64);
         let inner = Arc::new(Inner {
-            producer,
+            producers,
+            next: AtomicUsize::new(0),
             topic: cfg.topic.clone(),
             key: cfg.partition_key,
             max_message_bytes: cfg.message_max_bytes,
@@ -120,7 +157,7 @@ async fn probe_loop(inner: Arc<Inner>, stop: CancellationToken) {
     loop {
         let i = inner.clone();
         let r = tokio::task::spawn_blocking(move || {
-            i.producer
+            i.producers[0]
                 .client()
                 .fetch_metadata(Some(&i.topic), PROBE_TIMEOUT)
         })
@@ -247,11 +284,12 @@ impl BatchQueue for KafkaQueue {
             let started = Instant::now();
             let mut futures = Vec::with_capacity(msgs.len());
             let mut send_err = None;
+            let producer = inner.producer();
             for msg in &msgs {
                 let rec = FutureRecord::to(&inner.topic)
                     .key(&msg.key[..])
                     .payload(&msg.value[..]);
-                match inner.producer.send_result(rec) {
+                match producer.send_result(rec) {
                     Ok(f) => futures.push(f),
                     Err((e, _)) => {
                         send_err = Some(delivery_error(&e, inner.delivery_timeout));
@@ -260,9 +298,10 @@ impl BatchQueue for KafkaQueue {
                 }
             }
             let count = msgs.len();
-            drop(msgs); // librdkafka copied the payloads; the permit now covers its copies.
-                        // Wait in a task of its own, so the bytes stay accounted for until librdkafka is done
-                        // with them even if the client goes away.
+            // librdkafka copied the payloads; the permit now covers its copies.
+            drop(msgs);
+            // Wait in a task of its own, so the bytes stay accounted for until librdkafka is done
+            // with them even if the client goes away.
             let guard = inner.delivery_timeout + Duration::from_secs(5);
             let waiter = {
                 let inner = inner.clone();

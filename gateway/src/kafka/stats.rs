@@ -78,9 +78,14 @@ const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl StatsContext {
     pub fn new(client: &'static str) -> Self {
+        Self::with_reach(client, Arc::new(Reachability::default()))
+    }
+
+    /// A context that shares `reach` with other clients (a producer pool).
+    pub fn with_reach(client: &'static str, reach: Arc<Reachability>) -> Self {
         Self {
             client,
-            reach: Arc::new(Reachability::default()),
+            reach,
             last_error: std::sync::Mutex::new((String::new(), None, 0)),
         }
     }
