@@ -16,7 +16,8 @@
 # 70 % run (read them with scripts/metrics-per-second.py); RATE=N replaces 70 % of the max;
 # BROKERS=N test brokers (default 1); BROKER_CPU=C puts the broker on another core than the load
 # generator's; LOAD_NICE=-10 runs loadtest at a higher priority; ARRIVALS=poisson makes the 70 %
-# run's requests fall due as a Poisson process (bursty) instead of evenly spaced.
+# run's requests fall due as a Poisson process (bursty) instead of evenly spaced; THREADS=1 samples
+# the gateway's threads and core every 50 ms into $OUT/$TAG-threads.txt (scripts/thread-cpu.py).
 #
 # Pinning: the gateway (or writer) runs on CPU 0, loadtest and the test broker on CPU 1
 # (`taskset`), so the gateway's figures are not diluted by the load generator. Per-core figures
@@ -119,6 +120,12 @@ EOF
   curl -s "http://$ADMIN/metrics" > "$WORK/m0.txt"
   # SCRAPE=1: the gateway's /metrics every second of the run, to split each second's latency
   # into the gateway's handling and the Kafka delivery (scripts/metrics-per-second.py).
+  # THREADS=1: CPU time of the gateway's threads and of its core every 50 ms (scripts/thread-cpu.py,
+  # on the load core), to tell a pause from a saturated core in a latency episode.
+  if [ -n "${THREADS:-}" ]; then
+    taskset -c "$LOAD_CPU" scripts/thread-cpu.py "$OUT/$TAG-threads.txt" "$GW" "$GW_CPU" &
+    PIDS+=($!)
+  fi
   if [ -n "${SCRAPE:-}" ]; then
     mkdir -p "$OUT/$TAG-metrics"; rm -f "$OUT/$TAG-metrics"/*.txt
     ( while kill -0 "$GW" 2>/dev/null; do curl -s "http://$ADMIN/metrics" > "$OUT/$TAG-metrics/$(date +%s.%N).txt"; sleep 1; done ) &
