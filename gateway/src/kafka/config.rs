@@ -233,48 +233,41 @@ impl KafkaConfig {
                 "must be below 4 GiB".into(),
             ));
         }
-        let ms = |key: &'static str, v: u64, lo: u64, hi: u64| {
+        // Every bounded number (durations in ms, counts, sizes): the key and its range named.
+        let bounded = |key: &'static str, v: u64, lo: u64, hi: u64| {
             if v < lo || v > hi {
                 Err(invalid(key, format!("must be between {lo} and {hi}")))
             } else {
                 Ok(())
             }
         };
-        ms(
+        bounded(
             "kafka.delivery_timeout_ms",
             self.delivery_timeout_ms,
             100,
             3_600_000,
         )?;
-        ms("kafka.linger_ms", self.linger_ms, 0, 900_000)?;
-        if !(1..=16).contains(&self.producers) {
-            return Err(invalid(
-                "kafka.producers",
-                format!("{} is not between 1 and 16", self.producers),
-            ));
-        }
-        if !(1..=1_000_000_000).contains(&self.produce_batch_bytes) {
-            return Err(invalid(
-                "kafka.produce_batch_bytes",
-                format!(
-                    "{} is not between 1 and 1000000000",
-                    self.produce_batch_bytes
-                ),
-            ));
-        }
-        ms(
+        bounded("kafka.linger_ms", self.linger_ms, 0, 900_000)?;
+        bounded("kafka.producers", self.producers as u64, 1, 16)?;
+        bounded(
+            "kafka.produce_batch_bytes",
+            self.produce_batch_bytes as u64,
+            1,
+            1_000_000_000,
+        )?;
+        bounded(
             "kafka.statistics_interval_ms",
             self.statistics_interval_ms,
             100,
             3_600_000,
         )?;
-        ms(
+        bounded(
             "kafka.session_timeout_ms",
             self.session_timeout_ms,
             1_000,
             3_600_000,
         )?;
-        ms(
+        bounded(
             "kafka.batch_max_age_ms",
             self.batch_max_age_ms,
             1,
@@ -421,24 +414,23 @@ mod tests {
     fn validation_names_keys() {
         cfg().validate().unwrap();
         assert!(err(KafkaConfig::default()).contains("kafka.brokers"));
-        let mut k = cfg();
-        k.brokers = "nohost".into();
-        assert!(err(k).contains("kafka.brokers"));
-        let mut k = cfg();
-        k.topic = "a b".into();
-        assert!(err(k).contains("kafka.topic"));
-        let mut k = cfg();
-        k.message_max_bytes = 10;
-        assert!(err(k).contains("kafka.message_max_bytes"));
-        let mut k = cfg();
-        k.queue_max_bytes = 20_000;
-        assert!(err(k).contains("kafka.queue_max_bytes"));
-        let mut k = cfg();
-        k.produce_batch_bytes = 0;
-        assert!(err(k).contains("kafka.produce_batch_bytes"));
-        let mut k = cfg();
-        k.producers = 0;
-        assert!(err(k).contains("kafka.producers"));
+        // One bad value at a time; the error names its key.
+        type Spoil = fn(&mut KafkaConfig);
+        let bad: [(&str, Spoil); 7] = [
+            ("kafka.brokers", |k| k.brokers = "nohost".into()),
+            ("kafka.topic", |k| k.topic = "a b".into()),
+            ("kafka.message_max_bytes", |k| k.message_max_bytes = 10),
+            ("kafka.queue_max_bytes", |k| k.queue_max_bytes = 20_000),
+            ("kafka.produce_batch_bytes", |k| k.produce_batch_bytes = 0),
+            ("kafka.producers", |k| k.producers = 0),
+            ("kafka.producers", |k| k.producers = 17),
+        ];
+        for (key, spoil) in bad {
+            let mut k = cfg();
+            spoil(&mut k);
+            let e = err(k);
+            assert!(e.contains(key), "{key}: {e}");
+        }
         let mut k = cfg();
         k.properties
             .insert("enable.idempotence".into(), "false".into());
