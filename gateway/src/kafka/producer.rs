@@ -102,24 +102,22 @@ impl ProducerHandle {
 }
 
 impl KafkaQueue {
-    /// Creates the producer and starts its reachability probe (a metadata request for the
+    /// Creates the producers and starts their reachability probe (a metadata request for the
     /// topic). Must run inside a tokio runtime.
     pub fn start(cfg: &KafkaConfig) -> anyhow::Result<(Self, ProducerHandle)> {
         // One reachability for the pool: they talk to the same brokers, and a fatal error in
         // any of them must stop the gateway from accepting.
-        let first = StatsContext::new("producer");
-        let reach = first.reach.clone();
-        let mut first = Some(first);
+        let reach = Arc::new(Reachability::default());
         let mut producers = Vec::with_capacity(cfg.producers);
-        for _ in 0..cfg.producers {
+        for i in 0..cfg.producers {
             let mut config = cfg.producer_config();
-            let ctx = first.take().unwrap_or_else(|| {
+            if i > 0 {
                 // Statistics come from the first producer only: the pool shares the load
                 // evenly, and librdkafka's counters of several clients cannot be set as one
                 // absolute value (docs/kafka.md, metrics).
                 config.set("statistics.interval.ms", "0");
-                StatsContext::with_reach("producer", reach.clone())
-            });
+            }
+            let ctx = StatsContext::with_reach("producer", reach.clone());
             producers.push(
                 config
                     .create_with_context(ctx)
