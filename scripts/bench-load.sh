@@ -17,7 +17,9 @@
 # BROKERS=N test brokers (default 1); BROKER_CPU=C puts the broker on another core than the load
 # generator's; LOAD_NICE=-10 runs loadtest at a higher priority; ARRIVALS=poisson makes the 70 %
 # run's requests fall due as a Poisson process (bursty) instead of evenly spaced; THREADS=1 samples
-# the gateway's threads and core every 50 ms into $OUT/$TAG-threads.txt (scripts/thread-cpu.py).
+# the gateway's threads and core every 50 ms into $OUT/$TAG-threads.txt (scripts/thread-cpu.py);
+# GW_ENV='NAME=value' sets environment variables of the gateway alone; WARM_CONC=N runs the
+# 3 s warm-up with N requests in flight (default 8), which grows the gateway's heap first.
 #
 # Pinning: the gateway (or writer) runs on CPU 0, loadtest and the test broker on CPU 1
 # (`taskset`), so the gateway's figures are not diluted by the load generator. Per-core figures
@@ -60,7 +62,9 @@ start_broker() { # partitions
 
 # start_gateway CONFIG_FILE: sets GW (pid), HTTP, GRPC, ADMIN, KEY
 start_gateway() {
-  RUST_LOG=warn taskset -c "$GW_CPU" "$BIN/tracegate" serve --config "$1" --data-dir "$WORK/gw" \
+  # GW_ENV='NAME=value …' sets environment variables for the gateway only (e.g. GLIBC_TUNABLES),
+  # so loadtest and the broker keep theirs.
+  env RUST_LOG=warn ${GW_ENV:-} taskset -c "$GW_CPU" "$BIN/tracegate" serve --config "$1" --data-dir "$WORK/gw" \
     --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 > "$WORK/gw.out" 2>"$WORK/gw.err" &
   GW=$!; PIDS+=($GW)
   wait_line "$WORK/gw.out" "tracegate listening" 30
@@ -103,7 +107,7 @@ EOF
   TAG="gateway-$TRANSPORT-$COMP"
   EP="http://$HTTP"
   # warm-up
-  load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" --duration 3s --concurrency 8 --body-pool 16 >/dev/null
+  load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" --duration 3s --concurrency "${WARM_CONC:-8}" --body-pool 16 >/dev/null
   # max: closed loop, 8 in flight; pre-built bodies (no per-request render/compress in loadtest)
   load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" \
     --duration "${MAX_SECS:-20}s" --concurrency "${MAX_CONC:-16}" --body-pool 16 --watch-pid "$GW:gateway" $(watch_broker) \
@@ -135,6 +139,9 @@ EOF
     --duration "${RATE_SECS:-30}s" --rate "$RATE" --arrivals "${ARRIVALS:-even}" --watch-pid "$GW:gateway" $(watch_broker) "${POOL[@]}" \
     --report "$OUT/$TAG-70pct.json" --plot "$OUT/$TAG-70pct.svg"
   echo "70%   $TAG at $RATE spans/s: $(summary "$OUT/$TAG-70pct.json") $(broker_cpu "$OUT/$TAG-70pct.json")"
+  # Minor page faults of the gateway since it started (field 10 of /proc/PID/stat): a burst that
+  # needs more heap than the gateway has touched so far shows here (docs/benchmarks.md).
+  echo "gateway minor page faults so far: $(awk '{print $10}' "/proc/$GW/stat" 2>/dev/null)"
   jq_ "$OUT/$TAG-70pct.json" '"p99 per second (ms): " + " ".join("%.0f" % p["latency"]["p99_ms"] for p in r["series"])'
   # The gateway's own view of the same run (from the request's headers to its answer): how many
   # requests took over 10 / 25 / 50 ms, next to loadtest's (from the intended send time).

@@ -157,6 +157,11 @@ pub struct LimitsConfig {
     /// Requests decoded and validated at once; more wait their turn, oldest first. 0: one per
     /// CPU this process may run on.
     pub decode_concurrency: usize,
+    /// Heap made resident at start-up (0: off; at most 1 GiB and twice `max_inflight_bytes`).
+    /// A burst that needs more memory than the heap has held so far otherwise pays a page
+    /// fault per 4 KiB while it is behind. RSS starts near this much; the process then uses
+    /// one malloc arena (docs/operations.md, Memory).
+    pub prefault_bytes: usize,
 }
 
 impl LimitsConfig {
@@ -182,6 +187,7 @@ impl Default for LimitsConfig {
             max_events_per_span: 1024,
             max_links_per_span: 1024,
             decode_concurrency: 0,
+            prefault_bytes: 0,
         }
     }
 }
@@ -435,6 +441,15 @@ impl Config {
                 message: format!("{} is over 1024 (0 = one per CPU)", l.decode_concurrency),
             });
         }
+        if l.prefault_bytes > (1 << 30) || l.prefault_bytes > 2 * l.max_inflight_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.prefault_bytes",
+                message: format!(
+                    "{} is over 1 GiB or over twice limits.max_inflight_bytes ({}), more than requests in flight can use",
+                    l.prefault_bytes, l.max_inflight_bytes
+                ),
+            });
+        }
         positive("limits.max_attribute_depth", l.max_attribute_depth as u64)?;
         if l.max_inflight_bytes < l.max_request_bytes {
             return Err(ConfigError::Invalid {
@@ -520,6 +535,46 @@ mod tests {
             .to_string()
     }
 
+    /// The configs shipped under deploy/ load and validate: a key renamed or a bound tightened
+    /// here must not leave them broken (Helm's are embedded in values.yaml as `config: |`).
+    #[test]
+    fn deploy_configs_load() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = vec![
+            deploy.join("kubernetes/base/gateway.toml"),
+            deploy.join("kubernetes/base/writer.toml"),
+            deploy.join("compose/tracegate.toml"),
+        ];
+        let values = std::fs::read_to_string(deploy.join("helm/tracegate/values.yaml")).unwrap();
+        let mut block: Option<String> = None;
+        for line in values.lines().chain(std::iter::once("end:")) {
+            if let Some(b) = block.as_mut() {
+                if line.is_empty() || line.starts_with("    ") {
+                    b.push_str(line.strip_prefix("    ").unwrap_or(line));
+                    b.push('\n');
+                    continue;
+                }
+                let path = dir.path().join(format!("helm-{}.toml", files.len()));
+                std::fs::write(&path, block.take().unwrap()).unwrap();
+                files.push(path);
+            }
+            if line == "  config: |" {
+                block = Some(String::new());
+            }
+        }
+        assert_eq!(files.len(), 5, "two configs in values.yaml");
+        for f in &files {
+            let toml = std::fs::read_to_string(f).unwrap();
+            let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(&toml))
+                .extract()
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            cfg.validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        }
+    }
+
     /// An env provider that sees no variables, so tests do not depend on the caller's env.
     fn no_env() -> Env {
         Env::prefixed("TRACEGATE_UNIT_TEST_NOTHING_").split("__")
@@ -586,6 +641,21 @@ mod tests {
         c.limits.decode_concurrency = 5000;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("limits.decode_concurrency"), "{err}");
+    }
+
+    #[test]
+    fn prefault_is_bounded_by_what_requests_in_flight_can_use() {
+        let mut c = Config::default();
+        assert_eq!(c.limits.prefault_bytes, 0);
+        c.limits.prefault_bytes = 2 * c.limits.max_inflight_bytes;
+        c.validate().unwrap();
+        c.limits.prefault_bytes += 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.prefault_bytes"), "{err}");
+        c.limits.max_inflight_bytes = 4 << 30;
+        c.limits.prefault_bytes = (1 << 30) + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.prefault_bytes"), "{err}");
     }
 
     #[test]
