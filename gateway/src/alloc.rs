@@ -61,9 +61,9 @@ fn apply() {
 /// Pre-faulting works in chunks this size (below `MMAP_THRESHOLD`, so they come from an arena).
 const PREFAULT_CHUNK: usize = 4 << 20;
 
-/// Sets the allocator up for `limits.prefault_bytes = total` and returns how much to make
-/// resident (0: nothing, when `total` is 0 or the operator tuned malloc: with their mmap
-/// threshold the chunks might be mapped and unmapped again). Call once, before other threads
+/// `limits.prefault_bytes = total`: sets the allocator up for it and makes `total` of heap
+/// resident. Returns false (nothing done) when the operator tuned malloc: with their mmap
+/// threshold the chunks might be mapped and unmapped again. Call once, before other threads
 /// start.
 ///
 /// The process gets a single arena then: glibc hands threads arenas as they first allocate and
@@ -72,9 +72,12 @@ const PREFAULT_CHUNK: usize = 4 << 20;
 /// its episode that way). The hot path makes a handful of large allocations per request, so the
 /// shared arena lock costs little; small ones come from each thread's cache without it. The
 /// trim threshold is raised above `total`, or freeing it would hand it straight back.
-pub fn prefault_plan(total: usize) -> usize {
-    if total == 0 || !TUNED.load(Ordering::Relaxed) {
-        return 0;
+pub fn prefault(total: usize) -> bool {
+    if total == 0 {
+        return true;
+    }
+    if !TUNED.load(Ordering::Relaxed) {
+        return false;
     }
     let total = total.next_multiple_of(PREFAULT_CHUNK);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -84,18 +87,19 @@ pub fn prefault_plan(total: usize) -> usize {
         let trim = (total + 2 * PREFAULT_CHUNK).max(TRIM_THRESHOLD as usize);
         libc::mallopt(libc::M_TRIM_THRESHOLD, trim.min(i32::MAX as usize) as i32);
     }
-    total
+    prefault_heap(total);
+    true
 }
 
 /// Makes `bytes` of this thread's malloc arena resident, then frees it: the memory stays
-/// mapped (under the trim threshold, see `prefault_plan`), so later allocations reuse it
+/// mapped (under the trim threshold, see `prefault`), so later allocations reuse it
 /// without page faults (`limits.prefault_bytes`, docs/operations.md, Memory).
 ///
 /// Why: a burst that needs more in-flight memory than the heap has ever held pays a first-touch
 /// fault for every 4 KiB page of it, serialised on the process's memory map, exactly when the
 /// gateway is behind; at 70 % load with bursty arrivals that turned a few ms of backlog into
 /// 50-280 ms episodes (docs/benchmarks.md, issue 8, session 7).
-pub fn prefault_heap(bytes: usize) {
+fn prefault_heap(bytes: usize) {
     if bytes == 0 {
         return;
     }
@@ -158,7 +162,7 @@ mod tests {
         // allocator settings as the gateway has them.
         std::thread::spawn(|| {
             super::apply();
-            // Not `prefault_plan`: one arena for the whole test process is not this test's call.
+            // Not `prefault`: one arena for the whole test process is not this test's call.
             super::prefault_heap(64 << 20);
             let before = minor_faults();
             // 48 MiB of 1 MiB buffers written through: with the arena warm, no page faults.

@@ -73,11 +73,8 @@ fn blocking_threads() -> usize {
 }
 
 fn serve(cfg: tracegate::config::Config) -> anyhow::Result<()> {
-    // Before any other thread: the allocator is set up for it and the heap made resident
-    // (tracegate::alloc::prefault_plan).
-    let prefault = tracegate::alloc::prefault_plan(cfg.limits.prefault_bytes);
-    tracegate::alloc::prefault_heap(prefault);
-    if prefault == 0 && cfg.limits.prefault_bytes > 0 {
+    // Before any other thread: the allocator is set up for it (tracegate::alloc::prefault).
+    if !tracegate::alloc::prefault(cfg.limits.prefault_bytes) {
         tracing::warn!("limits.prefault_bytes is ignored: malloc is tuned by the environment");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
