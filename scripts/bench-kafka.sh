@@ -19,7 +19,7 @@ PARTS="${4:-32}"
 PROTOCOL="${PROTOCOL:-http}"
 TOPIC=bench
 BIN="${CARGO_TARGET_DIR:-target}/release"
-cargo build --release -q -p tracegate -p loadtest
+cargo build --release -q -p tracegate -p tracegate-testkit -p loadtest
 
 WORK="$(mktemp -d /tmp/tracegate-bench-kafka.XXXXXX)"
 PIDS=()

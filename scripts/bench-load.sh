@@ -34,7 +34,7 @@ OUT="${OUT:-bench-out}"
 SPR="${SPANS_PER_REQUEST:-512}"
 GW_CPU="${GW_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
-[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p tracegate -p loadtest
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p tracegate -p tracegate-testkit -p loadtest
 mkdir -p "$OUT"
 WORK="$(mktemp -d /tmp/tracegate-bench-load.XXXXXX)"
 PIDS=()

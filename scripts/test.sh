@@ -11,17 +11,28 @@ TEST_TIMEOUT="${TRACEGATE_TEST_TIMEOUT:-2400}"
 # Install what is missing on a fresh machine (PostgreSQL, openssl, compilers); a no-op otherwise.
 bash scripts/deps.sh
 
+# The profile the tests build with: dev by default; CI sets TRACEGATE_TEST_PROFILE=release (with
+# fast-to-compile CARGO_PROFILE_RELEASE_* settings) so the README's `cargo run --release` and the
+# tests share one build.
+profile=()
+[ "${TRACEGATE_TEST_PROFILE:-dev}" = release ] && profile=(--release)
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy "${profile[@]}" --workspace --all-targets --locked -- -D warnings
+
+echo "== cargo build -p tracegate-testkit"
+# The Kafka test broker is a binary of another package (never shipped): cargo hands the tests
+# only their own package's binaries, so it is built first, on the tests' profile.
+cargo build "${profile[@]}" --locked -p tracegate-testkit
 
 echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
-timeout --signal=KILL "$TEST_TIMEOUT" cargo test --workspace --locked --lib --bins --tests \
+timeout --signal=KILL "$TEST_TIMEOUT" cargo test "${profile[@]}" --workspace --locked --lib --bins --tests \
   -- --test-threads="${TRACEGATE_TEST_THREADS:-4}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e

@@ -330,7 +330,7 @@ pub async fn keys(cmd: KeysCommand, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
-/// On first start (no keys yet)/// On first start (no keys yet) creates project `default` with one key and prints it once.
+/// On first start (no keys yet) creates project `default` with one key and prints it once.
 pub async fn bootstrap_first_key(
     cfg: &Config,
     http: SocketAddr,

@@ -5,8 +5,10 @@
 //!   restarted writer must produce exactly the batch ids that the dead one was writing, even
 //!   though more messages arrived meanwhile (which would cut differently). While the sink
 //!   fails, the partition is paused (backpressure). A negative control runs the same scenario
-//!   with the recorded intents ignored (`TG_TEST_WRITER_IGNORE_INTENT=1`) and must see different
-//!   ids: without it the test would prove nothing.
+//!   but erases the recorded intents while the writer is dead (it commits the same offsets with
+//!   empty metadata as an outside group client, as an operator's offset reset would) and must
+//!   see different ids: without it the test would prove nothing. The shipped binary has no
+//!   switch for this.
 //! * Under load: the writer is killed three times while batches flow; afterwards the archive
 //!   objects of each partition cover disjoint offset ranges (a rewritten batch is the same batch,
 //!   never an overlapping one), every acknowledged span is there, and none twice.
@@ -87,7 +89,7 @@ struct MidBatch {
     names: Vec<String>,
 }
 
-fn run_mid_batch_kill(topic: &str, ignore_intent: bool) -> MidBatch {
+fn run_mid_batch_kill(topic: &str, erase_intents: bool) -> MidBatch {
     let broker = TestBroker::start(&[(topic, 2)]);
     let gw_dir = tempfile::Builder::new()
         .prefix("tg-kwk-gw-")
@@ -175,11 +177,10 @@ fn run_mid_batch_kill(topic: &str, ignore_intent: bool) -> MidBatch {
 
     writer.kill9();
     std::fs::remove_file(&blocker).unwrap();
-    let mut restart_env = env.clone();
-    if ignore_intent {
-        restart_env.push(("TG_TEST_WRITER_IGNORE_INTENT".to_string(), "1".to_string()));
+    if erase_intents {
+        erase_intents_of(&broker.bootstrap, topic, 2);
     }
-    let mut writer = Writer::start(wr_dir.path(), None, &common::env_refs(&restart_env));
+    let mut writer = Writer::start(wr_dir.path(), None, &env_refs);
     let (missing, records) =
         common::wait_for_spans(wr_dir.path(), &project, &names, Duration::from_secs(60));
     assert!(
@@ -229,7 +230,52 @@ fn writer_killed_mid_batch_rewrites_the_same_batch_ids() {
     assert!(counts.values().all(|n| *n == 1), "duplicated spans");
 }
 
-/// Negative control: with the intents ignored, the restarted writer cuts the backlog by its
+/// Commits every partition's committed offset again with empty metadata, from a client outside
+/// the writer (assign mode, the writer's group id): the intents are gone, the offsets stay. The
+/// dead writer's membership has to expire first, so this retries until the broker accepts it.
+fn erase_intents_of(bootstrap: &str, topic: &str, partitions: i32) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "tracegate-writer")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("outside group client");
+    let mut all = TopicPartitionList::new();
+    for p in 0..partitions {
+        all.add_partition(topic, p);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let attempt = consumer
+            .committed_offsets(all.clone(), Duration::from_secs(5))
+            .and_then(|got| {
+                let mut erased = TopicPartitionList::new();
+                for e in got.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        erased
+                            .add_partition_offset(topic, e.partition(), Offset::Offset(o))
+                            .expect("offset");
+                    }
+                }
+                assert!(erased.count() > 0, "the dead writer had committed nothing");
+                consumer.commit(&erased, CommitMode::Sync)?;
+                // Read back: the metadata must really be gone.
+                let after = consumer.committed_offsets(all.clone(), Duration::from_secs(5))?;
+                Ok(after.elements().iter().all(|e| e.metadata().is_empty()))
+            });
+        match attempt {
+            Ok(true) => return,
+            Ok(false) | Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500))
+            }
+            other => panic!("could not erase the writer's intents: {other:?}"),
+        }
+    }
+}
+
+/// Negative control: with the intents erased, the restarted writer cuts the backlog by its
 /// limits and the batch the dead writer was writing never reappears under its id.
 #[test]
 fn negative_control_without_intents_the_batch_ids_change() {

@@ -282,14 +282,7 @@ struct Driver {
     shared: Arc<Shared>,
     quarantine: PathBuf,
     shutdown_timeout: Duration,
-    /// Negative control for the crash tests only (env [`IGNORE_INTENT_ENV`]).
-    ignore_intent: bool,
 }
-
-/// Test-only switch: `1` makes the writer ignore recorded intents when it resumes a partition,
-/// so that the writer-crash test can show that without them a re-read batch gets a different
-/// id (and is duplicated). Never set it anywhere else.
-pub const IGNORE_INTENT_ENV: &str = "TG_TEST_WRITER_IGNORE_INTENT";
 
 impl Driver {
     fn run(mut self) {
@@ -449,7 +442,7 @@ impl Driver {
                         continue;
                     }
                     part.intent = match (e.offset(), parse_intent(e.metadata())) {
-                        (Offset::Offset(c), Some(end)) if end >= c && !self.ignore_intent => {
+                        (Offset::Offset(c), Some(end)) if end >= c => {
                             tracing::info!(topic = %tp.0, partition = tp.1, first = c, last = end, "resuming a batch that was cut before");
                             Intent::End(end)
                         }
@@ -1044,7 +1037,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let mut sinks: Vec<Arc<dyn Sink>> = vec![crate::archive::store::archive_sink(&config)?];
     // ClickHouse (docs/clickhouse.md): the group id `topic:partition:first-last` is the insert
     // deduplication token, so a range re-read after a crash is dropped by ClickHouse.
-    let clickhouse_stop = crate::clickhouse::sink::from_config(&config).map(|(sink, stop)| {
+    let clickhouse_stop = crate::clickhouse::sink::from_config(&config)?.map(|(sink, stop)| {
         sinks.push(sink);
         stop
     });
@@ -1097,14 +1090,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         shared: shared.clone(),
         quarantine: data_dir.join("kafka-quarantine"),
         shutdown_timeout: Duration::from_millis(config.server.shutdown_timeout_ms),
-        ignore_intent: std::env::var(IGNORE_INTENT_ENV).is_ok_and(|v| v == "1"),
     };
-    if driver.ignore_intent {
-        tracing::warn!(
-            "{IGNORE_INTENT_ENV}=1: recorded batch intents are IGNORED (test negative control); \
-             re-read batches will get new ids and be duplicated"
-        );
-    }
     let (fin_tx, fin_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("kafka-writer".into())

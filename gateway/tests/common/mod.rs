@@ -394,8 +394,18 @@ pub fn create_key_in(data_dir: &Path, project: &str) -> String {
 
 /// `tracegate archive cat [--project P] --data-dir D`, one JSON value per non-empty line.
 pub fn archive_spans_in(data_dir: &Path, project: Option<&str>) -> Vec<serde_json::Value> {
+    archive_cat(data_dir, project, &[])
+}
+
+/// The spans of the ClickHouse dead-letter area (`archive cat --dead-letters`).
+pub fn dead_letter_spans_in(data_dir: &Path) -> Vec<serde_json::Value> {
+    archive_cat(data_dir, None, &["--dead-letters"])
+}
+
+fn archive_cat(data_dir: &Path, project: Option<&str>, extra: &[&str]) -> Vec<serde_json::Value> {
     let dir = data_dir.to_str().expect("utf-8 data dir");
     let mut args = vec!["archive", "cat"];
+    args.extend_from_slice(extra);
     if let Some(p) = project {
         args.push("--project");
         args.push(p);
@@ -985,9 +995,24 @@ pub fn pg_query_text(url: &str, sql: &str, params: &[&str]) -> Result<Vec<Vec<St
 // Kafka transport: the test broker, `tracegate write`, and a retrying load generator
 // ---------------------------------------------------------------------------------------------
 
-/// Path of the test broker binary (librdkafka's mock cluster in a process).
-pub fn broker_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tracegate-test-broker")
+/// Path of the test broker binary (librdkafka's mock cluster in a process). It belongs to the
+/// `tracegate-testkit` package, so cargo does not hand its path to this package's tests: it sits
+/// beside the `tracegate` binary in the same target directory (`cargo test --workspace` and
+/// `cargo build --workspace` build it).
+pub fn broker_bin() -> std::path::PathBuf {
+    let dir = std::path::Path::new(bin())
+        .parent()
+        .expect("the tracegate binary has a directory");
+    let path = dir.join(format!(
+        "tracegate-test-broker{}",
+        std::env::consts::EXE_SUFFIX
+    ));
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p tracegate-testkit` (same profile as the tests)",
+        path.display()
+    );
+    path
 }
 
 /// A running `tracegate-test-broker`; commands go to its stdin, answers come from its stdout.
@@ -2051,6 +2076,14 @@ impl Drop for SwitchProxy {
 
 /// File names under `dir`, recursively.
 pub fn walk_names(dir: &Path) -> Vec<String> {
+    walk_files(dir)
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+        .collect()
+}
+
+/// File paths under `dir`, recursively.
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -2061,8 +2094,8 @@ pub fn walk_names(dir: &Path) -> Vec<String> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
-                out.push(n.to_string());
+            } else {
+                out.push(p);
             }
         }
     }

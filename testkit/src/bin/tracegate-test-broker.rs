@@ -1,6 +1,7 @@
-//! Test support: a Kafka broker for tests and local experiments, hosting librdkafka's mock
-//! cluster (`rdkafka::mocking::MockCluster`) in its own process, so the gateway and the writer
-//! talk to it over TCP exactly as they would to Kafka. No real Kafka is needed.
+//! Test support (package `tracegate-testkit`, never in the shipped package or image): a Kafka
+//! broker for tests and local experiments, hosting librdkafka's mock cluster
+//! (`rdkafka::mocking::MockCluster`) in its own process, so the gateway and the writer talk to
+//! it over TCP exactly as they would to Kafka. No real Kafka is needed.
 //!
 //! ```text
 //! tracegate-test-broker [--brokers N] [--topic NAME:PARTITIONS]...
