@@ -879,8 +879,33 @@ fn rejected_batch_is_dead_lettered_and_does_not_block() {
             .starts_with("tracegate_clickhouse_dead_letter_batches_total{reason=\"rejected\"} 1")),
         "{metrics}"
     );
-    let dead = common::archive_spans_in(&gw.data_dir.join("clickhouse-dead-letter"), None);
+    let dead = common::dead_letter_spans_in(&gw.data_dir);
     assert_eq!(common::span_names(&dead), vec!["poison"]);
+    // Dead letters are archive objects like any other: encrypted (v2), under the tenant's
+    // directory of the dead-letter area, and no span text is readable in the raw bytes.
+    let area = gw.data_dir.join("archive").join(".clickhouse-dead-letter");
+    let files = common::walk_files(&area);
+    assert_eq!(files.len(), 1, "one dead-letter object: {files:?}");
+    assert!(
+        files[0]
+            .components()
+            .any(|c| c.as_os_str() == project.as_str()),
+        "the dead letter is not under its project: {files:?}"
+    );
+    let raw = std::fs::read(&files[0]).unwrap();
+    assert!(raw.starts_with(b"TGA2"), "not a v2 (encrypted) object");
+    // (The header's encryption context names the tenant in clear, by design; the spans are not.)
+    for plain in [&b"poison"[..], &common::trace_id(1002)[..]] {
+        assert!(
+            !raw.windows(plain.len()).any(|w| w == plain),
+            "plaintext {:?} in the dead-letter object",
+            String::from_utf8_lossy(plain)
+        );
+    }
+    // The archive's own listing does not mix dead letters in with the spans.
+    let archived = common::archive_spans_in(&gw.data_dir, Some(&project));
+    assert!(common::span_names(&archived).contains(&"poison".to_string()));
+    assert_eq!(archived.len(), 4);
     // The writer goes on.
     let (status, _, _) = common::post_protobuf(&gw, &key, &common::request_n("after", 5000, 3));
     assert_eq!(status, 200);

@@ -29,6 +29,9 @@ pub enum ArchiveCommand {
         /// Last UTC date (YYYY-MM-DD) to include.
         #[arg(long, value_parser = parse_date)]
         to: Option<NaiveDate>,
+        /// The ClickHouse dead-letter area instead of the archive.
+        #[arg(long)]
+        dead_letters: bool,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -40,6 +43,9 @@ pub enum ArchiveCommand {
         from: Option<NaiveDate>,
         #[arg(long, value_parser = parse_date)]
         to: Option<NaiveDate>,
+        /// The ClickHouse dead-letter area instead of the archive.
+        #[arg(long)]
+        dead_letters: bool,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -90,10 +96,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn replay_sinks(cfg: &Config) -> Result<Vec<Arc<dyn Sink>>> {
     let mut sinks: Vec<Arc<dyn Sink>> = vec![];
     if let Some(ch) = &cfg.clickhouse {
+        let dead_letter = Arc::new(ArchiveStore::open_dead_letters(cfg, true)?);
         sinks.push(Arc::new(crate::clickhouse::sink::ClickHouseSink::new(
             ch,
-            &cfg.server.data_dir,
-            cfg.writer.compression_level,
+            dead_letter,
         )));
     }
     Ok(sinks)
@@ -105,21 +111,25 @@ pub fn run(cmd: ArchiveCommand, out: &mut impl Write) -> Result<()> {
             project,
             from,
             to,
+            dead_letters,
             common,
         } => {
             let cfg = common.load()?;
             let f = Filter { project, from, to };
-            runtime()?.block_on(ls(&cfg, &f, out))
+            let store = open_for_reading(&cfg, dead_letters)?;
+            runtime()?.block_on(ls(&store, &f, out))
         }
         ArchiveCommand::Cat {
             project,
             from,
             to,
+            dead_letters,
             common,
         } => {
             let cfg = common.load()?;
             let f = Filter { project, from, to };
-            runtime()?.block_on(cat(&cfg, &f, out))
+            let store = open_for_reading(&cfg, dead_letters)?;
+            runtime()?.block_on(cat(&store, &f, out))
         }
         ArchiveCommand::Replay {
             from,
@@ -170,8 +180,16 @@ pub fn run(cmd: ArchiveCommand, out: &mut impl Write) -> Result<()> {
     }
 }
 
-async fn ls(cfg: &Config, f: &Filter, out: &mut impl Write) -> Result<()> {
-    let store = ArchiveStore::open(cfg, false)?;
+/// The archive, or its ClickHouse dead-letter area, for `ls` and `cat`.
+fn open_for_reading(cfg: &Config, dead_letters: bool) -> Result<ArchiveStore> {
+    if dead_letters {
+        ArchiveStore::open_dead_letters(cfg, false)
+    } else {
+        ArchiveStore::open(cfg, false)
+    }
+}
+
+async fn ls(store: &ArchiveStore, f: &Filter, out: &mut impl Write) -> Result<()> {
     let objects = store.list(f).await?;
     let mut failed = 0usize;
     for o in &objects {
@@ -207,8 +225,7 @@ async fn ls(cfg: &Config, f: &Filter, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
-async fn cat(cfg: &Config, f: &Filter, out: &mut impl Write) -> Result<()> {
-    let store = ArchiveStore::open(cfg, false)?;
+async fn cat(store: &ArchiveStore, f: &Filter, out: &mut impl Write) -> Result<()> {
     for o in store.list(f).await? {
         let c = store.read(&o).await?;
         for (_, batch) in &c.batches {

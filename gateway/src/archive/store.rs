@@ -37,6 +37,12 @@ use crate::queue::sink::{Sink, WriteGroup};
 
 pub const OBJECT_EXT: &str = "tga";
 
+/// The first key segment of the ClickHouse dead-letter area, inside the archive's own location
+/// (`<prefix>/.clickhouse-dead-letter/<org>/<project>/…`). Org names never start with '.', so
+/// no tenant can own it, and the archive's listing (exactly six segments under its prefix) never
+/// sees a dead letter as a span object.
+pub const DEAD_LETTER_SEGMENT: &str = ".clickhouse-dead-letter";
+
 /// Tenants of one group written concurrently.
 const TENANT_CONCURRENCY: usize = 8;
 
@@ -225,9 +231,20 @@ impl ArchiveStore {
         })
     }
 
+    /// The ClickHouse dead-letter area of the configured archive: the same backend, keys (keyring
+    /// or KMS, per tenant) and encryption as the archive, under [`DEAD_LETTER_SEGMENT`].
+    pub fn open_dead_letters(config: &Config, for_writing: bool) -> Result<Self> {
+        let mut store = Self::open(config, for_writing)?;
+        store.prefix.push(DEAD_LETTER_SEGMENT.to_string());
+        Ok(store)
+    }
+
     pub fn describe(&self) -> String {
         match &self.backend {
-            Backend::Local { root, .. } => format!("file://{}", root.display()),
+            Backend::Local { root, .. } => {
+                let path = self.prefix.iter().fold(root.clone(), |p, s| p.join(s));
+                format!("file://{}", path.display())
+            }
             Backend::S3 { bucket, .. } => format!("s3://{bucket}/{}", self.prefix.join("/")),
         }
     }

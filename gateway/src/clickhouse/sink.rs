@@ -21,7 +21,6 @@
 //!   blocks the rest.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,7 @@ use tracegate_proto::v1::Batch;
 use super::config::{ClickHouseConfig, InsertCompression};
 use super::rows::{EncodeOptions, Encoded, Encoder};
 use super::schema;
-use crate::archive::local::LocalArchive;
+use crate::archive::store::ArchiveStore;
 use crate::metrics as m;
 use crate::queue::sink::{Sink, WriteGroup};
 
@@ -202,7 +201,7 @@ struct Inner {
     client: clickhouse::Client,
     spans_sql: String,
     payloads_sql: String,
-    dead_letter: LocalArchive,
+    dead_letter: Arc<ArchiveStore>,
     stopping: CancellationToken,
     opts: EncodeOptions,
 }
@@ -212,8 +211,9 @@ pub struct ClickHouseSink {
 }
 
 impl ClickHouseSink {
-    /// `data_dir` holds the dead-letter archive (`<data_dir>/clickhouse-dead-letter`).
-    pub fn new(cfg: &ClickHouseConfig, data_dir: &Path, compression_level: i32) -> Self {
+    /// `dead_letter` is the archive's dead-letter area ([`ArchiveStore::open_dead_letters`]):
+    /// batches ClickHouse refuses are kept there, encrypted like every archive object.
+    pub fn new(cfg: &ClickHouseConfig, dead_letter: Arc<ArchiveStore>) -> Self {
         let client = insert_client(cfg);
         Self {
             inner: Arc::new(Inner {
@@ -227,10 +227,7 @@ impl ClickHouseSink {
                     schema::PAYLOADS_TABLE,
                     schema::PAYLOAD_COLUMNS,
                 ),
-                dead_letter: LocalArchive::new(
-                    &data_dir.join("clickhouse-dead-letter"),
-                    compression_level,
-                ),
+                dead_letter,
                 stopping: CancellationToken::new(),
                 opts: EncodeOptions {
                     payload_threshold_bytes: cfg.payload_threshold_bytes,
@@ -255,13 +252,18 @@ impl ClickHouseSink {
 }
 
 /// The sink for `config.clickhouse`, if configured, with the token that stops its retries at
-/// shutdown (cancel it after the sources have drained, before the writer's last flush). The
-/// dead-letter archive goes under `config.server.data_dir`.
-pub fn from_config(config: &crate::config::Config) -> Option<(Arc<dyn Sink>, CancellationToken)> {
-    let ch = config.clickhouse.as_ref()?;
-    let sink = ClickHouseSink::new(ch, &config.server.data_dir, config.writer.compression_level);
+/// shutdown (cancel it after the sources have drained, before the writer's last flush). Dead
+/// letters go to the dead-letter area of `config.archive`.
+pub fn from_config(
+    config: &crate::config::Config,
+) -> Result<Option<(Arc<dyn Sink>, CancellationToken)>> {
+    let Some(ch) = config.clickhouse.as_ref() else {
+        return Ok(None);
+    };
+    let dead_letter = Arc::new(ArchiveStore::open_dead_letters(config, true)?);
+    let sink = ClickHouseSink::new(ch, dead_letter);
     let stop = sink.stop_token();
-    Some((Arc::new(sink), stop))
+    Ok(Some((Arc::new(sink), stop)))
 }
 
 impl Sink for ClickHouseSink {
@@ -367,10 +369,13 @@ impl Inner {
         dead: &BTreeMap<usize, &'static str>,
     ) -> Result<()> {
         let batches: Vec<Batch> = dead.keys().map(|i| group.batches[*i].clone()).collect();
-        let archive = self.dead_letter.clone();
-        let id = group.id.clone();
-        tokio::task::spawn_blocking(move || archive.write(&id, &batches))
-            .await?
+        let dead_group = WriteGroup {
+            id: group.id.clone(),
+            batches,
+        };
+        self.dead_letter
+            .write_group(Arc::new(dead_group))
+            .await
             .context("writing the ClickHouse dead-letter archive")?;
         for reason in dead.values() {
             metrics::counter!(m::CLICKHOUSE_DEAD_LETTER_BATCHES, "reason" => *reason).increment(1);
