@@ -92,7 +92,19 @@ mod tests {
     fn own_process_has_cpu_and_rss() {
         let s = super::sample(std::process::id()).unwrap();
         assert!(s.rss_kib > 0);
-        assert!(s.cpu_secs >= 0.0);
+        // Burn ~200 ms of CPU: the next sample must show it (clock ticks are 10 ms).
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let later = super::sample(std::process::id()).unwrap();
+        assert!(
+            later.cpu_secs - s.cpu_secs >= 0.05,
+            "CPU time did not grow: {} -> {}",
+            s.cpu_secs,
+            later.cpu_secs
+        );
         assert!(super::sample(u32::MAX).is_none());
     }
 }
