@@ -222,9 +222,33 @@ pub fn decode(format: Format, body: &[u8]) -> Result<ExportTraceServiceRequest, 
                 return Err(ApiError::invalid("malformed JSON: empty body"));
             }
             // serde_json stops at nesting depth 128, so deep JSON cannot exhaust the stack.
-            serde_json::from_slice(body)
-                .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))
+            serde_json::from_slice(body).or_else(|e| {
+                // The proto3 JSON mapping reads `null` as the field's default value; the
+                // generated types refuse it, so a body that failed and holds a `null` is read
+                // again with its null fields dropped. Only then: the common path pays nothing.
+                if !body.windows(4).any(|w| w == b"null") {
+                    return Err(ApiError::invalid(format!("malformed JSON: {e}")));
+                }
+                let mut value: serde_json::Value = serde_json::from_slice(body)
+                    .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
+                drop_null_fields(&mut value);
+                serde_json::from_value(value)
+                    .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))
+            })
         }
+    }
+}
+
+/// Removes every object member whose value is `null`, at any depth (serde_json bounds the
+/// depth at 128). A `null` element of an array stays: proto3 JSON has no null list element.
+fn drop_null_fields(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, x| !x.is_null());
+            map.values_mut().for_each(drop_null_fields);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_null_fields),
+        _ => {}
     }
 }
 
@@ -232,6 +256,23 @@ pub fn decode(format: Format, body: &[u8]) -> Result<ExportTraceServiceRequest, 
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn json_null_fields_read_as_their_defaults() {
+        let body = br#"{"resourceSpans":[{"resource":null,"schemaUrl":null,"scopeSpans":[{"scope":null,"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":null,"events":null,"status":null,"kind":null,"attributes":[{"key":"k","value":null}]}]}]}]}"#;
+        let req = decode(Format::Json, body).unwrap();
+        let span = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.name, "");
+        assert_eq!(span.kind, 0);
+        assert!(req.resource_spans[0].resource.is_none());
+        assert_eq!(span.attributes.len(), 1);
+        assert!(decode(Format::Json, br#"{"resourceSpans":null}"#)
+            .unwrap()
+            .resource_spans
+            .is_empty());
+        // A null list element is not a proto3 JSON value.
+        assert!(decode(Format::Json, br#"{"resourceSpans":[null]}"#).is_err());
+    }
 
     fn gzip(data: &[u8]) -> Bytes {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
