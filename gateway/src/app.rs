@@ -105,7 +105,7 @@ pub async fn run(
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let audit = Audit::from_config(&config)?;
-    let _audit_flusher =
+    let audit_flusher =
         audit.spawn_flusher(Duration::from_millis(config.audit.aggregate_window_ms));
     let store = open_key_store(&config).await?;
     let pepper = load_pepper(&config, true)?;
@@ -126,7 +126,7 @@ pub async fn run(
     // ClickHouse sink (docs/clickhouse.md): after the archive, in the same acknowledged path.
     // With `[kafka]`, `tracegate write` inserts instead.
     let clickhouse_stop = if config.kafka.is_none() {
-        crate::clickhouse::sink::from_config(&config).map(|(sink, stop)| {
+        crate::clickhouse::sink::from_config(&config)?.map(|(sink, stop)| {
             sinks.push(sink);
             stop
         })
@@ -210,6 +210,10 @@ pub async fn run(
     stop.cancel();
     let _ = http.await;
     let _ = grpc.await;
+    // No request can be refused any more: write the refusals of the open aggregation window
+    // now, or a rollout would drop up to `audit.aggregate_window_ms` of them every time.
+    audit_flusher.abort();
+    audit.flush_refusals();
     // Every request that could still be answered has been; now flush and stop the writer.
     // A ClickHouse insert that fails from now on is not retried, so the drain cannot hang.
     if let Some(stop) = &clickhouse_stop {
