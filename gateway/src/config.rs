@@ -118,11 +118,23 @@ pub struct ServerConfig {
     pub shutdown_timeout_ms: u64,
     /// A request body that stalls longer than this is answered 408 and its bytes released.
     pub body_timeout_ms: u64,
-    /// Open connections per OTLP listener. At the limit the listener stops accepting (new
-    /// clients wait in the kernel's backlog) instead of growing memory: each connection holds
-    /// up to ~64 KiB of HTTP/1.1 read buffer or 1 MiB of HTTP/2 flow-control window, plus TLS
-    /// buffers, outside `limits.max_inflight_bytes` (docs/operations.md, Memory).
+    /// Open connections per OTLP listener. At the limit a new connection makes the longest-idle
+    /// one close, or is refused at once when none is idle (never left in the kernel backlog):
+    /// each connection holds up to ~64 KiB of HTTP/1.1 read buffer or 1 MiB of HTTP/2
+    /// flow-control window, plus TLS buffers, outside `limits.max_inflight_bytes`
+    /// (docs/operations.md, Memory).
     pub max_connections: usize,
+    /// Open connections per client address (behind PROXY protocol: the header's address) and
+    /// listener, shed the same way; 0 = no limit.
+    pub max_connections_per_client: usize,
+    /// From accept to the first request's complete head (PROXY header, TLS handshake, h2
+    /// preface included); a connection that has not sent one by then is closed. Also hyper's
+    /// HTTP/1.1 header-read timeout for later requests.
+    pub request_head_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed (h2: GOAWAY).
+    pub idle_timeout_ms: u64,
+    /// A connection older than this is closed gracefully (h2: GOAWAY); 0 = no limit.
+    pub max_connection_age_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -135,6 +147,10 @@ impl Default for ServerConfig {
             shutdown_timeout_ms: 30_000,
             body_timeout_ms: 30_000,
             max_connections: 4096,
+            max_connections_per_client: 1024,
+            request_head_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connection_age_ms: 1_800_000,
         }
     }
 }
@@ -432,6 +448,11 @@ impl Config {
             Ok(())
         }
         positive("server.max_connections", self.server.max_connections as u64)?;
+        positive(
+            "server.request_head_timeout_ms",
+            self.server.request_head_timeout_ms,
+        )?;
+        positive("server.idle_timeout_ms", self.server.idle_timeout_ms)?;
         let l = &self.limits;
         positive("limits.max_request_bytes", l.max_request_bytes as u64)?;
         positive("limits.max_inflight_bytes", l.max_inflight_bytes as u64)?;

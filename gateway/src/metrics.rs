@@ -29,6 +29,9 @@ pub const AUTH_CACHE_LOOKUPS: &str = "tracegate_auth_store_lookups_total";
 pub const AUTH_STORE_ERRORS: &str = "tracegate_auth_store_errors_total";
 pub const AUTH_REFUSED: &str = "tracegate_auth_refused_total";
 pub const CONNECTIONS_REFUSED: &str = "tracegate_connections_refused_total";
+pub const CONNECTIONS_SHED: &str = "tracegate_connections_shed_total";
+pub const CONNECTIONS_CLOSED: &str = "tracegate_connections_closed_total";
+pub const CONNECTIONS_OPEN: &str = "tracegate_connections_open";
 pub const TLS_CERT_RELOADS: &str = "tracegate_tls_cert_reloads_total";
 /// notAfter of the certificate each OTLP listener serves (Unix seconds), for expiry alerts.
 pub const TLS_CERT_NOT_AFTER: &str = "tracegate_tls_cert_not_after_timestamp_seconds";
@@ -135,8 +138,17 @@ fn describe() {
     describe_counter!(AUTH_REFUSED, "Refused credentials, by reason");
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "Connections closed before HTTP: PROXY header or TLS handshake refused, by listener and reason"
+        "Connections closed before serving a request: PROXY header or TLS handshake refused, no request head in time, or no seat (max_connections, max_connections_per_client), by listener and reason"
     );
+    describe_counter!(
+        CONNECTIONS_SHED,
+        "Idle connections asked to close to seat a new one, by limit (max_connections, max_connections_per_client)"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Connections closed by the gateway's deadlines, by listener and reason (idle, max_age)"
+    );
+    describe_gauge!(CONNECTIONS_OPEN, "Open connections, by listener");
     describe_counter!(
         TLS_CERT_RELOADS,
         "Certificate/CA reloads, by result (ok, error)"
@@ -350,6 +362,8 @@ pub fn register(parts: Parts) {
         zero_counter(AUTH_STORE_ERRORS, &[]);
         zero_counter(AUTH_REFUSED, &[]);
         zero_counter(CONNECTIONS_REFUSED, &[]);
+        zero_counter(CONNECTIONS_SHED, &[]);
+        zero_counter(CONNECTIONS_CLOSED, &[]);
         zero_counter(RATE_LIMITED, &[]);
     }
     if parts.embedded_writer || parts.kafka_writer {

@@ -1,8 +1,8 @@
 //! Memory bounds on the request path, against a real `tracegate serve`:
 //! - a body of unknown length (chunked HTTP/1.1) is covered by the in-flight reservation while
 //!   it is being read, not only after it was read whole;
-//! - `server.max_connections` caps open connections per listener: at the limit new clients
-//!   wait (kernel backlog) until a slot frees;
+//! - `server.max_connections` caps open connections per listener: at the limit a new client
+//!   takes the seat of the longest-idle connection, or is refused at once when none is idle;
 //! - `limits.prefault_bytes` makes the heap resident before the first request, so a burst of
 //!   requests does not page-fault its memory in.
 
@@ -99,36 +99,78 @@ fn chunked_body_is_reserved_while_it_is_read() {
 }
 
 #[test]
-fn connections_over_the_limit_wait_for_a_free_slot() {
+fn connections_over_the_limit_shed_the_idle_or_are_refused_at_once() {
     let gw = Gateway::start(&[("TRACEGATE_SERVER__MAX_CONNECTIONS", "2")]);
-    // Two idle connections take both slots (hyper waits up to 30 s for their headers).
-    let idle: Vec<TcpStream> = (0..2)
+    let key = gw.create_key(&unique_project("seats"));
+    let request = b"POST /v1/traces HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+    // Two idle connections take both seats.
+    let mut idle: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(gw.http).expect("connect idle"))
         .collect();
     std::thread::sleep(Duration::from_millis(300));
 
-    // The third connects (kernel backlog) but is not served while both slots are held.
+    // A third client is served at once (401: no key): the longest-idle connection gives way.
     let mut third = TcpStream::connect(gw.http).expect("connect third");
     third
-        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
-    third
-        .write_all(b"POST /v1/traces HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n")
-        .unwrap();
+    third.write_all(request).unwrap();
     let started = Instant::now();
     assert_eq!(
         read_status(&mut third),
-        None,
-        "a connection over server.max_connections was served"
+        Some(401),
+        "the third client was not served"
     );
-    assert!(started.elapsed() >= Duration::from_millis(1000));
-
-    // Closing one idle connection frees a slot: the waiting client is answered (401: no key).
-    drop(idle);
-    third
-        .set_read_timeout(Some(Duration::from_secs(10)))
+    assert!(started.elapsed() < Duration::from_secs(1));
+    idle[0]
+        .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    assert_eq!(read_status(&mut third), Some(401));
+    assert_eq!(
+        idle[0].read(&mut [0u8; 16]).unwrap_or(0),
+        0,
+        "the longest-idle connection was not closed"
+    );
+    drop(idle);
+    drop(third);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Two connections with a request in flight (body still coming) are never shed: a third
+    // is refused at once (closed unanswered), not left waiting in the backlog.
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-protobuf\r\n\
+         Authorization: Bearer {key}\r\nContent-Length: 1000\r\n\r\nxx"
+    );
+    let busy: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(gw.http).expect("connect busy");
+            s.write_all(head.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fourth = TcpStream::connect(gw.http).expect("connect fourth");
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = fourth.write_all(request);
+    let started = Instant::now();
+    assert_eq!(
+        read_status(&mut fourth),
+        None,
+        "served over max_connections"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the refused client waited {:?} instead of being refused at once",
+        started.elapsed()
+    );
+    drop(busy);
+    assert!(gw
+        .metrics()
+        .lines()
+        .any(|l| l.starts_with("tracegate_connections_refused_total")
+            && l.contains("reason=\"max_connections\"")
+            && !l.ends_with(" 0")));
 }
 
 /// Minor page faults of process `pid` so far (field 10 of /proc/PID/stat; the command name in

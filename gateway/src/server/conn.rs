@@ -12,6 +12,7 @@ use anyhow::Result;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
+use super::lifecycle::Deadlines;
 use super::proxy::{canonical_addr, ProxyPolicy};
 use super::tls::TlsListener;
 use crate::auth::authenticator::Origin;
@@ -66,6 +67,10 @@ pub struct ConnSetup {
     pub proxy: Option<ProxyPolicy>,
     /// Open connections at most (`server.max_connections`).
     pub max_connections: usize,
+    /// Open connections per client address at most; 0 = no limit.
+    pub max_connections_per_client: usize,
+    /// Head, idle and age deadlines of every connection.
+    pub deadlines: Deadlines,
 }
 
 pub type Io = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
@@ -77,6 +82,8 @@ impl ConnSetup {
             tls_timeout: Duration::from_secs(10),
             proxy: None,
             max_connections: crate::config::ServerConfig::default().max_connections,
+            max_connections_per_client: 0,
+            deadlines: Deadlines::default(),
         }
     }
 
@@ -103,6 +110,8 @@ impl ConnSetup {
             tls_timeout: Duration::from_millis(cfg.tls.handshake_timeout_ms),
             proxy,
             max_connections: cfg.server.max_connections,
+            max_connections_per_client: cfg.server.max_connections_per_client,
+            deadlines: Deadlines::from_config(&cfg.server),
         })
     }
 
@@ -179,7 +188,7 @@ impl ConnSetup {
 
 /// Counts and logs a refused connection. Scanners and misconfigured clients can cause many, so
 /// at most one line per second is logged at `warn`; the rest go to `debug`.
-fn refused(listener: &'static str, reason: &'static str, info: &ConnInfo, detail: &str) {
+pub fn refused(listener: &'static str, reason: &'static str, info: &ConnInfo, detail: &str) {
     static LAST_WARN_SEC: AtomicU64 = AtomicU64::new(0);
     metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason)
         .increment(1);

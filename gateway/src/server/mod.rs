@@ -6,6 +6,7 @@ pub mod body;
 pub mod conn;
 pub mod grpc;
 pub mod http;
+pub mod lifecycle;
 pub mod listener;
 pub mod proxy;
 pub mod proxy_header;

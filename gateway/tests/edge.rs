@@ -1,0 +1,246 @@
+//! Edge hardening, tried as an attacker would, against the real binary:
+//! - connections that never send a request (plain TCP, a bare h2c preface) are closed at the
+//!   head deadline, and while they fill the connection limit a normal client is still served
+//!   (the listener sheds idle connections instead of leaving new ones in the backlog);
+//! - keep-alive connections with no request in flight are closed at the idle deadline;
+//! - audit refusals of the last aggregation window are written on SIGTERM;
+//! - JSON `null` reads as the field's default (proto3 JSON mapping).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::Gateway;
+
+/// True once the server has closed `s` (EOF or reset), polling for at most `within`.
+fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Opens `n` connections to `addr` that each send `first` (maybe nothing) and then stay silent.
+fn silent_connections(addr: SocketAddr, n: usize, first: &[u8]) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+            if !first.is_empty() {
+                s.write_all(first).expect("write");
+            }
+            s
+        })
+        .collect()
+}
+
+/// The h2c client preface plus an empty SETTINGS frame: a valid HTTP/2 start, then nothing.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+fn one_span_request(gw: &Gateway, key: &str, name: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let r = common::post_protobuf(gw, key, &common::request_n(name, 0, 1));
+    (r.0, started.elapsed())
+}
+
+#[test]
+fn silent_connections_are_closed_and_never_lock_clients_out() {
+    let gw = Gateway::start(&[
+        ("TRACEGATE_SERVER__MAX_CONNECTIONS", "64"),
+        ("TRACEGATE_SERVER__MAX_CONNECTIONS_PER_CLIENT", "0"),
+        ("TRACEGATE_SERVER__REQUEST_HEAD_TIMEOUT_MS", "1500"),
+    ]);
+    let key = gw.create_key("edge-silent");
+    for (what, first) in [("plain TCP", &b""[..]), ("h2c preface", H2_PREFACE)] {
+        // Three times the connection limit, on both OTLP ports.
+        let mut http_idle = silent_connections(gw.http, 192, first);
+        let mut grpc_idle = silent_connections(gw.grpc, 192, first);
+        // A normal client is served at once: the listener sheds idle connections for it.
+        let (status, took) = one_span_request(&gw, &key, &format!("during-{}", what.len()));
+        assert_eq!(status, 200, "{what}: a normal request was refused");
+        assert!(
+            took < Duration::from_secs(1),
+            "{what}: a normal request took {took:?} while idle connections filled the limit"
+        );
+        // Every silent connection is gone by the head deadline (plus slack), on both ports.
+        for (port, conns) in [("http", &mut http_idle), ("grpc", &mut grpc_idle)] {
+            let still_open = conns
+                .iter_mut()
+                .map(|s| closed_by_server(s, Duration::from_secs(5)))
+                .filter(|closed| !closed)
+                .count();
+            assert_eq!(
+                still_open, 0,
+                "{what}: {still_open} silent connections on the {port} port still open"
+            );
+        }
+    }
+    let metrics = gw.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tracegate_connections_shed_total") && !l.ends_with(" 0")),
+        "no connection was shed:\n{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("reason=\"head_timeout\"") && !l.ends_with(" 0")),
+        "no head timeout counted"
+    );
+}
+
+#[test]
+fn keep_alive_connections_are_closed_when_idle() {
+    let gw = Gateway::start(&[("TRACEGATE_SERVER__IDLE_TIMEOUT_MS", "1000")]);
+    let key = gw.create_key("edge-idle");
+    let body = common::encode(&common::request_n("idle", 0, 1));
+    let mut s = TcpStream::connect(gw.http).unwrap();
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\n\
+         Authorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n",
+        gw.http,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut resp = [0u8; 12];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.read_exact(&mut resp).unwrap();
+    assert_eq!(&resp, b"HTTP/1.1 200", "the request itself failed");
+    let since = Instant::now();
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(5)),
+        "an idle keep-alive connection was never closed"
+    );
+    assert!(
+        since.elapsed() >= Duration::from_millis(800),
+        "closed before the idle deadline ({:?})",
+        since.elapsed()
+    );
+}
+
+#[test]
+fn refusals_just_before_sigterm_reach_the_audit_log() {
+    // The default aggregation window (10 s) is far longer than this test's life.
+    let mut gw = Gateway::start(&[]);
+    const REFUSALS: u64 = 3;
+    for _ in 0..REFUSALS {
+        let r = common::post(
+            &gw.traces_url(),
+            &[("content-type", "application/x-protobuf")],
+            common::encode(&common::request_n("anon", 0, 1)),
+        );
+        assert_eq!(r.0, 401);
+    }
+    let status = gw.terminate();
+    assert!(status.success(), "exit {status}");
+    let audit = std::fs::read_to_string(gw.data_dir.join("audit.log")).unwrap_or_default();
+    let counted: u64 = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "auth.refused" && e["reason"] == "missing_credential")
+        .map(|e| e["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        counted, REFUSALS,
+        "refusals sent just before SIGTERM are missing from the audit log:\n{audit}"
+    );
+}
+
+#[test]
+fn json_null_reads_as_the_default() {
+    let gw = Gateway::start(&[]);
+    let key = gw.create_key("edge-null");
+    let auth = format!("Bearer {key}");
+    let send = |body: &str| {
+        common::post(
+            &gw.traces_url(),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+            ],
+            body.as_bytes().to_vec(),
+        )
+    };
+    let r = send(
+        r#"{"resourceSpans":[{"resource":null,"schemaUrl":null,"scopeSpans":[{"scope":null,"spans":[
+            {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"nullish",
+             "kind":null,"attributes":null,"events":null,"links":null,"status":null,
+             "traceState":null,"parentSpanId":null,
+             "startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000001000000000"}]}]}]}"#,
+    );
+    assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
+    let body: serde_json::Value = serde_json::from_slice(&r.2).unwrap();
+    assert!(body.get("partialSuccess").is_none(), "{body}");
+    assert_eq!(send(r#"{"resourceSpans":null}"#).0, 200);
+    // A null list element is still malformed.
+    assert_eq!(send(r#"{"resourceSpans":[null]}"#).0, 400);
+    let spans = gw.archive_spans(Some("edge-null"));
+    assert_eq!(common::span_names(&spans), vec!["nullish"]);
+}
+
+/// The connection deadlines hold on the gRPC port as well: an h2 connection that made one
+/// request and then only answers PINGs is closed at the idle deadline (GOAWAY, then close).
+#[test]
+fn grpc_connections_idle_after_a_request_are_closed() {
+    let gw = Gateway::start(&[("TRACEGATE_SERVER__IDLE_TIMEOUT_MS", "1000")]);
+    let key = gw.create_key("edge-grpc-idle");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(gw.grpc).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let driver = tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                gw.grpc
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {key}"))
+            .body(())
+            .unwrap();
+        let msg = common::encode(&common::request_n("grpc-idle", 0, 1));
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&msg);
+        let (resp, mut send) = client.send_request(req, false).unwrap();
+        send.send_data(framed.into(), true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        while let Some(chunk) = body.data().await {
+            chunk.unwrap();
+        }
+        let trailers = body.trailers().await.unwrap().unwrap_or_default();
+        assert_eq!(
+            trailers.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"0"[..])
+        );
+        // Idle now: the server must end the connection (the driver future resolves).
+        let ended = tokio::time::timeout(Duration::from_secs(8), driver).await;
+        assert!(ended.is_ok(), "the idle h2 connection was never closed");
+    });
+}
