@@ -230,9 +230,9 @@ fn writer_killed_mid_batch_rewrites_the_same_batch_ids() {
     assert!(counts.values().all(|n| *n == 1), "duplicated spans");
 }
 
-/// Commits every partition's committed offset again with empty metadata, from a client outside
-/// the writer (assign mode, the writer's group id): the intents are gone, the offsets stay. The
-/// dead writer's membership has to expire first, so this retries until the broker accepts it.
+/// Commits every partition's committed offset again with empty metadata, as a member of the
+/// writer's group (it joins, which also evicts the dead writer once its session expires): the
+/// intents are gone, the offsets stay. Retries until the broker has handed it the partitions.
 fn erase_intents_of(bootstrap: &str, topic: &str, partitions: i32) {
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -240,38 +240,45 @@ fn erase_intents_of(bootstrap: &str, topic: &str, partitions: i32) {
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "tracegate-writer")
         .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", SESSION_TIMEOUT_MS)
         .create()
-        .expect("outside group client");
+        .expect("group client");
+    consumer.subscribe(&[topic]).expect("subscribe");
     let mut all = TopicPartitionList::new();
     for p in 0..partitions {
         all.add_partition(topic, p);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let attempt = consumer
-            .committed_offsets(all.clone(), Duration::from_secs(5))
-            .and_then(|got| {
-                let mut erased = TopicPartitionList::new();
-                for e in got.elements() {
-                    if let Offset::Offset(o) = e.offset() {
-                        erased
-                            .add_partition_offset(topic, e.partition(), Offset::Offset(o))
-                            .expect("offset");
+        let _ = consumer.poll(Duration::from_millis(200));
+        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        if assigned == partitions as usize {
+            let attempt = consumer
+                .committed_offsets(all.clone(), Duration::from_secs(5))
+                .and_then(|got| {
+                    let mut erased = TopicPartitionList::new();
+                    for e in got.elements() {
+                        if let Offset::Offset(o) = e.offset() {
+                            erased
+                                .add_partition_offset(topic, e.partition(), Offset::Offset(o))
+                                .expect("offset");
+                        }
                     }
-                }
-                assert!(erased.count() > 0, "the dead writer had committed nothing");
-                consumer.commit(&erased, CommitMode::Sync)?;
-                // Read back: the metadata must really be gone.
-                let after = consumer.committed_offsets(all.clone(), Duration::from_secs(5))?;
-                Ok(after.elements().iter().all(|e| e.metadata().is_empty()))
-            });
-        match attempt {
-            Ok(true) => return,
-            Ok(false) | Err(_) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(500))
+                    assert!(erased.count() > 0, "the dead writer had committed nothing");
+                    consumer.commit(&erased, CommitMode::Sync)?;
+                    // Read back: the metadata must really be gone.
+                    let after = consumer.committed_offsets(all.clone(), Duration::from_secs(5))?;
+                    Ok(after.elements().iter().all(|e| e.metadata().is_empty()))
+                });
+            if let Ok(true) = attempt {
+                consumer.unsubscribe();
+                return;
             }
-            other => panic!("could not erase the writer's intents: {other:?}"),
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "could not erase the writer's intents within 60 s"
+        );
     }
 }
 
