@@ -153,7 +153,10 @@ pub async fn run(
     };
     let ingest = Arc::new(Ingest {
         auth: Authenticator::from_config(&config, store, pepper, audit.clone(), tokens),
-        admission: Admission::new(config.limits.max_inflight_bytes),
+        admission: Admission::with_project_limit(
+            config.limits.max_inflight_bytes,
+            config.limits.project_inflight_limit(),
+        ),
         rate_limits: RateLimits::new(config.auth.cache_max_keys),
         queue: queue.clone(),
         limits: config.limits.clone(),

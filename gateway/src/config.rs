@@ -162,6 +162,10 @@ pub struct LimitsConfig {
     pub max_request_bytes: usize,
     /// Global bound on decompressed bytes of requests in flight (HTTP 503 / UNAVAILABLE over it).
     pub max_inflight_bytes: usize,
+    /// One project's share of `max_inflight_bytes` (HTTP 429 / RESOURCE_EXHAUSTED + RetryInfo
+    /// over it). 0: a quarter of `max_inflight_bytes`. Never less than `max_request_bytes`, so
+    /// one request alone always fits its project's share.
+    pub max_inflight_bytes_per_project: usize,
     /// Attributes per span, resource, scope, event and link.
     pub max_attributes: usize,
     /// Size of one attribute value (strings and bytes), counted whole, nested values included.
@@ -181,6 +185,17 @@ pub struct LimitsConfig {
 }
 
 impl LimitsConfig {
+    /// `max_inflight_bytes_per_project` with 0 resolved, at least one request, at most all.
+    pub fn project_inflight_limit(&self) -> usize {
+        let share = match self.max_inflight_bytes_per_project {
+            0 => self.max_inflight_bytes / 4,
+            n => n,
+        };
+        share
+            .max(self.max_request_bytes)
+            .min(self.max_inflight_bytes)
+    }
+
     /// `decode_concurrency` with 0 resolved to the CPUs this process may run on (its affinity
     /// mask, so a gateway pinned to one core decodes one request at a time).
     pub fn decode_slots(&self) -> usize {
@@ -196,6 +211,7 @@ impl Default for LimitsConfig {
         Self {
             max_request_bytes: 32 * 1024 * 1024,
             max_inflight_bytes: 256 * 1024 * 1024,
+            max_inflight_bytes_per_project: 0,
             max_attributes: 1024,
             // LLM prompts and completions of 1 MiB and more are kept whole.
             max_attribute_value_bytes: 16 * 1024 * 1024,

@@ -29,6 +29,7 @@ pub const AUTH_CACHE_LOOKUPS: &str = "tracegate_auth_store_lookups_total";
 pub const AUTH_STORE_ERRORS: &str = "tracegate_auth_store_errors_total";
 pub const AUTH_REFUSED: &str = "tracegate_auth_refused_total";
 pub const CONNECTIONS_REFUSED: &str = "tracegate_connections_refused_total";
+pub const ADMISSION_REFUSED: &str = "tracegate_admission_refused_total";
 pub const CONNECTIONS_SHED: &str = "tracegate_connections_shed_total";
 pub const CONNECTIONS_CLOSED: &str = "tracegate_connections_closed_total";
 pub const CONNECTIONS_OPEN: &str = "tracegate_connections_open";
@@ -149,6 +150,10 @@ fn describe() {
         "Connections closed by the gateway's deadlines, by listener and reason (idle, max_age)"
     );
     describe_gauge!(CONNECTIONS_OPEN, "Open connections, by listener");
+    describe_counter!(
+        ADMISSION_REFUSED,
+        "Requests refused by in-flight byte admission, by limit (global: 503, project: 429)"
+    );
     describe_counter!(
         TLS_CERT_RELOADS,
         "Certificate/CA reloads, by result (ok, error)"
@@ -363,6 +368,8 @@ pub fn register(parts: Parts) {
         zero_counter(AUTH_REFUSED, &[]);
         zero_counter(CONNECTIONS_REFUSED, &[]);
         zero_counter(CONNECTIONS_SHED, &[]);
+        zero_counter(ADMISSION_REFUSED, &[("limit", "global")]);
+        zero_counter(ADMISSION_REFUSED, &[("limit", "project")]);
         zero_counter(CONNECTIONS_CLOSED, &[]);
         zero_counter(RATE_LIMITED, &[]);
     }

@@ -1839,11 +1839,15 @@ fn inflight_overload() {
         ("TRACEGATE_WRITER__MAX_WAIT_MS", "10"),
     ]);
     let key = gw.create_key("alpha");
+    let other = gw.create_key("beta");
     let h = Http::new(&gw, &key);
+    let h_other = Http::new(&gw, &other);
+    let g_other = Grpc::new(&gw, &other);
     let g = Grpc::new(&gw, &key);
     let mut l = Ledger::new("inflight_overload");
 
-    // Request 1: Content-Length 60000, only the first 1000 bytes sent; it holds the budget.
+    // Request 1 (project alpha): Content-Length 60000, all but the last 1000 bytes sent. Bytes
+    // are charged as they arrive, so it holds the budget only once they have arrived.
     l.begin("held_request_completes_200");
     let held_name = l.marker("held", true);
     let held_body = pb_request_of_size(&held_name, HELD);
@@ -1855,18 +1859,19 @@ fn inflight_overload() {
         gw.http
     );
     s.write_all(head.as_bytes()).expect("write head");
-    s.write_all(&held_body[..1000])
-        .expect("write first body bytes");
+    s.write_all(&held_body[..HELD - 1000])
+        .expect("write most body bytes");
     s.flush().unwrap();
-    // Wait until the server has read request 1's head and reserved its declared length (the
-    // gauge is the only outside view of that), so request 2 cannot race ahead of it.
+    // Wait until the server has read request 1's bytes and reserved them (the gauge is the only
+    // outside view of that), so request 2 cannot race ahead of it.
     let reserved = common::wait_until(Duration::from_secs(5), || {
-        inflight_bytes(&gw).is_some_and(|b| b >= HELD as u64)
+        inflight_bytes(&gw).is_some_and(|b| b >= (HELD - 1000) as u64)
     });
     if !reserved {
         eprintln!(
-            "[bad_input inflight_overload] tracegate_inflight_bytes never reached {HELD} \
+            "[bad_input inflight_overload] tracegate_inflight_bytes never reached {} \
              (gauge: {:?}); going on after the wait",
+            HELD - 1000,
             inflight_bytes(&gw)
         );
     }
@@ -1881,8 +1886,9 @@ fn inflight_overload() {
     }
     s.set_nonblocking(false).unwrap();
 
-    // Request 2 (10 KB) while request 1 is in flight: 503 + Retry-After. The server may take a
-    // moment to read request 1's head, so poll briefly; every attempt has its own marker.
+    // Request 2 (10 KB, project beta) while request 1 is in flight: 503 + Retry-After (the
+    // gateway's capacity). The server may take a moment to read request 1's bytes, so poll
+    // briefly; every attempt has its own marker.
     l.begin("http_overload_503_retry_after");
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut got_503 = false;
@@ -1890,7 +1896,7 @@ fn inflight_overload() {
     while Instant::now() < deadline {
         attempt += 1;
         let name = l.marker(&format!("small-{attempt}"), false);
-        let r = h.pb(&mut l, pb_request_of_size(&name, 10_000));
+        let r = h_other.pb(&mut l, pb_request_of_size(&name, 10_000));
         let Some(r) = r else { break };
         if r.0 == 503 {
             got_503 = true;
@@ -1926,9 +1932,40 @@ fn inflight_overload() {
         ));
     }
 
+    // The same from project alpha, which holds the budget: over its own share (here the whole
+    // budget, as a project's share is never below max_request_bytes): 429 + Retry-After.
+    l.begin("http_project_share_429_retry_after");
+    let n = l.marker("share", false);
+    let r = h.pb(&mut l, pb_request_of_size(&n, 10_000));
+    if expect_status(&mut l, &r, 429) {
+        let ra = r
+            .as_ref()
+            .and_then(|r| r.1.get("retry-after"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        l.check(
+            ra.as_deref()
+                .is_some_and(|v| v.trim().parse::<u64>().is_ok()),
+            || format!("429 without a valid Retry-After header (got {ra:?})"),
+        );
+    }
+
+    l.begin("grpc_project_share_8_retry_info");
+    let n = l.marker("share-grpc", false);
+    let r = g.export(&mut l, &pb_request_of_size(&n, 10_000), None);
+    if expect_grpc(&mut l, &r, 8) {
+        let r = r.as_ref().unwrap();
+        l.check(r.has_retry_info(), || {
+            format!(
+                "RESOURCE_EXHAUSTED for a project's share without RetryInfo: details {:?}, error {:?}",
+                r.details, r.details_error
+            )
+        });
+    }
+
     l.begin("grpc_overload_14_retry_info");
     let n = l.marker("rej", false);
-    let r = g.export(&mut l, &pb_request_of_size(&n, 10_000), None);
+    let r = g_other.export(&mut l, &pb_request_of_size(&n, 10_000), None);
     if expect_grpc(&mut l, &r, 14) {
         let r = r.as_ref().unwrap();
         l.check(r.has_retry_info(), || {
@@ -1944,7 +1981,10 @@ fn inflight_overload() {
 
     // Finish request 1.
     l.current = "held_request_completes_200".to_string();
-    match s.write_all(&held_body[1000..]).and_then(|_| s.flush()) {
+    match s
+        .write_all(&held_body[HELD - 1000..])
+        .and_then(|_| s.flush())
+    {
         Ok(()) => match read_response_head(&mut s) {
             Ok((st, head)) => {
                 if !l.check(st == 200, || {

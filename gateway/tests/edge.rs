@@ -244,3 +244,136 @@ fn grpc_connections_idle_after_a_request_are_closed() {
         assert!(ended.is_ok(), "the idle h2 connection was never closed");
     });
 }
+
+/// Reads an HTTP/1.1 response head from `s` (status, head text); `None` on EOF or timeout.
+fn response_head(s: &mut TcpStream) -> Option<(u16, String)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+#[test]
+fn refused_requests_get_no_100_continue_and_are_not_drained() {
+    let gw = Gateway::start(&[]);
+    let key = gw.create_key("edge-expect");
+    let cases = [
+        // No key, 1 GiB declared.
+        (None, 1u64 << 30, 401),
+        // A key, but over max_request_bytes (32 MiB) declared.
+        (Some(key.as_str()), 64 << 20, 413),
+    ];
+    for (key, len, want) in cases {
+        let mut s = TcpStream::connect(gw.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let auth = key
+            .map(|k| format!("Authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "POST /v1/traces HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-protobuf\r\n\
+             {auth}Expect: 100-continue\r\nContent-Length: {len}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let (status, text) = response_head(&mut s).expect("no answer");
+        assert_eq!(
+            status, want,
+            "expected {want} before any body, got:\n{text}"
+        );
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "the refusal does not close the connection:\n{text}"
+        );
+        // Answered and closed: nothing of the body is waited for.
+        let started = Instant::now();
+        assert!(
+            closed_by_server(&mut s, Duration::from_secs(3)),
+            "not closed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the server waited for the body"
+        );
+    }
+}
+
+/// Writes a request head declaring `len` body bytes plus the first `send` of them, and keeps
+/// the connection open (the request stays in flight).
+fn partial_request(addr: SocketAddr, key: &str, len: usize, send: usize) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-protobuf\r\n\
+         Authorization: Bearer {key}\r\nContent-Length: {len}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // The server may refuse and close before everything is written.
+    let _ = s.write_all(&vec![0x0a; send]);
+    s
+}
+
+#[test]
+fn one_project_cannot_starve_another() {
+    let gw = Gateway::start(&[
+        ("TRACEGATE_LIMITS__MAX_REQUEST_BYTES", "1048576"),
+        ("TRACEGATE_LIMITS__MAX_INFLIGHT_BYTES", "4194304"),
+    ]);
+    let quiet = gw.create_key("edge-quiet");
+    let noisy = gw.create_key("edge-noisy");
+    // 1. Declared, not sent: twelve requests of the noisy project declare 1 MiB each (three
+    //    times the whole budget) and send one byte. They hold almost nothing.
+    let trickle: Vec<TcpStream> = (0..12)
+        .map(|_| partial_request(gw.http, &noisy, 1 << 20, 1))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..5 {
+        let (status, took) = one_span_request(&gw, &quiet, &format!("quiet-a{i}"));
+        assert_eq!(
+            status, 200,
+            "the quiet project was refused while another only declared bytes"
+        );
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    }
+    drop(trickle);
+    // 2. Sent: the noisy project really sends 900 KB on each of eight requests. It gets its share
+    //    (1 MiB: a quarter of the budget, at least one request) and 429 beyond it; the quiet
+    //    project is still served.
+    let mut held = Vec::new();
+    let mut refused_429 = 0;
+    for _ in 0..8 {
+        let mut s = partial_request(gw.http, &noisy, 1 << 20, 900_000);
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        match response_head(&mut s) {
+            Some((429, text)) => {
+                assert!(text.to_ascii_lowercase().contains("retry-after"), "{text}");
+                refused_429 += 1;
+            }
+            Some((st, text)) => panic!("noisy request answered {st}:\n{text}"),
+            // Closed: refused while the client was still writing (its answer lost to the reset).
+            None if closed_by_server(&mut s, Duration::from_millis(300)) => refused_429 += 1,
+            None => held.push(s),
+        }
+    }
+    assert!(
+        refused_429 >= 6,
+        "the noisy project got only {refused_429} refusals: no share enforced"
+    );
+    assert!(!held.is_empty(), "the noisy project got nothing in flight");
+    for i in 0..5 {
+        let (status, took) = one_span_request(&gw, &quiet, &format!("quiet-b{i}"));
+        assert_eq!(
+            status, 200,
+            "the quiet project was refused while the noisy one used its share"
+        );
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    }
+    drop(held);
+    let spans = gw.archive_spans(Some("edge-quiet"));
+    assert_eq!(spans.len(), 10);
+}

@@ -1,7 +1,9 @@
 //! Reading request bodies with a size cap, a deadline and an in-flight reservation that grows
-//! with the bytes read — and draining what a refused request still sends. Closing a connection while the client is still writing makes it see a broken
-//! pipe or reset instead of our 401/413/503 (RFC 9112 §9.6), so before answering early we read
-//! and discard the rest of the body, bounded in bytes and time.
+//! with the bytes read — and draining what an authenticated request refused mid-body as too
+//! large (413) still sends: closing a connection while the client is still writing makes it
+//! see a reset instead of our answer (RFC 9112 §9.6), so we read and discard the rest, bounded
+//! in bytes and time. A request refused before its body is touched (route, type, auth,
+//! declared size) is never drained and never gets `100 Continue`: it is answered and closed.
 
 use std::time::Duration;
 
@@ -17,31 +19,30 @@ pub const DRAIN_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Longest we keep draining a refused request.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The reservation grows in steps of this many bytes, so a body of unknown length costs one
+/// The reservation grows ahead of the bytes by at most this much, so a large body costs one
 /// semaphore operation per step rather than one per frame.
 const RESERVE_STEP: usize = 256 * 1024;
 
 /// Reads the whole body, refusing (413) past `cap` bytes and (400) past `timeout`.
 ///
-/// Every byte held is covered by the returned reservation: `permit` (taken from the declared
-/// length) when there is one, else a reservation that grows while the body arrives. A body of
-/// unknown length (chunked HTTP/1.1, every gRPC message) is therefore refused with a retryable
-/// 503 / UNAVAILABLE as soon as it would exceed the in-flight bound, instead of being buffered
-/// whole first: with N clients that would be N × `cap` bytes outside the bound.
+/// Every byte held is covered by the returned reservation, charged to `project` as the body
+/// arrives (at most twice what arrived), never as a client declares it: a client that declares
+/// a large `Content-Length` and trickles bytes holds only about what it has sent.
+/// A body is therefore refused with a retryable 503 / UNAVAILABLE (global bound) or 429 /
+/// RESOURCE_EXHAUSTED (the project's share) as soon as it would exceed a bound, instead of
+/// being buffered whole first.
 pub async fn read_capped(
     mut body: Incoming,
     cap: usize,
     timeout: Duration,
     size_hint: Option<usize>,
     admission: &Admission,
-    permit: Option<BytesPermit>,
+    project: &str,
 ) -> Result<(Bytes, BytesPermit), ApiError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut permit = match permit {
-        Some(p) => p,
-        None => admission.try_reserve(size_hint.unwrap_or(0).min(cap))?,
-    };
-    let mut buf = BytesMut::with_capacity(size_hint.unwrap_or(0).min(cap));
+    // Nothing is charged for what the client only declares (one byte marks the request).
+    let mut permit = admission.try_reserve_for(project, 0)?;
+    let mut buf = BytesMut::with_capacity(size_hint.unwrap_or(0).min(cap).min(RESERVE_STEP));
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => return Err(ApiError::invalid("timed out reading the request body")),
@@ -61,15 +62,13 @@ pub async fn read_capped(
                 return Err(ApiError::too_large(cap));
             }
             if want > permit.bytes() {
-                // A whole step when there is room for it, else exactly what is held: a request
-                // that alone fits the bound is never refused for the rounding.
-                let step = want.next_multiple_of(RESERVE_STEP).min(cap);
-                if let Err(e) = permit.grow_to(step).or_else(|_| permit.grow_to(want)) {
-                    drop(buf);
-                    drop(permit);
-                    drain(body).await;
-                    return Err(e);
-                }
+                // Ahead of the bytes by at most as much as was read and at most one step (few
+                // semaphore operations, never more than twice what arrived); else exactly what
+                // is held: a request that alone fits the bound is never refused for rounding.
+                let step = want.saturating_mul(2).min(want + RESERVE_STEP).min(cap);
+                // Over a bound: nothing more is read (the HTTP/1.1 answer closes the
+                // connection), so the bytes of the refusal are not spent on draining it.
+                permit.grow_to(step).or_else(|_| permit.grow_to(want))?;
             }
             buf.extend_from_slice(&data);
         }

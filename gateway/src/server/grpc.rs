@@ -59,9 +59,9 @@ impl Handler for GrpcReceiver {
         let (parts, body) = req.into_parts();
         let mut body = Some(body);
         let result = self.handle(&parts, &mut body, peer).await;
-        if let Some(unread) = body {
-            super::body::drain(unread).await;
-        }
+        // Refused before its body was read: nothing is drained; h2 resets the stream's unread
+        // body after the answer.
+        drop(body);
         let (resp, status) = match result {
             Ok(msg) => (ok_response(msg), "ok"),
             Err(e) => (error_response(&e), e.metric_label()),
@@ -139,18 +139,18 @@ impl GrpcReceiver {
             )
             .await?;
         let cap = self.ingest.limits.max_request_bytes;
-        // Room for the 5-byte prefix; a message over the cap is refused while reading.
         let Some(incoming) = body.take() else {
             return Err(ApiError::internal("request body already taken"));
         };
         // Room for the 5-byte prefix; a message over the cap is refused while reading.
+        let tenant = format!("{}/{}", principal.org_id, principal.project_id);
         let (body, permit) = super::body::read_capped(
             incoming,
             cap + 5,
             self.body_timeout,
             None,
             &self.ingest.admission,
-            None,
+            &tenant,
         )
         .await?;
         let (flag, msg) = split_message(body)?;

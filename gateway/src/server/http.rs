@@ -2,8 +2,9 @@
 //!
 //! Checks run cheapest-first so that junk costs little: route and method → content type and
 //! encoding (no body needed) → API key (cached; before reading the body so unauthenticated
-//! clients cannot make us inflate anything) → admission by declared length → read the body
-//! with a size cap and a timeout → the shared ingest pipeline.
+//! clients cannot make us inflate anything) → declared length against the cap → read the body
+//! with a size cap and a timeout, charging admission (global and the project's share) as bytes
+//! arrive → the shared ingest pipeline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,11 +52,32 @@ impl Handler for HttpReceiver {
         let (parts, body) = req.into_parts();
         let mut body = Some(body);
         let result = self.handle(&parts, &mut body, peer, &mut format).await;
-        if let Some(unread) = body {
-            // Refused before reading: let the client finish sending so it sees our answer.
-            super::body::drain(unread).await;
-        }
-        let (resp, status) = match result {
+        // Refused before its body was touched (route, type, key, admission): nothing is read or
+        // drained and no `100 Continue` is sent; HTTP/1.1 closes the connection after the
+        // answer instead of reading the body to reuse it. One exception: an authenticated
+        // client whose declared length is over the cap and that did not ask to wait
+        // (`Expect: 100-continue`) is already uploading; its body is drained (bounded) so it
+        // sees the 413 instead of a reset, as ordinary clients do not read while they write.
+        let too_large = result
+            .as_ref()
+            .is_err_and(|e| e.kind == ErrorKind::TooLarge);
+        let expects_continue = parts
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let refused_unread = match body.take() {
+            Some(unread) if too_large && !expects_continue => {
+                super::body::drain(unread).await;
+                false
+            }
+            Some(_) => true,
+            // Refused over an admission bound mid-body: the rest was not read either.
+            None => result
+                .as_ref()
+                .is_err_and(|e| matches!(e.kind, ErrorKind::RateLimited | ErrorKind::Unavailable)),
+        };
+        let close = refused_unread && parts.version <= http::Version::HTTP_11;
+        let (mut resp, status) = match result {
             Ok(body) => {
                 let ct = match format {
                     Format::Protobuf => "application/x-protobuf",
@@ -69,6 +91,12 @@ impl Handler for HttpReceiver {
             }
             Err(e) => (error_response(&e, format), e.metric_label()),
         };
+        if close {
+            if let Ok(r) = resp.as_mut() {
+                r.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
         metrics::counter!(m::REQUESTS, "transport" => "http", "status" => status).increment(1);
         metrics::histogram!(m::REQUEST_DURATION, "transport" => "http")
             .record(started.elapsed().as_secs_f64());
@@ -163,21 +191,19 @@ impl HttpReceiver {
                 return Err(ApiError::too_large(cap));
             }
         }
-        let declared_permit = match declared {
-            Some(len) => Some(self.ingest.admission.try_reserve(len as usize)?),
-            None => None,
-        };
         let Some(incoming) = body.take() else {
             return Err(ApiError::internal("request body already taken"));
         };
         let reading = Instant::now();
+        // Bytes are charged to the project as they arrive, not as declared.
+        let tenant = format!("{}/{}", principal.org_id, principal.project_id);
         let (body, permit) = super::body::read_capped(
             incoming,
             cap,
             self.body_timeout,
             declared.map(|d| d as usize),
             &self.ingest.admission,
-            declared_permit,
+            &tenant,
         )
         .await?;
         metrics::histogram!(m::REQUEST_BODY_READ_DURATION).record(reading.elapsed().as_secs_f64());
