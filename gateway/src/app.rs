@@ -164,7 +164,10 @@ pub async fn run(
         payload_zstd_level: config.kafka.as_ref().and_then(|k| k.gateway_payload_zstd()),
         decode_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.decode_slots())),
     });
-    let body_timeout = Duration::from_millis(config.server.body_timeout_ms);
+    let body_pace = crate::server::body::BodyPace {
+        timeout: Duration::from_millis(config.server.body_timeout_ms),
+        min_bytes_per_sec: config.server.min_body_bytes_per_sec,
+    };
     let drain = Duration::from_millis(config.server.shutdown_timeout_ms);
     let shutting_down = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();
@@ -178,7 +181,7 @@ pub async fn run(
         listeners.http,
         Arc::new(HttpReceiver {
             ingest: ingest.clone(),
-            body_timeout,
+            body_pace,
         }),
         stop.clone(),
         drain,
@@ -189,7 +192,7 @@ pub async fn run(
         listeners.grpc,
         Arc::new(GrpcReceiver {
             ingest: ingest.clone(),
-            body_timeout,
+            body_pace,
         }),
         stop.clone(),
         drain,

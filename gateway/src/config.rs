@@ -118,6 +118,9 @@ pub struct ServerConfig {
     pub shutdown_timeout_ms: u64,
     /// A request body that stalls longer than this is answered 408 and its bytes released.
     pub body_timeout_ms: u64,
+    /// After its first 5 s a body must average at least this many bytes per second, or it is
+    /// refused (400) and its connection freed; 0 = no minimum.
+    pub min_body_bytes_per_sec: u64,
     /// Open connections per OTLP listener. At the limit a new connection makes the longest-idle
     /// one close, or is refused at once when none is idle (never left in the kernel backlog):
     /// each connection holds up to ~64 KiB of HTTP/1.1 read buffer or 1 MiB of HTTP/2
@@ -146,6 +149,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./tracegate-data"),
             shutdown_timeout_ms: 30_000,
             body_timeout_ms: 30_000,
+            min_body_bytes_per_sec: 1024,
             max_connections: 4096,
             max_connections_per_client: 1024,
             request_head_timeout_ms: 10_000,

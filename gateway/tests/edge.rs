@@ -377,3 +377,33 @@ fn one_project_cannot_starve_another() {
     let spans = gw.archive_spans(Some("edge-quiet"));
     assert_eq!(spans.len(), 10);
 }
+
+#[test]
+fn a_trickled_body_is_cut_at_the_minimum_rate() {
+    // Default pace: 30 s for the whole body, at least 1 KiB/s after the first 5 s.
+    let gw = Gateway::start(&[]);
+    let key = gw.create_key("edge-slow");
+    let mut s = partial_request(gw.http, &key, 100_000, 10);
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let started = Instant::now();
+    let (status, text) = response_head(&mut s).expect("no answer to a trickled body");
+    let took = started.elapsed();
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(9),
+        "cut after {took:?}, not at the rate deadline (~5 s)"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    // A body that keeps the pace is not cut: 100 KB sent as 10 KB every 700 ms.
+    let body = common::encode(&common::request_n("paced", 0, 800));
+    let mut s = partial_request(gw.http, &key, body.len(), 0);
+    for chunk in body.chunks(body.len().div_ceil(10)) {
+        std::thread::sleep(Duration::from_millis(700));
+        s.write_all(chunk).unwrap();
+    }
+    let (status, text) = response_head(&mut s).expect("no answer to a paced body");
+    assert_eq!(status, 200, "{text}");
+}

@@ -23,7 +23,35 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// semaphore operation per step rather than one per frame.
 const RESERVE_STEP: usize = 256 * 1024;
 
-/// Reads the whole body, refusing (413) past `cap` bytes and (400) past `timeout`.
+/// How long a body may take: in all, and at what rate at least once the grace period is over.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyPace {
+    /// The whole body (`server.body_timeout_ms`).
+    pub timeout: Duration,
+    /// Bytes per second the body must average after `MIN_RATE_GRACE`
+    /// (`server.min_body_bytes_per_sec`; 0 = no minimum).
+    pub min_bytes_per_sec: u64,
+}
+
+/// A body is never cut for its rate in its first seconds (connection ramp-up, a stalled first
+/// window on a lossy link).
+pub const MIN_RATE_GRACE: Duration = Duration::from_secs(5);
+
+impl BodyPace {
+    /// The instant by which more than `read` bytes must have arrived.
+    fn next_deadline(&self, started: tokio::time::Instant, read: usize) -> tokio::time::Instant {
+        let total = started + self.timeout;
+        if self.min_bytes_per_sec == 0 {
+            return total;
+        }
+        let earned = Duration::from_secs_f64(read as f64 / self.min_bytes_per_sec as f64);
+        total.min(started + MIN_RATE_GRACE + earned)
+    }
+}
+
+/// Reads the whole body, refusing (413) past `cap` bytes and (400) past the pace's timeout or
+/// below its minimum rate: a client that trickles a body is cut off after the grace period
+/// instead of holding its connection for the whole timeout.
 ///
 /// Every byte held is covered by the returned reservation, charged to `project` as the body
 /// arrives (at most twice what arrived), never as a client declares it: a client that declares
@@ -34,18 +62,23 @@ const RESERVE_STEP: usize = 256 * 1024;
 pub async fn read_capped(
     mut body: Incoming,
     cap: usize,
-    timeout: Duration,
+    pace: BodyPace,
     size_hint: Option<usize>,
     admission: &Admission,
     project: &str,
 ) -> Result<(Bytes, BytesPermit), ApiError> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let started = tokio::time::Instant::now();
     // Nothing is charged for what the client only declares (one byte marks the request).
     let mut permit = admission.try_reserve_for(project, 0)?;
     let mut buf = BytesMut::with_capacity(size_hint.unwrap_or(0).min(cap).min(RESERVE_STEP));
     loop {
+        let deadline = pace.next_deadline(started, buf.len());
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(ApiError::invalid("timed out reading the request body")),
+            Err(_) => {
+                return Err(ApiError::invalid(
+                    "timed out reading the request body (too slow)",
+                ))
+            }
             Ok(None) => return Ok((buf.freeze(), permit)),
             Ok(Some(Err(e))) => {
                 return Err(ApiError::invalid(format!(
@@ -84,5 +117,33 @@ pub async fn drain(mut body: Incoming) {
             Ok(Some(Ok(f))) => seen += f.data_ref().map(|d| d.len()).unwrap_or(0),
             _ => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_deadline_moves_with_the_bytes_and_never_passes_the_timeout() {
+        let pace = BodyPace {
+            timeout: Duration::from_secs(30),
+            min_bytes_per_sec: 1000,
+        };
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(pace.next_deadline(t0, 0), t0 + MIN_RATE_GRACE);
+        assert_eq!(
+            pace.next_deadline(t0, 2000),
+            t0 + MIN_RATE_GRACE + Duration::from_secs(2)
+        );
+        assert_eq!(
+            pace.next_deadline(t0, 10_000_000),
+            t0 + Duration::from_secs(30)
+        );
+        let off = BodyPace {
+            min_bytes_per_sec: 0,
+            ..pace
+        };
+        assert_eq!(off.next_deadline(t0, 0), t0 + Duration::from_secs(30));
     }
 }

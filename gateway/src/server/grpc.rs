@@ -31,7 +31,7 @@ const ACCEPT_ENCODING: &str = "gzip,zstd,deflate,identity";
 
 pub struct GrpcReceiver {
     pub ingest: Arc<Ingest>,
-    pub body_timeout: Duration,
+    pub body_pace: super::body::BodyPace,
 }
 
 impl Handler for GrpcReceiver {
@@ -147,7 +147,7 @@ impl GrpcReceiver {
         let (body, permit) = super::body::read_capped(
             incoming,
             cap + 5,
-            self.body_timeout,
+            self.body_pace,
             None,
             &self.ingest.admission,
             &tenant,

@@ -26,7 +26,7 @@ pub const TRACES_PATH: &str = "/v1/traces";
 
 pub struct HttpReceiver {
     pub ingest: Arc<Ingest>,
-    pub body_timeout: Duration,
+    pub body_pace: super::body::BodyPace,
 }
 
 fn media_type(headers: &http::HeaderMap) -> Option<String> {
@@ -51,7 +51,11 @@ impl Handler for HttpReceiver {
         let mut format = Format::Protobuf;
         let (parts, body) = req.into_parts();
         let mut body = Some(body);
-        let result = self.handle(&parts, &mut body, peer, &mut format).await;
+        // Set once the whole body was read (a request refused mid-body was not).
+        let mut body_read = false;
+        let result = self
+            .handle(&parts, &mut body, &mut body_read, peer, &mut format)
+            .await;
         // Refused before its body was touched (route, type, key, admission): nothing is read or
         // drained and no `100 Continue` is sent; HTTP/1.1 closes the connection after the
         // answer instead of reading the body to reuse it. One exception: an authenticated
@@ -71,10 +75,9 @@ impl Handler for HttpReceiver {
                 false
             }
             Some(_) => true,
-            // Refused over an admission bound mid-body: the rest was not read either.
-            None => result
-                .as_ref()
-                .is_err_and(|e| matches!(e.kind, ErrorKind::RateLimited | ErrorKind::Unavailable)),
+            // Refused mid-body (an admission bound, too slow, a read error): the rest was not
+            // read either.
+            None => !body_read && result.is_err(),
         };
         let close = refused_unread && parts.version <= http::Version::HTTP_11;
         let (mut resp, status) = match result {
@@ -133,6 +136,7 @@ impl HttpReceiver {
         &self,
         req: &http::request::Parts,
         body: &mut Option<Incoming>,
+        body_read: &mut bool,
         peer: SocketAddr,
         format: &mut Format,
     ) -> Result<Bytes, ApiError> {
@@ -200,12 +204,13 @@ impl HttpReceiver {
         let (body, permit) = super::body::read_capped(
             incoming,
             cap,
-            self.body_timeout,
+            self.body_pace,
             declared.map(|d| d as usize),
             &self.ingest.admission,
             &tenant,
         )
         .await?;
+        *body_read = true;
         metrics::histogram!(m::REQUEST_BODY_READ_DURATION).record(reading.elapsed().as_secs_f64());
         let transport = match format {
             Format::Protobuf => Transport::OtlpHttpProtobuf,
