@@ -22,6 +22,7 @@ use crate::envelope;
 use crate::error::ApiError;
 use crate::metrics as m;
 use crate::otlp::decode::{self, Compression, Format};
+use crate::otlp::prune;
 use crate::otlp::response::export_response;
 use crate::otlp::scan::{self, Claim};
 use crate::otlp::validate::{self, Reason};
@@ -250,8 +251,23 @@ pub fn prepare(
     // the per-span rejections and their messages.
     metrics::counter!(m::VALIDATION_PATH, "path" => "prost").increment(1);
     drop(original);
-    let mut req = decode::decode(format, &plain)?;
+    let (mut req, deep_spans) = match decode::decode(format, &plain) {
+        Ok(req) => (req, 0),
+        // A value nested too deep for prost fails the whole decode: cut the spans holding
+        // one out of the bytes, decode the rest, and report them in partial_success.
+        Err(e) if format == Format::Protobuf => {
+            match prune::prune_deep_spans(&plain, limits.max_attribute_depth) {
+                Some(p) => (decode::decode(format, &p.request)?, p.rejected),
+                None => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     let mut outcome = validate::validate(&mut req, limits);
+    outcome.reject_too_deep(
+        deep_spans,
+        limits.max_attribute_depth.min(prune::DECODER_DEPTH_LIMIT),
+    );
     if let Some((keys, p)) = tenant {
         outcome.modified |= stamp_tenant(&mut req, keys, p);
     }

@@ -35,7 +35,7 @@ const RECURSION_LIMIT: u32 = 100;
 
 const VARINT: u8 = 0;
 const I64: u8 = 1;
-const LEN: u8 = 2;
+pub(crate) const LEN: u8 = 2;
 const I32: u8 = 5;
 
 /// A resource attribute key that claims a tenant, and the value the authenticated principal
@@ -66,20 +66,26 @@ pub fn scan(
 }
 
 /// A bounded cursor over one message's bytes. Every read is checked; nothing can index out of
-/// bounds or overflow whatever the input.
-struct Cur<'a> {
+/// bounds or overflow whatever the input. Shared with `prune` (one wire reader, one varint rule).
+pub(crate) struct Cur<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Cur<'a> {
+    /// Bytes read so far.
     #[inline(always)]
-    fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    #[inline(always)]
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Self { buf, pos: 0 }
     }
 
     #[inline(always)]
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
@@ -112,7 +118,7 @@ impl<'a> Cur<'a> {
     }
 
     #[inline(always)]
-    fn key(&mut self) -> R<(u32, u8)> {
+    pub(crate) fn key(&mut self) -> R<(u32, u8)> {
         let k = self.varint()?;
         if k > u64::from(u32::MAX) {
             return Err(NeedsSlowPath);
@@ -126,7 +132,7 @@ impl<'a> Cur<'a> {
     }
 
     #[inline(always)]
-    fn take(&mut self, n: usize) -> R<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> R<&'a [u8]> {
         let end = self.pos.checked_add(n).ok_or(NeedsSlowPath)?;
         let s = self.buf.get(self.pos..end).ok_or(NeedsSlowPath)?;
         self.pos = end;
@@ -134,7 +140,7 @@ impl<'a> Cur<'a> {
     }
 
     #[inline(always)]
-    fn len_delimited(&mut self) -> R<&'a [u8]> {
+    pub(crate) fn len_delimited(&mut self) -> R<&'a [u8]> {
         let n = self.varint()?;
         let n = usize::try_from(n).map_err(|_| NeedsSlowPath)?;
         self.take(n)
@@ -162,7 +168,7 @@ impl<'a> Cur<'a> {
 
     /// Any varint-typed scalar (`int32`, `uint32`, `int64`, `bool`, enums).
     #[inline(always)]
-    fn varint_field(&mut self, wt: u8) -> R<u64> {
+    pub(crate) fn varint_field(&mut self, wt: u8) -> R<u64> {
         if wt != VARINT {
             return Err(NeedsSlowPath);
         }
@@ -198,7 +204,7 @@ impl<'a> Cur<'a> {
     /// Skips an unknown field as prost's `skip_field` does. Groups (deprecated, never sent by
     /// OTLP exporters) are left to the slow path rather than modelled.
     #[inline]
-    fn skip(&mut self, wt: u8, budget: u32) -> R<()> {
+    pub(crate) fn skip(&mut self, wt: u8, budget: u32) -> R<()> {
         if budget == 0 {
             return Err(NeedsSlowPath);
         }

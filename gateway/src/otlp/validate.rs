@@ -61,6 +61,13 @@ pub struct Outcome {
 const MAX_MESSAGES: usize = 5;
 
 impl Outcome {
+    /// Counts `n` spans cut out before decoding for a value nested deeper than `limit`.
+    pub fn reject_too_deep(&mut self, n: usize, limit: usize) {
+        self.reject(n, Reason::AttributeTooDeep, || {
+            format!("{n} span(s) hold a value nested deeper than {limit} levels")
+        });
+    }
+
     fn reject(&mut self, n: usize, reason: Reason, msg: impl FnOnce() -> String) {
         if n == 0 {
             return;

@@ -1,0 +1,344 @@
+//! Per-span rejection of attribute values nested deeper than the decoder can follow.
+//!
+//! prost refuses a message nested more than 100 levels deep (`RECURSION_LIMIT`), and an
+//! `AnyValue` costs two levels per level of nesting (AnyValue → ArrayValue/KeyValueList →
+//! AnyValue), so a value about 47 levels deep fails the whole request: every valid span beside
+//! it would be lost with a 400. Before that can happen, this walk finds the spans whose
+//! attributes (their own, their events' and links') hold a value deeper than
+//! `min(limits.max_attribute_depth, DECODER_DEPTH_LIMIT)` and cuts them out of the request
+//! bytes; a resource or scope with such an attribute takes its spans with it. The rest then
+//! decodes and is validated as usual, and the cut spans are reported in `partial_success`.
+//!
+//! The walk reads the wire with the scanner's cursor (`scan::Cur`: one wire reader, one
+//! varint rule). Its recursion is bounded by the depth limit (it stops one level past it), and
+//! it never materialises a value, so a deep value costs no allocation and no recursive drop.
+//! Anything malformed makes it give up (`None`): prost then gives its answer (400) as before.
+
+use prost::encoding::{encode_key, encode_varint, WireType};
+
+use super::scan::{Cur, LEN};
+
+/// Deepest `AnyValue` nesting kept whatever `limits.max_attribute_depth` says: well inside
+/// prost's recursion limit with the span's own enclosing messages (request, resource spans,
+/// scope spans, span, event or link, key-value) counted.
+pub const DECODER_DEPTH_LIMIT: usize = 40;
+
+/// A request with the too-deep spans cut out.
+#[derive(Debug)]
+pub struct Pruned {
+    pub request: Vec<u8>,
+    /// Spans cut out.
+    pub rejected: usize,
+}
+
+/// Cuts out the spans holding a value nested deeper than `max_depth` (capped at
+/// [`DECODER_DEPTH_LIMIT`]); `None` when there is none or the bytes are malformed.
+pub fn prune_deep_spans(buf: &[u8], max_depth: usize) -> Option<Pruned> {
+    let w = Walk {
+        limit: max_depth.min(DECODER_DEPTH_LIMIT),
+    };
+    let mut rejected = 0usize;
+    let out = w.rebuild(buf, &mut rejected, |w, tag, field, rejected| match tag {
+        1 => w.resource_spans(field, rejected),
+        _ => Some(Edit::Keep),
+    })?;
+    (rejected > 0).then_some(Pruned {
+        request: out,
+        rejected,
+    })
+}
+
+/// What becomes of one length-delimited field.
+enum Edit {
+    Keep,
+    Replace(Vec<u8>),
+    Drop,
+}
+
+struct Walk {
+    limit: usize,
+}
+
+impl Walk {
+    /// Copies `buf` field by field; `edit` decides about each length-delimited field.
+    fn rebuild(
+        &self,
+        buf: &[u8],
+        rejected: &mut usize,
+        edit: impl Fn(&Self, u32, &[u8], &mut usize) -> Option<Edit>,
+    ) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(buf.len());
+        let mut c = Cur::new(buf);
+        while !c.done() {
+            let start = c.pos();
+            let (tag, wt) = c.key().ok()?;
+            if wt != LEN {
+                c.skip(wt, 1).ok()?;
+                out.extend_from_slice(&buf[start..c.pos()]);
+                continue;
+            }
+            let field = c.len_delimited().ok()?;
+            match edit(self, tag, field, rejected)? {
+                Edit::Keep => out.extend_from_slice(&buf[start..c.pos()]),
+                Edit::Replace(bytes) => {
+                    encode_key(tag, WireType::LengthDelimited, &mut out);
+                    encode_varint(bytes.len() as u64, &mut out);
+                    out.extend_from_slice(&bytes);
+                }
+                Edit::Drop => {}
+            }
+        }
+        Some(out)
+    }
+
+    fn resource_spans(&self, buf: &[u8], rejected: &mut usize) -> Option<Edit> {
+        // A resource with a too-deep attribute: all of its spans go.
+        if self.any_field(buf, 1, |w, r| w.attributes_too_deep(r, 1))? {
+            *rejected += self.count_spans(buf)?;
+            return Some(Edit::Drop);
+        }
+        let before = *rejected;
+        let out = self.rebuild(buf, rejected, |w, tag, field, rejected| match tag {
+            2 => w.scope_spans(field, rejected),
+            _ => Some(Edit::Keep),
+        })?;
+        Some(if *rejected == before {
+            Edit::Keep
+        } else {
+            Edit::Replace(out)
+        })
+    }
+
+    fn scope_spans(&self, buf: &[u8], rejected: &mut usize) -> Option<Edit> {
+        if self.any_field(buf, 1, |w, scope| w.attributes_too_deep(scope, 3))? {
+            *rejected += self.fields(buf, 2)?;
+            return Some(Edit::Drop);
+        }
+        let before = *rejected;
+        let out = self.rebuild(buf, rejected, |w, tag, span, rejected| {
+            if tag == 2 && w.span_too_deep(span)? {
+                *rejected += 1;
+                return Some(Edit::Drop);
+            }
+            Some(Edit::Keep)
+        })?;
+        Some(if *rejected == before {
+            Edit::Keep
+        } else {
+            Edit::Replace(out)
+        })
+    }
+
+    fn span_too_deep(&self, span: &[u8]) -> Option<bool> {
+        Some(
+            self.any_field(span, 9, |w, kv| w.key_value_too_deep(kv, 1))?
+                || self.any_field(span, 11, |w, event| w.attributes_too_deep(event, 3))?
+                || self.any_field(span, 13, |w, link| w.attributes_too_deep(link, 4))?,
+        )
+    }
+
+    fn count_spans(&self, resource_spans: &[u8]) -> Option<usize> {
+        let mut n = 0;
+        let mut c = Cur::new(resource_spans);
+        while !c.done() {
+            let (tag, wt) = c.key().ok()?;
+            if tag == 2 && wt == LEN {
+                n += self.fields(c.len_delimited().ok()?, 2)?;
+            } else {
+                c.skip(wt, 1).ok()?;
+            }
+        }
+        Some(n)
+    }
+
+    /// How many length-delimited fields `tag` `buf` holds.
+    fn fields(&self, buf: &[u8], tag: u32) -> Option<usize> {
+        let mut n = 0;
+        self.any_field(buf, tag, |_, _| {
+            n += 1;
+            Some(false)
+        })?;
+        Some(n)
+    }
+
+    /// True if `check` is true for any length-delimited field `tag` of `buf`.
+    fn any_field(
+        &self,
+        buf: &[u8],
+        tag: u32,
+        mut check: impl FnMut(&Self, &[u8]) -> Option<bool>,
+    ) -> Option<bool> {
+        let mut c = Cur::new(buf);
+        let mut found = false;
+        while !c.done() {
+            let (t, wt) = c.key().ok()?;
+            if t == tag && wt == LEN {
+                found |= check(self, c.len_delimited().ok()?)?;
+            } else {
+                c.skip(wt, 1).ok()?;
+            }
+        }
+        Some(found)
+    }
+
+    /// A message whose field `tag` is `repeated KeyValue` (attributes at depth 1).
+    fn attributes_too_deep(&self, buf: &[u8], tag: u32) -> Option<bool> {
+        self.any_field(buf, tag, |w, kv| w.key_value_too_deep(kv, 1))
+    }
+
+    /// A `KeyValue` whose value sits at `depth`.
+    fn key_value_too_deep(&self, kv: &[u8], depth: usize) -> Option<bool> {
+        self.any_field(kv, 2, |w, value| w.value_too_deep(value, depth))
+    }
+
+    /// An `AnyValue` at `depth`: array (5) and kvlist (6) members sit one level deeper. The
+    /// recursion stops one level past the limit.
+    fn value_too_deep(&self, value: &[u8], depth: usize) -> Option<bool> {
+        if depth > self.limit {
+            return Some(true);
+        }
+        Some(
+            self.any_field(value, 5, |w, array| {
+                w.any_field(array, 1, |w, v| w.value_too_deep(v, depth + 1))
+            })? || self.any_field(value, 6, |w, kvlist| {
+                w.any_field(kvlist, 1, |w, kv| w.key_value_too_deep(kv, depth + 1))
+            })?,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, KeyValue};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+
+    /// Raw AnyValue bytes nested `depth` levels (arrays), so the test never builds (or drops)
+    /// a deep value itself.
+    fn deep_value(depth: usize) -> Vec<u8> {
+        let mut v = AnyValue {
+            value: Some(any_value::Value::IntValue(1)),
+        }
+        .encode_to_vec();
+        for _ in 1..depth {
+            // ArrayValue { values: [v] } inside AnyValue { array_value }.
+            let mut array = Vec::new();
+            encode_key(1, WireType::LengthDelimited, &mut array);
+            encode_varint(v.len() as u64, &mut array);
+            array.extend_from_slice(&v);
+            let mut any = Vec::new();
+            encode_key(5, WireType::LengthDelimited, &mut any);
+            encode_varint(array.len() as u64, &mut any);
+            any.extend_from_slice(&array);
+            v = any;
+        }
+        v
+    }
+
+    fn span(name: &str) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A request of `good` spans plus one span whose attribute is nested `depth` levels.
+    fn request(good: usize, depth: usize) -> Vec<u8> {
+        // Append the deep span to the ScopeSpans by hand: KeyValue{key, value: deep}.
+        let mut kv = Vec::new();
+        encode_key(1, WireType::LengthDelimited, &mut kv);
+        encode_varint(1, &mut kv);
+        kv.push(b'k');
+        let value = deep_value(depth);
+        encode_key(2, WireType::LengthDelimited, &mut kv);
+        encode_varint(value.len() as u64, &mut kv);
+        kv.extend_from_slice(&value);
+        let mut deep_span = span("deep").encode_to_vec();
+        encode_key(9, WireType::LengthDelimited, &mut deep_span);
+        encode_varint(kv.len() as u64, &mut deep_span);
+        deep_span.extend_from_slice(&kv);
+        let mut scope = ScopeSpans {
+            spans: (0..good).map(|i| span(&format!("good-{i}"))).collect(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        encode_key(2, WireType::LengthDelimited, &mut scope);
+        encode_varint(deep_span.len() as u64, &mut scope);
+        scope.extend_from_slice(&deep_span);
+        let mut rs = Vec::new();
+        encode_key(2, WireType::LengthDelimited, &mut rs);
+        encode_varint(scope.len() as u64, &mut rs);
+        rs.extend_from_slice(&scope);
+        let mut bytes = Vec::new();
+        encode_key(1, WireType::LengthDelimited, &mut bytes);
+        encode_varint(rs.len() as u64, &mut bytes);
+        bytes.extend_from_slice(&rs);
+        bytes
+    }
+
+    #[test]
+    fn deep_spans_are_cut_and_the_rest_decodes() {
+        for depth in [33, 49, 99, 5000] {
+            let bytes = request(3, depth);
+            if depth >= 49 {
+                assert!(ExportTraceServiceRequest::decode(&bytes[..]).is_err());
+            }
+            let p = prune_deep_spans(&bytes, 32).expect("pruned");
+            assert_eq!(p.rejected, 1, "depth {depth}");
+            let req = ExportTraceServiceRequest::decode(&p.request[..]).unwrap();
+            let names: Vec<_> = req.resource_spans[0].scope_spans[0]
+                .spans
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            assert_eq!(names, ["good-0", "good-1", "good-2"], "depth {depth}");
+        }
+    }
+
+    #[test]
+    fn shallow_or_malformed_requests_are_left_alone() {
+        assert!(prune_deep_spans(&request(2, 32), 32).is_none());
+        let bytes = request(2, 60);
+        assert!(prune_deep_spans(&bytes[..bytes.len() - 3], 32).is_none());
+        // The decoder's limit caps a looser configuration.
+        assert_eq!(prune_deep_spans(&request(1, 45), 99).unwrap().rejected, 1);
+    }
+
+    #[test]
+    fn a_deep_resource_attribute_takes_its_spans() {
+        let value = AnyValue {
+            value: Some(any_value::Value::ArrayValue(ArrayValue { values: vec![] })),
+        };
+        let mut req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Default::default()),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span("a"), span("b")],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        req.resource_spans[0]
+            .resource
+            .as_mut()
+            .unwrap()
+            .attributes
+            .push(KeyValue {
+                key: "k".into(),
+                value: Some(value),
+                ..Default::default()
+            });
+        // The value sits at depth 1: kept at limit 1, cut (with both spans) at limit 0.
+        let bytes = req.encode_to_vec();
+        assert!(prune_deep_spans(&bytes, 1).is_none());
+        let p = prune_deep_spans(&bytes, 0).unwrap();
+        assert_eq!(p.rejected, 2);
+        let pruned = ExportTraceServiceRequest::decode(&p.request[..]).unwrap();
+        assert!(pruned.resource_spans.is_empty());
+    }
+}
