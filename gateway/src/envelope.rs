@@ -70,15 +70,15 @@ pub fn plain_request(batch: &Batch, cap: usize) -> Result<Bytes, PayloadError> {
     };
     let plain =
         decode::decompress(compression, batch.otlp_request.clone(), limit).map_err(|e| {
-            match e.kind {
+            match e {
                 // More bytes than declared: the declared length is wrong.
-                crate::error::ErrorKind::TooLarge => PayloadError::Longer {
+                decode::DecodeError::TooLarge(_) => PayloadError::Longer {
                     encoding: name,
                     want,
                 },
-                _ => PayloadError::Corrupt {
+                other => PayloadError::Corrupt {
                     encoding: name,
-                    message: e.message,
+                    message: other.to_string(),
                 },
             }
         })?;

@@ -144,6 +144,20 @@ impl ApiError {
     }
 }
 
+/// The codec's errors at the edge: an unsupported encoding is 415 / UNIMPLEMENTED, a body over
+/// the cap after decompression 413 / RESOURCE_EXHAUSTED, anything else malformed 400 /
+/// INVALID_ARGUMENT.
+impl From<crate::otlp::decode::DecodeError> for ApiError {
+    fn from(e: crate::otlp::decode::DecodeError) -> Self {
+        use crate::otlp::decode::DecodeError as D;
+        match e {
+            D::UnsupportedEncoding(m) => ApiError::new(ErrorKind::UnsupportedMedia, m),
+            D::TooLarge(cap) => ApiError::too_large(cap),
+            D::Malformed(m) => ApiError::invalid(m),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -258,10 +258,10 @@ pub fn prepare(
         Err(e) if format == Format::Protobuf => {
             match prune::prune_deep_spans(&plain, limits.max_attribute_depth) {
                 Some(p) => (decode::decode(format, &p.request)?, p.rejected),
-                None => return Err(e),
+                None => return Err(e.into()),
             }
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     let mut outcome = validate::validate(&mut req, limits);
     outcome.reject_too_deep(

@@ -1,5 +1,9 @@
 //! Capped decompression and decoding of OTLP trace export requests.
 //!
+//! Errors are this module's own (`DecodeError`); the ingest edge maps them to `ApiError`
+//! (`crate::error`), so this file depends on no gateway type and the fuzz targets compile it
+//! alone (`fuzz/fuzz_targets/decompress.rs`, `otlp_json.rs`).
+//!
 //! The size cap applies to the **decompressed** body and is enforced while inflating, so a
 //! compression bomb never puts more than the cap (plus one read chunk) in memory
 //! (cf. Collector CVE-2024-36129). zstd reuses one decompression context per thread. Runs on
@@ -11,7 +15,34 @@ use bytes::Bytes;
 use prost::Message;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 
-use crate::error::{ApiError, ErrorKind};
+/// Why a body could not be decompressed or decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A `Content-Encoding` / `grpc-encoding` we do not support.
+    UnsupportedEncoding(String),
+    /// More than the cap after decompression.
+    TooLarge(usize),
+    /// Corrupt compressed data, or not a valid request in its format.
+    Malformed(String),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::UnsupportedEncoding(m) | DecodeError::Malformed(m) => f.write_str(m),
+            DecodeError::TooLarge(cap) => write!(
+                f,
+                "request exceeds the limit of {cap} bytes after decompression"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn malformed(message: impl Into<String>) -> DecodeError {
+    DecodeError::Malformed(message.into())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -23,7 +54,7 @@ pub enum Compression {
 
 impl Compression {
     /// From a `Content-Encoding` (HTTP) or `grpc-encoding` (gRPC) header value.
-    pub fn from_header(value: Option<&str>) -> Result<Self, ApiError> {
+    pub fn from_header(value: Option<&str>) -> Result<Self, DecodeError> {
         let Some(v) = value else {
             return Ok(Self::Identity);
         };
@@ -32,12 +63,9 @@ impl Compression {
             "gzip" | "x-gzip" => Ok(Self::Gzip),
             "deflate" => Ok(Self::Deflate),
             "zstd" => Ok(Self::Zstd),
-            other => Err(ApiError::new(
-                ErrorKind::UnsupportedMedia,
-                format!(
-                    "unsupported content encoding {other:?}; use gzip, deflate, zstd or identity"
-                ),
-            )),
+            other => Err(DecodeError::UnsupportedEncoding(format!(
+                "unsupported content encoding {other:?}; use gzip, deflate, zstd or identity"
+            ))),
         }
     }
 }
@@ -56,13 +84,12 @@ const READ_CHUNK: usize = 64 * 1024;
 const ZSTD_KEEP_CONTEXT_BYTES: usize = 4 << 20;
 
 /// Decompresses `body`, never holding more than `cap` decompressed bytes.
-pub fn decompress(compression: Compression, body: Bytes, cap: usize) -> Result<Bytes, ApiError> {
-    let corrupt =
-        |e: std::io::Error| ApiError::invalid(format!("corrupt {compression:?} body: {e}"));
+pub fn decompress(compression: Compression, body: Bytes, cap: usize) -> Result<Bytes, DecodeError> {
+    let corrupt = |e: std::io::Error| malformed(format!("corrupt {compression:?} body: {e}"));
     match compression {
         Compression::Identity => {
             if body.len() > cap {
-                return Err(ApiError::too_large(cap));
+                return Err(DecodeError::TooLarge(cap));
             }
             Ok(body)
         }
@@ -102,9 +129,9 @@ enum CapError {
 }
 
 impl CapError {
-    fn or_invalid(self, f: impl FnOnce(std::io::Error) -> ApiError) -> ApiError {
+    fn or_invalid(self, f: impl FnOnce(std::io::Error) -> DecodeError) -> DecodeError {
         match self {
-            CapError::TooLarge(cap) => ApiError::too_large(cap),
+            CapError::TooLarge(cap) => DecodeError::TooLarge(cap),
             CapError::Io(e) => f(e),
         }
     }
@@ -213,13 +240,13 @@ fn read_capped(mut r: impl Read, cap: usize, size_hint: usize) -> Result<Bytes, 
 }
 
 /// Decodes a decompressed body.
-pub fn decode(format: Format, body: &[u8]) -> Result<ExportTraceServiceRequest, ApiError> {
+pub fn decode(format: Format, body: &[u8]) -> Result<ExportTraceServiceRequest, DecodeError> {
     match format {
         Format::Protobuf => ExportTraceServiceRequest::decode(body)
-            .map_err(|e| ApiError::invalid(format!("malformed protobuf: {e}"))),
+            .map_err(|e| malformed(format!("malformed protobuf: {e}"))),
         Format::Json => {
             if body.iter().all(u8::is_ascii_whitespace) {
-                return Err(ApiError::invalid("malformed JSON: empty body"));
+                return Err(malformed("malformed JSON: empty body"));
             }
             // serde_json stops at nesting depth 128, so deep JSON cannot exhaust the stack.
             serde_json::from_slice(body).or_else(|e| {
@@ -227,13 +254,12 @@ pub fn decode(format: Format, body: &[u8]) -> Result<ExportTraceServiceRequest, 
                 // generated types refuse it, so a body that failed and holds a `null` is read
                 // again with its null fields dropped. Only then: the common path pays nothing.
                 if !body.windows(4).any(|w| w == b"null") {
-                    return Err(ApiError::invalid(format!("malformed JSON: {e}")));
+                    return Err(malformed(format!("malformed JSON: {e}")));
                 }
                 let mut value: serde_json::Value = serde_json::from_slice(body)
-                    .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
+                    .map_err(|e| malformed(format!("malformed JSON: {e}")))?;
                 drop_null_fields(&mut value);
-                serde_json::from_value(value)
-                    .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))
+                serde_json::from_value(value).map_err(|e| malformed(format!("malformed JSON: {e}")))
             })
         }
     }
@@ -256,6 +282,17 @@ fn drop_null_fields(v: &mut serde_json::Value) {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// The answer the edge gives for `self` (`crate::error`).
+    trait Status {
+        fn status(self) -> u16;
+    }
+
+    impl Status for DecodeError {
+        fn status(self) -> u16 {
+            crate::error::ApiError::from(self).http_status().as_u16()
+        }
+    }
 
     #[test]
     fn json_null_fields_read_as_their_defaults() {
@@ -311,7 +348,7 @@ mod tests {
         let data = vec![0u8; 50 * 1024 * 1024];
         let z: Bytes = zstd::encode_all(&data[..], 1).unwrap().into();
         let e = decompress(Compression::Zstd, z.clone(), 1 << 20).unwrap_err();
-        assert_eq!(e.http_status(), 413);
+        assert_eq!(e.status(), 413);
         assert_eq!(
             decompress(Compression::Zstd, z, data.len()).unwrap().len(),
             data.len()
@@ -321,13 +358,13 @@ mod tests {
         assert_eq!(
             decompress(Compression::Gzip, gzip(&small), 999)
                 .unwrap_err()
-                .http_status(),
+                .status(),
             413
         );
         assert_eq!(
             decompress(Compression::Identity, small.clone().into(), 999)
                 .unwrap_err()
-                .http_status(),
+                .status(),
             413
         );
     }
@@ -346,11 +383,11 @@ mod tests {
             assert!(out == data, "round trip");
             // Over the cap by one byte: 413, and the context is fine for the next request.
             let e = decompress(Compression::Zstd, z.clone().into(), data.len() - 1).unwrap_err();
-            assert_eq!(e.http_status(), 413);
+            assert_eq!(e.status(), 413);
             // Truncated mid-frame: 400; the next request still decodes.
             let cut = z[..z.len() - 3].to_vec();
             let e = decompress(Compression::Zstd, cut.into(), 1 << 20).unwrap_err();
-            assert_eq!(e.http_status(), 400);
+            assert_eq!(e.status(), 400);
         }
         // A frame with a large window (8 MiB here) decodes, and its context is not kept.
         let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
@@ -375,13 +412,11 @@ mod tests {
     #[test]
     fn corrupt_input_is_400() {
         let e = decompress(Compression::Gzip, Bytes::from_static(b"not gzip"), 100).unwrap_err();
-        assert_eq!(e.http_status(), 400);
+        assert_eq!(e.status(), 400);
         let e = decompress(Compression::Zstd, Bytes::from_static(b"not zstd"), 100).unwrap_err();
-        assert_eq!(e.http_status(), 400);
+        assert_eq!(e.status(), 400);
         assert_eq!(
-            Compression::from_header(Some("br"))
-                .unwrap_err()
-                .http_status(),
+            Compression::from_header(Some("br")).unwrap_err().status(),
             415
         );
     }

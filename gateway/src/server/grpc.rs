@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use prost::Message;
@@ -153,7 +153,8 @@ impl GrpcReceiver {
             &tenant,
         )
         .await?;
-        let (flag, msg) = split_message(body)?;
+        let (flag, msg) =
+            super::grpc_frame::split_message(body).map_err(|e| ApiError::invalid(e.to_string()))?;
         let compression = match (flag, compression) {
             (0, _) => Compression::Identity,
             (1, Compression::Identity) => {
@@ -182,43 +183,9 @@ impl GrpcReceiver {
     }
 }
 
-/// Splits a unary request body into (compressed-flag, message). Exactly one message.
-fn split_message(mut body: Bytes) -> Result<(u8, Bytes), ApiError> {
-    if body.len() < 5 {
-        return Err(ApiError::invalid("truncated gRPC message prefix"));
-    }
-    let flag = body[0];
-    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    body.advance(5);
-    if body.len() < len {
-        return Err(ApiError::invalid(format!(
-            "truncated gRPC message: prefix says {len} bytes, got {}",
-            body.len()
-        )));
-    }
-    if body.len() > len {
-        return Err(ApiError::invalid("more than one message on a unary call"));
-    }
-    Ok((flag, body))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn framing() {
-        let mut b = vec![0, 0, 0, 0, 3];
-        b.extend_from_slice(b"abc");
-        assert_eq!(
-            split_message(b.clone().into()).unwrap(),
-            (0, Bytes::from_static(b"abc"))
-        );
-        assert!(split_message(Bytes::from(b[..6].to_vec())).is_err());
-        b.push(1);
-        assert!(split_message(b.into()).is_err());
-        assert!(split_message(Bytes::from_static(&[0, 0])).is_err());
-    }
 
     #[test]
     fn error_has_status_headers_and_retry_info() {

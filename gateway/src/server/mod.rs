@@ -5,6 +5,7 @@ pub mod admin;
 pub mod body;
 pub mod conn;
 pub mod grpc;
+pub mod grpc_frame;
 pub mod http;
 pub mod lifecycle;
 pub mod listener;
