@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Runs the cargo-fuzz targets one after the other, each for SECONDS:
-# - proxy_header  (fuzz/fuzz_targets/proxy_header.rs): the PROXY protocol header parser;
-# - scan_validate (fuzz/fuzz_targets/scan_validate.rs): the ingest scan fast path against prost
-#   decode + validate (a "clean" verdict must match the prost path's answer).
+# Runs the cargo-fuzz targets one after the other, each for SECONDS (fuzz/Cargo.toml lists
+# what each one checks): proxy_header, scan_validate, decompress, otlp_json, grpc_frame,
+# api_key, kafka_envelope. Each starts from its committed seeds (fuzz/seeds/<target>).
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (default 600 s each, all targets; CI runs each
-# briefly, e.g. 20 s, so the total stays within 40 s)
+# briefly, e.g. 20 s each)
 #
 # cargo-fuzz wants a nightly compiler for -Zsanitizer=address. This machine has stable Rust only,
 # so we set RUSTC_BOOTSTRAP=1, which lets stable rustc accept those flags (the sanitizer runtime
@@ -14,7 +13,7 @@ cd "$(dirname "$0")/.."
 SECONDS_TO_RUN="${1:-600}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(proxy_header scan_validate)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(proxy_header scan_validate decompress otlp_json grpc_frame api_key kafka_envelope)
 if ! command -v cargo-fuzz >/dev/null; then
   echo "== installing cargo-fuzz"
   env -u CARGO_TARGET_DIR cargo install cargo-fuzz --locked --quiet
@@ -25,7 +24,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
 cd fuzz
 for target in "${TARGETS[@]}"; do
   case "$target" in
-    proxy_header) max_len=8192 ;;
+    proxy_header|api_key|grpc_frame) max_len=8192 ;;
+    decompress|kafka_envelope) max_len=262144 ;;
     *) max_len=65536 ;;
   esac
   mkdir -p "corpus/$target"

@@ -1,0 +1,40 @@
+//! What the writer reads from Kafka and from the archive: a `tracegate.v1.Batch` envelope and
+//! its OTLP payload (gateway/src/envelope.rs, forwarded zstd/gzip bodies inflated under a cap
+//! and checked against the declared length), and a v1 archive object
+//! (gateway/src/archive/format.rs). None may panic; a payload that reads must be exactly its
+//! declared length.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+use tracegate_proto::v1::{Batch, PayloadEncoding};
+
+// envelope.rs reads `crate::otlp::decode`: the same file, under that name.
+#[path = "../../gateway/src/otlp/decode.rs"]
+#[allow(dead_code)]
+mod decode;
+mod otlp {
+    pub(crate) use super::decode;
+}
+
+#[path = "../../gateway/src/envelope.rs"]
+#[allow(dead_code)]
+mod envelope;
+
+#[path = "../../gateway/src/archive/format.rs"]
+#[allow(dead_code)]
+mod format;
+
+const CAP: usize = 1 << 20;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(batch) = Batch::decode(data) {
+        if let Ok(plain) = envelope::plain_request(&batch, CAP) {
+            if envelope::encoding(&batch) != Ok(PayloadEncoding::Identity) {
+                assert_eq!(plain.len() as u64, batch.otlp_request_plain_len);
+                assert!(plain.len() <= CAP);
+            }
+        }
+    }
+    let _ = format::decode(data);
+});
