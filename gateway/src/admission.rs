@@ -139,7 +139,9 @@ impl Admission {
     fn reserve(&self, project: Option<Arc<str>>, bytes: usize) -> Result<BytesPermit, ApiError> {
         let n = u32::try_from(bytes.max(1)).map_err(|_| ApiError::too_large(u32::MAX as usize))?;
         // The project's share is checked and charged under its lock, then the global bound;
-        // a global refusal gives the project's charge back.
+        // a global refusal gives the project's charge back. A share as large as the whole
+        // budget adds nothing: refusals are then the gateway's capacity (503), not a quota.
+        let project = project.filter(|_| self.project_limit < self.limit);
         if let Some(p) = &project {
             let mut map = self.projects.lock().unwrap_or_else(|p| p.into_inner());
             let used = map.get(p).copied().unwrap_or(0);
@@ -204,6 +206,16 @@ mod tests {
         drop(p);
         assert_eq!(a.in_flight(), 0);
         assert!(a.try_reserve(100).is_ok());
+    }
+
+    #[test]
+    fn a_share_as_large_as_the_budget_refuses_as_capacity() {
+        let a = Admission::with_project_limit(100, 100);
+        let _p = a.try_reserve_for("only", 80).unwrap();
+        assert_eq!(
+            a.try_reserve_for("only", 30).unwrap_err().http_status(),
+            503
+        );
     }
 
     #[test]

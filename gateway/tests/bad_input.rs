@@ -1939,37 +1939,6 @@ fn inflight_overload() {
         ));
     }
 
-    // The same from project alpha, which holds the budget: over its own share (here the whole
-    // budget, as a project's share is never below max_request_bytes): 429 + Retry-After.
-    l.begin("http_project_share_429_retry_after");
-    let n = l.marker("share", false);
-    let r = h.pb(&mut l, pb_request_of_size(&n, 10_000));
-    if expect_status(&mut l, &r, 429) {
-        let ra = r
-            .as_ref()
-            .and_then(|r| r.1.get("retry-after"))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        l.check(
-            ra.as_deref()
-                .is_some_and(|v| v.trim().parse::<u64>().is_ok()),
-            || format!("429 without a valid Retry-After header (got {ra:?})"),
-        );
-    }
-
-    l.begin("grpc_project_share_8_retry_info");
-    let n = l.marker("share-grpc", false);
-    let r = g.export(&mut l, &pb_request_of_size(&n, 10_000), None);
-    if expect_grpc(&mut l, &r, 8) {
-        let r = r.as_ref().unwrap();
-        l.check(r.has_retry_info(), || {
-            format!(
-                "RESOURCE_EXHAUSTED for a project's share without RetryInfo: details {:?}, error {:?}",
-                r.details, r.details_error
-            )
-        });
-    }
-
     l.begin("grpc_overload_14_retry_info");
     let n = l.marker("rej", false);
     let r = g_other.export(&mut l, &pb_request_of_size(&n, 10_000), None);
