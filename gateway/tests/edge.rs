@@ -12,31 +12,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::Gateway;
-
-/// True once the server has closed `s` (EOF or reset), polling for at most `within`.
-fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let deadline = Instant::now() + within;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(_) => return true,
-        }
-    }
-    false
-}
+use common::{closed_by_server, Gateway};
 
 /// Opens `n` connections to `addr` that each send `first` (maybe nothing) and then stay silent.
 fn silent_connections(addr: SocketAddr, n: usize, first: &[u8]) -> Vec<TcpStream> {

@@ -8,6 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -323,6 +324,59 @@ fn handshake_versions_suites_and_alpn_with_openssl() {
         ),
         "{m}"
     );
+}
+
+/// The connection attacks over TLS: three times the connection limit of TCP connections that
+/// never send a ClientHello, or stop after the first bytes of one, on both ports. A normal TLS
+/// client is served within 1 s (idle connections are shed for it) and every silent connection
+/// is closed by the head deadline, which covers the handshake.
+#[test]
+fn silent_connections_over_tls_are_shed_and_closed() {
+    let tls = TlsFiles::new(7);
+    let mut env = tls.env();
+    for (k, v) in [
+        ("TRACEGATE_SERVER__MAX_CONNECTIONS", "64"),
+        ("TRACEGATE_SERVER__MAX_CONNECTIONS_PER_CLIENT", "0"),
+        ("TRACEGATE_SERVER__REQUEST_HEAD_TIMEOUT_MS", "1500"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let gw = start(&env);
+    let key = gw.create_key("tls-silent");
+    // A TLS record header announcing a ClientHello, then nothing.
+    let partial_hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+    let mut silent: Vec<std::net::TcpStream> = Vec::new();
+    for port in [gw.http, gw.grpc] {
+        for i in 0..192 {
+            let mut s = std::net::TcpStream::connect(port).unwrap();
+            if i % 2 == 1 {
+                s.write_all(partial_hello).unwrap();
+            }
+            silent.push(s);
+        }
+    }
+    let client = https_client(&tls.ca.pem(), gw.http, None, true);
+    let started = Instant::now();
+    assert_eq!(
+        post_tls(
+            &client,
+            gw.http.port(),
+            &key,
+            one_span_request("tls-during", 0)
+        ),
+        Ok(200)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a TLS client took {:?} while silent connections filled the limit",
+        started.elapsed()
+    );
+    let open = silent
+        .iter_mut()
+        .map(|s| common::closed_by_server(s, Duration::from_secs(5)))
+        .filter(|closed| !closed)
+        .count();
+    assert_eq!(open, 0, "{open} silent connections still open");
 }
 
 #[test]

@@ -2115,3 +2115,27 @@ pub fn parse_object_name(name: &str) -> Option<(i32, i64, i64)> {
         last.parse().ok()?,
     ))
 }
+
+/// True once the server has closed `s` (EOF or reset), polling for at most `within`.
+pub fn closed_by_server(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
