@@ -44,7 +44,7 @@ pub struct Ingest {
     /// request in a burst finishes late, and the async workers (reading bodies, answering) and
     /// librdkafka's threads get a thinner share too. One per core keeps the others moving and
     /// serves a burst oldest first.
-    pub decode_slots: Arc<tokio::sync::Semaphore>,
+    pub decode_slots: Arc<crate::fair::FairSlots>,
 }
 
 /// A body as received, with what the receiver learned about it.
@@ -316,12 +316,10 @@ impl Ingest {
         } = raw;
         let zstd_level = self.payload_zstd_level;
         let decoding = Instant::now();
-        let slot = self
-            .decode_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::unavailable("gateway is shutting down"))?;
+        // Decode slots are shared round robin between projects (fair.rs): a noisy project's
+        // backlog does not queue a quiet project's request behind it.
+        let tenant = format!("{}/{}", p.org_id, p.project_id);
+        let slot = self.decode_slots.acquire(&tenant).await;
         let (prepared, permit) = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let (mut prepared, mut permit) = prepare(

@@ -14,6 +14,7 @@ pub mod clickhouse;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod fair;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;
