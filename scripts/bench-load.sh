@@ -7,6 +7,8 @@
 #   scripts/bench-load.sh soak [SECONDS] [RATE]                  RSS at RATE spans/s (default: 600 s)
 #   scripts/bench-load.sh overload [RATE]                        10x overload against a 64 MiB in-flight bound
 #   scripts/bench-load.sh quota                                  quiet project next to one sending 4x its quota
+#   scripts/bench-load.sh attack                                 4x capacity from one project + connection attacks
+#                                                                under a memory cap, a quiet project at 10 %: PASS/FAIL
 #   scripts/bench-load.sh writer [SPANS]                         Kafka backlog -> tracegate write -> ClickHouse (chdb front) + archive
 #   scripts/bench-load.sh profile [embedded|kafka] [none|zstd]   perf profile of the gateway at max load
 #
@@ -200,6 +202,76 @@ quota)
   wait $NP
   echo "NOISY at $(( Q * 4 )) spans/s (quota $Q): $(jq_ "$OUT/quota-noisy.json" '"acked %d of %d spans (%.0f spans/s), answers %s" % (r["spans"]["acked"], r["spans"]["sent"], r["acked_spans_per_sec"], r["responses"])')"
   echo "QUIET next to it at $(( Q / 2 )) spans/s: $(jq_ "$OUT/quota-quiet.json" '"acked %d of %d spans, p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, answers %s" % (r["spans"]["acked"], r["spans"]["sent"], r["latency"]["p50_ms"], r["latency"]["p99_ms"], r["latency"]["p999_ms"], r["responses"])')"
+  ;;
+attack)
+  # Issue 20's overload test. Thresholds: no OOM, gateway memory under 80 % of the cap, > 99 %
+  # of the noisy project's refusals retryable with Retry-After, the quiet project's p99 within
+  # 2x its unloaded baseline. MEM_CAP_MIB (default 1024) caps the gateway's memory with a
+  # cgroup (v1 memory controller) where one can be made, else its address space (prlimit --as,
+  # 4x the cap: cruder, virtual memory). ATTACK_SECS (default 60).
+  CAP_MIB="${MEM_CAP_MIB:-1024}"; SECS="${ATTACK_SECS:-60}"
+  printf '[server]
+max_connections = 4096
+' > "$WORK/gw.toml"
+  # The gateway needs more file descriptors than connections (4096 per listener).
+  [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge 10000 ] || { echo "ulimit -Hn $(ulimit -Hn) < 10000" >&2; exit 2; }
+  ulimit -Sn "$(ulimit -Hn)"
+  start_gateway "$WORK/gw.toml"
+  CG=/sys/fs/cgroup/memory/tracegate-attack-$$
+  if mkdir "$CG" 2>/dev/null && echo $(( CAP_MIB << 20 )) > "$CG/memory.limit_in_bytes" && echo "$GW" > "$CG/cgroup.procs"; then
+    CAPPED="cgroup memory.limit_in_bytes=${CAP_MIB} MiB"
+    trap 'cleanup; rmdir "$CG" 2>/dev/null || true' EXIT
+  else
+    prlimit --pid "$GW" --as=$(( CAP_MIB * 4 << 20 ))
+    CAPPED="prlimit --as=$(( CAP_MIB * 4 )) MiB (no cgroup here)"
+  fi
+  NOISY=$KEY
+  QUIET=$("$BIN/tracegate" keys create --project quiet --data-dir "$WORK/gw" | tail -1)
+  load --endpoint "http://$HTTP" --api-key "$NOISY" --spans-per-request "$SPR" --duration 10s --concurrency 8 \
+    --report "$OUT/attack-capacity.json"
+  C=$(jq_ "$OUT/attack-capacity.json" 'int(r["acked_spans_per_sec"])')
+  echo "capacity (closed loop, one project): $C spans/s; memory cap: $CAPPED"
+  load --endpoint "http://$HTTP" --api-key "$QUIET" --spans-per-request "$SPR" --duration 20s --rate $(( C / 10 )) \
+    --max-retries 0 --report "$OUT/attack-quiet-alone.json"
+  BASE=$(jq_ "$OUT/attack-quiet-alone.json" 'r["latency"]["p99_ms"]')
+  echo "QUIET alone at $(( C / 10 )) spans/s: p99 $BASE ms"
+  load --endpoint "http://$HTTP" --api-key "$NOISY" --spans-per-request "$SPR" --duration "${SECS}s" --rate $(( C * 4 )) \
+    --concurrency 1024 --max-retries 0 --report "$OUT/attack-noisy.json" &
+  NP=$!
+  taskset -c "$LOAD_CPU" python3 scripts/conn-attack.py "$HTTP" "$GRPC" --seconds "$SECS" --key "$NOISY" > "$WORK/attack.out" 2>&1 &
+  AP=$!
+  sleep 3
+  load --endpoint "http://$HTTP" --api-key "$QUIET" --spans-per-request "$SPR" --duration "$(( SECS - 6 ))s" --rate $(( C / 10 )) \
+    --max-retries 0 --watch-pid "$GW:gateway" --report "$OUT/attack-quiet.json" --plot "$OUT/attack-quiet.svg"
+  wait $NP || true; wait $AP || true
+  cat "$WORK/attack.out"
+  ALIVE=yes; kill -0 "$GW" 2>/dev/null || ALIVE=no
+  # The gateway's RSS (sampled every second by loadtest). The cgroup's own peak also counts
+  # the page cache of the archive files it wrote, so it is reported, not judged.
+  PEAK_MIB=$(jq_ "$OUT/attack-quiet.json" 'r["watched"][0]["rss_max_kib"]//1024')
+  OOMS=0
+  if [ -f "$CG/memory.max_usage_in_bytes" ]; then
+    echo "cgroup peak usage (RSS + page cache): $(( $(cat "$CG/memory.max_usage_in_bytes") >> 20 )) MiB"
+    OOMS=$(awk '/oom_kill /{print $2}' "$CG/memory.oom_control"); OOMS=${OOMS:-0}
+  fi
+  echo "NOISY at $(( C * 4 )) spans/s: $(jq_ "$OUT/attack-noisy.json" '"acked %d of %d spans, answers %s, retryable refusals %d (with Retry-After %d), final %s, errors %s" % (r["spans"]["acked"], r["spans"]["sent"], r["responses"], r["refusals"]["retryable"], r["refusals"]["retryable_with_retry_after"], r["refusals"]["final_by_status"], r["refusals"]["errors_by_kind"])')"
+  echo "QUIET next to it: $(jq_ "$OUT/attack-quiet.json" '"acked %d of %d spans, p50 %.1f ms, p99 %.1f ms, answers %s" % (r["spans"]["acked"], r["spans"]["sent"], r["latency"]["p50_ms"], r["latency"]["p99_ms"], r["responses"])')"
+  QP99=$(jq_ "$OUT/attack-quiet.json" 'r["latency"]["p99_ms"]')
+  RETRYABLE=$(jq_ "$OUT/attack-noisy.json" '"%.4f" % (r["refusals"]["retryable_with_retry_after"] / max(1, r["refusals"]["retryable"] + sum(r["refusals"]["final_by_status"].values()) + sum(r["refusals"]["errors_by_kind"].values())))')
+  echo "gateway alive: $ALIVE; OOM kills: $OOMS; peak RSS: $PEAK_MIB MiB of $CAP_MIB MiB; refusals retryable with Retry-After: $RETRYABLE; quiet p99 $QP99 ms vs baseline $BASE ms"
+  python3 - "$ALIVE" "$OOMS" "$PEAK_MIB" "$CAP_MIB" "$RETRYABLE" "$QP99" "$BASE" <<'PY'
+import sys
+alive, ooms, peak, cap, retryable, qp99, base = sys.argv[1:]
+checks = {
+    "no OOM, gateway alive": alive == "yes" and int(ooms) == 0,
+    "RSS < 80 % of the cap": int(peak) < 0.8 * int(cap),
+    "> 99 % of refusals retryable": float(retryable) > 0.99,
+    "quiet p99 <= 2x baseline": float(qp99) <= 2 * float(base),
+}
+for name, ok in checks.items():
+    print(("PASS " if ok else "FAIL ") + name)
+sys.exit(0 if all(checks.values()) else 1)
+PY
   ;;
 writer)
   SPANS="${2:-200000}"
