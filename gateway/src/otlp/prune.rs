@@ -215,6 +215,20 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
     use prost::Message;
 
+    /// Appends field `tag` (length-delimited) holding `bytes` to `out`.
+    fn put(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(bytes.len() as u64, out);
+        out.extend_from_slice(bytes);
+    }
+
+    /// Field `tag` holding `bytes`, alone.
+    fn field(tag: u32, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put(&mut out, tag, bytes);
+        out
+    }
+
     /// Raw AnyValue bytes nested `depth` levels (arrays), so the test never builds (or drops)
     /// a deep value itself.
     fn deep_value(depth: usize) -> Vec<u8> {
@@ -223,16 +237,8 @@ mod tests {
         }
         .encode_to_vec();
         for _ in 1..depth {
-            // ArrayValue { values: [v] } inside AnyValue { array_value }.
-            let mut array = Vec::new();
-            encode_key(1, WireType::LengthDelimited, &mut array);
-            encode_varint(v.len() as u64, &mut array);
-            array.extend_from_slice(&v);
-            let mut any = Vec::new();
-            encode_key(5, WireType::LengthDelimited, &mut any);
-            encode_varint(array.len() as u64, &mut any);
-            any.extend_from_slice(&array);
-            v = any;
+            // AnyValue { array_value: ArrayValue { values: [v] } }.
+            v = field(5, &field(1, &v));
         }
         v
     }
@@ -246,38 +252,21 @@ mod tests {
         }
     }
 
-    /// A request of `good` spans plus one span whose attribute is nested `depth` levels.
+    /// A request of `good` spans plus one span whose attribute is nested `depth` levels, put
+    /// together by hand: KeyValue { key, value: deep } in the span, in the scope spans, in the
+    /// resource spans.
     fn request(good: usize, depth: usize) -> Vec<u8> {
-        // Append the deep span to the ScopeSpans by hand: KeyValue{key, value: deep}.
-        let mut kv = Vec::new();
-        encode_key(1, WireType::LengthDelimited, &mut kv);
-        encode_varint(1, &mut kv);
-        kv.push(b'k');
-        let value = deep_value(depth);
-        encode_key(2, WireType::LengthDelimited, &mut kv);
-        encode_varint(value.len() as u64, &mut kv);
-        kv.extend_from_slice(&value);
+        let mut kv = field(1, b"k");
+        put(&mut kv, 2, &deep_value(depth));
         let mut deep_span = span("deep").encode_to_vec();
-        encode_key(9, WireType::LengthDelimited, &mut deep_span);
-        encode_varint(kv.len() as u64, &mut deep_span);
-        deep_span.extend_from_slice(&kv);
+        put(&mut deep_span, 9, &kv);
         let mut scope = ScopeSpans {
             spans: (0..good).map(|i| span(&format!("good-{i}"))).collect(),
             ..Default::default()
         }
         .encode_to_vec();
-        encode_key(2, WireType::LengthDelimited, &mut scope);
-        encode_varint(deep_span.len() as u64, &mut scope);
-        scope.extend_from_slice(&deep_span);
-        let mut rs = Vec::new();
-        encode_key(2, WireType::LengthDelimited, &mut rs);
-        encode_varint(scope.len() as u64, &mut rs);
-        rs.extend_from_slice(&scope);
-        let mut bytes = Vec::new();
-        encode_key(1, WireType::LengthDelimited, &mut bytes);
-        encode_varint(rs.len() as u64, &mut bytes);
-        bytes.extend_from_slice(&rs);
-        bytes
+        put(&mut scope, 2, &deep_span);
+        field(1, &field(2, &scope))
     }
 
     #[test]
