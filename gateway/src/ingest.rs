@@ -318,7 +318,7 @@ impl Ingest {
         let decoding = Instant::now();
         // Decode slots are shared round robin between projects (fair.rs): a noisy project's
         // backlog does not queue a quiet project's request behind it.
-        let tenant = format!("{}/{}", p.org_id, p.project_id);
+        let tenant = p.tenant_key();
         let slot = self.decode_slots.acquire(&tenant).await;
         let (prepared, permit) = tokio::task::spawn_blocking(move || {
             let _slot = slot;

@@ -45,6 +45,13 @@ pub struct Principal {
     pub allowed_cidrs: Vec<String>,
 }
 
+impl Principal {
+    /// `org/project`: the key of the per-project shares (admission, decode slots).
+    pub fn tenant_key(&self) -> String {
+        format!("{}/{}", self.org_id, self.project_id)
+    }
+}
+
 /// What the connection tells us about where a request came from.
 #[derive(Debug, Clone, Default)]
 pub struct Origin {

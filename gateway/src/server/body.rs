@@ -2,8 +2,9 @@
 //! with the bytes read — and draining what an authenticated request refused mid-body as too
 //! large (413) still sends: closing a connection while the client is still writing makes it
 //! see a reset instead of our answer (RFC 9112 §9.6), so we read and discard the rest, bounded
-//! in bytes and time. A request refused before its body is touched (route, type, auth,
-//! declared size) is never drained and never gets `100 Continue`: it is answered and closed.
+//! in bytes and time; so is an authenticated upload whose declared length is over the cap and
+//! that did not send `Expect: 100-continue` (server/http.rs). A request refused before its body
+//! is touched (route, type, key, admission) is never drained and never gets `100 Continue`.
 
 use std::time::Duration;
 

@@ -143,7 +143,7 @@ impl GrpcReceiver {
             return Err(ApiError::internal("request body already taken"));
         };
         // Room for the 5-byte prefix; a message over the cap is refused while reading.
-        let tenant = format!("{}/{}", principal.org_id, principal.project_id);
+        let tenant = principal.tenant_key();
         let (body, permit) = super::body::read_capped(
             incoming,
             cap + 5,

@@ -200,7 +200,7 @@ impl HttpReceiver {
         };
         let reading = Instant::now();
         // Bytes are charged to the project as they arrive, not as declared.
-        let tenant = format!("{}/{}", principal.org_id, principal.project_id);
+        let tenant = principal.tenant_key();
         let (body, permit) = super::body::read_capped(
             incoming,
             cap,

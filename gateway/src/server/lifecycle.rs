@@ -176,6 +176,8 @@ impl Refusal {
 /// The open connections of one listener.
 #[derive(Debug)]
 pub struct Table {
+    /// The listener's name, for `tracegate_connections_open`.
+    listener: &'static str,
     max: usize,
     per_client: usize,
     inner: Mutex<Inner>,
@@ -199,6 +201,7 @@ impl Drop for Seat {
     fn drop(&mut self) {
         let mut inner = self.table.lock();
         inner.conns.remove(&self.id);
+        self.table.report(&inner);
         let client = *self
             .tracker
             .client
@@ -217,8 +220,9 @@ impl Drop for Seat {
 
 impl Table {
     /// `per_client` 0: no per-client limit.
-    pub fn new(max: usize, per_client: usize) -> Arc<Self> {
+    pub fn new(listener: &'static str, max: usize, per_client: usize) -> Arc<Self> {
         Arc::new(Self {
+            listener,
             max: max.max(1),
             per_client,
             inner: Mutex::new(Inner::default()),
@@ -227,6 +231,12 @@ impl Table {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `tracegate_connections_open`, kept current as seats are taken and left.
+    fn report(&self, inner: &Inner) {
+        metrics::gauge!(crate::metrics::CONNECTIONS_OPEN, "listener" => self.listener)
+            .set(inner.conns.len() as f64);
     }
 
     /// The longest-idle connection (optionally of one client) that is not already shedding.
@@ -268,6 +278,7 @@ impl Table {
         inner.next_id += 1;
         let tracker = Arc::new(Tracker::new());
         inner.conns.insert(id, tracker.clone());
+        self.report(&inner);
         Ok(Seat {
             id,
             table: self.clone(),
@@ -343,7 +354,7 @@ mod tests {
 
     #[test]
     fn a_full_table_sheds_the_longest_idle_or_refuses() {
-        let table = Table::new(2, 0);
+        let table = Table::new("test", 2, 0);
         let a = table.admit().unwrap();
         std::thread::sleep(Duration::from_millis(5));
         let b = table.admit().unwrap();
@@ -362,7 +373,7 @@ mod tests {
 
     #[test]
     fn per_client_limit_sheds_that_clients_idle_connections_only() {
-        let table = Table::new(100, 1);
+        let table = Table::new("test", 100, 1);
         let ip1: IpAddr = [127, 0, 0, 1].into();
         let ip2: IpAddr = [127, 0, 0, 2].into();
         let a = table.admit().unwrap();

@@ -78,7 +78,11 @@ pub async fn serve_with<H: Handler>(
     setup: ConnSetup,
 ) {
     let setup = Arc::new(setup);
-    let table = Table::new(setup.max_connections, setup.max_connections_per_client);
+    let table = Table::new(
+        name,
+        setup.max_connections,
+        setup.max_connections_per_client,
+    );
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -128,7 +132,6 @@ pub async fn serve_with<H: Handler>(
                 continue;
             }
         };
-        metrics::gauge!(m::CONNECTIONS_OPEN, "listener" => name).set(table.open() as f64);
         let _ = stream.set_nodelay(true);
         let conn = Conn {
             name,
