@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the cargo-fuzz targets one after the other, each for SECONDS (fuzz/Cargo.toml lists
 # what each one checks): proxy_header, scan_validate, decompress, otlp_json, grpc_frame,
-# api_key, kafka_envelope. Each starts from its committed seeds (fuzz/seeds/<target>).
+# api_key, kafka_envelope, archive_object. Each starts from its committed seeds (fuzz/seeds/<target>).
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (default 600 s each, all targets; CI runs each
 # briefly, e.g. 20 s each)
 #
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 SECONDS_TO_RUN="${1:-600}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(proxy_header scan_validate decompress otlp_json grpc_frame api_key kafka_envelope)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(proxy_header scan_validate decompress otlp_json grpc_frame api_key kafka_envelope archive_object)
 if ! command -v cargo-fuzz >/dev/null; then
   echo "== installing cargo-fuzz"
   env -u CARGO_TARGET_DIR cargo install cargo-fuzz --locked --quiet
@@ -25,7 +25,7 @@ cd fuzz
 for target in "${TARGETS[@]}"; do
   case "$target" in
     proxy_header|api_key|grpc_frame) max_len=8192 ;;
-    decompress|kafka_envelope) max_len=262144 ;;
+    decompress|kafka_envelope|archive_object) max_len=262144 ;;
     *) max_len=65536 ;;
   esac
   mkdir -p "corpus/$target"

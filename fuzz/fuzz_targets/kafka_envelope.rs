@@ -36,5 +36,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let _ = format::decode(data);
+    if let Ok(batches) = format::decode(data, CAP) {
+        assert!(batches.iter().map(|b| b.encoded_len()).sum::<usize>() <= CAP);
+    }
 });

@@ -510,6 +510,15 @@ impl Config {
         let w = &self.writer;
         positive("writer.max_batch_spans", w.max_batch_spans as u64)?;
         positive("writer.max_batch_bytes", w.max_batch_bytes as u64)?;
+        if w.max_batch_bytes > crate::archive::store::MAX_OBJECT_PLAIN_BYTES {
+            return Err(ConfigError::Invalid {
+                key: "writer.max_batch_bytes",
+                message: format!(
+                    "must be at most {} (the largest archive object a reader inflates)",
+                    crate::archive::store::MAX_OBJECT_PLAIN_BYTES
+                ),
+            });
+        }
         positive("writer.queue_capacity", w.queue_capacity as u64)?;
         positive(
             "writer.max_concurrent_writes",

@@ -435,13 +435,20 @@ pub fn check_context(found: &EncryptionContext, expected: &EncryptionContext) ->
     Ok(())
 }
 
-/// Splits the decrypted payload into (group index, batch bytes) records after decompressing.
-pub fn decode_payload(payload: &[u8]) -> Result<Vec<(u32, bytes::Bytes)>> {
+/// Splits the decrypted payload into (group index, batch bytes) records after decompressing at
+/// most `max_plain` bytes: the payload is authenticated, but a reader must not trust a key holder
+/// (or a bug) to bound the frame either (found while writing the `archive_object` fuzz target).
+pub fn decode_payload(payload: &[u8], max_plain: usize) -> Result<Vec<(u32, bytes::Bytes)>> {
     use std::io::Read;
     let mut raw = Vec::new();
     zstd::stream::read::Decoder::new(payload)?
+        .take(max_plain as u64 + 1)
         .read_to_end(&mut raw)
         .context("decompressing archive payload")?;
+    ensure!(
+        raw.len() <= max_plain,
+        "archive payload inflates to more than {max_plain} bytes"
+    );
     let raw = bytes::Bytes::from(raw);
     let mut out = Vec::new();
     let mut at = 0usize;
@@ -557,7 +564,22 @@ mod tests {
             ..Default::default()
         };
         let frame = encode_payload(&[(3, &a), (9, &a)], 3).unwrap();
-        let recs = decode_payload(&frame).unwrap();
+        let recs = decode_payload(&frame, 1 << 20).unwrap();
         assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![3, 9]);
+    }
+
+    #[test]
+    fn payload_that_inflates_past_the_cap_is_refused() {
+        let a = tracegate_proto::v1::Batch {
+            schema_version: 1,
+            project_id: "p".repeat(64 << 10),
+            ..Default::default()
+        };
+        // 64 KiB of 'p' compresses to a few hundred bytes: a small bomb.
+        let frame = encode_payload(&[(0, &a)], 3).unwrap();
+        assert!(frame.len() < 4096);
+        let e = decode_payload(&frame, 32 << 10).unwrap_err().to_string();
+        assert!(e.contains("inflates to more than"), "{e}");
+        assert_eq!(decode_payload(&frame, 128 << 10).unwrap().len(), 1);
     }
 }

@@ -40,8 +40,9 @@ pub fn encode(batches: &[&Batch], level: i32) -> Result<Vec<u8>> {
     Ok(enc.finish()?)
 }
 
-/// Decodes every batch of an archive object.
-pub fn decode(object: &[u8]) -> Result<Vec<Batch>> {
+/// Decodes every batch of an archive object that inflates to at most `max_plain` bytes (a v1
+/// object is not authenticated: anyone who can write to the archive could plant a bomb).
+pub fn decode(object: &[u8], max_plain: usize) -> Result<Vec<Batch>> {
     if object.len() < HEADER_LEN || &object[..4] != MAGIC {
         bail!("not a tracegate archive object (bad magic)");
     }
@@ -50,8 +51,12 @@ pub fn decode(object: &[u8]) -> Result<Vec<Batch>> {
     }
     let mut raw = Vec::new();
     zstd::stream::read::Decoder::new(&object[HEADER_LEN..])?
+        .take(max_plain as u64 + 1)
         .read_to_end(&mut raw)
         .context("decompressing archive object")?;
+    if raw.len() > max_plain {
+        bail!("archive object inflates to more than {max_plain} bytes");
+    }
     let mut raw = Bytes::from(raw);
     let mut out = Vec::new();
     while !raw.is_empty() {
@@ -95,13 +100,27 @@ mod tests {
             ..Default::default()
         };
         let obj = encode(&[&a, &b], 3).unwrap();
-        assert_eq!(decode(&obj).unwrap(), vec![a, b]);
+        assert_eq!(decode(&obj, 1 << 20).unwrap(), vec![a, b]);
         let mut bad = obj.clone();
         let n = bad.len();
         bad[n - 6] ^= 0xff;
-        assert!(decode(&bad).is_err());
-        assert!(decode(&obj[..obj.len() - 3]).is_err());
-        assert!(decode(b"nope").is_err());
+        assert!(decode(&bad, 1 << 20).is_err());
+        assert!(decode(&obj[..obj.len() - 3], 1 << 20).is_err());
+        assert!(decode(b"nope", 1 << 20).is_err());
+    }
+
+    #[test]
+    fn object_that_inflates_past_the_cap_is_refused() {
+        let a = Batch {
+            schema_version: 1,
+            project_id: "p".repeat(64 << 10),
+            ..Default::default()
+        };
+        let obj = encode(&[&a], 3).unwrap();
+        assert!(obj.len() < 4096);
+        let e = decode(&obj, 32 << 10).unwrap_err().to_string();
+        assert!(e.contains("inflates to more than"), "{e}");
+        assert_eq!(decode(&obj, 128 << 10).unwrap(), vec![a]);
     }
 
     #[test]
@@ -115,7 +134,7 @@ mod tests {
             ..Default::default()
         };
         let obj = encode(&[&z], 3).unwrap();
-        let back = decode(&obj).unwrap();
+        let back = decode(&obj, 1 << 20).unwrap();
         assert_eq!(back, vec![z.clone()]);
         assert_eq!(
             crate::envelope::plain_request(&back[0], 10).unwrap(),
@@ -125,7 +144,7 @@ mod tests {
             schema_version: tracegate_proto::BATCH_SCHEMA_VERSION + 1,
             ..z
         };
-        let e = decode(&encode(&[&future], 3).unwrap()).unwrap_err();
+        let e = decode(&encode(&[&future], 3).unwrap(), 1 << 20).unwrap_err();
         assert!(e.to_string().contains("newer than this build"), "{e}");
     }
 }

@@ -127,7 +127,8 @@ impl LocalArchive {
 
     pub fn read_object(path: &Path) -> Result<Vec<Batch>> {
         let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        format::decode(&bytes).with_context(|| format!("decoding {}", path.display()))
+        format::decode(&bytes, super::store::MAX_OBJECT_PLAIN_BYTES)
+            .with_context(|| format!("decoding {}", path.display()))
     }
 }
 

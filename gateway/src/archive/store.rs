@@ -35,6 +35,11 @@ use crate::config::Config;
 use crate::metrics as m;
 use crate::queue::sink::{Sink, WriteGroup};
 
+/// The most a reader inflates one archive object to. A group is at most `writer.max_batch_bytes`
+/// (64 MiB by default) of batches, and an object holds one project's part of it; 1 GiB leaves
+/// room for any sensible setting while refusing a decompression bomb planted in the bucket.
+pub const MAX_OBJECT_PLAIN_BYTES: usize = 1 << 30;
+
 pub const OBJECT_EXT: &str = "tga";
 
 /// The first key segment of the ClickHouse dead-letter area, inside the archive's own location
@@ -472,7 +477,7 @@ impl ArchiveStore {
     /// Decodes an object read from `info`'s location (v1 or v2).
     pub async fn decode(&self, info: &ObjectInfo, bytes: &[u8]) -> Result<ObjectContents> {
         if bytes.starts_with(format::MAGIC) {
-            let batches = format::decode(bytes)?;
+            let batches = format::decode(bytes, MAX_OBJECT_PLAIN_BYTES)?;
             return Ok(ObjectContents {
                 info: info.clone(),
                 format: 1,
@@ -509,7 +514,7 @@ impl ArchiveStore {
         }
         let data_key = self.keys.unwrap(h).await?;
         let payload = crypto::open(&parsed, &data_key)?;
-        let records = crypto::decode_payload(&payload)?;
+        let records = crypto::decode_payload(&payload, MAX_OBJECT_PLAIN_BYTES)?;
         let mut batches = Vec::with_capacity(records.len());
         for (i, body) in records {
             let b = Batch::decode(body).context("decoding batch record")?;
