@@ -229,6 +229,8 @@ impl<H: Handler> Conn<H> {
                 Ok::<_, Infallible>(resp)
             }
         });
+        // Held briefly after hyper shuts it down, so a refused client reads its answer (linger.rs).
+        let io = super::linger::Lingering::new(io);
         let conn = self.builder.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
         // Set once the connection was asked to close: after CLOSE_GRACE (or the drain, at

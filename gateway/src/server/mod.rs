@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod grpc_frame;
 pub mod http;
 pub mod lifecycle;
+pub mod linger;
 pub mod listener;
 pub mod proxy;
 pub mod proxy_header;
