@@ -114,6 +114,12 @@ impl Admission {
         map.get(project).copied().unwrap_or(0)
     }
 
+    /// Whether `project` holds more than a quarter of its share: its CPU work then runs as
+    /// bulk (`cpu.rs`), behind the work of projects that send less.
+    pub fn is_busy(&self, project: &str) -> bool {
+        self.project_in_flight(project) > self.project_limit / 4
+    }
+
     fn uncharge(&self, project: Option<&Arc<str>>, bytes: usize) {
         let Some(project) = project else { return };
         let mut map = self.projects.lock().unwrap_or_else(|p| p.into_inner());

@@ -162,7 +162,7 @@ pub async fn run(
         limits: config.limits.clone(),
         tenant_attribute_keys: Arc::new(config.auth.tenant_attribute_keys.clone()),
         payload_zstd_level: config.kafka.as_ref().and_then(|k| k.gateway_payload_zstd()),
-        decode_slots: crate::fair::FairSlots::new(config.limits.decode_slots()),
+        decode_slots: crate::fair::DecodeSlots::new(config.limits.decode_slots()),
     });
     let body_pace = crate::server::body::BodyPace {
         timeout: Duration::from_millis(config.server.body_timeout_ms),

@@ -13,6 +13,25 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
+/// Decode slots of each CPU class (`cpu.rs`): a busy project's requests take bulk slots, the
+/// others interactive ones, so a quiet project's request never waits for a busy project's
+/// decode to finish. Each class holds `limits.decode_concurrency` slots; memory stays bounded by
+/// the in-flight bytes, which every request holds before it asks for a slot.
+#[derive(Debug, Clone)]
+pub struct DecodeSlots {
+    pub interactive: Arc<FairSlots>,
+    pub bulk: Arc<FairSlots>,
+}
+
+impl DecodeSlots {
+    pub fn new(slots: usize) -> Self {
+        Self {
+            interactive: FairSlots::new(slots),
+            bulk: FairSlots::new(slots),
+        }
+    }
+}
+
 /// The slots and the projects waiting for one.
 #[derive(Debug)]
 pub struct FairSlots {

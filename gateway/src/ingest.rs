@@ -44,7 +44,7 @@ pub struct Ingest {
     /// request in a burst finishes late, and the async workers (reading bodies, answering) and
     /// librdkafka's threads get a thinner share too. One per core keeps the others moving and
     /// serves a burst oldest first.
-    pub decode_slots: Arc<crate::fair::FairSlots>,
+    pub decode_slots: crate::fair::DecodeSlots,
 }
 
 /// A body as received, with what the receiver learned about it.
@@ -319,8 +319,19 @@ impl Ingest {
         // Decode slots are shared round robin between projects (fair.rs): a noisy project's
         // backlog does not queue a quiet project's request behind it.
         let tenant = p.tenant_key();
-        let slot = self.decode_slots.acquire(&tenant).await;
-        let (prepared, permit) = tokio::task::spawn_blocking(move || {
+        // A busy project's decode runs as bulk work, in slots of its own, so a quiet project's
+        // request neither waits for it nor shares the CPU with it evenly (cpu.rs).
+        let class = if self.admission.is_busy(&tenant) {
+            crate::cpu::Class::Bulk
+        } else {
+            crate::cpu::Class::Interactive
+        };
+        let slots = match class {
+            crate::cpu::Class::Bulk => &self.decode_slots.bulk,
+            crate::cpu::Class::Interactive => &self.decode_slots.interactive,
+        };
+        let slot = slots.acquire(&tenant).await;
+        let (prepared, permit) = crate::cpu::run(class, move || {
             let _slot = slot;
             let (mut prepared, mut permit) = prepare(
                 format,

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cli;
 pub mod clickhouse;
 pub mod config;
+pub mod cpu;
 pub mod envelope;
 pub mod error;
 pub mod fair;

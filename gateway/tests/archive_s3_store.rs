@@ -53,6 +53,7 @@ fn same_group_twice_is_one_object_and_kms_binds_the_context() {
         let group = Arc::new(WriteGroup {
             id: "traces:3:100-102".into(),
             batches: vec![batch("web", 1), batch("api", 2), batch("web", 3)],
+            class: Default::default(),
         });
         let first = store.write_group(group.clone()).await.unwrap();
         assert_eq!(first.len(), 2);

@@ -85,6 +85,7 @@ pub async fn assemble(store: &ArchiveStore, g: &PlannedGroup) -> Result<WriteGro
         return Ok(WriteGroup {
             id,
             batches: records.into_iter().map(|(_, b)| b).collect(),
+            class: Default::default(),
         });
     }
     records.sort_by_key(|(i, _)| *i);
@@ -105,6 +106,7 @@ pub async fn assemble(store: &ArchiveStore, g: &PlannedGroup) -> Result<WriteGro
     Ok(WriteGroup {
         id,
         batches: records.into_iter().map(|(_, b)| b).collect(),
+        class: Default::default(),
     })
 }
 
@@ -220,10 +222,12 @@ mod tests {
                 batch("a", 3, 0),
                 batch("b", 4, 0),
             ],
+            class: Default::default(),
         };
         let g2 = WriteGroup {
             id: "t:0:4-4".into(),
             batches: vec![batch("b", 5, 1)],
+            class: Default::default(),
         };
         store.write_group(Arc::new(g1.clone())).await.unwrap();
         store.write_group(Arc::new(g2.clone())).await.unwrap();

@@ -369,7 +369,7 @@ impl ArchiveStore {
         let level = self.level;
         let key_id = key.key_id.clone();
         let group_batches = group.batches.len() as u32;
-        let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+        let bytes = crate::cpu::run(group.class, move || -> Result<Vec<u8>> {
             let records: Vec<(u32, &Batch)> = idx
                 .iter()
                 .map(|&i| (i, &group.batches[i as usize]))
@@ -668,6 +668,7 @@ mod tests {
                 batch("o", "p2", 2),
                 batch("o", "p1", 3),
             ],
+            class: Default::default(),
         });
         let w = store.write_group(g.clone()).await.unwrap();
         assert_eq!(w.len(), 2);
@@ -695,6 +696,7 @@ mod tests {
         let g2 = Arc::new(WriteGroup {
             id: "t:0:13-13".into(),
             batches: vec![batch("o", "p1", 4)],
+            class: Default::default(),
         });
         store.write_group(g2).await.unwrap();
         let mut keys = std::collections::BTreeSet::new();

@@ -372,6 +372,7 @@ impl Inner {
         let dead_group = WriteGroup {
             id: group.id.clone(),
             batches,
+            class: group.class,
         };
         self.dead_letter
             .write_group(Arc::new(dead_group))

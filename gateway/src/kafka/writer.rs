@@ -907,6 +907,8 @@ fn cut_batch(part: &mut Part, l: &Limits, flush: bool, buffered: &mut usize) -> 
         group: Arc::new(WriteGroup {
             id: group_id(&part.tp.0, part.tp.1, first, last),
             batches: msgs.into_iter().filter_map(|m| m.batch).collect(),
+            // No request waits on a Kafka writer's group: nothing to put ahead of it.
+            class: Default::default(),
         }),
         cut_at: Instant::now(),
     })

@@ -13,6 +13,8 @@ use tracegate_proto::v1::Batch;
 pub struct WriteGroup {
     pub id: String,
     pub batches: Vec<Batch>,
+    /// Where its compression and encryption run (`cpu.rs`): bulk for a project with a backlog.
+    pub class: crate::cpu::Class,
 }
 
 impl WriteGroup {
