@@ -208,7 +208,9 @@ attack)
   # of the noisy project's refusals retryable with Retry-After, the quiet project's p99 within
   # 2x its unloaded baseline. MEM_CAP_MIB (default 1024) caps the gateway's memory with a
   # cgroup (v1 memory controller) where one can be made, else its address space (prlimit --as,
-  # 4x the cap: cruder, virtual memory). ATTACK_SECS (default 60).
+  # 4x the cap: cruder, virtual memory). ATTACK_SECS (default 60). ATTACK_JUDGE=edges (CI's
+  # short form) judges everything but the quiet project's p99, which it reports: a latency ratio
+  # on a shared CI machine would judge the machine.
   CAP_MIB="${MEM_CAP_MIB:-1024}"; SECS="${ATTACK_SECS:-60}"
   printf '[server]
 max_connections = 4096
@@ -235,14 +237,20 @@ max_connections = 4096
     --max-retries 0 --report "$OUT/attack-quiet-alone.json"
   BASE=$(jq_ "$OUT/attack-quiet-alone.json" 'r["latency"]["p99_ms"]')
   echo "QUIET alone at $(( C / 10 )) spans/s: p99 $BASE ms"
-  load --endpoint "http://$HTTP" --api-key "$NOISY" --spans-per-request "$SPR" --duration "${SECS}s" --rate $(( C * 4 )) \
+  # For diagnosis: NOISY_X (default 4) scales the noisy load, CONN_ATTACK=0 leaves out the
+  # connection attack.
+  load --endpoint "http://$HTTP" --api-key "$NOISY" --spans-per-request "$SPR" --duration "${SECS}s" --rate $(( C * ${NOISY_X:-4} )) \
     --concurrency 1024 --max-retries 0 --report "$OUT/attack-noisy.json" &
   NP=$!
-  taskset -c "$LOAD_CPU" python3 scripts/conn-attack.py "$HTTP" "$GRPC" --seconds "$SECS" --key "$NOISY" > "$WORK/attack.out" 2>&1 &
+  : > "$WORK/attack.out"
+  if [ "${CONN_ATTACK:-1}" != 0 ]; then
+    taskset -c "$LOAD_CPU" python3 scripts/conn-attack.py "$HTTP" "$GRPC" --seconds "$SECS" --key "$NOISY" > "$WORK/attack.out" 2>&1 &
+  fi
   AP=$!
   sleep 3
   load --endpoint "http://$HTTP" --api-key "$QUIET" --spans-per-request "$SPR" --duration "$(( SECS - 6 ))s" --rate $(( C / 10 )) \
     --max-retries 0 --watch-pid "$GW:gateway" --report "$OUT/attack-quiet.json" --plot "$OUT/attack-quiet.svg"
+  curl -sf "http://$ADMIN/metrics" > "$OUT/attack-metrics.prom" || true
   wait $NP || true; wait $AP || true
   cat "$WORK/attack.out"
   ALIVE=yes; kill -0 "$GW" 2>/dev/null || ALIVE=no
@@ -259,15 +267,19 @@ max_connections = 4096
   QP99=$(jq_ "$OUT/attack-quiet.json" 'r["latency"]["p99_ms"]')
   RETRYABLE=$(jq_ "$OUT/attack-noisy.json" '"%.4f" % (r["refusals"]["retryable_with_retry_after"] / max(1, r["refusals"]["retryable"] + sum(r["refusals"]["final_by_status"].values()) + sum(r["refusals"]["errors_by_kind"].values())))')
   echo "gateway alive: $ALIVE; OOM kills: $OOMS; peak RSS: $PEAK_MIB MiB of $CAP_MIB MiB; refusals retryable with Retry-After: $RETRYABLE; quiet p99 $QP99 ms vs baseline $BASE ms"
-  python3 - "$ALIVE" "$OOMS" "$PEAK_MIB" "$CAP_MIB" "$RETRYABLE" "$QP99" "$BASE" <<'PY'
+  python3 - "$ALIVE" "$OOMS" "$PEAK_MIB" "$CAP_MIB" "$RETRYABLE" "$QP99" "$BASE" "${ATTACK_JUDGE:-all}" <<'PY'
 import sys
-alive, ooms, peak, cap, retryable, qp99, base = sys.argv[1:]
+alive, ooms, peak, cap, retryable, qp99, base, judge = sys.argv[1:]
 checks = {
     "no OOM, gateway alive": alive == "yes" and int(ooms) == 0,
     "RSS < 80 % of the cap": int(peak) < 0.8 * int(cap),
     "> 99 % of refusals retryable": float(retryable) > 0.99,
-    "quiet p99 <= 2x baseline": float(qp99) <= 2 * float(base),
 }
+p99_ok = float(qp99) <= 2 * float(base)
+if judge == "edges":
+    print("REPORT quiet p99 %.1fx its baseline (not judged here; threshold 2x)" % (float(qp99) / float(base)))
+else:
+    checks["quiet p99 <= 2x baseline"] = p99_ok
 for name, ok in checks.items():
     print(("PASS " if ok else "FAIL ") + name)
 sys.exit(0 if all(checks.values()) else 1)
