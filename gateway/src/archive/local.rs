@@ -8,15 +8,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use rand::RngCore;
 use tracegate_proto::v1::Batch;
 
 use super::format;
 use super::fsutil::{create_dir_all_durable, sync_dir};
-use super::store::safe_segment;
-
-pub const OBJECT_EXT: &str = "tga";
+use super::layout::{self, safe_segment, OBJECT_EXT};
 
 #[derive(Debug, Clone)]
 pub struct LocalArchive {
@@ -64,15 +62,10 @@ impl LocalArchive {
         for ((org, project), group) in by_tenant {
             let ts = group[0].received_at_unix_nano;
             let when = DateTime::<Utc>::from_timestamp_nanos(ts as i64);
-            let dir = self
-                .root
-                .join(safe_segment(org))
-                .join(safe_segment(project))
-                .join(format!("{:04}", when.year()))
-                .join(format!("{:02}", when.month()))
-                .join(format!("{:02}", when.day()));
+            let [org, project, y, m, d, name] =
+                layout::object_segments(org, project, when.date_naive(), group_id);
+            let dir = self.root.join(org).join(project).join(y).join(m).join(d);
             create_dir_all_durable(&dir)?;
-            let name = format!("{}.{OBJECT_EXT}", safe_segment(group_id));
             let path = dir.join(&name);
             if path.exists() {
                 dirs.insert(dir);

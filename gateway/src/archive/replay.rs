@@ -18,7 +18,8 @@ use anyhow::{bail, Result};
 use chrono::NaiveDate;
 use tracegate_proto::v1::Batch;
 
-use super::store::{safe_segment, ArchiveStore, ObjectInfo};
+use super::layout::safe_segment;
+use super::store::{ArchiveStore, ObjectInfo};
 use crate::queue::sink::{Sink, WriteGroup};
 
 /// The objects of one archived writer group.

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -35,18 +35,12 @@ use crate::config::Config;
 use crate::metrics as m;
 use crate::queue::sink::{Sink, WriteGroup};
 
+use super::layout::{self, safe_segment, DEAD_LETTER_SEGMENT};
+
 /// The most a reader inflates one archive object to. A group is at most `writer.max_batch_bytes`
 /// (64 MiB by default) of batches, and an object holds one project's part of it; 1 GiB leaves
 /// room for any sensible setting while refusing a decompression bomb planted in the bucket.
 pub const MAX_OBJECT_PLAIN_BYTES: usize = 1 << 30;
-
-pub const OBJECT_EXT: &str = "tga";
-
-/// The first key segment of the ClickHouse dead-letter area, inside the archive's own location
-/// (`<prefix>/.clickhouse-dead-letter/<org>/<project>/…`). Org names never start with '.', so
-/// no tenant can own it, and the archive's listing (exactly six segments under its prefix) never
-/// sees a dead letter as a span object.
-pub const DEAD_LETTER_SEGMENT: &str = ".clickhouse-dead-letter";
 
 /// Tenants of one group written concurrently.
 const TENANT_CONCURRENCY: usize = 8;
@@ -303,12 +297,7 @@ impl ArchiveStore {
 
     fn object_path(&self, org: &str, project: &str, date: NaiveDate, group_id: &str) -> ObjPath {
         let mut parts: Vec<String> = self.prefix.clone();
-        parts.push(safe_segment(org));
-        parts.push(safe_segment(project));
-        parts.push(format!("{:04}", date.year()));
-        parts.push(format!("{:02}", date.month()));
-        parts.push(format!("{:02}", date.day()));
-        parts.push(format!("{}.{OBJECT_EXT}", safe_segment(group_id)));
+        parts.extend(layout::object_segments(org, project, date, group_id));
         ObjPath::from_iter(parts)
     }
 
@@ -439,21 +428,15 @@ impl ArchiveStore {
 
     fn parse_location(&self, location: &ObjPath, size: u64) -> Option<ObjectInfo> {
         let parts: Vec<String> = location.parts().map(|p| p.as_ref().to_string()).collect();
-        let rel = parts.get(self.prefix.len()..)?;
-        if rel.len() != 6 || parts[..self.prefix.len()] != self.prefix[..] {
+        if parts.get(..self.prefix.len())? != &self.prefix[..] {
             return None;
         }
-        let name = rel[5].strip_suffix(&format!(".{OBJECT_EXT}"))?;
-        let date = NaiveDate::from_ymd_opt(
-            rel[2].parse().ok()?,
-            rel[3].parse().ok()?,
-            rel[4].parse().ok()?,
-        )?;
+        let key = layout::parse_segments(&parts[self.prefix.len()..])?;
         Some(ObjectInfo {
-            date,
-            name: name.to_string(),
-            org: rel[0].clone(),
-            project: rel[1].clone(),
+            date: key.date,
+            name: key.name,
+            org: key.org,
+            project: key.project,
             location: location.clone(),
             size,
         })
@@ -575,25 +558,6 @@ pub fn remove_stale_temp_files(root: &Path) -> Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// Names are validated when keys are made; this second guard keeps any name inside its
-/// directory and object keys to `[A-Za-z0-9._-]` (Kafka group ids `t:p:a-b` become `t_p_a-b`).
-pub fn safe_segment(s: &str) -> String {
-    let cleaned: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    match cleaned.as_str() {
-        "" | "." | ".." => "_".to_string(),
-        _ => cleaned,
-    }
 }
 
 /// The archive as a writer sink.
