@@ -115,6 +115,21 @@ impl Shared {
         Some((key, group))
     }
 
+    /// Takes what else `key` has queued into `group` (up to the limits) and says where its
+    /// compression runs: a project with more queued, or a large group, is busy and goes behind
+    /// other projects' work (cpu.rs).
+    fn seal(&self, key: &str, group: &mut Vec<Pending>, cfg: &WriterConfig) -> crate::cpu::Class {
+        let mut l = self.lock();
+        take_more(&mut l, key, group, cfg);
+        let backlog = l.lanes.get(key).is_some_and(|lane| !lane.queue.is_empty());
+        let bytes: usize = group.iter().map(|p| p.bytes).sum();
+        if backlog || bytes >= BULK_GROUP_BYTES {
+            crate::cpu::Class::Bulk
+        } else {
+            crate::cpu::Class::Interactive
+        }
+    }
+
     /// A write of `key`'s has ended: its slot share is free again.
     fn written(&self, key: &str) {
         let mut l = self.lock();
@@ -354,39 +369,18 @@ async fn writer_loop(
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         };
-        // Group commit: wait up to `max_wait` from the first batch's arrival for more of the
-        // same project's batches.
         let deadline = group[0].queued + max_wait;
-        while !group_full(&group, &cfg) && !stopping && Instant::now() < deadline {
-            let woken = shared.wake.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            take_more(&mut shared.lock(), &key, &mut group, &cfg);
-            if group_full(&group, &cfg) {
-                break;
-            }
-            tokio::select! {
-                _ = woken => {}
-                _ = tokio::time::sleep_until(deadline.into()) => {}
-                _ = &mut stop, if !stopping => {
-                    shared.close();
-                    stopping = true;
-                }
-            }
-        }
-        let class = {
-            let mut l = shared.lock();
-            take_more(&mut l, &key, &mut group, &cfg);
-            let backlog = l.lanes.get(&key).is_some_and(|lane| !lane.queue.is_empty());
-            let bytes: usize = group.iter().map(|p| p.bytes).sum();
-            // A project with more queued, or a large group, is busy: its compression runs
-            // behind other projects' work (cpu.rs).
-            if backlog || bytes >= BULK_GROUP_BYTES {
-                crate::cpu::Class::Bulk
-            } else {
-                crate::cpu::Class::Interactive
-            }
-        };
+        gather(
+            &shared,
+            &key,
+            &mut group,
+            &cfg,
+            deadline,
+            &mut stop,
+            &mut stopping,
+        )
+        .await;
+        let class = shared.seal(&key, &mut group, &cfg);
         // Another waiter may be served by a slot still free.
         shared.wake.notify_one();
         let (sinks, healthy, shared) = (sinks.clone(), healthy.clone(), shared.clone());
@@ -402,6 +396,36 @@ async fn writer_loop(
     }
     while writing.join_next().await.is_some() {}
     tracing::info!("embedded writer stopped");
+}
+
+/// Group commit: waits until `deadline` (`max_wait` after the first batch arrived) for more of
+/// the same project's batches, unless the group fills or the writer is told to stop.
+async fn gather(
+    shared: &Shared,
+    key: &str,
+    group: &mut Vec<Pending>,
+    cfg: &WriterConfig,
+    deadline: Instant,
+    stop: &mut oneshot::Receiver<()>,
+    stopping: &mut bool,
+) {
+    while !group_full(group, cfg) && !*stopping && Instant::now() < deadline {
+        let woken = shared.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        take_more(&mut shared.lock(), key, group, cfg);
+        if group_full(group, cfg) {
+            break;
+        }
+        tokio::select! {
+            _ = woken => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = &mut *stop, if !*stopping => {
+                shared.close();
+                *stopping = true;
+            }
+        }
+    }
 }
 
 async fn flush(
