@@ -33,6 +33,10 @@ pub enum Compression {
     None,
 }
 
+fn invalid_key(key: &'static str, message: String) -> ConfigError {
+    ConfigError::Invalid { key, message }
+}
+
 impl KafkaConfig {
     /// The zstd level at which the gateway compresses plain payloads itself, if it does.
     pub fn gateway_payload_zstd(&self) -> Option<i32> {
@@ -170,7 +174,15 @@ pub const MIN_MESSAGE_BYTES: usize = 16 * 1024;
 
 impl KafkaConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        self.validate_endpoint()?;
+        crate::config::zstd_level("kafka.payload_zstd_level", self.payload_zstd_level)?;
+        self.validate_sizes()?;
+        self.validate_bounds()?;
+        self.validate_writer()
+    }
+
+    /// Brokers, topic and group.
+    fn validate_endpoint(&self) -> Result<(), ConfigError> {
         let brokers: Vec<&str> = self
             .brokers
             .split(',')
@@ -178,7 +190,7 @@ impl KafkaConfig {
             .filter(|s| !s.is_empty())
             .collect();
         if brokers.is_empty() {
-            return Err(invalid(
+            return Err(invalid_key(
                 "kafka.brokers",
                 "required: a comma-separated host:port list (env TRACEGATE_KAFKA__BROKERS)".into(),
             ));
@@ -188,10 +200,12 @@ impl KafkaConfig {
                 .rsplit_once(':')
                 .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
             if !ok {
-                return Err(invalid("kafka.brokers", format!("{b:?} is not host:port")));
+                return Err(invalid_key(
+                    "kafka.brokers",
+                    format!("{b:?} is not host:port"),
+                ));
             }
         }
-        crate::config::zstd_level("kafka.payload_zstd_level", self.payload_zstd_level)?;
         // Kafka topic names: 1-249 of [a-zA-Z0-9._-].
         let t = &self.topic;
         if t.is_empty()
@@ -202,22 +216,27 @@ impl KafkaConfig {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         {
-            return Err(invalid(
+            return Err(invalid_key(
                 "kafka.topic",
                 format!("{t:?} is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-])"),
             ));
         }
         if self.group_id.trim().is_empty() {
-            return Err(invalid("kafka.group_id", "must not be empty".into()));
+            return Err(invalid_key("kafka.group_id", "must not be empty".into()));
         }
+        Ok(())
+    }
+
+    /// Message and producer-queue sizes.
+    fn validate_sizes(&self) -> Result<(), ConfigError> {
         if self.message_max_bytes < MIN_MESSAGE_BYTES || self.message_max_bytes > 1_000_000_000 {
-            return Err(invalid(
+            return Err(invalid_key(
                 "kafka.message_max_bytes",
                 format!("must be between {MIN_MESSAGE_BYTES} and 1000000000"),
             ));
         }
         if self.queue_max_bytes < self.message_max_bytes {
-            return Err(invalid(
+            return Err(invalid_key(
                 "kafka.queue_max_bytes",
                 format!(
                     "must be at least kafka.message_max_bytes ({})",
@@ -228,15 +247,20 @@ impl KafkaConfig {
         if self.queue_max_bytes > (i32::MAX as usize) * 1024
             || self.queue_max_bytes > u32::MAX as usize
         {
-            return Err(invalid(
+            return Err(invalid_key(
                 "kafka.queue_max_bytes",
                 "must be below 4 GiB".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Durations and counts, each within its range.
+    fn validate_bounds(&self) -> Result<(), ConfigError> {
         // Every bounded number (durations in ms, counts, sizes): the key and its range named.
         let bounded = |key: &'static str, v: u64, lo: u64, hi: u64| {
             if v < lo || v > hi {
-                Err(invalid(key, format!("must be between {lo} and {hi}")))
+                Err(invalid_key(key, format!("must be between {lo} and {hi}")))
             } else {
                 Ok(())
             }
@@ -273,20 +297,25 @@ impl KafkaConfig {
             1,
             3_600_000,
         )?;
+        Ok(())
+    }
+
+    /// The writer's batches and buffer, and the librdkafka properties left to the operator.
+    fn validate_writer(&self) -> Result<(), ConfigError> {
         if self.batch_max_spans == 0 {
-            return Err(invalid(
+            return Err(invalid_key(
                 "kafka.batch_max_spans",
                 "must be greater than 0".into(),
             ));
         }
         if self.batch_max_bytes == 0 {
-            return Err(invalid(
+            return Err(invalid_key(
                 "kafka.batch_max_bytes",
                 "must be greater than 0".into(),
             ));
         }
         if self.writer_max_buffered_bytes < self.batch_max_bytes {
-            return Err(invalid(
+            return Err(invalid_key(
                 "kafka.writer_max_buffered_bytes",
                 format!(
                     "must be at least kafka.batch_max_bytes ({})",
@@ -296,7 +325,7 @@ impl KafkaConfig {
         }
         for k in self.properties.keys() {
             if PROTECTED_PROPERTIES.contains(&k.as_str()) {
-                return Err(invalid(
+                return Err(invalid_key(
                     "kafka.properties",
                     format!(
                         "{k:?} cannot be set here: tracegate sets it to keep its delivery \
