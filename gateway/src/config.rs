@@ -458,15 +458,27 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn positive(key: &'static str, v: u64) -> Result<(), ConfigError> {
-            if v == 0 {
-                return Err(ConfigError::Invalid {
-                    key,
-                    message: "must be greater than 0".into(),
-                });
-            }
-            Ok(())
+        self.validate_server_and_limits()?;
+        self.validate_writer()?;
+        self.validate_auth()?;
+        self.archive.validate(&self.server.data_dir)?;
+        if let Some(ch) = &self.clickhouse {
+            ch.validate()?;
         }
+        if !self.tokens.jwks.is_empty() && self.tokens.issuer.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "tokens.issuer",
+                message: "is required when tokens.jwks is set".into(),
+            });
+        }
+        if let Some(k) = &self.kafka {
+            k.validate()?;
+        }
+        crate::netconfig::validate(self)?;
+        Ok(())
+    }
+
+    fn validate_server_and_limits(&self) -> Result<(), ConfigError> {
         positive("server.max_connections", self.server.max_connections as u64)?;
         positive(
             "server.request_head_timeout_ms",
@@ -507,6 +519,10 @@ impl Config {
                 message: "must be below 100 (the protobuf decoder's recursion limit)".into(),
             });
         }
+        Ok(())
+    }
+
+    fn validate_writer(&self) -> Result<(), ConfigError> {
         let w = &self.writer;
         positive("writer.max_batch_spans", w.max_batch_spans as u64)?;
         positive("writer.max_batch_bytes", w.max_batch_bytes as u64)?;
@@ -525,6 +541,11 @@ impl Config {
             w.max_concurrent_writes as u64,
         )?;
         zstd_level("writer.compression_level", w.compression_level)?;
+        Ok(())
+    }
+
+    /// Key cache, key store, pepper, audit sink and the gateway's region.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
         positive("auth.cache_max_keys", self.auth.cache_max_keys)?;
         positive("auth.cache_ttl_ms", self.auth.cache_ttl_ms)?;
         positive("server.body_timeout_ms", self.server.body_timeout_ms)?;
@@ -556,22 +577,19 @@ impl Config {
                 message: "must be \"stdout\", \"file\" or \"off\"".into(),
             });
         }
-        self.archive.validate(&self.server.data_dir)?;
-        if let Some(ch) = &self.clickhouse {
-            ch.validate()?;
-        }
-        if !self.tokens.jwks.is_empty() && self.tokens.issuer.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "tokens.issuer",
-                message: "is required when tokens.jwks is set".into(),
-            });
-        }
-        if let Some(k) = &self.kafka {
-            k.validate()?;
-        }
-        crate::netconfig::validate(self)?;
         Ok(())
     }
+}
+
+/// A setting that must not be 0.
+fn positive(key: &'static str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::Invalid {
+            key,
+            message: "must be greater than 0".into(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
