@@ -348,31 +348,45 @@ fn histogram(name: &'static str, pairs: &[(&'static str, &'static str)]) {
 /// after some were already updated changes nothing.
 pub fn register(parts: Parts) {
     if parts.receivers {
-        for transport in ["http", "grpc"] {
-            for status in ["ok", "unavailable"] {
-                zero_counter(REQUESTS, &[("transport", transport), ("status", status)]);
-            }
-            histogram(REQUEST_DURATION, &[("transport", transport)]);
-        }
-        histogram(REQUEST_BODY_READ_DURATION, &[]);
-        histogram(REQUEST_DECODE_DURATION, &[]);
-        zero_counter(REQUEST_BYTES, &[]);
-        zero_counter(SPANS_ACCEPTED, &[]);
-        for r in crate::otlp::validate::Reason::ALL {
-            zero_counter(SPANS_REJECTED, &[("reason", r.label())]);
-        }
-        zero_gauge(INFLIGHT_BYTES, &[]);
-        zero_gauge(INFLIGHT_BYTES_LIMIT, &[]);
-        zero_counter(AUTH_CACHE_LOOKUPS, &[]);
-        zero_counter(AUTH_STORE_ERRORS, &[]);
-        zero_counter(AUTH_REFUSED, &[]);
-        zero_counter(CONNECTIONS_REFUSED, &[]);
-        zero_counter(CONNECTIONS_SHED, &[]);
-        zero_counter(ADMISSION_REFUSED, &[("limit", "global")]);
-        zero_counter(ADMISSION_REFUSED, &[("limit", "project")]);
-        zero_counter(CONNECTIONS_CLOSED, &[]);
-        zero_counter(RATE_LIMITED, &[]);
+        register_receivers();
     }
+    register_writers(&parts);
+    if parts.clickhouse {
+        register_clickhouse();
+    }
+    register_kafka(&parts);
+}
+
+/// The OTLP receivers: requests, spans, admission, auth, connections.
+fn register_receivers() {
+    for transport in ["http", "grpc"] {
+        for status in ["ok", "unavailable"] {
+            zero_counter(REQUESTS, &[("transport", transport), ("status", status)]);
+        }
+        histogram(REQUEST_DURATION, &[("transport", transport)]);
+    }
+    histogram(REQUEST_BODY_READ_DURATION, &[]);
+    histogram(REQUEST_DECODE_DURATION, &[]);
+    zero_counter(REQUEST_BYTES, &[]);
+    zero_counter(SPANS_ACCEPTED, &[]);
+    for r in crate::otlp::validate::Reason::ALL {
+        zero_counter(SPANS_REJECTED, &[("reason", r.label())]);
+    }
+    zero_gauge(INFLIGHT_BYTES, &[]);
+    zero_gauge(INFLIGHT_BYTES_LIMIT, &[]);
+    zero_counter(AUTH_CACHE_LOOKUPS, &[]);
+    zero_counter(AUTH_STORE_ERRORS, &[]);
+    zero_counter(AUTH_REFUSED, &[]);
+    zero_counter(CONNECTIONS_REFUSED, &[]);
+    zero_counter(CONNECTIONS_SHED, &[]);
+    zero_counter(ADMISSION_REFUSED, &[("limit", "global")]);
+    zero_counter(ADMISSION_REFUSED, &[("limit", "project")]);
+    zero_counter(CONNECTIONS_CLOSED, &[]);
+    zero_counter(RATE_LIMITED, &[]);
+}
+
+/// The embedded writer and the archive sink.
+fn register_writers(parts: &Parts) {
     if parts.embedded_writer || parts.kafka_writer {
         zero_counter(BATCHES_WRITTEN, &[]);
         histogram(WRITE_DURATION, &[]);
@@ -385,22 +399,28 @@ pub fn register(parts: Parts) {
         zero_counter(ARCHIVE_BYTES_WRITTEN, &[]);
         zero_counter(WRITE_ERRORS, &[("sink", "archive")]);
     }
-    if parts.clickhouse {
-        zero_counter(WRITE_ERRORS, &[("sink", "clickhouse")]);
-        for table in [
-            crate::clickhouse::schema::SPANS_TABLE,
-            crate::clickhouse::schema::PAYLOADS_TABLE,
-        ] {
-            for result in ["ok", "error", "rejected"] {
-                zero_counter(CLICKHOUSE_INSERTS, &[("table", table), ("result", result)]);
-            }
-            zero_counter(CLICKHOUSE_ROWS, &[("table", table)]);
-            histogram(CLICKHOUSE_INSERT_DURATION, &[("table", table)]);
+}
+
+/// The ClickHouse sink, per table.
+fn register_clickhouse() {
+    zero_counter(WRITE_ERRORS, &[("sink", "clickhouse")]);
+    for table in [
+        crate::clickhouse::schema::SPANS_TABLE,
+        crate::clickhouse::schema::PAYLOADS_TABLE,
+    ] {
+        for result in ["ok", "error", "rejected"] {
+            zero_counter(CLICKHOUSE_INSERTS, &[("table", table), ("result", result)]);
         }
-        histogram(CLICKHOUSE_ENCODE_DURATION, &[]);
-        histogram(CLICKHOUSE_WRITE_DURATION, &[]);
-        zero_counter(CLICKHOUSE_DEAD_LETTER_BATCHES, &[]);
+        zero_counter(CLICKHOUSE_ROWS, &[("table", table)]);
+        histogram(CLICKHOUSE_INSERT_DURATION, &[("table", table)]);
     }
+    histogram(CLICKHOUSE_ENCODE_DURATION, &[]);
+    histogram(CLICKHOUSE_WRITE_DURATION, &[]);
+    zero_counter(CLICKHOUSE_DEAD_LETTER_BATCHES, &[]);
+}
+
+/// The Kafka producer (serve) or consumer (write).
+fn register_kafka(parts: &Parts) {
     let kafka_client = if parts.kafka_producer {
         Some("producer")
     } else if parts.kafka_writer {
