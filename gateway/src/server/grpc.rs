@@ -148,7 +148,6 @@ impl GrpcReceiver {
             incoming,
             cap + 5,
             self.body_pace,
-            None,
             &self.ingest.admission,
             &tenant,
         )

@@ -205,7 +205,6 @@ impl HttpReceiver {
             incoming,
             cap,
             self.body_pace,
-            declared.map(|d| d as usize),
             &self.ingest.admission,
             &tenant,
         )
