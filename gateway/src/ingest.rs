@@ -391,7 +391,7 @@ impl Ingest {
                 ..Default::default()
             };
             prepared.set_payload(&mut batch);
-            self.queue.publish(batch).await?;
+            self.queue.publish(batch, class).await?;
             metrics::counter!(m::SPANS_ACCEPTED).increment(o.accepted as u64);
         }
         Ok(export_response(o.rejected, o.error_message()))

@@ -231,7 +231,12 @@ fn delivery_error(e: &KafkaError, timeout: Duration) -> ApiError {
 }
 
 impl BatchQueue for KafkaQueue {
-    fn publish(&self, batch: Batch) -> BoxFuture<'_, Result<(), ApiError>> {
+    // The producer sends every batch alike: its work (librdkafka's threads) is not per request.
+    fn publish(
+        &self,
+        batch: Batch,
+        _class: crate::cpu::Class,
+    ) -> BoxFuture<'_, Result<(), ApiError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
             if inner.reach.is_fatal() {

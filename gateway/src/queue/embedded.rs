@@ -26,13 +26,15 @@ use tracegate_proto::v1::Batch;
 
 use super::sink::{Sink, WriteGroup};
 use crate::config::WriterConfig;
+use crate::cpu::Class;
 use crate::error::ApiError;
 use crate::metrics as m;
 
 /// The gateway's side of any queue (embedded here; Kafka later).
 pub trait BatchQueue: Send + Sync + 'static {
-    /// Resolves once the batch is durable (or failed). Never acknowledges early.
-    fn publish(&self, batch: Batch) -> BoxFuture<'_, Result<(), ApiError>>;
+    /// Resolves once the batch is durable (or failed). Never acknowledges early. `class` says
+    /// whether the batch is a busy project's (cpu.rs): its write may go behind other work.
+    fn publish(&self, batch: Batch, class: Class) -> BoxFuture<'_, Result<(), ApiError>>;
     fn is_ready(&self) -> bool;
 }
 
@@ -42,6 +44,8 @@ struct Pending {
     /// When it was queued: a group's wait is counted from its first batch's arrival, also when
     /// that batch waited for a free write slot.
     queued: Instant,
+    /// Decoded as a busy project's work: its group is written as bulk work too.
+    class: Class,
     ack: oneshot::Sender<Result<(), String>>,
 }
 
@@ -116,17 +120,18 @@ impl Shared {
     }
 
     /// Takes what else `key` has queued into `group` (up to the limits) and says where its
-    /// compression runs: a project with more queued, or a large group, is busy and goes behind
-    /// other projects' work (cpu.rs).
-    fn seal(&self, key: &str, group: &mut Vec<Pending>, cfg: &WriterConfig) -> crate::cpu::Class {
+    /// write runs: a project with more queued, a large group, or batches decoded as bulk work
+    /// is busy and goes behind other projects' work (cpu.rs).
+    fn seal(&self, key: &str, group: &mut Vec<Pending>, cfg: &WriterConfig) -> Class {
         let mut l = self.lock();
         take_more(&mut l, key, group, cfg);
         let backlog = l.lanes.get(key).is_some_and(|lane| !lane.queue.is_empty());
         let bytes: usize = group.iter().map(|p| p.bytes).sum();
-        if backlog || bytes >= BULK_GROUP_BYTES {
-            crate::cpu::Class::Bulk
+        let busy = group.iter().any(|p| p.class == Class::Bulk);
+        if backlog || busy || bytes >= BULK_GROUP_BYTES {
+            Class::Bulk
         } else {
-            crate::cpu::Class::Interactive
+            Class::Interactive
         }
     }
 
@@ -247,7 +252,7 @@ impl EmbeddedQueue {
 }
 
 impl BatchQueue for EmbeddedQueue {
-    fn publish(&self, batch: Batch) -> BoxFuture<'_, Result<(), ApiError>> {
+    fn publish(&self, batch: Batch, class: Class) -> BoxFuture<'_, Result<(), ApiError>> {
         Box::pin(async move {
             let (ack, wait) = oneshot::channel();
             // A compressed payload counts at its decompressed size (what a sink decoding the
@@ -257,6 +262,7 @@ impl BatchQueue for EmbeddedQueue {
                 batch,
                 bytes,
                 queued: Instant::now(),
+                class,
                 ack,
             })?;
             match wait.await {
@@ -388,7 +394,14 @@ async fn writer_loop(
         let (id, running) = (seq, running.clone());
         running.set(id, true);
         writing.spawn(async move {
-            flush(&sinks, group, class, &healthy).await;
+            // A busy project's group is written on the bulk threads (cpu.rs); a panic there
+            // drops the acks, which answers its requests as not written.
+            let _ =
+                crate::cpu::run_task(
+                    class,
+                    async move { flush(&sinks, group, class, &healthy).await },
+                )
+                .await;
             running.set(id, false);
             drop(slot);
             shared.written(&key);
@@ -428,12 +441,7 @@ async fn gather(
     }
 }
 
-async fn flush(
-    sinks: &[Arc<dyn Sink>],
-    group: Vec<Pending>,
-    class: crate::cpu::Class,
-    healthy: &AtomicBool,
-) {
+async fn flush(sinks: &[Arc<dyn Sink>], group: Vec<Pending>, class: Class, healthy: &AtomicBool) {
     let started = Instant::now();
     let (batches, acks): (Vec<Batch>, Vec<_>) = group.into_iter().map(|p| (p.batch, p.ack)).unzip();
     let n = batches.len();
@@ -510,7 +518,9 @@ mod tests {
         let mut tasks = vec![];
         for _ in 0..10 {
             let q = q.clone();
-            tasks.push(tokio::spawn(async move { q.publish(batch()).await }));
+            tasks.push(tokio::spawn(async move {
+                q.publish(batch(), Class::Interactive).await
+            }));
         }
         for t in tasks {
             t.await.unwrap().unwrap();
@@ -519,7 +529,7 @@ mod tests {
         assert_eq!(groups.iter().sum::<usize>(), 10);
         assert!(groups.len() < 10, "expected grouping, got {groups:?}");
         h.shutdown().await;
-        assert!(q.publish(batch()).await.is_err());
+        assert!(q.publish(batch(), Class::Interactive).await.is_err());
     }
 
     /// Records each group's projects and takes 10 ms per write.
@@ -552,14 +562,16 @@ mod tests {
         let mut noisy = vec![];
         for _ in 0..40 {
             let q = q.clone();
-            noisy.push(tokio::spawn(async move { q.publish(batch()).await }));
+            noisy.push(tokio::spawn(async move {
+                q.publish(batch(), Class::Interactive).await
+            }));
         }
         tokio::time::sleep(Duration::from_millis(15)).await;
         let quiet = Batch {
             project_id: "quiet".into(),
             ..batch()
         };
-        q.publish(quiet).await.unwrap();
+        q.publish(quiet, Class::Interactive).await.unwrap();
         let writes = sink.0.lock().unwrap().clone();
         // FIFO would write ~20 noisy groups first; round robin with a slot kept free writes the
         // quiet batch next (at most the groups already running or started are ahead).
@@ -580,6 +592,35 @@ mod tests {
         h.shutdown().await;
     }
 
+    /// Records the class of each group it is given.
+    struct Classes(Mutex<Vec<Class>>);
+    impl Sink for Classes {
+        fn name(&self) -> &'static str {
+            "classes"
+        }
+        fn write(&self, g: Arc<WriteGroup>) -> BoxFuture<'static, anyhow::Result<()>> {
+            self.0.lock().unwrap().push(g.class);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_projects_batch_is_written_as_bulk_work() {
+        let sink = Arc::new(Classes(Mutex::new(vec![])));
+        let cfg = WriterConfig {
+            max_wait_ms: 1,
+            ..Default::default()
+        };
+        let (q, h) = EmbeddedQueue::start(cfg, vec![sink.clone()]);
+        q.publish(batch(), Class::Interactive).await.unwrap();
+        q.publish(batch(), Class::Bulk).await.unwrap();
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            vec![Class::Interactive, Class::Bulk]
+        );
+        h.shutdown().await;
+    }
+
     #[tokio::test]
     async fn shutdown_writes_everything_queued() {
         let sink = Arc::new(Slow(Mutex::new(vec![])));
@@ -592,7 +633,9 @@ mod tests {
                 project_id: format!("p{}", i % 3),
                 ..batch()
             };
-            tasks.push(tokio::spawn(async move { q.publish(b).await }));
+            tasks.push(tokio::spawn(async move {
+                q.publish(b, Class::Interactive).await
+            }));
         }
         tokio::task::yield_now().await;
         h.shutdown().await;
@@ -614,7 +657,7 @@ mod tests {
     async fn sink_failure_is_retryable_error_not_ack() {
         let rec = Arc::new(Recording(Mutex::new(vec![]), true));
         let (q, _h) = EmbeddedQueue::start(WriterConfig::default(), vec![rec]);
-        let e = q.publish(batch()).await.unwrap_err();
+        let e = q.publish(batch(), Class::Interactive).await.unwrap_err();
         assert_eq!(e.http_status(), 503);
         assert!(!q.is_ready());
     }

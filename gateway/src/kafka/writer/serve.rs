@@ -9,7 +9,11 @@ pub(super) struct WriterStatus {
 }
 
 impl BatchQueue for WriterStatus {
-    fn publish(&self, _batch: Batch) -> BoxFuture<'_, Result<(), ApiError>> {
+    fn publish(
+        &self,
+        _batch: Batch,
+        _class: crate::cpu::Class,
+    ) -> BoxFuture<'_, Result<(), ApiError>> {
         Box::pin(async { Err(ApiError::internal("the writer takes no batches")) })
     }
     fn is_ready(&self) -> bool {
