@@ -22,6 +22,8 @@
 # the gateway's threads and core every 50 ms into $OUT/$TAG-threads.txt (scripts/thread-cpu.py);
 # GW_ENV='NAME=value' sets environment variables of the gateway alone; WARM_CONC=N runs the
 # 3 s warm-up with N requests in flight (default 8), which grows the gateway's heap first.
+# TMPDIR=/dir puts the run's files (the gateway's data dir and archive) there (default /tmp);
+# under `attack` a tmpfs counts against the memory cap, so raise MEM_CAP_MIB with it.
 #
 # Pinning: the gateway (or writer) runs on CPU 0, loadtest and the test broker on CPU 1
 # (`taskset`), so the gateway's figures are not diluted by the load generator. Per-core figures
@@ -38,7 +40,7 @@ GW_CPU="${GW_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q -p tracegate -p tracegate-testkit -p loadtest
 mkdir -p "$OUT"
-WORK="$(mktemp -d /tmp/tracegate-bench-load.XXXXXX)"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/tracegate-bench-load.XXXXXX")"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
