@@ -20,6 +20,9 @@ profile=()
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "== layout (no production file over 600 lines of code, no function over 100 lines)"
+python3 scripts/layout-check.py
+
 echo "== cargo clippy -D warnings"
 cargo clippy "${profile[@]}" --workspace --all-targets --locked -- -D warnings
 
