@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures_util::future::BoxFuture;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
@@ -107,108 +109,36 @@ pub async fn run(
     let audit = Audit::from_config(&config)?;
     let audit_flusher =
         audit.spawn_flusher(Duration::from_millis(config.audit.aggregate_window_ms));
-    let store = open_key_store(&config).await?;
-    let pepper = load_pepper(&config, true)?;
-    let tokens = match TokenVerifier::new(&config.tokens) {
-        Some(v) => {
-            let v = Arc::new(v);
-            if let Err(e) = v.refresh().await {
-                // Start anyway: API keys keep working and the refresher retries.
-                tracing::warn!(error = %format!("{e:#}"), "initial JWKS load failed");
-            }
-            v.spawn_refresher();
-            Some(v)
-        }
-        None => None,
-    };
-    let mut sinks: Vec<Arc<dyn Sink>> = vec![crate::archive::store::archive_sink(&config)?];
-    let mut writer_cfg = config.writer.clone();
-    // ClickHouse sink (docs/clickhouse.md): after the archive, in the same acknowledged path.
-    // With `[kafka]`, `tracegate write` inserts instead.
-    let clickhouse_stop = if config.kafka.is_none() {
-        crate::clickhouse::sink::from_config(&config)?.map(|(sink, stop)| {
-            sinks.push(sink);
-            stop
-        })
-    } else {
-        None
-    };
-    if let Some(ch) = &config.clickhouse {
-        // ClickHouse wants few, large inserts: gather a group for at least the insert interval.
-        writer_cfg.max_wait_ms = writer_cfg.max_wait_ms.max(ch.insert_interval_ms);
-    }
-    // A `[kafka]` section replaces the embedded queue + writer with the Kafka producer.
-    let (queue, stop_queue): (
-        Arc<dyn BatchQueue>,
-        futures_util::future::BoxFuture<'static, ()>,
-    ) = match &config.kafka {
-        Some(k) => {
-            let (q, h) = crate::kafka::producer::KafkaQueue::start(k)?;
-            (Arc::new(q), Box::pin(h.shutdown()))
-        }
-        None => {
-            let (q, w) = EmbeddedQueue::start(writer_cfg, sinks);
-            (Arc::new(q), Box::pin(w.shutdown()))
-        }
-    };
+    let auth = Authenticator::from_config(
+        &config,
+        open_key_store(&config).await?,
+        load_pepper(&config, true)?,
+        audit.clone(),
+        token_verifier(&config).await,
+    );
+    let queue = start_queue(&config)?;
     let ingest = Arc::new(Ingest {
-        auth: Authenticator::from_config(&config, store, pepper, audit.clone(), tokens),
+        auth,
         admission: Admission::with_project_limit(
             config.limits.max_inflight_bytes,
             config.limits.project_inflight_limit(),
         ),
         rate_limits: RateLimits::new(config.auth.cache_max_keys),
-        queue: queue.clone(),
+        queue: queue.queue.clone(),
         limits: config.limits.clone(),
         tenant_attribute_keys: Arc::new(config.auth.tenant_attribute_keys.clone()),
         payload_zstd_level: config.kafka.as_ref().and_then(|k| k.gateway_payload_zstd()),
         decode_slots: crate::fair::DecodeSlots::new(config.limits.decode_slots()),
     });
-    let body_pace = crate::server::body::BodyPace {
-        timeout: Duration::from_millis(config.server.body_timeout_ms),
-        min_bytes_per_sec: config.server.min_body_bytes_per_sec,
-    };
-    let drain = Duration::from_millis(config.server.shutdown_timeout_ms);
     let shutting_down = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();
-    let admin_stop = CancellationToken::new();
-
-    let http_setup = ConnSetup::for_listener(&config, OtlpListener::Http)?;
-    let grpc_setup = ConnSetup::for_listener(&config, OtlpListener::Grpc)?;
-    tracing::info!(otlp_http = %http_setup.describe(), otlp_grpc = %grpc_setup.describe(), "listener security");
-    let http = tokio::spawn(listener::serve_with(
-        "otlp_http",
-        listeners.http,
-        Arc::new(HttpReceiver {
-            ingest: ingest.clone(),
-            body_pace,
-        }),
-        stop.clone(),
-        drain,
-        http_setup,
-    ));
-    let grpc = tokio::spawn(listener::serve_with(
-        "otlp_grpc",
-        listeners.grpc,
-        Arc::new(GrpcReceiver {
-            ingest: ingest.clone(),
-            body_pace,
-        }),
-        stop.clone(),
-        drain,
-        grpc_setup,
-    ));
-    let admin = tokio::spawn(listener::serve(
-        "admin",
+    let (http, grpc) = serve_otlp(&config, listeners.http, listeners.grpc, ingest, &stop)?;
+    let (admin, admin_stop) = serve_admin(
         listeners.admin,
-        Arc::new(Admin {
-            prometheus,
-            queue,
-            shutting_down: shutting_down.clone(),
-        }),
-        admin_stop.clone(),
-        Duration::from_secs(1),
-    ));
+        prometheus,
+        queue.queue,
+        shutting_down.clone(),
+    );
 
     shutdown.await;
     tracing::info!("shutdown requested");
@@ -222,12 +152,146 @@ pub async fn run(
     audit.flush_refusals();
     // Every request that could still be answered has been; now flush and stop the writer.
     // A ClickHouse insert that fails from now on is not retried, so the drain cannot hang.
-    if let Some(stop) = &clickhouse_stop {
+    if let Some(stop) = &queue.clickhouse_stop {
         stop.cancel();
     }
-    stop_queue.await;
+    queue.stop.await;
     admin_stop.cancel();
     let _ = admin.await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The JWT verifier when `[tokens]` is configured, with its keys loaded (or being retried).
+async fn token_verifier(config: &Config) -> Option<Arc<TokenVerifier>> {
+    let v = Arc::new(TokenVerifier::new(&config.tokens)?);
+    if let Err(e) = v.refresh().await {
+        // Start anyway: API keys keep working and the refresher retries.
+        tracing::warn!(error = %format!("{e:#}"), "initial JWKS load failed");
+    }
+    v.spawn_refresher();
+    Some(v)
+}
+
+/// The queue requests publish to, and how to stop it.
+struct Queue {
+    queue: Arc<dyn BatchQueue>,
+    /// Flushes and stops the queue (the embedded writer drains; the producer flushes).
+    stop: BoxFuture<'static, ()>,
+    /// Stops the embedded ClickHouse sink's retries, so the drain cannot hang.
+    clickhouse_stop: Option<CancellationToken>,
+}
+
+/// A `[kafka]` section: the Kafka producer (`tracegate write` archives and inserts). Else the
+/// embedded queue and writer with their sinks: the archive, then ClickHouse when configured
+/// (docs/clickhouse.md), in the same acknowledged path. The archive is opened only here, where
+/// it is written.
+fn start_queue(config: &Config) -> Result<Queue> {
+    if let Some(k) = &config.kafka {
+        let (q, h) = crate::kafka::producer::KafkaQueue::start(k)?;
+        return Ok(Queue {
+            queue: Arc::new(q),
+            stop: Box::pin(h.shutdown()),
+            clickhouse_stop: None,
+        });
+    }
+    let Sinks {
+        list,
+        clickhouse_stop,
+    } = sinks(config)?;
+    let mut writer_cfg = config.writer.clone();
+    if let Some(ch) = &config.clickhouse {
+        // ClickHouse wants few, large inserts: gather a group for at least the insert interval.
+        writer_cfg.max_wait_ms = writer_cfg.max_wait_ms.max(ch.insert_interval_ms);
+    }
+    let (q, w) = EmbeddedQueue::start(writer_cfg, list);
+    Ok(Queue {
+        queue: Arc::new(q),
+        stop: Box::pin(w.shutdown()),
+        clickhouse_stop,
+    })
+}
+
+/// The sinks a group is written to, in order, for `serve` (embedded) and `write` alike: the
+/// archive of `[archive]` (local or S3, encrypted; docs/archive-format.md), then ClickHouse
+/// when configured (docs/clickhouse.md), with the token that stops its retries at shutdown.
+pub fn sinks(config: &Config) -> Result<Sinks> {
+    let mut list: Vec<Arc<dyn Sink>> = vec![crate::archive::store::archive_sink(config)?];
+    let clickhouse_stop = crate::clickhouse::sink::from_config(config)?.map(|(sink, stop)| {
+        list.push(sink);
+        stop
+    });
+    Ok(Sinks {
+        list,
+        clickhouse_stop,
+    })
+}
+
+/// What [`sinks`] built.
+pub struct Sinks {
+    pub list: Vec<Arc<dyn Sink>>,
+    /// Stops the ClickHouse sink's retries, so a drain at shutdown cannot hang.
+    pub clickhouse_stop: Option<CancellationToken>,
+}
+
+/// Serves `/metrics`, `/livez` and `/readyz` (readiness from `queue`, and false from the moment
+/// `shutting_down` is set) until the returned token is cancelled.
+pub fn serve_admin(
+    listener: TcpListener,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    queue: Arc<dyn BatchQueue>,
+    shutting_down: Arc<AtomicBool>,
+) -> (JoinHandle<()>, CancellationToken) {
+    let stop = CancellationToken::new();
+    let admin = tokio::spawn(listener::serve(
+        "admin",
+        listener,
+        Arc::new(Admin {
+            prometheus,
+            queue,
+            shutting_down,
+        }),
+        stop.clone(),
+        Duration::from_secs(1),
+    ));
+    (admin, stop)
+}
+
+/// Starts the OTLP/HTTP and OTLP/gRPC listeners, each with its connection setup (TLS, PROXY)
+/// and the shared ingest entry; they stop accepting when `stop` is cancelled.
+fn serve_otlp(
+    config: &Config,
+    http: TcpListener,
+    grpc: TcpListener,
+    ingest: Arc<Ingest>,
+    stop: &CancellationToken,
+) -> Result<(JoinHandle<()>, JoinHandle<()>)> {
+    let body_pace = crate::server::body::BodyPace {
+        timeout: Duration::from_millis(config.server.body_timeout_ms),
+        min_bytes_per_sec: config.server.min_body_bytes_per_sec,
+    };
+    let drain = Duration::from_millis(config.server.shutdown_timeout_ms);
+    let http_setup = ConnSetup::for_listener(config, OtlpListener::Http)?;
+    let grpc_setup = ConnSetup::for_listener(config, OtlpListener::Grpc)?;
+    tracing::info!(otlp_http = %http_setup.describe(), otlp_grpc = %grpc_setup.describe(), "listener security");
+    let http = tokio::spawn(listener::serve_with(
+        "otlp_http",
+        http,
+        Arc::new(HttpReceiver {
+            ingest: ingest.clone(),
+            body_pace,
+        }),
+        stop.clone(),
+        drain,
+        http_setup,
+    ));
+    let grpc = tokio::spawn(listener::serve_with(
+        "otlp_grpc",
+        grpc,
+        Arc::new(GrpcReceiver { ingest, body_pace }),
+        stop.clone(),
+        drain,
+        grpc_setup,
+    ));
+    Ok((http, grpc))
 }

@@ -38,7 +38,6 @@ use rdkafka::message::Message as _;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracegate_proto::v1::Batch;
 
 use super::config::KafkaConfig;
@@ -49,7 +48,6 @@ use crate::error::ApiError;
 use crate::metrics as m;
 use crate::queue::embedded::BatchQueue;
 use crate::queue::sink::{Sink, WriteGroup};
-use crate::server::{admin::Admin, listener};
 
 /// Commit metadata that records a cut batch: `tg1 end=<last offset>`.
 mod commit;

@@ -40,89 +40,28 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    // The archive of `[archive]` (local or S3, encrypted; docs/archive-format.md).
-    let mut sinks: Vec<Arc<dyn Sink>> = vec![crate::archive::store::archive_sink(&config)?];
-    // ClickHouse (docs/clickhouse.md): the group id `topic:partition:first-last` is the insert
-    // deduplication token, so a range re-read after a crash is dropped by ClickHouse.
-    let clickhouse_stop = crate::clickhouse::sink::from_config(&config)?.map(|(sink, stop)| {
-        sinks.push(sink);
-        stop
-    });
+    // ClickHouse's insert deduplication token is the group id `topic:partition:first-last`,
+    // so a range re-read after a crash is dropped by ClickHouse.
+    let crate::app::Sinks {
+        list: sinks,
+        clickhouse_stop,
+    } = crate::app::sinks(&config)?;
     let admin_listener = TcpListener::bind(kcfg.writer_admin_addr)
         .await
         .with_context(|| format!("binding kafka.writer_admin_addr {}", kcfg.writer_admin_addr))?;
     let admin_addr: SocketAddr = admin_listener.local_addr()?;
 
-    let stats_ctx = StatsContext::new("consumer");
-    let reach = stats_ctx.reach.clone();
-    let ctx = WriterContext {
-        stats: stats_ctx,
-        events: Mutex::new(Vec::new()),
-        owned: Arc::new(Mutex::new(HashMap::new())),
-    };
-    let consumer: BaseConsumer<WriterContext> = kcfg
-        .consumer_config()
-        .create_with_context(ctx)
-        .map_err(|e| anyhow::anyhow!("creating the Kafka consumer: {e}"))?;
-    consumer
-        .subscribe(&[kcfg.topic.as_str()])
-        .map_err(|e| anyhow::anyhow!("subscribing to {}: {e}", kcfg.topic))?;
-
     let shared = Arc::new(Shared::default());
     shared.sinks_healthy.store(true, Ordering::Relaxed);
-    let (done_tx, done_rx) = mpsc::channel();
-    let consumer = Arc::new(consumer);
-    let (commit_tx, commit_req_rx) = mpsc::channel();
-    let (commit_done_tx, commit_rx) = mpsc::channel();
-    let committer_thread = {
-        let consumer = consumer.clone();
-        std::thread::Builder::new()
-            .name("kafka-committer".into())
-            .spawn(move || committer(consumer, commit_req_rx, commit_done_tx))
-            .context("starting the committer thread")?
-    };
-    let driver = Driver {
-        consumer,
-        commit_tx: Some(commit_tx),
-        commit_rx,
-        committer: Some(committer_thread),
-        limits: limits(&kcfg),
-        sinks,
-        rt: tokio::runtime::Handle::current(),
-        parts: HashMap::new(),
-        done_tx,
-        done_rx,
-        next_epoch: 0,
-        buffered: 0,
-        shared: shared.clone(),
-        quarantine: data_dir.join("kafka-quarantine"),
-        shutdown_timeout: Duration::from_millis(config.server.shutdown_timeout_ms),
-    };
-    let (fin_tx, fin_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("kafka-writer".into())
-        .spawn(move || {
-            driver.run();
-            let _ = fin_tx.send(());
-        })
-        .context("starting the writer thread")?;
+    let (reach, fin_rx) = start_driver(&config, &kcfg, sinks, shared.clone())?;
 
     let shutting_down = Arc::new(AtomicBool::new(false));
-    let admin_stop = CancellationToken::new();
-    let admin = tokio::spawn(listener::serve(
-        "admin",
-        admin_listener,
-        Arc::new(Admin {
-            prometheus,
-            queue: Arc::new(WriterStatus {
-                shared: shared.clone(),
-                reach,
-            }),
-            shutting_down: shutting_down.clone(),
-        }),
-        admin_stop.clone(),
-        Duration::from_secs(1),
-    ));
+    let status = Arc::new(WriterStatus {
+        shared: shared.clone(),
+        reach,
+    });
+    let (admin, admin_stop) =
+        crate::app::serve_admin(admin_listener, prometheus, status, shutting_down.clone());
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
@@ -160,6 +99,68 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let _ = admin.await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Subscribes the consumer and starts the committer and driver threads (driver.rs, commit.rs);
+/// resolves the returned receiver when the driver has stopped.
+fn start_driver(
+    config: &Config,
+    kcfg: &KafkaConfig,
+    sinks: Vec<Arc<dyn Sink>>,
+    shared: Arc<Shared>,
+) -> Result<(Arc<stats::Reachability>, tokio::sync::oneshot::Receiver<()>)> {
+    let stats_ctx = StatsContext::new("consumer");
+    let reach = stats_ctx.reach.clone();
+    let ctx = WriterContext {
+        stats: stats_ctx,
+        events: Mutex::new(Vec::new()),
+        owned: Arc::new(Mutex::new(HashMap::new())),
+    };
+    let consumer: BaseConsumer<WriterContext> = kcfg
+        .consumer_config()
+        .create_with_context(ctx)
+        .map_err(|e| anyhow::anyhow!("creating the Kafka consumer: {e}"))?;
+    consumer
+        .subscribe(&[kcfg.topic.as_str()])
+        .map_err(|e| anyhow::anyhow!("subscribing to {}: {e}", kcfg.topic))?;
+
+    let (done_tx, done_rx) = mpsc::channel();
+    let consumer = Arc::new(consumer);
+    let (commit_tx, commit_req_rx) = mpsc::channel();
+    let (commit_done_tx, commit_rx) = mpsc::channel();
+    let committer_thread = {
+        let consumer = consumer.clone();
+        std::thread::Builder::new()
+            .name("kafka-committer".into())
+            .spawn(move || committer(consumer, commit_req_rx, commit_done_tx))
+            .context("starting the committer thread")?
+    };
+    let driver = Driver {
+        consumer,
+        commit_tx: Some(commit_tx),
+        commit_rx,
+        committer: Some(committer_thread),
+        limits: limits(kcfg),
+        sinks,
+        rt: tokio::runtime::Handle::current(),
+        parts: HashMap::new(),
+        done_tx,
+        done_rx,
+        next_epoch: 0,
+        buffered: 0,
+        shared,
+        quarantine: config.server.data_dir.join("kafka-quarantine"),
+        shutdown_timeout: Duration::from_millis(config.server.shutdown_timeout_ms),
+    };
+    let (fin_tx, fin_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("kafka-writer".into())
+        .spawn(move || {
+            driver.run();
+            let _ = fin_tx.send(());
+        })
+        .context("starting the writer thread")?;
+    Ok((reach, fin_rx))
 }
 
 pub(super) fn limits(k: &KafkaConfig) -> Limits {
