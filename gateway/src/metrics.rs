@@ -192,6 +192,7 @@ fn describe() {
     describe_kafka();
 }
 
+/// The series of the Kafka producer and of librdkafka's client statistics (both sides).
 fn describe_kafka() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
@@ -261,6 +262,12 @@ fn describe_kafka() {
         KAFKA_CONSUMER_LAG,
         "librdkafka: messages behind the partition end, summed over assigned partitions"
     );
+    describe_kafka_writer();
+}
+
+/// The series of `tracegate write`'s batches, commits and partitions.
+fn describe_kafka_writer() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         KAFKA_WRITER_BATCHES,
         "Writer batches (offset ranges) written to every sink and committed"

@@ -230,6 +230,64 @@ fn delivery_error(e: &KafkaError, timeout: Duration) -> ApiError {
     }
 }
 
+impl Inner {
+    /// Refuses at once (retryable) when the producer cannot deliver: no broker is reachable,
+    /// or librdkafka failed fatally.
+    fn refuse_unless_up(&self) -> Result<(), ApiError> {
+        if self.reach.is_fatal() {
+            return Err(refuse(
+                "fatal",
+                ApiError::unavailable(
+                    "the Kafka producer failed fatally; this gateway must be restarted",
+                ),
+            ));
+        }
+        if !self.reach.is_up() {
+            return Err(refuse(
+                "no_broker",
+                ApiError::unavailable("no Kafka broker is reachable; retry later"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The batch as Kafka messages (split.rs); a split that re-encodes runs off the async worker.
+async fn messages(inner: &Inner, batch: Batch) -> Result<Vec<split::KafkaMessage>, ApiError> {
+    let key_len = split::key(&batch, inner.key).len();
+    let (strategy, max) = (inner.key, inner.max_message_bytes);
+    let msgs = if split::needs_split(&batch, key_len, max) {
+        tokio::task::spawn_blocking(move || split::to_messages(batch, strategy, max))
+            .await
+            .map_err(|e| ApiError::internal(format!("split task failed: {e}")))?
+    } else {
+        split::to_messages(batch, strategy, max)
+    };
+    msgs.map_err(|e| match e {
+        SplitError::SpanTooLarge { .. } => refuse(
+            "too_large",
+            ApiError::new(ErrorKind::TooLarge, e.to_string()),
+        ),
+        SplitError::Decode(_) => ApiError::internal(e.to_string()),
+    })
+}
+
+/// One message's delivery report as the request's answer.
+/// (`Err(Canceled)`: the producer dropped the report.)
+fn delivered<T, M, Canceled>(
+    r: Result<Result<T, (KafkaError, M)>, Canceled>,
+    timeout: Duration,
+) -> Result<(), ApiError> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(delivery_error(&e, timeout)),
+        Err(_) => Err(refuse(
+            "other",
+            ApiError::unavailable("the Kafka producer stopped; retry later"),
+        )),
+    }
+}
+
 impl BatchQueue for KafkaQueue {
     // The producer sends every batch alike: its work (librdkafka's threads) is not per request.
     fn publish(
@@ -239,36 +297,8 @@ impl BatchQueue for KafkaQueue {
     ) -> BoxFuture<'_, Result<(), ApiError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            if inner.reach.is_fatal() {
-                return Err(refuse(
-                    "fatal",
-                    ApiError::unavailable(
-                        "the Kafka producer failed fatally; this gateway must be restarted",
-                    ),
-                ));
-            }
-            if !inner.reach.is_up() {
-                return Err(refuse(
-                    "no_broker",
-                    ApiError::unavailable("no Kafka broker is reachable; retry later"),
-                ));
-            }
-            let key_len = split::key(&batch, inner.key).len();
-            let (strategy, max) = (inner.key, inner.max_message_bytes);
-            let msgs = if split::needs_split(&batch, key_len, max) {
-                tokio::task::spawn_blocking(move || split::to_messages(batch, strategy, max))
-                    .await
-                    .map_err(|e| ApiError::internal(format!("split task failed: {e}")))?
-            } else {
-                split::to_messages(batch, strategy, max)
-            };
-            let msgs = msgs.map_err(|e| match e {
-                SplitError::SpanTooLarge { .. } => refuse(
-                    "too_large",
-                    ApiError::new(ErrorKind::TooLarge, e.to_string()),
-                ),
-                SplitError::Decode(_) => ApiError::internal(e.to_string()),
-            })?;
+            inner.refuse_unless_up()?;
+            let msgs = messages(&inner, batch).await?;
             if msgs.len() > 1 {
                 metrics::counter!(m::KAFKA_SPLIT_BATCHES).increment(1);
             }
@@ -329,16 +359,7 @@ impl BatchQueue for KafkaQueue {
                 Err(e) => return Err(ApiError::internal(format!("delivery task failed: {e}"))),
             };
             for r in results {
-                match r {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(delivery_error(&e, inner.delivery_timeout)),
-                    Err(_) => {
-                        return Err(refuse(
-                            "other",
-                            ApiError::unavailable("the Kafka producer stopped; retry later"),
-                        ))
-                    }
-                }
+                delivered(r, inner.delivery_timeout)?;
             }
             inner.reach.set_up(true);
             metrics::histogram!(m::KAFKA_DELIVERY_DURATION).record(started.elapsed().as_secs_f64());

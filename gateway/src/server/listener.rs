@@ -177,34 +177,50 @@ struct Conn<H> {
 }
 
 impl<H: Handler> Conn<H> {
-    async fn run(self, stream: tokio::net::TcpStream, peer: SocketAddr, seat: Seat) {
+    /// The connection's set-up (PROXY header, TLS handshake) within the head deadline, then its
+    /// seat under the per-client limit; `None` when it was refused or asked to go meanwhile.
+    async fn establish(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        seat: &Seat,
+    ) -> Option<(super::conn::Io, ConnInfo)> {
         let name = self.name;
-        let deadlines = self.setup.deadlines;
-        let tracker = seat.tracker.clone();
         // The head deadline covers set-up too: PROXY header and TLS handshake count from accept.
+        let head = self.setup.deadlines.head;
         let established = tokio::select! {
-            r = tokio::time::timeout(deadlines.head, self.setup.establish(name, stream, peer)) => r,
-            _ = self.stop.cancelled() => return,
-            _ = tracker.shed.cancelled() => return,
+            r = tokio::time::timeout(head, self.setup.establish(name, stream, peer)) => r,
+            _ = self.stop.cancelled() => return None,
+            _ = seat.tracker.shed.cancelled() => return None,
         };
         let (io, info) = match established {
             Ok(Ok(x)) => x,
-            Ok(Err(())) => return,
+            Ok(Err(())) => return None,
             Err(_) => {
                 let info = ConnInfo::direct(peer);
                 super::conn::refused(name, "head_timeout", &info, "no request head in time");
-                return;
+                return None;
             }
         };
-        if let Err(r) = self.table.set_client(&seat, info.client.ip()) {
+        if let Err(r) = self.table.set_client(seat, info.client.ip()) {
             super::conn::refused(
                 name,
                 r.reason(),
                 &info,
                 "no connection seat for this client",
             );
-            return;
+            return None;
         }
+        Some((io, info))
+    }
+
+    async fn run(self, stream: tokio::net::TcpStream, peer: SocketAddr, seat: Seat) {
+        let name = self.name;
+        let deadlines = self.setup.deadlines;
+        let tracker = seat.tracker.clone();
+        let Some((io, info)) = self.establish(stream, peer, &seat).await else {
+            return;
+        };
         let span = tracing::info_span!(
             "conn",
             listener = name,

@@ -365,7 +365,6 @@ impl Encoder {
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn span_inner<'a>(
         &mut self,
         msg: &'a [u8],
@@ -375,50 +374,7 @@ impl Encoder {
         events: &mut Vec<(u32, u32)>,
         links: &mut Vec<(u32, u32)>,
     ) -> Result<(), PbError> {
-        let base = msg.as_ptr() as usize;
-        let range = |b: &[u8]| {
-            let from = (b.as_ptr() as usize - base) as u32;
-            (from, from + b.len() as u32)
-        };
-        let mut r = Reader::new(msg);
-        loop {
-            // Attributes (field 9, tag 0x4a) are most of a span's fields.
-            if let Some(kv) = r.take_tagged(0x4a) {
-                attrs.push(range(kv));
-                continue;
-            }
-            let Some((n, v)) = r.next_field()? else {
-                break;
-            };
-            match n {
-                1 => s.trace_id = v.bytes(),
-                2 => s.span_id = v.bytes(),
-                3 => s.trace_state = v.bytes(),
-                4 => s.parent_span_id = v.bytes(),
-                5 => s.name = v.bytes(),
-                6 => s.kind = v.u64(),
-                7 => s.start = v.u64(),
-                8 => s.end = v.u64(),
-                9 => attrs.push(range(v.bytes())),
-                10 => s.dropped_attributes = v.u64() as u32,
-                11 => events.push(range(v.bytes())),
-                12 => s.dropped_events = v.u64() as u32,
-                13 => links.push(range(v.bytes())),
-                14 => s.dropped_links = v.u64() as u32,
-                15 => {
-                    let mut st = Reader::new(v.bytes());
-                    while let Some((n, v)) = st.next_field()? {
-                        match n {
-                            2 => s.status_message = v.bytes(),
-                            3 => s.status_code = v.u64(),
-                            _ => {}
-                        }
-                    }
-                }
-                16 => s.flags = v.u64() as u32,
-                _ => {}
-            }
-        }
+        scan_span(msg, s, attrs, events, links)?;
         // Prefix shared by this span's payload rows (Timestamp, TraceId, SpanId), formatted by
         // `attr_map` only if the span has a large value: most have none.
         let prefix = PayloadPrefix {
@@ -450,71 +406,8 @@ impl Encoder {
         put_u64(o, s.end.saturating_sub(s.start));
         put_str(o, status_code(s.status_code).as_bytes());
         put_str(o, s.status_message);
-
-        // Events.Timestamp, Events.Name, Events.Attributes
-        if events.is_empty() {
-            o.extend_from_slice(&[0, 0, 0]);
-        } else {
-            let mut names: Vec<&[u8]> = Vec::with_capacity(events.len());
-            put_varint(o, events.len() as u64);
-            for &(from, to) in events.iter() {
-                let mut r = Reader::new(&msg[from as usize..to as usize]);
-                let (mut t, mut name): (u64, &[u8]) = (0, &[]);
-                while let Some((n, v)) = r.next_field()? {
-                    match n {
-                        1 => t = v.u64(),
-                        2 => name = v.bytes(),
-                        _ => {}
-                    }
-                }
-                put_i64(o, t as i64);
-                names.push(name);
-            }
-            put_varint(o, events.len() as u64);
-            for name in names {
-                put_str(o, name);
-            }
-            put_varint(&mut out.spans, events.len() as u64);
-            let mut sub = Vec::new();
-            for (i, &(from, to)) in events.iter().enumerate() {
-                let ev = &msg[from as usize..to as usize];
-                sub.clear();
-                kv_ranges(ev, 3, &mut sub)?;
-                self.attr_map(out, ev, &sub, Loc::Event(i as u32), Some(&prefix), None)?;
-            }
-        }
-
-        // Links.TraceId, Links.SpanId, Links.TraceState, Links.Attributes
-        if links.is_empty() {
-            out.spans.extend_from_slice(&[0, 0, 0, 0]);
-        } else {
-            for field in [1u32, 2, 3] {
-                put_varint(&mut out.spans, links.len() as u64);
-                for &(from, to) in links.iter() {
-                    let mut r = Reader::new(&msg[from as usize..to as usize]);
-                    let mut val: &[u8] = &[];
-                    while let Some((n, v)) = r.next_field()? {
-                        if n == field {
-                            val = v.bytes();
-                        }
-                    }
-                    if field == 3 {
-                        put_str(&mut out.spans, val);
-                    } else {
-                        put_hex(&mut out.spans, val);
-                    }
-                }
-            }
-            put_varint(&mut out.spans, links.len() as u64);
-            let mut sub = Vec::new();
-            for &(from, to) in links.iter() {
-                let l = &msg[from as usize..to as usize];
-                sub.clear();
-                kv_ranges(l, 4, &mut sub)?;
-                // Link attributes are small by nature; kept whole in the map.
-                self.attr_map(out, l, &sub, Loc::Span, None, None)?;
-            }
-        }
+        self.events(out, msg, events, &prefix)?;
+        self.links(out, msg, links)?;
 
         let o = &mut out.spans;
         put_bytes(o, &self.scope_attrs);
@@ -539,6 +432,146 @@ impl Encoder {
         out.span_rows += 1;
         Ok(())
     }
+
+    /// The `Events.Timestamp`, `Events.Name` and `Events.Attributes` columns; large event
+    /// attribute values go to payload rows like the span's.
+    fn events(
+        &mut self,
+        out: &mut Encoded,
+        msg: &[u8],
+        events: &[(u32, u32)],
+        prefix: &PayloadPrefix<'_>,
+    ) -> Result<(), PbError> {
+        let o = &mut out.spans;
+        if events.is_empty() {
+            o.extend_from_slice(&[0, 0, 0]);
+            return Ok(());
+        }
+        let mut names: Vec<&[u8]> = Vec::with_capacity(events.len());
+        put_varint(o, events.len() as u64);
+        for &(from, to) in events {
+            let mut r = Reader::new(&msg[from as usize..to as usize]);
+            let (mut t, mut name): (u64, &[u8]) = (0, &[]);
+            while let Some((n, v)) = r.next_field()? {
+                match n {
+                    1 => t = v.u64(),
+                    2 => name = v.bytes(),
+                    _ => {}
+                }
+            }
+            put_i64(o, t as i64);
+            names.push(name);
+        }
+        put_varint(o, events.len() as u64);
+        for name in names {
+            put_str(o, name);
+        }
+        put_varint(&mut out.spans, events.len() as u64);
+        let mut sub = Vec::new();
+        for (i, &(from, to)) in events.iter().enumerate() {
+            let ev = &msg[from as usize..to as usize];
+            sub.clear();
+            kv_ranges(ev, 3, &mut sub)?;
+            self.attr_map(out, ev, &sub, Loc::Event(i as u32), Some(prefix), None)?;
+        }
+        Ok(())
+    }
+
+    /// The `Links.TraceId`, `Links.SpanId`, `Links.TraceState` and `Links.Attributes` columns.
+    fn links(
+        &mut self,
+        out: &mut Encoded,
+        msg: &[u8],
+        links: &[(u32, u32)],
+    ) -> Result<(), PbError> {
+        if links.is_empty() {
+            out.spans.extend_from_slice(&[0, 0, 0, 0]);
+            return Ok(());
+        }
+        for field in [1u32, 2, 3] {
+            put_varint(&mut out.spans, links.len() as u64);
+            for &(from, to) in links {
+                let mut r = Reader::new(&msg[from as usize..to as usize]);
+                let mut val: &[u8] = &[];
+                while let Some((n, v)) = r.next_field()? {
+                    if n == field {
+                        val = v.bytes();
+                    }
+                }
+                if field == 3 {
+                    put_str(&mut out.spans, val);
+                } else {
+                    put_hex(&mut out.spans, val);
+                }
+            }
+        }
+        put_varint(&mut out.spans, links.len() as u64);
+        let mut sub = Vec::new();
+        for &(from, to) in links {
+            let l = &msg[from as usize..to as usize];
+            sub.clear();
+            kv_ranges(l, 4, &mut sub)?;
+            // Link attributes are small by nature; kept whole in the map.
+            self.attr_map(out, l, &sub, Loc::Span, None, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// One scan of a span: its scalars into `s`, the positions of its attributes, events and
+/// links into the vectors.
+fn scan_span<'a>(
+    msg: &'a [u8],
+    s: &mut SpanRef<'a>,
+    attrs: &mut Vec<(u32, u32)>,
+    events: &mut Vec<(u32, u32)>,
+    links: &mut Vec<(u32, u32)>,
+) -> Result<(), PbError> {
+    let base = msg.as_ptr() as usize;
+    let range = |b: &[u8]| {
+        let from = (b.as_ptr() as usize - base) as u32;
+        (from, from + b.len() as u32)
+    };
+    let mut r = Reader::new(msg);
+    loop {
+        // Attributes (field 9, tag 0x4a) are most of a span's fields.
+        if let Some(kv) = r.take_tagged(0x4a) {
+            attrs.push(range(kv));
+            continue;
+        }
+        let Some((n, v)) = r.next_field()? else {
+            break;
+        };
+        match n {
+            1 => s.trace_id = v.bytes(),
+            2 => s.span_id = v.bytes(),
+            3 => s.trace_state = v.bytes(),
+            4 => s.parent_span_id = v.bytes(),
+            5 => s.name = v.bytes(),
+            6 => s.kind = v.u64(),
+            7 => s.start = v.u64(),
+            8 => s.end = v.u64(),
+            9 => attrs.push(range(v.bytes())),
+            10 => s.dropped_attributes = v.u64() as u32,
+            11 => events.push(range(v.bytes())),
+            12 => s.dropped_events = v.u64() as u32,
+            13 => links.push(range(v.bytes())),
+            14 => s.dropped_links = v.u64() as u32,
+            15 => {
+                let mut st = Reader::new(v.bytes());
+                while let Some((n, v)) = st.next_field()? {
+                    match n {
+                        2 => s.status_message = v.bytes(),
+                        3 => s.status_code = v.u64(),
+                        _ => {}
+                    }
+                }
+            }
+            16 => s.flags = v.u64() as u32,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Positions (in `msg`) of the length-delimited occurrences of field `num`.
