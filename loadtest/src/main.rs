@@ -26,6 +26,7 @@ mod ids;
 mod payload;
 mod plot;
 mod procstat;
+mod report;
 mod run;
 mod stats;
 mod verify;
@@ -364,7 +365,7 @@ fn main_run(a: RunArgs) -> Result<ExitCode> {
     if let Some(p) = &plot_path {
         plot::write_svg(&report, p)?;
     }
-    println!("{}", run::summary_line(&report));
+    println!("{}", report::summary_line(&report));
     Ok(ExitCode::SUCCESS)
 }
 

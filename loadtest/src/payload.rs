@@ -337,6 +337,95 @@ const RESOURCE: &[(&str, &str)] = &[
     ("deployment.environment", "production"),
 ];
 
+/// The template request in protobuf: the models' spans under one resource and scope.
+fn protobuf_request(models: &[SpanModel], ph: &Placeholders) -> Vec<u8> {
+    let spans = models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Span {
+            trace_id: ph.trace(i as u64).to_vec(),
+            span_id: ph.span(i as u64).to_vec(),
+            parent_span_id: if m.root {
+                vec![]
+            } else {
+                ph.parent(i as u64).to_vec()
+            },
+            name: m.name.clone(),
+            kind: m.kind,
+            start_time_unix_nano: m.start,
+            end_time_unix_nano: m.end,
+            attributes: m.attrs.iter().map(|(k, v)| kv(k, v)).collect(),
+            status: m.status_ok.then_some(Status {
+                code: 1,
+                message: String::new(),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: RESOURCE
+                    .iter()
+                    .map(|(k, v)| kv(k, &Attr::Str((*v).into())))
+                    .collect(),
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "tracegate-loadtest".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// The same request in OTLP/JSON (hex ids, string nanoseconds).
+fn json_request(models: &[SpanModel], ph: &Placeholders) -> Result<Vec<u8>> {
+    let spans: Vec<Json> = models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut s = serde_json::Map::new();
+            s.insert("traceId".into(), hex(&ph.trace(i as u64)).into());
+            s.insert("spanId".into(), hex(&ph.span(i as u64)).into());
+            if !m.root {
+                s.insert("parentSpanId".into(), hex(&ph.parent(i as u64)).into());
+            }
+            s.insert("name".into(), m.name.clone().into());
+            s.insert("kind".into(), m.kind.into());
+            s.insert("startTimeUnixNano".into(), m.start.to_string().into());
+            s.insert("endTimeUnixNano".into(), m.end.to_string().into());
+            s.insert(
+                "attributes".into(),
+                m.attrs.iter().map(|(k, v)| json_attr(k, v)).collect(),
+            );
+            if m.status_ok {
+                s.insert("status".into(), json!({"code": 1}));
+            }
+            Json::Object(s)
+        })
+        .collect();
+    let resource: Vec<Json> = RESOURCE
+        .iter()
+        .map(|(k, v)| json_attr(k, &Attr::Str((*v).into())))
+        .collect();
+    serde_json::to_vec(&json!({"resourceSpans": [{
+        "resource": {"attributes": resource},
+        "scopeSpans": [{
+            "scope": {"name": "tracegate-loadtest", "version": env!("CARGO_PKG_VERSION")},
+            "spans": spans,
+        }],
+    }]}))
+    .map_err(Into::into)
+}
+
 impl Template {
     pub fn build(p: &ShapeParams, encoding: Encoding) -> Result<Template> {
         if p.spans == 0 {
@@ -345,90 +434,8 @@ impl Template {
         let ph = Placeholders::new(p.seed);
         let models = models(p);
         let bytes = match encoding {
-            Encoding::Protobuf => {
-                let spans = models
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| Span {
-                        trace_id: ph.trace(i as u64).to_vec(),
-                        span_id: ph.span(i as u64).to_vec(),
-                        parent_span_id: if m.root {
-                            vec![]
-                        } else {
-                            ph.parent(i as u64).to_vec()
-                        },
-                        name: m.name.clone(),
-                        kind: m.kind,
-                        start_time_unix_nano: m.start,
-                        end_time_unix_nano: m.end,
-                        attributes: m.attrs.iter().map(|(k, v)| kv(k, v)).collect(),
-                        status: m.status_ok.then_some(Status {
-                            code: 1,
-                            message: String::new(),
-                        }),
-                        ..Default::default()
-                    })
-                    .collect();
-                ExportTraceServiceRequest {
-                    resource_spans: vec![ResourceSpans {
-                        resource: Some(Resource {
-                            attributes: RESOURCE
-                                .iter()
-                                .map(|(k, v)| kv(k, &Attr::Str((*v).into())))
-                                .collect(),
-                            ..Default::default()
-                        }),
-                        scope_spans: vec![ScopeSpans {
-                            scope: Some(InstrumentationScope {
-                                name: "tracegate-loadtest".into(),
-                                version: env!("CARGO_PKG_VERSION").into(),
-                                ..Default::default()
-                            }),
-                            spans,
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }],
-                }
-                .encode_to_vec()
-            }
-            Encoding::Json => {
-                let spans: Vec<Json> = models
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| {
-                        let mut s = serde_json::Map::new();
-                        s.insert("traceId".into(), hex(&ph.trace(i as u64)).into());
-                        s.insert("spanId".into(), hex(&ph.span(i as u64)).into());
-                        if !m.root {
-                            s.insert("parentSpanId".into(), hex(&ph.parent(i as u64)).into());
-                        }
-                        s.insert("name".into(), m.name.clone().into());
-                        s.insert("kind".into(), m.kind.into());
-                        s.insert("startTimeUnixNano".into(), m.start.to_string().into());
-                        s.insert("endTimeUnixNano".into(), m.end.to_string().into());
-                        s.insert(
-                            "attributes".into(),
-                            m.attrs.iter().map(|(k, v)| json_attr(k, v)).collect(),
-                        );
-                        if m.status_ok {
-                            s.insert("status".into(), json!({"code": 1}));
-                        }
-                        Json::Object(s)
-                    })
-                    .collect();
-                let resource: Vec<Json> = RESOURCE
-                    .iter()
-                    .map(|(k, v)| json_attr(k, &Attr::Str((*v).into())))
-                    .collect();
-                serde_json::to_vec(&json!({"resourceSpans": [{
-                    "resource": {"attributes": resource},
-                    "scopeSpans": [{
-                        "scope": {"name": "tracegate-loadtest", "version": env!("CARGO_PKG_VERSION")},
-                        "spans": spans,
-                    }],
-                }]}))?
-            }
+            Encoding::Protobuf => protobuf_request(&models, &ph),
+            Encoding::Json => json_request(&models, &ph)?,
         };
         let hexed = encoding == Encoding::Json;
         let pat = |b: &[u8]| -> Vec<u8> {

@@ -6,16 +6,26 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use crate::run::Report;
+use crate::report::Report;
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+type Err<'a> = &'a dyn Fn(&dyn std::fmt::Display) -> anyhow::Error;
 
 pub fn write_svg(r: &Report, path: &Path) -> Result<()> {
     let e = |e: &dyn std::fmt::Display| anyhow!("plot {}: {e}", path.display());
     let root = SVGBackend::new(path, (1000, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
     let (top, bottom) = root.split_vertically(350);
+    throughput(&top, r, &e)?;
+    latency(&bottom, r, &e)?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}
+
+/// Acked (and offered) spans per second.
+fn throughput(top: &Area<'_>, r: &Report, e: Err<'_>) -> Result<()> {
     let s = &r.series;
     let t_max = s.last().map_or(1, |p| p.t).max(1) as f64;
-
     let tp_max = s
         .iter()
         .map(|p| p.acked_spans.max(p.offered_spans))
@@ -23,7 +33,7 @@ pub fn write_svg(r: &Report, path: &Path) -> Result<()> {
         .unwrap_or(0)
         .max(1) as f64
         * 1.1;
-    let mut c = ChartBuilder::on(&top)
+    let mut c = ChartBuilder::on(top)
         .caption(
             format!(
                 "loadtest {}: {} spans/s acked ({} {}, {} spans/request)",
@@ -66,9 +76,15 @@ pub fn write_svg(r: &Report, path: &Path) -> Result<()> {
         .border_style(BLACK)
         .draw()
         .map_err(|x| e(&x))?;
+    Ok(())
+}
 
+/// Latency percentiles of the requests acked in each second (log scale).
+fn latency(bottom: &Area<'_>, r: &Report, e: Err<'_>) -> Result<()> {
+    let s = &r.series;
+    let t_max = s.last().map_or(1, |p| p.t).max(1) as f64;
     let lat_max = s.iter().map(|p| p.latency.max_ms).fold(1.0f64, f64::max) * 1.5;
-    let mut c = ChartBuilder::on(&bottom)
+    let mut c = ChartBuilder::on(bottom)
         .caption(
             format!(
                 "latency of acked requests (run: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms)",
@@ -109,6 +125,5 @@ pub fn write_svg(r: &Report, path: &Path) -> Result<()> {
         .border_style(BLACK)
         .draw()
         .map_err(|x| e(&x))?;
-    root.present().map_err(|x| e(&x))?;
     Ok(())
 }

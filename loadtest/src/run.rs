@@ -10,14 +10,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::client::{compress, Compression, Protocol, Sender, SenderConfig};
 use crate::ids;
 use crate::payload::{Encoding, Shape, ShapeParams, Template};
 use crate::procstat::Watched;
-use crate::stats::{percentiles, span_ranges, Attempt, Outcome, Percentiles, SecondPoint, Stats};
+use crate::report::Report;
+use crate::stats::{Attempt, Outcome, Stats};
 
 /// Everything a run needs (from the command line); echoed in the report.
 #[derive(Clone, Debug, Serialize)]
@@ -60,89 +61,6 @@ pub struct RunConfig {
     #[serde(skip)]
     pub progress: bool,
 }
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct RequestCounts {
-    /// Requests started (each possibly retried).
-    pub sent: u64,
-    pub acked: u64,
-    /// Refused in the end: a final refusal, or retryable refusals until the retries ran out.
-    pub refused: u64,
-    /// Errors and timeouts, and requests still unanswered at the drain deadline.
-    pub unknown: u64,
-    /// Attempts (first sends + retries).
-    pub attempts: u64,
-    pub retries: u64,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SpanCounts {
-    pub sent: u64,
-    /// In acked requests, minus `partial_success.rejected_spans`.
-    pub acked: u64,
-    pub rejected_in_partial_success: u64,
-    pub refused: u64,
-    pub unknown: u64,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Refusals {
-    /// Attempts answered with a retryable refusal (429/502/503/504, gRPC UNAVAILABLE or
-    /// RESOURCE_EXHAUSTED with RetryInfo).
-    pub retryable: u64,
-    /// Of those, how many carried Retry-After / RetryInfo.
-    pub retryable_with_retry_after: u64,
-    /// Requests refused finally (not retryable: 400, 401, 403, 413, ...), by answer.
-    pub final_by_status: std::collections::BTreeMap<String, u64>,
-    /// Requests whose retries ran out on retryable refusals, by last answer.
-    pub gave_up_by_status: std::collections::BTreeMap<String, u64>,
-    pub errors_by_kind: std::collections::BTreeMap<String, u64>,
-    /// Latency of refusals (send → refusal), per attempt.
-    pub refusal_latency: Percentiles,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Report {
-    pub tool: String,
-    pub version: String,
-    pub run_id: String,
-    pub started_at: String,
-    pub config: serde_json::Value,
-    /// The template request: encoded bytes before and after compression (HTTP), spans.
-    pub request_bytes: u64,
-    pub request_body_bytes: u64,
-    pub elapsed_secs: f64,
-    pub requests: RequestCounts,
-    pub spans: SpanCounts,
-    /// Every attempt's answer by label (`http_200`, `http_503`, `grpc_ok`, ...).
-    pub responses: std::collections::BTreeMap<String, u64>,
-    pub refusals: Refusals,
-    pub acked_spans_per_sec: f64,
-    pub offered_spans_per_sec: Option<f64>,
-    /// Latency of acked requests, from the intended send time (open loop) or the send (closed
-    /// loop) to the 200, retries included.
-    pub latency: Percentiles,
-    pub max_send_lag_ms: f64,
-    /// Open loop: requests that fell due before the end but were never sent, because
-    /// `--concurrency` requests were still in flight (the offered load was not delivered).
-    pub due_not_sent: u64,
-    pub load_generator: Option<crate::procstat::Watched>,
-    pub watched: Vec<crate::procstat::Watched>,
-    pub series: Vec<SecondPoint>,
-    /// False with --body-pool (ids repeat): `verify` refuses such a report.
-    pub ids_unique: bool,
-    pub spans_per_request: u64,
-    pub id_layout: String,
-    /// Inclusive span sequence ranges of acked / refused / unknown requests.
-    pub acked_ranges: Vec<[u64; 2]>,
-    pub refused_ranges: Vec<[u64; 2]>,
-    pub unknown_ranges: Vec<[u64; 2]>,
-}
-
-pub const ID_LAYOUT: &str =
-    "trace_id = run_id (u64 BE) || seq of the trace's first span (u64 BE); \
-span_id = span seq (u64 BE, from 1); parent_span_id = seq - 1 within a trace of 8; request r of n \
-spans carries seqs r*n+1 ..= r*n+n";
 
 struct Shared {
     stats: Mutex<Stats>,
@@ -339,6 +257,71 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
     }
     let run_id = ids::parse_run_id(&cfg.run_id).map_err(anyhow::Error::msg)?;
     let started_at = chrono::Utc::now().to_rfc3339();
+    let (ctx, sizes) = prepare(cfg, run_id).await?;
+    let cfg = &ctx.cfg;
+    let total = total_requests(cfg);
+    let mut watched: Vec<Watched> = cfg
+        .watch_pids
+        .iter()
+        .map(|(p, l)| Watched::new(*p, l.clone()))
+        .collect();
+    let mut me = Watched::new(std::process::id(), "loadtest".into());
+    for w in watched.iter_mut() {
+        w.update();
+    }
+    me.update();
+
+    let start = Instant::now();
+    let deadline = cfg
+        .duration_secs
+        .map(|d| start + Duration::from_secs_f64(d));
+    let bar = progress_bar(cfg, total);
+    let ticker_stop = Arc::new(AtomicBool::new(false));
+    let ticker = spawn_ticker(
+        ctx.clone(),
+        Ticking {
+            start,
+            deadline,
+            total,
+            bar: bar.clone(),
+            stop: ticker_stop.clone(),
+        },
+        watched,
+    );
+    match cfg.rate {
+        None => closed_loop(&ctx, total, deadline).await,
+        Some(rate) => open_loop(&ctx, rate, total, start, deadline).await?,
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    ticker_stop.store(true, Ordering::Relaxed);
+    let mut watched = ticker.await.unwrap_or_default();
+    for w in watched.iter_mut() {
+        w.update();
+    }
+    me.update();
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let mut st = ctx.shared.stats.lock().unwrap();
+    let sent = ctx.shared.next.load(Ordering::Relaxed).min(total);
+    crate::report::assemble(
+        &mut st,
+        crate::report::Run {
+            cfg,
+            run_id,
+            started_at,
+            sizes,
+            elapsed,
+            sent,
+        },
+        watched,
+        me,
+    )
+}
+
+/// The request templates, the body pool, the sender and the shared counters; the template
+/// request's size before and after compression.
+async fn prepare(cfg: RunConfig, run_id: u64) -> Result<(Arc<Ctx>, (u64, u64))> {
     let params = |k: usize| ShapeParams {
         shape: cfg.shape,
         spans: cfg.spans_per_request as usize,
@@ -400,289 +383,203 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         },
         cfg,
     });
-    let cfg = &ctx.cfg;
-    let total = total_requests(cfg);
-    let n = cfg.spans_per_request;
-    let mut watched: Vec<Watched> = cfg
-        .watch_pids
-        .iter()
-        .map(|(p, l)| Watched::new(*p, l.clone()))
-        .collect();
-    let mut me = Watched::new(std::process::id(), "loadtest".into());
-    for w in watched.iter_mut() {
-        w.update();
-    }
-    me.update();
+    Ok((ctx, (request_bytes, request_body_bytes)))
+}
 
-    let start = Instant::now();
-    let deadline = cfg
-        .duration_secs
-        .map(|d| start + Duration::from_secs_f64(d));
+/// What the per-second ticker needs besides the context.
+struct Ticking {
+    start: Instant,
+    deadline: Option<Instant>,
+    total: u64,
+    bar: Option<indicatif::ProgressBar>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Every second: a point of the series (latency, acked spans, RSS and CPU of the watched
+/// processes) and the progress bar; returns the watched processes when told to stop.
+fn spawn_ticker(
+    ctx: Arc<Ctx>,
+    t: Ticking,
+    mut watched: Vec<Watched>,
+) -> tokio::task::JoinHandle<Vec<Watched>> {
+    let Ticking {
+        start,
+        deadline,
+        total,
+        bar,
+        stop,
+    } = t;
+    tokio::spawn(async move {
+        let mut iv = tokio::time::interval_at(
+            (start + Duration::from_secs(1)).into(),
+            Duration::from_secs(1),
+        );
+        let mut prev: Vec<f64> = watched
+            .iter()
+            .map(|w| w.last.map_or(0.0, |s| s.cpu_secs))
+            .collect();
+        let mut t = 0u64;
+        let mut prev_acked = 0u64;
+        loop {
+            let last = tokio::select! {
+                _ = iv.tick() => false,
+                _ = wait_flag(&stop) => true,
+            };
+            t += 1;
+            let mut rss = vec![];
+            let mut cpu = vec![];
+            for (i, w) in watched.iter_mut().enumerate() {
+                let s = w.update().unwrap_or_default();
+                rss.push(s.rss_kib);
+                cpu.push((s.cpu_secs - prev[i]).max(0.0));
+                prev[i] = s.cpu_secs;
+            }
+            let p99 = {
+                let mut st = ctx.shared.stats.lock().unwrap();
+                st.roll(t, rss, cpu);
+                st.series.last().map_or(0.0, |p| p.latency.p99_ms)
+            };
+            if let Some(b) = &bar {
+                let acked = ctx.shared.acked_spans.load(Ordering::Relaxed);
+                b.set_position(match deadline {
+                    Some(_) => t,
+                    None => ctx.shared.next.load(Ordering::Relaxed).min(total),
+                });
+                b.set_message(format!(
+                    "{} spans/s  p99 {:.1} ms  acked {}  refusals {}  errors {}",
+                    acked - prev_acked,
+                    p99,
+                    acked,
+                    ctx.shared.refusals.load(Ordering::Relaxed),
+                    ctx.shared.errors.load(Ordering::Relaxed)
+                ));
+                prev_acked = acked;
+            }
+            if last {
+                // The partial last second is rolled too, so the series adds up.
+                break;
+            }
+        }
+        watched
+    })
+}
+
+/// Closed loop: `concurrency` workers, each sends its next request when the last one is
+/// answered.
+async fn closed_loop(ctx: &Arc<Ctx>, total: u64, deadline: Option<Instant>) {
     let before_deadline = move |t: Instant| deadline.is_none_or(|d| t < d);
-
-    let bar = progress_bar(cfg, total);
-    let ticker_stop = Arc::new(AtomicBool::new(false));
-    let ticker = {
+    let mut workers = vec![];
+    for _ in 0..ctx.cfg.concurrency {
         let ctx = ctx.clone();
-        let stop = ticker_stop.clone();
-        let bar = bar.clone();
-        let mut watched = std::mem::take(&mut watched);
-        tokio::spawn(async move {
-            let mut iv = tokio::time::interval_at(
-                (start + Duration::from_secs(1)).into(),
-                Duration::from_secs(1),
-            );
-            let mut prev: Vec<f64> = watched
-                .iter()
-                .map(|w| w.last.map_or(0.0, |s| s.cpu_secs))
-                .collect();
-            let mut t = 0u64;
-            let mut prev_acked = 0u64;
+        workers.push(tokio::spawn(async move {
             loop {
-                let last = tokio::select! {
-                    _ = iv.tick() => false,
-                    _ = wait_flag(&stop) => true,
-                };
-                t += 1;
-                let mut rss = vec![];
-                let mut cpu = vec![];
-                for (i, w) in watched.iter_mut().enumerate() {
-                    let s = w.update().unwrap_or_default();
-                    rss.push(s.rss_kib);
-                    cpu.push((s.cpu_secs - prev[i]).max(0.0));
-                    prev[i] = s.cpu_secs;
-                }
-                let p99 = {
-                    let mut st = ctx.shared.stats.lock().unwrap();
-                    st.roll(t, rss, cpu);
-                    st.series.last().map_or(0.0, |p| p.latency.p99_ms)
-                };
-                if let Some(b) = &bar {
-                    let acked = ctx.shared.acked_spans.load(Ordering::Relaxed);
-                    b.set_position(match deadline {
-                        Some(_) => t,
-                        None => ctx.shared.next.load(Ordering::Relaxed).min(total),
-                    });
-                    b.set_message(format!(
-                        "{} spans/s  p99 {:.1} ms  acked {}  refusals {}  errors {}",
-                        acked - prev_acked,
-                        p99,
-                        acked,
-                        ctx.shared.refusals.load(Ordering::Relaxed),
-                        ctx.shared.errors.load(Ordering::Relaxed)
-                    ));
-                    prev_acked = acked;
-                }
-                if last {
-                    // The partial last second is rolled too, so the series adds up.
+                let now = Instant::now();
+                if !before_deadline(now) {
                     break;
                 }
-            }
-            watched
-        })
-    };
-
-    let inflight = Arc::new(Semaphore::new(cfg.concurrency));
-    match cfg.rate {
-        None => {
-            // Closed loop: `concurrency` workers, each sends its next request when the last
-            // one is answered.
-            let mut workers = vec![];
-            for _ in 0..cfg.concurrency {
-                let ctx = ctx.clone();
-                workers.push(tokio::spawn(async move {
-                    loop {
-                        let now = Instant::now();
-                        if !before_deadline(now) {
-                            break;
-                        }
-                        let r = ctx.shared.next.fetch_add(1, Ordering::Relaxed);
-                        if r >= total {
-                            break;
-                        }
-                        ctx.shared
-                            .stats
-                            .lock()
-                            .unwrap()
-                            .offered(ctx.cfg.spans_per_request, Duration::ZERO);
-                        ctx.request(r, now).await;
-                    }
-                }));
-            }
-            drain(ctx.clone(), workers, cfg.drain_timeout_ms, deadline).await;
-        }
-        Some(rate) => {
-            // Open loop: request r is due at start + r * interval whatever happened before,
-            // and its latency counts from then. The dispatcher has a thread of its own and
-            // sleeps with the OS's timer (tens of µs): tokio's timer fires on whole-millisecond
-            // ticks, rounded up, which added up to 1 ms to every measured latency. Each body is
-            // rendered before its due time, as a real client has its data ready when it sends:
-            // rendering is not the gateway's latency (when it falls behind, the lag is counted).
-            let interval = Duration::from_secs_f64(n as f64 / rate);
-            let mut schedule = Schedule::new(cfg.arrivals, start, interval, cfg.seed);
-            let handle = tokio::runtime::Handle::current();
-            let dispatch = {
-                let ctx = ctx.clone();
-                let inflight = inflight.clone();
-                move || {
-                    let mut tasks = vec![];
-                    let mut r = 0u64;
-                    while r < total {
-                        let due = schedule.next_due();
-                        if !before_deadline(due) {
-                            break;
-                        }
-                        let body = ctx.body(r);
-                        let now = Instant::now();
-                        if due > now {
-                            std::thread::sleep(due - now);
-                        }
-                        // At most `concurrency` in flight: beyond that the send waits, and the
-                        // wait counts in the latency (measured from `due`).
-                        let permit = match deadline {
-                            Some(d) => match handle.block_on(tokio::time::timeout_at(
-                                d.into(),
-                                inflight.clone().acquire_owned(),
-                            )) {
-                                Ok(Ok(p)) => p,
-                                // The run ended while this request waited for a slot: it and
-                                // every request due after it are counted as due but never sent.
-                                _ => break,
-                            },
-                            None => match handle.block_on(inflight.clone().acquire_owned()) {
-                                Ok(p) => p,
-                                Err(_) => break,
-                            },
-                        };
-                        if !before_deadline(Instant::now()) {
-                            drop(permit);
-                            break;
-                        }
-                        ctx.shared.next.store(r + 1, Ordering::Relaxed);
-                        ctx.shared
-                            .stats
-                            .lock()
-                            .unwrap()
-                            .offered(n, Instant::now().saturating_duration_since(due));
-                        let ctx2 = ctx.clone();
-                        tasks.push(handle.spawn(async move {
-                            ctx2.request_with(r, due, body).await;
-                            drop(permit);
-                        }));
-                        if tasks.len() >= 4096 {
-                            tasks.retain(|t| !t.is_finished());
-                        }
-                        r += 1;
-                    }
-                    (r, tasks)
+                let r = ctx.shared.next.fetch_add(1, Ordering::Relaxed);
+                if r >= total {
+                    break;
                 }
-            };
-            let (r, tasks) = tokio::task::spawn_blocking(dispatch)
-                .await
-                .map_err(|e| anyhow::anyhow!("dispatcher thread failed: {e}"))?;
-            if let Some(d) = deadline {
-                // With Poisson arrivals this is the expected number due, not the drawn one.
-                let due_total =
-                    (d.duration_since(start).as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
-                ctx.shared.stats.lock().unwrap().due_not_sent =
-                    due_total.min(total).saturating_sub(r);
+                ctx.shared
+                    .stats
+                    .lock()
+                    .unwrap()
+                    .offered(ctx.cfg.spans_per_request, Duration::ZERO);
+                ctx.request(r, now).await;
             }
-            drain(ctx.clone(), tasks, cfg.drain_timeout_ms, deadline).await;
-        }
+        }));
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    ticker_stop.store(true, Ordering::Relaxed);
-    let mut watched = ticker.await.unwrap_or_default();
-    for w in watched.iter_mut() {
-        w.update();
-    }
-    me.update();
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
+    drain(ctx.clone(), workers, ctx.cfg.drain_timeout_ms, deadline).await;
+}
 
-    let mut st = ctx.shared.stats.lock().unwrap();
-    let sent = ctx.shared.next.load(Ordering::Relaxed).min(total);
-    let acked_ids = std::mem::take(&mut st.acked_ids);
-    let refused_ids = std::mem::take(&mut st.refused_ids);
-    let mut known = vec![false; sent as usize];
-    for &r in acked_ids.iter().chain(refused_ids.iter()) {
-        if let Some(k) = known.get_mut(r as usize) {
-            *k = true;
+/// Open loop: request r is due at start + r * interval whatever happened before, and its
+/// latency counts from then. The dispatcher has a thread of its own and sleeps with the OS's
+/// timer (tens of µs): tokio's timer fires on whole-millisecond ticks, rounded up, which added
+/// up to 1 ms to every measured latency. Each body is rendered before its due time, as a real
+/// client has its data ready when it sends: rendering is not the gateway's latency (when it
+/// falls behind, the lag is counted).
+async fn open_loop(
+    ctx: &Arc<Ctx>,
+    rate: f64,
+    total: u64,
+    start: Instant,
+    deadline: Option<Instant>,
+) -> Result<()> {
+    let cfg = &ctx.cfg;
+    let n = cfg.spans_per_request;
+    let before_deadline = move |t: Instant| deadline.is_none_or(|d| t < d);
+    let inflight = Arc::new(Semaphore::new(cfg.concurrency));
+    let interval = Duration::from_secs_f64(n as f64 / rate);
+    let mut schedule = Schedule::new(cfg.arrivals, start, interval, cfg.seed);
+    let handle = tokio::runtime::Handle::current();
+    let dispatch = {
+        let ctx = ctx.clone();
+        let inflight = inflight.clone();
+        move || {
+            let mut tasks = vec![];
+            let mut r = 0u64;
+            while r < total {
+                let due = schedule.next_due();
+                if !before_deadline(due) {
+                    break;
+                }
+                let body = ctx.body(r);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                // At most `concurrency` in flight: beyond that the send waits, and the
+                // wait counts in the latency (measured from `due`).
+                let permit = match deadline {
+                    Some(d) => match handle.block_on(tokio::time::timeout_at(
+                        d.into(),
+                        inflight.clone().acquire_owned(),
+                    )) {
+                        Ok(Ok(p)) => p,
+                        // The run ended while this request waited for a slot: it and
+                        // every request due after it are counted as due but never sent.
+                        _ => break,
+                    },
+                    None => match handle.block_on(inflight.clone().acquire_owned()) {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                if !before_deadline(Instant::now()) {
+                    drop(permit);
+                    break;
+                }
+                ctx.shared.next.store(r + 1, Ordering::Relaxed);
+                ctx.shared
+                    .stats
+                    .lock()
+                    .unwrap()
+                    .offered(n, Instant::now().saturating_duration_since(due));
+                let ctx2 = ctx.clone();
+                tasks.push(handle.spawn(async move {
+                    ctx2.request_with(r, due, body).await;
+                    drop(permit);
+                }));
+                if tasks.len() >= 4096 {
+                    tasks.retain(|t| !t.is_finished());
+                }
+                r += 1;
+            }
+            (r, tasks)
         }
-    }
-    let unknown_ids: Vec<u64> = (0..sent).filter(|&r| !known[r as usize]).collect();
-    let ids_unique = cfg.body_pool == 0;
-    let acked_spans_per_sec = st.acked_spans as f64 / elapsed.max(1e-9);
-    for w in watched.iter_mut().chain(std::iter::once(&mut me)) {
-        w.acked_spans_per_cpu_sec = if w.cpu_secs > 0.0 {
-            st.acked_spans as f64 / w.cpu_secs
-        } else {
-            0.0
-        };
-    }
-    let attempts: u64 = st.responses.values().sum();
-    let report = Report {
-        tool: "loadtest".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        run_id: ids::run_id_hex(run_id),
-        started_at,
-        config: serde_json::to_value(cfg)?,
-        request_bytes,
-        request_body_bytes,
-        elapsed_secs: elapsed,
-        requests: RequestCounts {
-            sent,
-            acked: st.acked_requests,
-            refused: refused_ids.len() as u64,
-            unknown: unknown_ids.len() as u64,
-            attempts,
-            retries: st.retries,
-        },
-        spans: SpanCounts {
-            sent: sent * n,
-            acked: st.acked_spans,
-            rejected_in_partial_success: st.rejected_spans,
-            refused: refused_ids.len() as u64 * n,
-            unknown: unknown_ids.len() as u64 * n,
-        },
-        responses: st.responses.clone(),
-        refusals: Refusals {
-            retryable: st.retryable_refusals,
-            retryable_with_retry_after: st.retryable_with_retry_after,
-            final_by_status: st.final_refused.clone(),
-            gave_up_by_status: st.gave_up.clone(),
-            errors_by_kind: st.errors.clone(),
-            refusal_latency: percentiles(&st.refusal_latency),
-        },
-        acked_spans_per_sec,
-        offered_spans_per_sec: cfg.rate,
-        latency: percentiles(&st.latency),
-        max_send_lag_ms: st.max_send_lag.as_secs_f64() * 1000.0,
-        due_not_sent: st.due_not_sent,
-        load_generator: Some(me),
-        watched,
-        series: std::mem::take(&mut st.series),
-        ids_unique,
-        spans_per_request: n,
-        id_layout: ID_LAYOUT.into(),
-        acked_ranges: if ids_unique {
-            span_ranges(acked_ids, n)
-        } else {
-            vec![]
-        },
-        refused_ranges: if ids_unique {
-            span_ranges(refused_ids, n)
-        } else {
-            vec![]
-        },
-        unknown_ranges: if ids_unique {
-            span_ranges(unknown_ids, n)
-        } else {
-            vec![]
-        },
     };
-    Ok(report)
+    let (r, tasks) = tokio::task::spawn_blocking(dispatch)
+        .await
+        .map_err(|e| anyhow::anyhow!("dispatcher thread failed: {e}"))?;
+    if let Some(d) = deadline {
+        // With Poisson arrivals this is the expected number due, not the drawn one.
+        let due_total =
+            (d.duration_since(start).as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
+        ctx.shared.stats.lock().unwrap().due_not_sent = due_total.min(total).saturating_sub(r);
+    }
+    drain(ctx.clone(), tasks, cfg.drain_timeout_ms, deadline).await;
+    Ok(())
 }
 
 async fn wait_flag(f: &AtomicBool) {
@@ -737,42 +634,6 @@ fn progress_bar(cfg: &RunConfig, total: u64) -> Option<indicatif::ProgressBar> {
     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     b.set_style(style.progress_chars("=> "));
     Some(b)
-}
-
-/// The one summary line on stdout (stable keys; scripts parse it).
-pub fn summary_line(r: &Report) -> String {
-    let failures = r
-        .responses
-        .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "ok"))
-        .map(|(k, v)| format!("{k}:{v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    format!(
-        "loadtest run_id={} protocol={} seconds={:.1} requests_ok={} requests_refused={} \
-         requests_unknown={} retries={} spans_ok={} spans_per_sec={:.0} p50_ms={:.1} \
-         p99_ms={:.1} p999_ms={:.1} max_ms={:.1} retryable_refusals={} due_not_sent={} failures={}",
-        r.run_id,
-        r.config["protocol"].as_str().unwrap_or("?"),
-        r.elapsed_secs,
-        r.requests.acked,
-        r.requests.refused,
-        r.requests.unknown,
-        r.requests.retries,
-        r.spans.acked,
-        r.acked_spans_per_sec,
-        r.latency.p50_ms,
-        r.latency.p99_ms,
-        r.latency.p999_ms,
-        r.latency.max_ms,
-        r.refusals.retryable,
-        r.due_not_sent,
-        if failures.is_empty() {
-            "-".into()
-        } else {
-            failures
-        },
-    )
 }
 
 #[cfg(test)]

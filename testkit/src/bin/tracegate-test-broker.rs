@@ -23,7 +23,8 @@ fn usage() -> ! {
     std::process::exit(2);
 }
 
-fn main() {
+/// `--brokers N` and every `--topic NAME:PARTITIONS`.
+fn parse_args() -> (i32, Vec<(String, i32)>) {
     let mut brokers = 1i32;
     let mut topics: Vec<(String, i32)> = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -50,6 +51,11 @@ fn main() {
             _ => usage(),
         }
     }
+    (brokers, topics)
+}
+
+fn main() {
+    let (brokers, topics) = parse_args();
     let cluster = match MockCluster::new(brokers) {
         Ok(c) => c,
         Err(e) => {
@@ -76,40 +82,9 @@ fn main() {
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let id = |i: usize| words.get(i).and_then(|v| v.parse::<i32>().ok());
-        let result: Result<bool, String> = match words.as_slice() {
-            [] => continue,
-            ["stop"] => Ok(true),
-            ["down", _] => match id(1) {
-                Some(b) => cluster
-                    .broker_down(b)
-                    .map(|_| false)
-                    .map_err(|e| e.to_string()),
-                None => Err("usage: down <broker id>".into()),
-            },
-            ["up", _] => match id(1) {
-                Some(b) => cluster
-                    .broker_up(b)
-                    .map(|_| false)
-                    .map_err(|e| e.to_string()),
-                None => Err("usage: up <broker id>".into()),
-            },
-            ["rtt", _, ms] => match (id(1), ms.parse::<u64>()) {
-                (Some(b), Ok(ms)) => cluster
-                    .broker_round_trip_time(b, Duration::from_millis(ms))
-                    .map(|_| false)
-                    .map_err(|e| e.to_string()),
-                _ => Err("usage: rtt <broker id> <ms>".into()),
-            },
-            ["topic", name, parts] => match parts.parse::<i32>() {
-                Ok(p) if p > 0 => cluster
-                    .create_topic(name, p, replication)
-                    .map(|_| false)
-                    .map_err(|e| e.to_string()),
-                _ => Err("usage: topic <name> <partitions>".into()),
-            },
-            _ => Err(format!("unknown command {line:?}")),
+        let result = match command(&cluster, &line, replication) {
+            Some(r) => r,
+            None => continue,
         };
         let mut out = std::io::stdout().lock();
         match result {
@@ -127,4 +102,48 @@ fn main() {
         }
     }
     drop(cluster);
+}
+
+/// Runs one command line: `Ok(true)` to stop, `Ok(false)` to go on, `Err(why)`; `None` for an
+/// empty line.
+fn command(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    line: &str,
+    replication: i32,
+) -> Option<Result<bool, String>> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let id = |i: usize| words.get(i).and_then(|v| v.parse::<i32>().ok());
+    Some(match words.as_slice() {
+        [] => return None,
+        ["stop"] => Ok(true),
+        ["down", _] => match id(1) {
+            Some(b) => cluster
+                .broker_down(b)
+                .map(|_| false)
+                .map_err(|e| e.to_string()),
+            None => Err("usage: down <broker id>".into()),
+        },
+        ["up", _] => match id(1) {
+            Some(b) => cluster
+                .broker_up(b)
+                .map(|_| false)
+                .map_err(|e| e.to_string()),
+            None => Err("usage: up <broker id>".into()),
+        },
+        ["rtt", _, ms] => match (id(1), ms.parse::<u64>()) {
+            (Some(b), Ok(ms)) => cluster
+                .broker_round_trip_time(b, Duration::from_millis(ms))
+                .map(|_| false)
+                .map_err(|e| e.to_string()),
+            _ => Err("usage: rtt <broker id> <ms>".into()),
+        },
+        ["topic", name, parts] => match parts.parse::<i32>() {
+            Ok(p) if p > 0 => cluster
+                .create_topic(name, p, replication)
+                .map(|_| false)
+                .map_err(|e| e.to_string()),
+            _ => Err("usage: topic <name> <partitions>".into()),
+        },
+        _ => Err(format!("unknown command {line:?}")),
+    })
 }
