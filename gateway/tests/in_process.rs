@@ -104,5 +104,8 @@ fn in_process_gateway_acknowledges_archives_and_drains_on_shutdown() {
     names.sort();
     let mut want: Vec<String> = (0..12).map(|i| format!("ip-{i}")).collect();
     want.sort();
-    assert_eq!(names, want, "every acknowledged span archived once, nothing else");
+    assert_eq!(
+        names, want,
+        "every acknowledged span archived once, nothing else"
+    );
 }

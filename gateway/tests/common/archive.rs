@@ -36,7 +36,11 @@ pub fn dead_letter_spans_in(data_dir: &Path) -> Vec<serde_json::Value> {
     archive_cat(data_dir, None, &["--dead-letters"])
 }
 
-pub(crate) fn archive_cat(data_dir: &Path, project: Option<&str>, extra: &[&str]) -> Vec<serde_json::Value> {
+pub(crate) fn archive_cat(
+    data_dir: &Path,
+    project: Option<&str>,
+    extra: &[&str],
+) -> Vec<serde_json::Value> {
     let dir = data_dir.to_str().expect("utf-8 data dir");
     let mut args = vec!["archive", "cat"];
     args.extend_from_slice(extra);
@@ -138,10 +142,6 @@ pub fn unique_project(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{}", std::process::id(), t % 1_000_000_000)
 }
 
-// ---------------------------------------------------------------------------------------------
-// OTLP request builders
-// ---------------------------------------------------------------------------------------------
-
 /// Deterministic, non-zero 16-byte trace id for `n`.
 pub fn trace_id(n: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(16);
@@ -176,10 +176,6 @@ pub fn wait_for_spans(
         thread::sleep(Duration::from_millis(500));
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Keys with extra options (allow-lists) and raw connections (PROXY protocol tests)
-// ---------------------------------------------------------------------------------------------
 
 /// `tracegate keys create --project P --data-dir D EXTRA...` (e.g. `--vpce vpce-1`,
 /// `--cidr 10.0.0.0/8`); returns the secret (last stdout line).

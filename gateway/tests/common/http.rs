@@ -144,11 +144,6 @@ pub fn raw_exchange(addr: SocketAddr, preamble: &[u8], request: &[u8]) -> Option
     http_status_of(&out)
 }
 
-// ---------------------------------------------------------------------------------------------
-// ClickHouse: a real engine (chdb, PyPI) behind the test-only HTTP front
-// deploy/testing/chdb_front.py. See docs/testing.md.
-// ---------------------------------------------------------------------------------------------
-
 /// How long the front may take to print its listening line (importing chdb takes a few s).
 pub const CH_START_TIMEOUT: Duration = Duration::from_secs(60);
 

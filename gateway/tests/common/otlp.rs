@@ -90,10 +90,6 @@ pub fn decode_response(body: &[u8]) -> ExportTraceServiceResponse {
     ExportTraceServiceResponse::decode(body).expect("decode ExportTraceServiceResponse")
 }
 
-// ---------------------------------------------------------------------------------------------
-// HTTP helpers (blocking reqwest; never call from inside a tokio runtime)
-// ---------------------------------------------------------------------------------------------
-
 /// A blocking client with connect and total timeouts.
 pub fn http_client() -> reqwest::blocking::Client {
     http_client_with_timeout(HTTP_TIMEOUT)

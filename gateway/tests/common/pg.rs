@@ -227,10 +227,6 @@ pub fn pg_query_text(url: &str, sql: &str, params: &[&str]) -> Result<Vec<Vec<St
     })
 }
 
-// ---------------------------------------------------------------------------------------------
-// Kafka transport: the test broker, `tracegate write`, and a retrying load generator
-// ---------------------------------------------------------------------------------------------
-
 /// Path of the test broker binary (librdkafka's mock cluster in a process). It belongs to the
 /// `tracegate-testkit` package, so cargo does not hand its path to this package's tests: it sits
 /// beside the `tracegate` binary in the same target directory (`cargo test --workspace` and

@@ -311,41 +311,11 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
 /// Runs `tracegate ARGS` to completion with a timeout (killed and panics past it).
 pub fn run_tracegate(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
     let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn tracegate {args:?}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let status = match wait_timeout(&mut child, timeout) {
-        Some(s) => s,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tracegate {args:?} did not finish within {timeout:?}");
-        }
-    };
-    Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
+    run_command(cmd, &format!("tracegate {args:?}"), timeout)
 }
 
 /// Polls `f` every 50 ms until it returns true or `timeout` elapses; returns the last result.
@@ -361,10 +331,6 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(50));
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// PostgreSQL (scripts/pg.sh): a throwaway cluster per test, stopped and removed on drop
-// ---------------------------------------------------------------------------------------------
 
 /// How long one `scripts/pg.sh` call may run (initdb + start is about 1 s).
 pub const PG_SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -459,11 +425,6 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
-
-// ---------------------------------------------------------------------------------------------
-// AWS S3 + KMS (scripts/moto.sh: PyPI moto[server]): a throwaway server per test, on a free
-// loopback port, stopped on drop (and by its watcher if this test process dies)
-// ---------------------------------------------------------------------------------------------
 
 /// How long one `scripts/moto.sh` call may run (start is ~1-3 s once the venv exists; the first
 /// call may install it).
