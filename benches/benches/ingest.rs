@@ -1,7 +1,7 @@
 //! The gateway's CPU cost per request of 512 realistic spans, step by step, next to the
 //! physical references over the same bytes (bare `prost` decode into owned structs, gunzip,
 //! zstd decompression, memcpy):
-//! - `scan_validate_protobuf`: the fast path alone (`otlp::scan::scan`);
+//! - `scan_validate_protobuf`: the fast path alone (`tracegate_otlp::scan::scan`);
 //! - `decode_validate_protobuf_slow`: the prost path (decode, validate, stamp) that the fast
 //!   path replaces for clean requests; `decode_validate_json`: JSON, always the prost path;
 //! - `prepare_*`: the whole `ingest::prepare` step (reserve, decompress, scan, envelope bytes);
@@ -25,11 +25,12 @@ use tracegate::admission::Admission;
 use tracegate::archive::crypto;
 use tracegate::auth::authenticator::Principal;
 use tracegate::config::LimitsConfig;
-use tracegate::ingest::{prepare, stamp_tenant};
-use tracegate::otlp::decode::{self, Compression, Format};
-use tracegate::otlp::scan::{self, Claim};
-use tracegate::otlp::validate;
+use tracegate::ingest::{prepare, tenant_claims};
 use tracegate_benches::per_cpu_second;
+use tracegate_otlp::codec::{self as decode, Compression, Format};
+use tracegate_otlp::scan;
+use tracegate_otlp::stamp::stamp_tenant;
+use tracegate_otlp::validate;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use tracegate_proto::v1::{Batch, PayloadEncoding};
 
@@ -55,6 +56,7 @@ fn bench(c: &mut Criterion) {
         zs.len()
     );
     let limits = LimitsConfig::default();
+    let span_limits = limits.span_limits();
     let admission = Admission::new(limits.max_inflight_bytes);
     let keys = tracegate::config::AuthConfig::default().tenant_attribute_keys;
     let principal = Principal {
@@ -62,13 +64,7 @@ fn bench(c: &mut Criterion) {
         org_id: "o".into(),
         ..Default::default()
     };
-    let claims: Vec<Claim<'_>> = keys
-        .iter()
-        .map(|k| Claim {
-            key: k,
-            want: "bench",
-        })
-        .collect();
+    let claims = tenant_claims(&keys, &principal);
     // What the request path does per request: reserve, decompress, scan (or decode, validate,
     // stamp), keep the bytes for the envelope.
     let run = |format: Format, compression: Compression, body: &Bytes| {
@@ -86,8 +82,8 @@ fn bench(c: &mut Criterion) {
     // The prost path, as `prepare` ran it for every request before the scan existed.
     let slow = |body: &[u8]| {
         let mut r = decode::decode(Format::Protobuf, body).unwrap();
-        let o = validate::validate(&mut r, &limits);
-        let stamped = stamp_tenant(&mut r, &keys, &principal);
+        let o = validate::validate(&mut r, &span_limits);
+        let stamped = stamp_tenant(&mut r, &claims);
         assert!(!o.modified && !stamped);
         o.accepted
     };
@@ -148,10 +144,10 @@ fn bench(c: &mut Criterion) {
     };
 
     // Spans per CPU-second of this thread, one line per step.
-    assert_eq!(scan::scan(&proto, &limits, &claims), Ok(SPANS));
+    assert_eq!(scan::scan(&proto, &span_limits, &claims), Ok(SPANS));
     let rounds = 200;
     per_cpu_second("scan_validate_protobuf", SPANS, rounds, || {
-        scan::scan(&proto, &limits, &claims).unwrap()
+        scan::scan(&proto, &span_limits, &claims).unwrap()
     });
     per_cpu_second("prepare_protobuf", SPANS, rounds, || {
         run(Format::Protobuf, Compression::Identity, &proto)
@@ -227,8 +223,11 @@ fn bench(c: &mut Criterion) {
         || crypto::encode_payload(&[(0, &forwarded)], 3).unwrap(),
     );
     per_cpu_second("plain_request_zstd", SPANS, rounds, || {
-        tracegate::envelope::plain_request(&forwarded, tracegate::envelope::MAX_PLAIN_BYTES)
-            .unwrap()
+        tracegate_otlp::envelope::plain_request(
+            &forwarded,
+            tracegate_otlp::envelope::MAX_PLAIN_BYTES,
+        )
+        .unwrap()
     });
     per_cpu_second("prost_decode_reference", SPANS, rounds / 4, || {
         ExportTraceServiceRequest::decode(proto.clone()).unwrap()
@@ -241,7 +240,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("ingest_512_spans");
     g.throughput(Throughput::Elements(SPANS as u64));
     g.bench_function("scan_validate_protobuf", |b| {
-        b.iter(|| scan::scan(&proto, &limits, &claims).unwrap())
+        b.iter(|| scan::scan(&proto, &span_limits, &claims).unwrap())
     });
     g.bench_function("prepare_protobuf", |b| {
         b.iter(|| run(Format::Protobuf, Compression::Identity, &proto))

@@ -1,4 +1,4 @@
-//! Capped decompression (gateway/src/otlp/decode.rs): gzip, deflate (zlib and raw), zstd
+//! Capped decompression (`tracegate_otlp::codec`): gzip, deflate (zlib and raw), zstd
 //! (including frames asking for a large window) and identity, under a 1 MiB cap. It must never
 //! panic, never return more than the cap, and refuse only as "too large" or "malformed".
 //!
@@ -8,9 +8,7 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../gateway/src/otlp/decode.rs"]
-#[allow(dead_code)]
-mod decode;
+use tracegate_otlp::codec as decode;
 
 use decode::{Compression, DecodeError};
 

@@ -1,5 +1,5 @@
 //! What the writer reads from Kafka and from the archive: a `tracegate.v1.Batch` envelope and
-//! its OTLP payload (gateway/src/envelope.rs, forwarded zstd/gzip bodies inflated under a cap
+//! its OTLP payload (`tracegate_otlp::envelope`, forwarded zstd/gzip bodies inflated under a cap
 //! and checked against the declared length), and a v1 archive object
 //! (gateway/src/archive/format.rs). None may panic; a payload that reads must be exactly its
 //! declared length.
@@ -9,17 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tracegate_proto::v1::{Batch, PayloadEncoding};
 
-// envelope.rs reads `crate::otlp::decode`: the same file, under that name.
-#[path = "../../gateway/src/otlp/decode.rs"]
-#[allow(dead_code)]
-mod decode;
-mod otlp {
-    pub(crate) use super::decode;
-}
-
-#[path = "../../gateway/src/envelope.rs"]
-#[allow(dead_code)]
-mod envelope;
+use tracegate_otlp::envelope;
 
 #[path = "../../gateway/src/archive/format.rs"]
 #[allow(dead_code)]

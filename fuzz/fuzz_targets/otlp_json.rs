@@ -1,4 +1,4 @@
-//! OTLP/JSON decoding (gateway/src/otlp/decode.rs, `decode(Format::Json, ..)`, with the proto3
+//! OTLP/JSON decoding (`tracegate_otlp::codec`, `decode(Format::Json, ..)`, with the proto3
 //! `null` handling): it must never panic or overflow the stack, and whatever it accepts must
 //! survive a protobuf round trip unchanged.
 #![no_main]
@@ -7,9 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 
-#[path = "../../gateway/src/otlp/decode.rs"]
-#[allow(dead_code)]
-mod decode;
+use tracegate_otlp::codec as decode;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = decode::decode(decode::Format::Json, data) {

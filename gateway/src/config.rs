@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use tracegate_otlp::SpanLimits;
 
 pub use crate::netconfig::{ProxyProtocolConfig, TlsConfig};
 
@@ -208,20 +209,31 @@ impl LimitsConfig {
             n => n,
         }
     }
+
+    /// The per-span limits the OTLP checks take (`tracegate_otlp`).
+    pub fn span_limits(&self) -> SpanLimits {
+        SpanLimits {
+            max_attributes: self.max_attributes,
+            max_attribute_value_bytes: self.max_attribute_value_bytes,
+            max_attribute_depth: self.max_attribute_depth,
+            max_events_per_span: self.max_events_per_span,
+            max_links_per_span: self.max_links_per_span,
+        }
+    }
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        let span = SpanLimits::default();
         Self {
             max_request_bytes: 32 * 1024 * 1024,
             max_inflight_bytes: 256 * 1024 * 1024,
             max_inflight_bytes_per_project: 0,
-            max_attributes: 1024,
-            // LLM prompts and completions of 1 MiB and more are kept whole.
-            max_attribute_value_bytes: 16 * 1024 * 1024,
-            max_attribute_depth: 32,
-            max_events_per_span: 1024,
-            max_links_per_span: 1024,
+            max_attributes: span.max_attributes,
+            max_attribute_value_bytes: span.max_attribute_value_bytes,
+            max_attribute_depth: span.max_attribute_depth,
+            max_events_per_span: span.max_events_per_span,
+            max_links_per_span: span.max_links_per_span,
             decode_concurrency: 0,
             prefault_bytes: 0,
         }

@@ -1,8 +1,13 @@
 //! One error type for the whole request path, mapped to both an HTTP status and a gRPC code so
 //! that OTLP/HTTP and OTLP/gRPC clients get equivalent, spec-conformant answers
-//! (opentelemetry-proto `docs/specification.md`, "Failures").
+//! (opentelemetry-proto `docs/specification.md`, "Failures"); and the failure bodies built from
+//! it (`google.rpc.Status`, gRPC RetryInfo).
 
 use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tracegate_otlp::codec::Format;
 
 /// What went wrong, in terms a client can act on. Each kind has exactly one HTTP status and one
 /// gRPC code; retryability follows from the kind.
@@ -147,15 +152,55 @@ impl ApiError {
 /// The codec's errors at the edge: an unsupported encoding is 415 / UNIMPLEMENTED, a body over
 /// the cap after decompression 413 / RESOURCE_EXHAUSTED, anything else malformed 400 /
 /// INVALID_ARGUMENT.
-impl From<crate::otlp::decode::DecodeError> for ApiError {
-    fn from(e: crate::otlp::decode::DecodeError) -> Self {
-        use crate::otlp::decode::DecodeError as D;
+impl From<tracegate_otlp::codec::DecodeError> for ApiError {
+    fn from(e: tracegate_otlp::codec::DecodeError) -> Self {
+        use tracegate_otlp::codec::DecodeError as D;
         match e {
             D::UnsupportedEncoding(m) => ApiError::new(ErrorKind::UnsupportedMedia, m),
             D::TooLarge(cap) => ApiError::too_large(cap),
             D::Malformed(m) => ApiError::invalid(m),
         }
     }
+}
+
+/// `google.rpc.Status` for an HTTP error body.
+pub fn encode_status(format: Format, err: &ApiError) -> Bytes {
+    let code = err.grpc_code() as i32;
+    match format {
+        Format::Protobuf => tonic_types::pb::Status {
+            code,
+            message: err.message.clone(),
+            details: vec![],
+        }
+        .encode_to_vec()
+        .into(),
+        Format::Json => serde_json::to_vec(&serde_json::json!({
+            "code": code,
+            "message": err.message,
+        }))
+        .unwrap_or_default()
+        .into(),
+    }
+}
+
+/// `grpc-status-details-bin` payload carrying a RetryInfo for retryable gRPC errors.
+pub fn grpc_status_details(err: &ApiError) -> Option<Bytes> {
+    let delay = err.retry_after?;
+    let retry = tonic_types::pb::RetryInfo {
+        retry_delay: Some(prost_types::Duration {
+            seconds: delay.as_secs() as i64,
+            nanos: delay.subsec_nanos() as i32,
+        }),
+    };
+    let status = tonic_types::pb::Status {
+        code: err.grpc_code() as i32,
+        message: err.message.clone(),
+        details: vec![prost_types::Any {
+            type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+            value: retry.encode_to_vec(),
+        }],
+    };
+    Some(status.encode_to_vec().into())
 }
 
 #[cfg(test)]
@@ -173,5 +218,26 @@ mod tests {
         assert_eq!(e.grpc_code(), tonic::Code::ResourceExhausted);
         assert!(e.retry_after.is_none());
         assert_eq!(ApiError::invalid("x").http_status(), 400);
+    }
+
+    #[test]
+    fn codec_errors_map_to_415_413_400() {
+        use tracegate_otlp::codec::DecodeError as D;
+        let status = |e: D| ApiError::from(e).http_status().as_u16();
+        assert_eq!(status(D::UnsupportedEncoding("br".into())), 415);
+        assert_eq!(status(D::TooLarge(7)), 413);
+        assert_eq!(status(D::Malformed("x".into())), 400);
+        let e = ApiError::from(D::TooLarge(7));
+        assert_eq!(e.grpc_code(), tonic::Code::ResourceExhausted);
+        assert!(e.message.contains('7'), "{}", e.message);
+    }
+
+    #[test]
+    fn retry_info_only_for_retryable() {
+        assert!(grpc_status_details(&ApiError::too_large(1)).is_none());
+        let d = grpc_status_details(&ApiError::unavailable("x")).unwrap();
+        let s = tonic_types::pb::Status::decode(d).unwrap();
+        assert_eq!(s.code, tonic::Code::Unavailable as i32);
+        assert!(s.details[0].type_url.ends_with("RetryInfo"));
     }
 }

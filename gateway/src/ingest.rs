@@ -8,24 +8,22 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use prost::Message;
 use rand::RngCore;
-use tracegate_proto::otlp::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tracegate_proto::otlp::common::v1::{any_value::Value, AnyValue};
+use tracegate_otlp::codec::{self as decode, Compression, Format};
+use tracegate_otlp::envelope;
+use tracegate_otlp::prune;
+use tracegate_otlp::response::export_response;
+use tracegate_otlp::scan::{self, Claim};
+use tracegate_otlp::stamp::stamp_tenant;
+use tracegate_otlp::validate::{self, Reason};
+use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceResponse;
 use tracegate_proto::v1::{Batch, PayloadEncoding, Source, Transport};
 
 use crate::admission::{Admission, BytesPermit};
 use crate::auth::authenticator::{Authenticator, Origin, Principal};
 use crate::auth::ratelimit::RateLimits;
 use crate::config::LimitsConfig;
-use crate::envelope;
 use crate::error::ApiError;
 use crate::metrics as m;
-use crate::otlp::decode::{self, Compression, Format};
-use crate::otlp::prune;
-use crate::otlp::response::export_response;
-use crate::otlp::scan::{self, Claim};
-use crate::otlp::validate::{self, Reason};
 use crate::queue::embedded::BatchQueue;
 
 pub struct Ingest {
@@ -162,28 +160,15 @@ pub(crate) fn tenant_value<'a>(key: &str, p: &'a Principal) -> &'a str {
     }
 }
 
-/// Overwrites resource attributes that claim a tenant with the authenticated one. Returns
-/// whether anything changed.
-pub fn stamp_tenant(req: &mut ExportTraceServiceRequest, keys: &[String], p: &Principal) -> bool {
-    let mut changed = false;
-    for rs in &mut req.resource_spans {
-        let Some(res) = rs.resource.as_mut() else {
-            continue;
-        };
-        for kv in &mut res.attributes {
-            if keys.contains(&kv.key) {
-                let want = tenant_value(&kv.key, p);
-                let is_same = matches!(&kv.value, Some(AnyValue { value: Some(Value::StringValue(s)) }) if s == want);
-                if !is_same {
-                    kv.value = Some(AnyValue {
-                        value: Some(Value::StringValue(want.to_string())),
-                    });
-                    changed = true;
-                }
-            }
-        }
-    }
-    changed
+/// The tenant claims of `keys` (`auth.tenant_attribute_keys`) for principal `p`: what the scan
+/// checks and the prost path stamps.
+pub fn tenant_claims<'a>(keys: &'a [String], p: &'a Principal) -> Vec<Claim<'a>> {
+    keys.iter()
+        .map(|k| Claim {
+            key: k,
+            want: tenant_value(k, p),
+        })
+        .collect()
 }
 
 /// Decompress (capped), then scan-validate (protobuf) or decode, validate and stamp. Blocking:
@@ -201,6 +186,8 @@ pub fn prepare(
     mut permit: BytesPermit,
     tenant: Option<(&[String], &Principal)>,
 ) -> Result<(Prepared, BytesPermit), ApiError> {
+    let span_limits = limits.span_limits();
+    let claims = tenant.map_or_else(Vec::new, |(keys, p)| tenant_claims(keys, p));
     let forward = forwarded_encoding(compression);
     // Keep the body only when it may be forwarded (a refcount, no copy).
     let original = forward.map(|_| body.clone());
@@ -211,17 +198,7 @@ pub fn prepare(
     if format == Format::Protobuf {
         // Fast path: a scan proves the request clean (all spans valid, nothing to stamp), so the
         // client's bytes go on as they are and no span is ever materialised.
-        let claims: Vec<Claim<'_>> = match tenant {
-            Some((keys, p)) => keys
-                .iter()
-                .map(|k| Claim {
-                    key: k,
-                    want: tenant_value(k, p),
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        if let Ok(spans) = scan::scan(&plain, limits, &claims) {
+        if let Ok(spans) = scan::scan(&plain, &span_limits, &claims) {
             metrics::counter!(m::VALIDATION_PATH, "path" => "scan").increment(1);
             let decompressed_len = plain.len();
             let (otlp_request, encoding) = match (forward, original) {
@@ -263,14 +240,12 @@ pub fn prepare(
         }
         Err(e) => return Err(e.into()),
     };
-    let mut outcome = validate::validate(&mut req, limits);
+    let mut outcome = validate::validate(&mut req, &span_limits);
     outcome.reject_too_deep(
         deep_spans,
         limits.max_attribute_depth.min(prune::DECODER_DEPTH_LIMIT),
     );
-    if let Some((keys, p)) = tenant {
-        outcome.modified |= stamp_tenant(&mut req, keys, p);
-    }
+    outcome.modified |= stamp_tenant(&mut req, &claims);
     let otlp_request = if !outcome.modified && format == Format::Protobuf {
         // Nothing removed or stamped: keep the client's bytes, no re-encode.
         plain.clone()
@@ -401,7 +376,9 @@ impl Ingest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
     use tracegate_proto::otlp::common::v1::KeyValue;
+    use tracegate_proto::otlp::common::v1::{any_value::Value, AnyValue};
     use tracegate_proto::otlp::resource::v1::Resource;
     use tracegate_proto::otlp::trace::v1::ResourceSpans;
 
@@ -433,12 +410,12 @@ mod tests {
             ..Default::default()
         };
         let keys = crate::config::AuthConfig::default().tenant_attribute_keys;
-        assert!(stamp_tenant(&mut req, &keys, &p));
+        assert!(stamp_tenant(&mut req, &tenant_claims(&keys, &p)));
         let attrs = &req.resource_spans[0].resource.as_ref().unwrap().attributes;
         assert_eq!(attrs[0], kv("tracegate.project_id", "mine"));
         assert_eq!(attrs[1], kv("tracegate.org_id", "o"));
         assert_eq!(attrs[2], kv("service.name", "s"));
-        assert!(!stamp_tenant(&mut req, &keys, &p));
+        assert!(!stamp_tenant(&mut req, &tenant_claims(&keys, &p)));
     }
 }
 
@@ -446,11 +423,13 @@ mod tests {
 mod forward_tests {
     use super::*;
     use std::io::Write;
+    use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
     use tracegate_proto::otlp::common::v1::KeyValue;
+    use tracegate_proto::otlp::common::v1::{any_value::Value, AnyValue};
     use tracegate_proto::otlp::resource::v1::Resource;
     use tracegate_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
-    use crate::envelope::{plain_request, MAX_PLAIN_BYTES};
+    use tracegate_otlp::envelope::{plain_request, MAX_PLAIN_BYTES};
 
     fn request(claim: Option<&str>, bad_span: bool) -> ExportTraceServiceRequest {
         let mut spans: Vec<Span> = (0..50u64)
@@ -566,7 +545,7 @@ mod forward_tests {
             assert_eq!(plain_request(&read, MAX_PLAIN_BYTES).unwrap(), plain);
             assert!(matches!(
                 plain_request(&read, 1000),
-                Err(crate::envelope::PayloadError::TooLarge { .. })
+                Err(tracegate_otlp::envelope::PayloadError::TooLarge { .. })
             ));
         }
     }

@@ -376,7 +376,7 @@ fn register_receivers() {
     histogram(REQUEST_DECODE_DURATION, &[]);
     zero_counter(REQUEST_BYTES, &[]);
     zero_counter(SPANS_ACCEPTED, &[]);
-    for r in crate::otlp::validate::Reason::ALL {
+    for r in tracegate_otlp::validate::Reason::ALL {
         zero_counter(SPANS_REJECTED, &[("reason", r.label())]);
     }
     zero_gauge(INFLIGHT_BYTES, &[]);

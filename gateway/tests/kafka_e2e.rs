@@ -290,8 +290,9 @@ fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
     assert_eq!(encodings.get(&(2, 2)), Some(&1), "{encodings:?}");
     assert_eq!(encodings.keys().len(), 3, "{encodings:?}");
     for b in &batches {
-        let plain = tracegate::envelope::plain_request(b, tracegate::envelope::MAX_PLAIN_BYTES)
-            .expect("archived payload readable");
+        let plain =
+            tracegate_otlp::envelope::plain_request(b, tracegate_otlp::envelope::MAX_PLAIN_BYTES)
+                .expect("archived payload readable");
         if b.otlp_request_encoding != 0 {
             assert!(b.otlp_request.len() * 4 < plain.len(), "not compressed");
             assert_eq!(b.part_count, 0, "a compressed envelope is never a part");

@@ -196,8 +196,9 @@ fn run_case(transport: Transport, compression: Option<Compression>) {
         "{label}: envelope (schema_version, encoding) counts {encodings:?}"
     );
     for b in &batches {
-        let plain = tracegate::envelope::plain_request(b, tracegate::envelope::MAX_PLAIN_BYTES)
-            .unwrap_or_else(|e| panic!("{label}: archived payload unreadable: {e}"));
+        let plain =
+            tracegate_otlp::envelope::plain_request(b, tracegate_otlp::envelope::MAX_PLAIN_BYTES)
+                .unwrap_or_else(|e| panic!("{label}: archived payload unreadable: {e}"));
         if want.1 != 0 {
             assert_eq!(b.otlp_request_plain_len, plain.len() as u64, "{label}");
             assert!(

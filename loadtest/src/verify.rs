@@ -253,9 +253,9 @@ pub async fn from_archive(
         match store.read(o).await {
             Ok(c) => {
                 for (_, b) in c.batches {
-                    let plain = tracegate::envelope::plain_request(
+                    let plain = tracegate_otlp::envelope::plain_request(
                         &b,
-                        tracegate::envelope::MAX_PLAIN_BYTES,
+                        tracegate_otlp::envelope::MAX_PLAIN_BYTES,
                     );
                     match plain
                         .map_err(anyhow::Error::from)

@@ -232,8 +232,11 @@ async fn cat(store: &ArchiveStore, f: &Filter, out: &mut impl Write) -> Result<(
             if f.project.as_deref().is_some_and(|p| p != batch.project_id) {
                 continue;
             }
-            let plain = crate::envelope::plain_request(batch, crate::envelope::MAX_PLAIN_BYTES)
-                .with_context(|| format!("reading the OTLP payload in {}", o.location))?;
+            let plain = tracegate_otlp::envelope::plain_request(
+                batch,
+                tracegate_otlp::envelope::MAX_PLAIN_BYTES,
+            )
+            .with_context(|| format!("reading the OTLP payload in {}", o.location))?;
             let req = ExportTraceServiceRequest::decode(plain)
                 .with_context(|| format!("decoding OTLP payload in {}", o.location))?;
             for rs in &req.resource_spans {

@@ -137,7 +137,7 @@ mod tests {
         let back = decode(&obj, 1 << 20).unwrap();
         assert_eq!(back, vec![z.clone()]);
         assert_eq!(
-            crate::envelope::plain_request(&back[0], 10).unwrap(),
+            tracegate_otlp::envelope::plain_request(&back[0], 10).unwrap(),
             &b"abc"[..]
         );
         let future = Batch {

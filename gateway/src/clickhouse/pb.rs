@@ -4,6 +4,7 @@
 //! (prost's owned decode allocates every string and vector and is the slowest step of the path).
 
 use thiserror::Error;
+use tracegate_otlp::wire;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PbError {
@@ -17,9 +18,9 @@ pub enum PbError {
     Group,
     #[error("nesting too deep")]
     TooDeep,
-    /// The envelope's payload could not be decompressed (`crate::envelope::plain_request`).
+    /// The envelope's payload could not be decompressed (`tracegate_otlp::envelope::plain_request`).
     #[error(transparent)]
-    Payload(#[from] crate::envelope::PayloadError),
+    Payload(#[from] tracegate_otlp::envelope::PayloadError),
 }
 
 /// One field value. Groups (deprecated wire types 3/4) are skipped by the reader.
@@ -62,33 +63,20 @@ impl<'a> Reader<'a> {
         Self { buf, pos: 0 }
     }
 
+    /// The one varint rule (`tracegate_otlp::wire`); one-byte varints return inline.
     #[inline(always)]
     fn varint(&mut self) -> Result<u64, PbError> {
-        // One-byte varints (field keys, short lengths) are most of them: no loop.
-        if let Some(&b) = self.buf.get(self.pos) {
-            if b < 0x80 {
-                self.pos += 1;
-                return Ok(u64::from(b));
-            }
-        }
-        self.varint_slow()
+        wire::varint(self.buf, &mut self.pos).ok_or_else(|| self.varint_error())
     }
 
-    #[inline(never)]
-    fn varint_slow(&mut self) -> Result<u64, PbError> {
-        let mut v: u64 = 0;
-        let mut shift = 0;
-        loop {
-            let b = *self.buf.get(self.pos).ok_or(PbError::Truncated)?;
-            self.pos += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Ok(v);
-            }
-            shift += 7;
-            if shift >= 70 {
-                return Err(PbError::VarintTooLong);
-            }
+    /// Why the varint at the cursor was refused: the bytes end inside it, or it is too long.
+    #[cold]
+    fn varint_error(&self) -> PbError {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        if rest.len() < 10 && rest.iter().all(|b| b & 0x80 != 0) {
+            PbError::Truncated
+        } else {
+            PbError::VarintTooLong
         }
     }
 

@@ -76,12 +76,13 @@ pub fn to_messages(
     }
     // A compressed payload is decompressed to be split; the parts are plain (identity,
     // schema version 1).
-    let plain = crate::envelope::plain_request(&batch, crate::envelope::MAX_PLAIN_BYTES)
-        .map_err(|e| SplitError::Decode(e.to_string()))?;
+    let plain =
+        tracegate_otlp::envelope::plain_request(&batch, tracegate_otlp::envelope::MAX_PLAIN_BYTES)
+            .map_err(|e| SplitError::Decode(e.to_string()))?;
     let req =
         ExportTraceServiceRequest::decode(plain).map_err(|e| SplitError::Decode(e.to_string()))?;
     let mut head = batch;
-    crate::envelope::set_plain(&mut head, Bytes::new());
+    tracegate_otlp::envelope::set_plain(&mut head, Bytes::new());
     head.span_count = 0;
     // Envelope fields other than the payload, plus the payload's own tag/length and the part
     // fields (each at most 1 tag byte + 5-byte varint).
@@ -99,7 +100,7 @@ pub fn to_messages(
         .enumerate()
         .map(|(i, (req, spans))| {
             let mut b = head.clone();
-            crate::envelope::set_plain(&mut b, Bytes::from(req.encode_to_vec()));
+            tracegate_otlp::envelope::set_plain(&mut b, Bytes::from(req.encode_to_vec()));
             b.span_count = spans;
             b.part_index = i as u32;
             b.part_count = count;

@@ -257,7 +257,7 @@ impl BatchQueue for EmbeddedQueue {
             let (ack, wait) = oneshot::channel();
             // A compressed payload counts at its decompressed size (what a sink decoding the
             // group holds).
-            let bytes = crate::envelope::inflated_len(&batch, batch.encoded_len());
+            let bytes = tracegate_otlp::envelope::inflated_len(&batch, batch.encoded_len());
             self.enqueue(Pending {
                 batch,
                 bytes,

@@ -19,11 +19,11 @@ use prost::Message;
 
 use super::listener::{Body, Handler};
 
+use crate::error::grpc_status_details;
 use crate::error::{ApiError, ErrorKind};
 use crate::ingest::{Ingest, RawRequest};
 use crate::metrics as m;
-use crate::otlp::decode::{Compression, Format};
-use crate::otlp::response::grpc_status_details;
+use tracegate_otlp::codec::{Compression, Format};
 use tracegate_proto::v1::Transport;
 
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";

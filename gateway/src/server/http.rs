@@ -15,11 +15,12 @@ use http::{HeaderValue, Method, StatusCode};
 use hyper::body::Incoming;
 
 use super::listener::{full, Body, Handler};
+use crate::error::encode_status;
 use crate::error::{ApiError, ErrorKind};
 use crate::ingest::{Ingest, RawRequest};
 use crate::metrics as m;
-use crate::otlp::decode::{Compression, Format};
-use crate::otlp::response::{encode_export_response, encode_status};
+use tracegate_otlp::codec::{Compression, Format};
+use tracegate_otlp::response::encode_export_response;
 use tracegate_proto::v1::Transport;
 
 pub const TRACES_PATH: &str = "/v1/traces";

@@ -186,7 +186,10 @@ impl Encoder {
         put_str(&mut self.tenant, batch.project_id.as_bytes());
         put_str(&mut self.tenant, batch.region.as_bytes());
         self.received_at = batch.received_at_unix_nano as i64;
-        let plain = crate::envelope::plain_request(batch, crate::envelope::MAX_PLAIN_BYTES)?;
+        let plain = tracegate_otlp::envelope::plain_request(
+            batch,
+            tracegate_otlp::envelope::MAX_PLAIN_BYTES,
+        )?;
         for_each(&plain, 1, |rs| self.resource_spans(rs, out))
     }
 

@@ -77,28 +77,11 @@ pub(super) enum Any<'a> {
     Bytes(&'a [u8]),
 }
 
-/// A varint at `*p` (fast path helper; `None` on anything unusual).
+/// A varint at `*p` as a length (the one varint rule, `tracegate_otlp::wire`; `None` on
+/// anything unusual).
 #[inline(always)]
 pub(super) fn varint_at(b: &[u8], p: &mut usize) -> Option<usize> {
-    let first = *b.get(*p)?;
-    *p += 1;
-    if first < 0x80 {
-        return Some(first as usize);
-    }
-    let mut v = (first & 0x7f) as u64;
-    let mut shift = 7;
-    loop {
-        let x = *b.get(*p)?;
-        *p += 1;
-        v |= ((x & 0x7f) as u64) << shift;
-        if x < 0x80 {
-            return usize::try_from(v).ok();
-        }
-        shift += 7;
-        if shift > 63 {
-            return None;
-        }
-    }
+    tracegate_otlp::wire::varint(b, p).and_then(|v| usize::try_from(v).ok())
 }
 
 /// The string of an `AnyValue` that is exactly one `string_value` field (the common case), else

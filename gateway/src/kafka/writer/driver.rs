@@ -224,7 +224,7 @@ impl Driver {
         // decompressed the batch, as they did when payloads were always plain.
         let bytes = batch
             .as_ref()
-            .map_or(bytes, |b| crate::envelope::inflated_len(b, bytes));
+            .map_or(bytes, |b| tracegate_otlp::envelope::inflated_len(b, bytes));
         part.buf.push_back(Msg {
             offset,
             batch,

@@ -12,46 +12,40 @@ use rand::{Rng, SeedableRng};
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 
 use super::*;
-use crate::auth::authenticator::Principal;
-use crate::ingest::{stamp_tenant, tenant_value};
-use crate::otlp::validate;
+use crate::stamp::stamp_tenant;
+use crate::validate;
 
-fn principal() -> Principal {
-    Principal {
-        org_id: "org-1".into(),
-        workspace_id: "ws-1".into(),
-        project_id: "mine".into(),
-        ..Default::default()
-    }
-}
-
-fn keys() -> Vec<String> {
-    crate::config::AuthConfig::default().tenant_attribute_keys
-}
+/// The gateway's default claiming keys (`auth.tenant_attribute_keys`) with the values an
+/// authenticated principal of org `org-1`, workspace `ws-1`, project `mine` gives them.
+const CLAIMS: [Claim<'static>; 3] = [
+    Claim {
+        key: "tracegate.org_id",
+        want: "org-1",
+    },
+    Claim {
+        key: "tracegate.workspace_id",
+        want: "ws-1",
+    },
+    Claim {
+        key: "tracegate.project_id",
+        want: "mine",
+    },
+];
 
 /// The prost path's verdict: `None` = refused as malformed, else (accepted, clean).
-fn slow(buf: &[u8], l: &LimitsConfig) -> Option<(usize, bool)> {
+fn slow(buf: &[u8], l: &SpanLimits) -> Option<(usize, bool)> {
     let mut req = ExportTraceServiceRequest::decode(buf).ok()?;
     let o = validate::validate(&mut req, l);
-    let stamped = stamp_tenant(&mut req, &keys(), &principal());
+    let stamped = stamp_tenant(&mut req, &CLAIMS);
     Some((o.accepted, o.rejected == 0 && !o.modified && !stamped))
 }
 
-fn fast(buf: &[u8], l: &LimitsConfig) -> Result<usize, NeedsSlowPath> {
-    let p = principal();
-    let keys = keys();
-    let claims: Vec<Claim<'_>> = keys
-        .iter()
-        .map(|k| Claim {
-            key: k,
-            want: tenant_value(k, &p),
-        })
-        .collect();
-    scan(buf, l, &claims)
+fn fast(buf: &[u8], l: &SpanLimits) -> Result<usize, NeedsSlowPath> {
+    scan(buf, l, &CLAIMS)
 }
 
 /// Checks the claim for one input; returns (fast said clean, slow said clean).
-fn check(buf: &[u8], l: &LimitsConfig, what: &str) -> (bool, bool) {
+fn check(buf: &[u8], l: &SpanLimits, what: &str) -> (bool, bool) {
     let s = slow(buf, l);
     let f = fast(buf, l);
     if let Ok(n) = f {
@@ -69,19 +63,18 @@ fn check(buf: &[u8], l: &LimitsConfig, what: &str) -> (bool, bool) {
     (f.is_ok(), matches!(s, Some((_, true))))
 }
 
-fn limits_variants() -> Vec<LimitsConfig> {
+fn limits_variants() -> Vec<SpanLimits> {
     vec![
-        LimitsConfig::default(),
-        LimitsConfig {
+        SpanLimits::default(),
+        SpanLimits {
             max_attributes: 3,
             max_attribute_value_bytes: 40,
             max_attribute_depth: 3,
             max_events_per_span: 2,
             max_links_per_span: 2,
-            ..Default::default()
         },
         // The largest depth config allows: prost's recursion limit bites first.
-        LimitsConfig {
+        SpanLimits {
             max_attribute_depth: 99,
             ..Default::default()
         },
@@ -593,7 +586,7 @@ fn odd_and_mutated_requests_never_get_a_wrong_fast_answer() {
 
 #[test]
 fn arbitrary_bytes_never_get_a_wrong_fast_answer() {
-    let l = LimitsConfig::default();
+    let l = SpanLimits::default();
     let mut rng = StdRng::seed_from_u64(42);
     for seed in 0..20_000u64 {
         let n = rng.random_range(0..64);
@@ -604,7 +597,7 @@ fn arbitrary_bytes_never_get_a_wrong_fast_answer() {
 
 #[test]
 fn deep_nesting_agrees_with_prost_recursion_limit() {
-    let l = LimitsConfig {
+    let l = SpanLimits {
         max_attribute_depth: 99,
         ..Default::default()
     };
@@ -630,7 +623,7 @@ fn deep_nesting_agrees_with_prost_recursion_limit() {
     assert_eq!(max(1), Some(48));
     assert!(max(2).unwrap() < max(1).unwrap());
     // And the configured depth limit bites before prost's when it is lower.
-    let l = LimitsConfig::default();
+    let l = SpanLimits::default();
     assert!(fast(&deep_request(32, 1), &l).is_ok());
     assert!(fast(&deep_request(33, 1), &l).is_err());
     assert_eq!(slow(&deep_request(33, 1), &l).map(|s| s.1), Some(false));
@@ -672,7 +665,7 @@ fn realistic_request_is_clean_and_claims_are_checked() {
         }
         .encode_to_vec()
     };
-    let l = LimitsConfig::default();
+    let l = SpanLimits::default();
     assert_eq!(fast(&mk(vec![kv("service.name", "s")]), &l), Ok(3));
     // Already the authenticated project: nothing to stamp, still fast.
     assert_eq!(

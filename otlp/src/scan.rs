@@ -19,10 +19,10 @@
 //! unknown fields are skipped; each nested message costs one unit of a recursion budget of 100,
 //! and skipping an unknown field needs a budget > 0.
 //!
-//! This file depends only on `crate::config::LimitsConfig`, so the fuzz crate can compile it on
-//! its own (`#[path]`).
+//! Varints are read by `wire::varint` (one rule for every reader of the bytes).
 
-use crate::config::LimitsConfig;
+use crate::validate::SpanLimits;
+use crate::wire;
 
 /// The request is not (provably) clean: run the prost path for the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +47,7 @@ pub struct Claim<'a> {
 }
 
 /// Scans `buf`; `Ok(spans)` when the request is clean (see the module header).
-pub fn scan(
-    buf: &[u8],
-    limits: &LimitsConfig,
-    claims: &[Claim<'_>],
-) -> Result<usize, NeedsSlowPath> {
+pub fn scan(buf: &[u8], limits: &SpanLimits, claims: &[Claim<'_>]) -> Result<usize, NeedsSlowPath> {
     let s = Scanner { l: limits, claims };
     let mut c = Cur::new(buf);
     let mut spans = 0usize;
@@ -91,30 +87,7 @@ impl<'a> Cur<'a> {
 
     #[inline(always)]
     fn varint(&mut self) -> R<u64> {
-        let b = *self.buf.get(self.pos).ok_or(NeedsSlowPath)?;
-        if b < 0x80 {
-            self.pos += 1;
-            return Ok(u64::from(b));
-        }
-        self.varint_long()
-    }
-
-    #[inline(never)]
-    fn varint_long(&mut self) -> R<u64> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let b = *self.buf.get(self.pos + i).ok_or(NeedsSlowPath)?;
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b < 0x80 {
-                // prost (after protobuf-go): a 10th byte ≥ 2 overflows u64.
-                if i == 9 && b >= 2 {
-                    return Err(NeedsSlowPath);
-                }
-                self.pos += i + 1;
-                return Ok(v);
-            }
-        }
-        Err(NeedsSlowPath)
+        wire::varint(self.buf, &mut self.pos).ok_or(NeedsSlowPath)
     }
 
     #[inline(always)]
@@ -219,7 +192,7 @@ impl<'a> Cur<'a> {
 }
 
 struct Scanner<'l, 'c> {
-    l: &'l LimitsConfig,
+    l: &'l SpanLimits,
     claims: &'c [Claim<'c>],
 }
 

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use tracegate_proto::v1::{Batch, PayloadEncoding};
 
-use crate::otlp::decode::{self, Compression};
+use crate::codec::{self as decode, Compression};
 
 /// The largest decompressed payload a compressed envelope may carry. The gateway forwards a
 /// compressed body only when its plain size is at most this (larger ones go out plain), so a

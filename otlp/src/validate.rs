@@ -6,7 +6,32 @@ use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use tracegate_proto::otlp::common::v1::{any_value::Value, AnyValue, KeyValue};
 use tracegate_proto::otlp::trace::v1::Span;
 
-use crate::config::LimitsConfig;
+/// The per-span limits a request is checked against (the gateway's `[limits]` section maps onto
+/// it; the defaults are that section's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanLimits {
+    /// Attributes per span, resource, scope, event and link.
+    pub max_attributes: usize,
+    /// Size of one attribute value (strings and bytes), counted whole, nested values included.
+    pub max_attribute_value_bytes: usize,
+    /// Nesting depth of AnyValue (arrays and kvlists). Values deeper than this are rejected.
+    pub max_attribute_depth: usize,
+    pub max_events_per_span: usize,
+    pub max_links_per_span: usize,
+}
+
+impl Default for SpanLimits {
+    fn default() -> Self {
+        Self {
+            max_attributes: 1024,
+            // LLM prompts and completions of 1 MiB and more are kept whole.
+            max_attribute_value_bytes: 16 * 1024 * 1024,
+            max_attribute_depth: 32,
+            max_events_per_span: 1024,
+            max_links_per_span: 1024,
+        }
+    }
+}
 
 /// Why a span was rejected. A bounded set: used as a metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,7 +133,7 @@ fn check_id(id: &[u8], len: usize) -> Result<(), String> {
 }
 
 /// Checks a list of attributes against the limits.
-fn check_attributes(attrs: &[KeyValue], l: &LimitsConfig) -> Result<(), (Reason, String)> {
+fn check_attributes(attrs: &[KeyValue], l: &SpanLimits) -> Result<(), (Reason, String)> {
     if attrs.len() > l.max_attributes {
         return Err((
             Reason::TooManyAttributes,
@@ -141,7 +166,7 @@ fn truncate(s: &str) -> &str {
 fn check_value(
     v: &AnyValue,
     depth: usize,
-    l: &LimitsConfig,
+    l: &SpanLimits,
     size: &mut usize,
 ) -> Result<(), (Reason, String)> {
     if depth > l.max_attribute_depth {
@@ -200,7 +225,7 @@ fn check_value(
     Ok(())
 }
 
-fn check_span(s: &Span, l: &LimitsConfig) -> Result<(), (Reason, String)> {
+fn check_span(s: &Span, l: &SpanLimits) -> Result<(), (Reason, String)> {
     check_id(&s.trace_id, 16).map_err(|m| (Reason::TraceId, format!("trace_id {m}")))?;
     check_id(&s.span_id, 8).map_err(|m| (Reason::SpanId, format!("span_id {m}")))?;
     if !s.parent_span_id.is_empty() {
@@ -232,7 +257,7 @@ fn check_span(s: &Span, l: &LimitsConfig) -> Result<(), (Reason, String)> {
 }
 
 /// Validates `req` in place: removes invalid spans and any resource/scope left empty by that.
-pub fn validate(req: &mut ExportTraceServiceRequest, l: &LimitsConfig) -> Outcome {
+pub fn validate(req: &mut ExportTraceServiceRequest, l: &SpanLimits) -> Outcome {
     let mut out = Outcome::default();
     let before_rs = req.resource_spans.len();
     req.resource_spans.retain_mut(|rs| {
@@ -331,7 +356,7 @@ mod tests {
 
     #[test]
     fn keeps_valid_and_drops_invalid_spans() {
-        let l = LimitsConfig::default();
+        let l = SpanLimits::default();
         let mut r = req(vec![
             span(vec![1; 16], vec![1; 8]),
             span(vec![1; 15], vec![1; 8]),
@@ -352,7 +377,7 @@ mod tests {
 
     #[test]
     fn all_valid_is_unmodified_and_empty_containers_are_pruned() {
-        let l = LimitsConfig::default();
+        let l = SpanLimits::default();
         let mut r = req(vec![span(vec![1; 16], vec![1; 8])]);
         let o = validate(&mut r, &l);
         assert!(!o.modified && o.rejected == 0 && o.error_message().is_empty());
@@ -364,7 +389,7 @@ mod tests {
 
     #[test]
     fn attribute_limits() {
-        let l = LimitsConfig {
+        let l = SpanLimits {
             max_attributes: 10,
             max_attribute_depth: 5,
             max_attribute_value_bytes: 100,

@@ -16,7 +16,7 @@
 
 use prost::encoding::{encode_key, encode_varint, WireType};
 
-use super::scan::{Cur, LEN};
+use crate::scan::{Cur, LEN};
 
 /// Deepest `AnyValue` nesting kept whatever `limits.max_attribute_depth` says: well inside
 /// prost's recursion limit with the span's own enclosing messages (request, resource spans,
@@ -210,10 +210,10 @@ impl Walk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, KeyValue};
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
     use prost::Message;
+    use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
+    use tracegate_proto::otlp::common::v1::{any_value, AnyValue, ArrayValue, KeyValue};
+    use tracegate_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     /// Appends field `tag` (length-delimited) holding `bytes` to `out`.
     fn put(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {

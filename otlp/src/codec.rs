@@ -1,8 +1,7 @@
 //! Capped decompression and decoding of OTLP trace export requests.
 //!
-//! Errors are this module's own (`DecodeError`); the ingest edge maps them to `ApiError`
-//! (`crate::error`), so this file depends on no gateway type and the fuzz targets compile it
-//! alone (`fuzz/fuzz_targets/decompress.rs`, `otlp_json.rs`).
+//! Errors are this module's own (`DecodeError`); the gateway maps them to its `ApiError` at the
+//! ingest edge (`tracegate::error`).
 //!
 //! The size cap applies to the **decompressed** body and is enforced while inflating, so a
 //! compression bomb never puts more than the cap (plus one read chunk) in memory
@@ -283,14 +282,19 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    /// The answer the edge gives for `self` (`crate::error`).
+    /// The HTTP status the gateway's edge gives each variant (`tracegate::error` maps them and
+    /// tests that mapping); here it names the variant compactly.
     trait Status {
         fn status(self) -> u16;
     }
 
     impl Status for DecodeError {
         fn status(self) -> u16 {
-            crate::error::ApiError::from(self).http_status().as_u16()
+            match self {
+                DecodeError::TooLarge(_) => 413,
+                DecodeError::UnsupportedEncoding(_) => 415,
+                DecodeError::Malformed(_) => 400,
+            }
         }
     }
 
