@@ -25,10 +25,12 @@ use crate::config::Config;
 use crate::config::StoreKind;
 use crate::ingest::Ingest;
 use crate::netconfig::OtlpListener;
-use crate::queue::embedded::{BatchQueue, EmbeddedQueue};
-use crate::queue::sink::Sink;
+use crate::queue::embedded::EmbeddedQueue;
+use crate::server::admin::{Admin, Readiness};
 use crate::server::conn::ConnSetup;
-use crate::server::{admin::Admin, grpc::GrpcReceiver, http::HttpReceiver, listener};
+use crate::server::{grpc::GrpcReceiver, http::HttpReceiver, listener};
+use tracegate_pipeline::BatchQueue;
+use tracegate_pipeline::Sink;
 
 pub struct Listeners {
     pub grpc: TcpListener,
@@ -136,7 +138,10 @@ pub async fn run(
     let (admin, admin_stop) = serve_admin(
         listeners.admin,
         prometheus,
-        queue.queue,
+        {
+            let q = queue.queue;
+            Arc::new(move || q.is_ready())
+        },
         shutting_down.clone(),
     );
 
@@ -234,12 +239,12 @@ pub struct Sinks {
     pub clickhouse_stop: Option<CancellationToken>,
 }
 
-/// Serves `/metrics`, `/livez` and `/readyz` (readiness from `queue`, and false from the moment
+/// Serves `/metrics`, `/livez` and `/readyz` (`ready`, and false from the moment
 /// `shutting_down` is set) until the returned token is cancelled.
 pub fn serve_admin(
     listener: TcpListener,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
-    queue: Arc<dyn BatchQueue>,
+    ready: Readiness,
     shutting_down: Arc<AtomicBool>,
 ) -> (JoinHandle<()>, CancellationToken) {
     let stop = CancellationToken::new();
@@ -248,7 +253,7 @@ pub fn serve_admin(
         listener,
         Arc::new(Admin {
             prometheus,
-            queue,
+            ready,
             shutting_down,
         }),
         stop.clone(),

@@ -203,6 +203,18 @@ pub fn grpc_status_details(err: &ApiError) -> Option<Bytes> {
     Some(status.encode_to_vec().into())
 }
 
+/// A queue's refusals at the edge (`tracegate_pipeline::QueueError`).
+impl From<tracegate_pipeline::QueueError> for ApiError {
+    fn from(e: tracegate_pipeline::QueueError) -> Self {
+        use tracegate_pipeline::QueueError as Q;
+        match e {
+            Q::Unavailable(m) => ApiError::unavailable(m),
+            Q::TooLarge(m) => ApiError::new(ErrorKind::TooLarge, m),
+            Q::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +242,22 @@ mod tests {
         let e = ApiError::from(D::TooLarge(7));
         assert_eq!(e.grpc_code(), tonic::Code::ResourceExhausted);
         assert!(e.message.contains('7'), "{}", e.message);
+    }
+
+    #[test]
+    fn queue_errors_map_to_503_with_retry_after_or_413() {
+        use tracegate_pipeline::QueueError as Q;
+        let e = ApiError::from(Q::unavailable("full"));
+        assert_eq!(
+            (e.http_status().as_u16(), e.retry_after.is_some()),
+            (503, true)
+        );
+        let e = ApiError::from(Q::TooLarge("span".into()));
+        assert_eq!(
+            (e.http_status().as_u16(), e.retry_after.is_some()),
+            (413, false)
+        );
+        assert_eq!(ApiError::from(Q::internal("x")).http_status(), 503);
     }
 
     #[test]

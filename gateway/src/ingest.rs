@@ -24,7 +24,7 @@ use crate::auth::ratelimit::RateLimits;
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
 use crate::metrics as m;
-use crate::queue::embedded::BatchQueue;
+use tracegate_pipeline::BatchQueue;
 
 pub struct Ingest {
     pub auth: Arc<Authenticator>,
@@ -297,16 +297,16 @@ impl Ingest {
         // A busy project's decode runs as bulk work, in slots of its own, so a quiet project's
         // request neither waits for it nor shares the CPU with it evenly (cpu.rs).
         let class = if self.admission.is_busy(&tenant) {
-            crate::cpu::Class::Bulk
+            tracegate_pipeline::cpu::Class::Bulk
         } else {
-            crate::cpu::Class::Interactive
+            tracegate_pipeline::cpu::Class::Interactive
         };
         let slots = match class {
-            crate::cpu::Class::Bulk => &self.decode_slots.bulk,
-            crate::cpu::Class::Interactive => &self.decode_slots.interactive,
+            tracegate_pipeline::cpu::Class::Bulk => &self.decode_slots.bulk,
+            tracegate_pipeline::cpu::Class::Interactive => &self.decode_slots.interactive,
         };
         let slot = slots.acquire(&tenant).await;
-        let (prepared, permit) = crate::cpu::run(class, move || {
+        let (prepared, permit) = tracegate_pipeline::cpu::run(class, move || {
             let _slot = slot;
             let (mut prepared, mut permit) = prepare(
                 format,

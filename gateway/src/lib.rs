@@ -12,7 +12,6 @@ pub mod auth;
 pub mod cli;
 pub mod clickhouse;
 pub mod config;
-pub mod cpu;
 pub mod error;
 pub mod fair;
 pub mod ingest;

@@ -13,7 +13,7 @@ use tracegate::archive::config::KeyProviderKind;
 use tracegate::archive::crypto::{self, EncryptionContext};
 use tracegate::archive::store::{ArchiveStore, Filter};
 use tracegate::config::Config;
-use tracegate::queue::sink::WriteGroup;
+use tracegate_pipeline::WriteGroup;
 use tracegate_proto::v1::Batch;
 
 fn batch(project: &str, n: u8) -> Batch {

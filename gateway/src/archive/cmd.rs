@@ -15,7 +15,7 @@ use super::replay;
 use super::store::{ArchiveStore, Filter};
 use crate::cli::CommonArgs;
 use crate::config::Config;
-use crate::queue::sink::Sink;
+use tracegate_pipeline::Sink;
 
 #[derive(Subcommand, Debug)]
 pub enum ArchiveCommand {

@@ -20,7 +20,7 @@ use tracegate_proto::v1::Batch;
 
 use super::layout::safe_segment;
 use super::store::{ArchiveStore, ObjectInfo};
-use crate::queue::sink::{Sink, WriteGroup};
+use tracegate_pipeline::{Sink, WriteGroup};
 
 /// The objects of one archived writer group.
 #[derive(Debug, Clone)]

@@ -33,7 +33,7 @@ use super::fsutil::create_dir_all_durable;
 use super::keys::KeyManager;
 use crate::config::Config;
 use crate::metrics as m;
-use crate::queue::sink::{Sink, WriteGroup};
+use tracegate_pipeline::{Sink, WriteGroup};
 
 use super::layout::{self, safe_segment, DEAD_LETTER_SEGMENT};
 
@@ -358,7 +358,7 @@ impl ArchiveStore {
         let level = self.level;
         let key_id = key.key_id.clone();
         let group_batches = group.batches.len() as u32;
-        let bytes = crate::cpu::run(group.class, move || -> Result<Vec<u8>> {
+        let bytes = tracegate_pipeline::cpu::run(group.class, move || -> Result<Vec<u8>> {
             let records: Vec<(u32, &Batch)> = idx
                 .iter()
                 .map(|&i| (i, &group.batches[i as usize]))

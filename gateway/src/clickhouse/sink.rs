@@ -36,7 +36,7 @@ use super::rows::{EncodeOptions, Encoded, Encoder};
 use super::schema;
 use crate::archive::store::ArchiveStore;
 use crate::metrics as m;
-use crate::queue::sink::{Sink, WriteGroup};
+use tracegate_pipeline::{Sink, WriteGroup};
 
 /// ClickHouse error codes that mean "this data is malformed": retrying it cannot help.
 const REJECT_CODES: &[u32] = &[

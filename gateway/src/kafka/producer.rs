@@ -23,9 +23,8 @@ use tracegate_proto::v1::Batch;
 use super::config::{KafkaConfig, PartitionKey};
 use super::split::{self, SplitError};
 use super::stats::{Reachability, StatsContext};
-use crate::error::{ApiError, ErrorKind};
 use crate::metrics as m;
-use crate::queue::embedded::BatchQueue;
+use tracegate_pipeline::{BatchQueue, Class, QueueError};
 
 /// How often the reachability probe asks for metadata while no broker is known to be up, and
 /// while one is.
@@ -196,21 +195,21 @@ async fn probe_loop(inner: Arc<Inner>, stop: CancellationToken) {
     }
 }
 
-fn refuse(reason: &'static str, e: ApiError) -> ApiError {
+fn refuse(reason: &'static str, e: QueueError) -> QueueError {
     metrics::counter!(m::KAFKA_DELIVERY_FAILURES, "reason" => reason).increment(1);
     e
 }
 
 /// A librdkafka error as a retryable answer plus a bounded reason label.
-fn delivery_error(e: &KafkaError, timeout: Duration) -> ApiError {
+fn delivery_error(e: &KafkaError, timeout: Duration) -> QueueError {
     match e.rdkafka_error_code() {
         Some(RDKafkaErrorCode::QueueFull) => refuse(
             "queue_full",
-            ApiError::unavailable("the Kafka producer queue is full; retry later"),
+            QueueError::unavailable("the Kafka producer queue is full; retry later"),
         ),
         Some(RDKafkaErrorCode::MessageTimedOut) => refuse(
             "timeout",
-            ApiError::unavailable(format!(
+            QueueError::unavailable(format!(
                 "Kafka did not acknowledge within {} ms; retry later",
                 timeout.as_millis()
             )),
@@ -220,12 +219,12 @@ fn delivery_error(e: &KafkaError, timeout: Duration) -> ApiError {
             tracing::error!(error = %e, "the broker refused a message as too large: kafka.message_max_bytes must not exceed the topic's max.message.bytes");
             refuse(
                 "too_large",
-                ApiError::unavailable("Kafka refused the message size; retry later"),
+                QueueError::unavailable("Kafka refused the message size; retry later"),
             )
         }
         _ => refuse(
             "other",
-            ApiError::unavailable(format!("Kafka delivery failed ({e}); retry later")),
+            QueueError::unavailable(format!("Kafka delivery failed ({e}); retry later")),
         ),
     }
 }
@@ -233,11 +232,11 @@ fn delivery_error(e: &KafkaError, timeout: Duration) -> ApiError {
 impl Inner {
     /// Refuses at once (retryable) when the producer cannot deliver: no broker is reachable,
     /// or librdkafka failed fatally.
-    fn refuse_unless_up(&self) -> Result<(), ApiError> {
+    fn refuse_unless_up(&self) -> Result<(), QueueError> {
         if self.reach.is_fatal() {
             return Err(refuse(
                 "fatal",
-                ApiError::unavailable(
+                QueueError::unavailable(
                     "the Kafka producer failed fatally; this gateway must be restarted",
                 ),
             ));
@@ -245,7 +244,7 @@ impl Inner {
         if !self.reach.is_up() {
             return Err(refuse(
                 "no_broker",
-                ApiError::unavailable("no Kafka broker is reachable; retry later"),
+                QueueError::unavailable("no Kafka broker is reachable; retry later"),
             ));
         }
         Ok(())
@@ -253,22 +252,19 @@ impl Inner {
 }
 
 /// The batch as Kafka messages (split.rs); a split that re-encodes runs off the async worker.
-async fn messages(inner: &Inner, batch: Batch) -> Result<Vec<split::KafkaMessage>, ApiError> {
+async fn messages(inner: &Inner, batch: Batch) -> Result<Vec<split::KafkaMessage>, QueueError> {
     let key_len = split::key(&batch, inner.key).len();
     let (strategy, max) = (inner.key, inner.max_message_bytes);
     let msgs = if split::needs_split(&batch, key_len, max) {
         tokio::task::spawn_blocking(move || split::to_messages(batch, strategy, max))
             .await
-            .map_err(|e| ApiError::internal(format!("split task failed: {e}")))?
+            .map_err(|e| QueueError::internal(format!("split task failed: {e}")))?
     } else {
         split::to_messages(batch, strategy, max)
     };
     msgs.map_err(|e| match e {
-        SplitError::SpanTooLarge { .. } => refuse(
-            "too_large",
-            ApiError::new(ErrorKind::TooLarge, e.to_string()),
-        ),
-        SplitError::Decode(_) => ApiError::internal(e.to_string()),
+        SplitError::SpanTooLarge { .. } => refuse("too_large", QueueError::TooLarge(e.to_string())),
+        SplitError::Decode(_) => QueueError::internal(e.to_string()),
     })
 }
 
@@ -277,24 +273,20 @@ async fn messages(inner: &Inner, batch: Batch) -> Result<Vec<split::KafkaMessage
 fn delivered<T, M, Canceled>(
     r: Result<Result<T, (KafkaError, M)>, Canceled>,
     timeout: Duration,
-) -> Result<(), ApiError> {
+) -> Result<(), QueueError> {
     match r {
         Ok(Ok(_)) => Ok(()),
         Ok(Err((e, _))) => Err(delivery_error(&e, timeout)),
         Err(_) => Err(refuse(
             "other",
-            ApiError::unavailable("the Kafka producer stopped; retry later"),
+            QueueError::unavailable("the Kafka producer stopped; retry later"),
         )),
     }
 }
 
 impl BatchQueue for KafkaQueue {
     // The producer sends every batch alike: its work (librdkafka's threads) is not per request.
-    fn publish(
-        &self,
-        batch: Batch,
-        _class: crate::cpu::Class,
-    ) -> BoxFuture<'_, Result<(), ApiError>> {
+    fn publish(&self, batch: Batch, _class: Class) -> BoxFuture<'_, Result<(), QueueError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
             inner.refuse_unless_up()?;
@@ -307,7 +299,7 @@ impl BatchQueue for KafkaQueue {
             let permit = inner.bytes.clone().try_acquire_many_owned(n).map_err(|_| {
                 refuse(
                     "queue_full",
-                    ApiError::unavailable(format!(
+                    QueueError::unavailable(format!(
                         "the Kafka producer queue is full ({} bytes waiting for acknowledgement); retry later",
                         inner.limit
                     )),
@@ -353,10 +345,10 @@ impl BatchQueue for KafkaQueue {
                 Ok(Err(_)) => {
                     return Err(refuse(
                         "timeout",
-                        ApiError::unavailable("Kafka did not acknowledge in time; retry later"),
+                        QueueError::unavailable("Kafka did not acknowledge in time; retry later"),
                     ))
                 }
-                Err(e) => return Err(ApiError::internal(format!("delivery task failed: {e}"))),
+                Err(e) => return Err(QueueError::internal(format!("delivery task failed: {e}"))),
             };
             for r in results {
                 delivered(r, inner.delivery_timeout)?;

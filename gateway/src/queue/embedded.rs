@@ -24,19 +24,10 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tracegate_proto::v1::Batch;
 
-use super::sink::{Sink, WriteGroup};
-use crate::config::WriterConfig;
-use crate::cpu::Class;
-use crate::error::ApiError;
-use crate::metrics as m;
+use tracegate_pipeline::{BatchQueue, Class, QueueError, Sink, WriteGroup};
 
-/// The gateway's side of any queue (embedded here; Kafka later).
-pub trait BatchQueue: Send + Sync + 'static {
-    /// Resolves once the batch is durable (or failed). Never acknowledges early. `class` says
-    /// whether the batch is a busy project's (cpu.rs): its write may go behind other work.
-    fn publish(&self, batch: Batch, class: Class) -> BoxFuture<'_, Result<(), ApiError>>;
-    fn is_ready(&self) -> bool;
-}
+use crate::config::WriterConfig;
+use crate::metrics as m;
 
 struct Pending {
     batch: Batch,
@@ -228,13 +219,13 @@ impl EmbeddedQueue {
         )
     }
 
-    fn enqueue(&self, p: Pending) -> Result<(), ApiError> {
+    fn enqueue(&self, p: Pending) -> Result<(), QueueError> {
         let mut l = self.shared.lock();
         if l.closed {
-            return Err(ApiError::unavailable("gateway is shutting down"));
+            return Err(QueueError::unavailable("gateway is shutting down"));
         }
         if l.queued >= self.shared.capacity {
-            return Err(ApiError::unavailable("writer queue is full, retry later"));
+            return Err(QueueError::unavailable("writer queue is full, retry later"));
         }
         let key = format!("{}/{}", p.batch.org_id, p.batch.project_id);
         let lane = l.lanes.entry(key.clone()).or_default();
@@ -252,7 +243,7 @@ impl EmbeddedQueue {
 }
 
 impl BatchQueue for EmbeddedQueue {
-    fn publish(&self, batch: Batch, class: Class) -> BoxFuture<'_, Result<(), ApiError>> {
+    fn publish(&self, batch: Batch, class: Class) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async move {
             let (ack, wait) = oneshot::channel();
             // A compressed payload counts at its decompressed size (what a sink decoding the
@@ -267,10 +258,10 @@ impl BatchQueue for EmbeddedQueue {
             })?;
             match wait.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(ApiError::internal(format!(
+                Ok(Err(e)) => Err(QueueError::internal(format!(
                     "write failed, retry later: {e}"
                 ))),
-                Err(_) => Err(ApiError::unavailable(
+                Err(_) => Err(QueueError::unavailable(
                     "writer stopped before the batch was written",
                 )),
             }
@@ -396,12 +387,10 @@ async fn writer_loop(
         writing.spawn(async move {
             // A busy project's group is written on the bulk threads (cpu.rs); a panic there
             // drops the acks, which answers its requests as not written.
-            let _ =
-                crate::cpu::run_task(
-                    class,
-                    async move { flush(&sinks, group, class, &healthy).await },
-                )
-                .await;
+            let _ = tracegate_pipeline::cpu::run_task(class, async move {
+                flush(&sinks, group, class, &healthy).await
+            })
+            .await;
             running.set(id, false);
             drop(slot);
             shared.written(&key);
@@ -479,6 +468,7 @@ async fn flush(sinks: &[Arc<dyn Sink>], group: Vec<Pending>, class: Class, healt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ApiError;
     use std::sync::Mutex;
 
     struct Recording(Mutex<Vec<usize>>, bool);
@@ -643,7 +633,7 @@ mod tests {
         for t in tasks {
             match t.await.unwrap() {
                 Ok(()) => ok += 1,
-                Err(e) => assert_eq!(e.http_status(), 503),
+                Err(e) => assert_eq!(ApiError::from(e).http_status(), 503),
             }
         }
         let written: usize = sink.0.lock().unwrap().iter().map(Vec::len).sum();
@@ -658,7 +648,7 @@ mod tests {
         let rec = Arc::new(Recording(Mutex::new(vec![]), true));
         let (q, _h) = EmbeddedQueue::start(WriterConfig::default(), vec![rec]);
         let e = q.publish(batch(), Class::Interactive).await.unwrap_err();
-        assert_eq!(e.http_status(), 503);
+        assert_eq!(ApiError::from(e).http_status(), 503);
         assert!(!q.is_ready());
     }
 }

@@ -1,6 +1,4 @@
-//! Where validated batches go after the receivers: the `BatchQueue` seam (embedded now, Kafka
-//! later), the writer's `Sink` seam (archive now, ClickHouse and S3 later) and the embedded
-//! queue + writer that join them inside one process.
+//! The embedded queue and writer: the `BatchQueue` (`tracegate_pipeline`) a gateway without
+//! `[kafka]` publishes to, joined in one process to the sinks it hands groups to.
 
 pub mod embedded;
-pub mod sink;

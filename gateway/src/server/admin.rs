@@ -9,11 +9,13 @@ use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::listener::{full, Body, Handler};
-use crate::queue::embedded::BatchQueue;
+
+/// Whether the process can take (gateway) or write (writer) data now.
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
 
 pub struct Admin {
     pub prometheus: PrometheusHandle,
-    pub queue: Arc<dyn BatchQueue>,
+    pub ready: Readiness,
     pub shutting_down: Arc<AtomicBool>,
 }
 
@@ -46,7 +48,7 @@ impl Handler for Admin {
             "/readyz" => {
                 if self.shutting_down.load(Ordering::Relaxed) {
                     text(503, "shutting down\n".into())
-                } else if !self.queue.is_ready() {
+                } else if !(self.ready)() {
                     text(503, "queue not ready\n".into())
                 } else {
                     text(200, "ready\n".into())

@@ -28,7 +28,6 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use futures_util::future::BoxFuture;
 use prost::Message as _;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -44,10 +43,8 @@ use super::config::KafkaConfig;
 use super::stats::{self, StatsContext};
 use crate::archive::fsutil::{create_dir_all_durable, sync_dir};
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::metrics as m;
-use crate::queue::embedded::BatchQueue;
-use crate::queue::sink::{Sink, WriteGroup};
+use tracegate_pipeline::{Sink, WriteGroup};
 
 /// Commit metadata that records a cut batch: `tg1 end=<last offset>`.
 mod commit;

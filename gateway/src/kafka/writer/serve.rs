@@ -2,20 +2,13 @@
 
 use super::*;
 
-/// Readiness of the writer for `/readyz`, through the admin handler's queue seam.
+/// Readiness of the writer for `/readyz`.
 pub(super) struct WriterStatus {
     shared: Arc<Shared>,
     reach: Arc<stats::Reachability>,
 }
 
-impl BatchQueue for WriterStatus {
-    fn publish(
-        &self,
-        _batch: Batch,
-        _class: crate::cpu::Class,
-    ) -> BoxFuture<'_, Result<(), ApiError>> {
-        Box::pin(async { Err(ApiError::internal("the writer takes no batches")) })
-    }
+impl WriterStatus {
     fn is_ready(&self) -> bool {
         self.reach.is_up()
             && self.shared.sinks_healthy.load(Ordering::Relaxed)
@@ -60,8 +53,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         shared: shared.clone(),
         reach,
     });
-    let (admin, admin_stop) =
-        crate::app::serve_admin(admin_listener, prometheus, status, shutting_down.clone());
+    let (admin, admin_stop) = crate::app::serve_admin(
+        admin_listener,
+        prometheus,
+        Arc::new(move || status.is_ready()),
+        shutting_down.clone(),
+    );
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();

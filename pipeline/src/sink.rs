@@ -14,7 +14,7 @@ pub struct WriteGroup {
     pub id: String,
     pub batches: Vec<Batch>,
     /// Where its compression and encryption run (`cpu.rs`): bulk for a project with a backlog.
-    pub class: crate::cpu::Class,
+    pub class: crate::Class,
 }
 
 impl WriteGroup {

@@ -1,0 +1,18 @@
+//! The seams between ingest and storage, and nothing else:
+//! - `queue`: `BatchQueue`, what the ingest entry publishes a stamped batch to (Kafka or the
+//!   embedded queue), and `QueueError`, its refusals (mapped to HTTP / gRPC at the gateway's
+//!   edge);
+//! - `sink`: `Sink` and `WriteGroup`, what a writer (embedded or `tracegate write`) hands the
+//!   archive and ClickHouse;
+//! - `cpu`: the two CPU classes (interactive, bulk) a request's decode and a group's write run in.
+//!
+//! The gateway implements the queues and the sinks and wires them; this crate lets each side be
+//! compiled, read and tested without the other.
+
+pub mod cpu;
+pub mod queue;
+pub mod sink;
+
+pub use cpu::Class;
+pub use queue::{BatchQueue, QueueError};
+pub use sink::{Sink, WriteGroup};
