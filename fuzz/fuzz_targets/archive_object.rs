@@ -1,4 +1,4 @@
-//! The v2 (encrypted) archive object as a reader meets it (gateway/src/archive/crypto.rs): the
+//! The v2 (encrypted) archive object as a reader meets it (`tracegate_archive::crypto`): the
 //! header parser on arbitrary bytes, opening with a key that is not the object's (the key
 //! commitment or AES-GCM must refuse, never panic), the decrypted payload's zstd record frame
 //! under a cap, and a seal → parse → open round trip of arbitrary payloads and contexts.
@@ -6,9 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../gateway/src/archive/crypto.rs"]
-#[allow(dead_code)]
-mod crypto;
+use tracegate_archive::crypto;
 
 const CAP: usize = 1 << 20;
 const KEY: [u8; crypto::DATA_KEY_LEN] = [7; crypto::DATA_KEY_LEN];

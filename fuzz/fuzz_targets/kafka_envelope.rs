@@ -1,7 +1,7 @@
 //! What the writer reads from Kafka and from the archive: a `tracegate.v1.Batch` envelope and
 //! its OTLP payload (`tracegate_otlp::envelope`, forwarded zstd/gzip bodies inflated under a cap
 //! and checked against the declared length), and a v1 archive object
-//! (gateway/src/archive/format.rs). None may panic; a payload that reads must be exactly its
+//! (`tracegate_archive::format`). None may panic; a payload that reads must be exactly its
 //! declared length.
 #![no_main]
 
@@ -11,9 +11,7 @@ use tracegate_proto::v1::{Batch, PayloadEncoding};
 
 use tracegate_otlp::envelope;
 
-#[path = "../../gateway/src/archive/format.rs"]
-#[allow(dead_code)]
-mod format;
+use tracegate_archive::format;
 
 const CAP: usize = 1 << 20;
 

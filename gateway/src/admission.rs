@@ -1,6 +1,6 @@
 //! Admission control: a global bound on bytes of requests in flight (compressed while reading,
 //! decompressed after), and each project's share of it. Bytes are charged as they are read, in
-//! steps (`server::body`), never as a client declares them, so a slow or lying client holds only
+//! steps (`ingest::body`), never as a client declares them, so a slow or lying client holds only
 //! what it has sent. Over the global bound a request is refused at once with a retryable error
 //! (HTTP 503 + Retry-After / gRPC UNAVAILABLE + RetryInfo: the gateway's capacity); over its
 //! project's share with 429 + Retry-After / RESOURCE_EXHAUSTED + RetryInfo (the project's own

@@ -131,6 +131,10 @@ pub async fn run(
         tenant_attribute_keys: Arc::new(config.auth.tenant_attribute_keys.clone()),
         payload_zstd_level: config.kafka.as_ref().and_then(|k| k.gateway_payload_zstd()),
         decode_slots: crate::fair::DecodeSlots::new(config.limits.decode_slots()),
+        body_pace: crate::ingest::BodyPace {
+            timeout: Duration::from_millis(config.server.body_timeout_ms),
+            min_bytes_per_sec: config.server.min_body_bytes_per_sec,
+        },
     });
     let shutting_down = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();
@@ -221,7 +225,9 @@ fn start_queue(config: &Config) -> Result<Queue> {
 /// archive of `[archive]` (local or S3, encrypted; docs/archive-format.md), then ClickHouse
 /// when configured (docs/clickhouse.md), with the token that stops its retries at shutdown.
 pub fn sinks(config: &Config) -> Result<Sinks> {
-    let mut list: Vec<Arc<dyn Sink>> = vec![crate::archive::store::archive_sink(config)?];
+    let mut list: Vec<Arc<dyn Sink>> = vec![tracegate_archive::store::archive_sink(
+        &config.archive_settings(),
+    )?];
     let clickhouse_stop = crate::clickhouse::sink::from_config(config)?.map(|(sink, stop)| {
         list.push(sink);
         stop
@@ -271,10 +277,6 @@ fn serve_otlp(
     ingest: Arc<Ingest>,
     stop: &CancellationToken,
 ) -> Result<(JoinHandle<()>, JoinHandle<()>)> {
-    let body_pace = crate::server::body::BodyPace {
-        timeout: Duration::from_millis(config.server.body_timeout_ms),
-        min_bytes_per_sec: config.server.min_body_bytes_per_sec,
-    };
     let drain = Duration::from_millis(config.server.shutdown_timeout_ms);
     let http_setup = ConnSetup::for_listener(config, OtlpListener::Http)?;
     let grpc_setup = ConnSetup::for_listener(config, OtlpListener::Grpc)?;
@@ -284,7 +286,6 @@ fn serve_otlp(
         http,
         Arc::new(HttpReceiver {
             ingest: ingest.clone(),
-            body_pace,
         }),
         stop.clone(),
         drain,
@@ -293,7 +294,7 @@ fn serve_otlp(
     let grpc = tokio::spawn(listener::serve_with(
         "otlp_grpc",
         grpc,
-        Arc::new(GrpcReceiver { ingest, body_pace }),
+        Arc::new(GrpcReceiver { ingest }),
         stop.clone(),
         drain,
         grpc_setup,

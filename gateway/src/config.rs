@@ -21,8 +21,8 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub audit: AuditConfig,
     pub writer: WriterConfig,
-    /// Archive location and keys (`crate::archive::config`).
-    pub archive: crate::archive::config::ArchiveConfig,
+    /// Archive location and keys (`tracegate_archive::config`).
+    pub archive: tracegate_archive::config::ArchiveConfig,
     /// Kafka transport: present → `serve` produces to Kafka; `write` consumes from it.
     pub kafka: Option<crate::kafka::config::KafkaConfig>,
     pub tls: TlsConfig,
@@ -293,6 +293,15 @@ impl Default for AuthConfig {
 }
 
 impl Config {
+    /// What opening the archive takes from this configuration (`tracegate_archive::store`).
+    pub fn archive_settings(&self) -> tracegate_archive::store::Settings {
+        tracegate_archive::store::Settings {
+            archive: self.archive.clone(),
+            data_dir: self.server.data_dir.clone(),
+            compression_level: self.writer.compression_level,
+        }
+    }
+
     pub fn key_file_path(&self) -> PathBuf {
         self.auth
             .file_path
@@ -361,6 +370,15 @@ pub enum ConfigError {
     Parse(String),
     #[error("configuration error: `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+impl From<tracegate_archive::config::InvalidSetting> for ConfigError {
+    fn from(e: tracegate_archive::config::InvalidSetting) -> Self {
+        ConfigError::Invalid {
+            key: e.key,
+            message: e.message,
+        }
+    }
 }
 
 /// zstd levels the config accepts (archive, Kafka payloads, ClickHouse blocks): 1..=19, or
@@ -538,12 +556,12 @@ impl Config {
         let w = &self.writer;
         positive("writer.max_batch_spans", w.max_batch_spans as u64)?;
         positive("writer.max_batch_bytes", w.max_batch_bytes as u64)?;
-        if w.max_batch_bytes > crate::archive::store::MAX_OBJECT_PLAIN_BYTES {
+        if w.max_batch_bytes > tracegate_archive::store::MAX_OBJECT_PLAIN_BYTES {
             return Err(ConfigError::Invalid {
                 key: "writer.max_batch_bytes",
                 message: format!(
                     "must be at most {} (the largest archive object a reader inflates)",
-                    crate::archive::store::MAX_OBJECT_PLAIN_BYTES
+                    tracegate_archive::store::MAX_OBJECT_PLAIN_BYTES
                 ),
             });
         }

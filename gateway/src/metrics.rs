@@ -20,8 +20,9 @@ pub const VALIDATION_PATH: &str = "tracegate_validation_path_requests_total";
 pub const INFLIGHT_BYTES: &str = "tracegate_inflight_bytes";
 pub const INFLIGHT_BYTES_LIMIT: &str = "tracegate_inflight_bytes_limit";
 pub const BATCHES_WRITTEN: &str = "tracegate_batches_written_total";
-pub const ARCHIVE_OBJECTS_WRITTEN: &str = "tracegate_archive_objects_written_total";
-pub const ARCHIVE_BYTES_WRITTEN: &str = "tracegate_archive_bytes_written_total";
+pub use tracegate_archive::store::{
+    BYTES_WRITTEN as ARCHIVE_BYTES_WRITTEN, OBJECTS_WRITTEN as ARCHIVE_OBJECTS_WRITTEN,
+};
 pub const WRITE_DURATION: &str = "tracegate_write_duration_seconds";
 pub const WRITE_ERRORS: &str = "tracegate_write_errors_total";
 pub const QUEUE_BATCHES: &str = "tracegate_queue_batches";

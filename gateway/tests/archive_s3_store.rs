@@ -9,10 +9,10 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use tracegate::archive::config::KeyProviderKind;
-use tracegate::archive::crypto::{self, EncryptionContext};
-use tracegate::archive::store::{ArchiveStore, Filter};
 use tracegate::config::Config;
+use tracegate_archive::config::KeyProviderKind;
+use tracegate_archive::crypto::{self, EncryptionContext};
+use tracegate_archive::store::{ArchiveStore, Filter};
 use tracegate_pipeline::WriteGroup;
 use tracegate_proto::v1::Batch;
 
@@ -49,7 +49,7 @@ fn same_group_twice_is_one_object_and_kms_binds_the_context() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = ArchiveStore::open(&cfg, true).unwrap();
+        let store = ArchiveStore::open(&cfg.archive_settings(), true).unwrap();
         let group = Arc::new(WriteGroup {
             id: "traces:3:100-102".into(),
             batches: vec![batch("web", 1), batch("api", 2), batch("web", 3)],

@@ -3,7 +3,8 @@
 //! spans never sent must not appear, and copies beyond the first are duplicates.
 //!
 //! Sources:
-//! - the archive, through the gateway's own reader (`tracegate::archive::store`): a local
+//! - the archive, through the gateway's own reader (`tracegate_archive::store`; `--config` reads
+//!   the file's `[archive]` and `server.data_dir`, not `TRACEGATE_*` overrides): a local
 //!   directory or S3, v1 and v2 objects, keyring or AWS KMS. An object that cannot be read
 //!   (corrupt, wrong key, wrong place) is reported and fails the check.
 //! - ClickHouse over HTTP: `SELECT SpanId, count() FROM <db>.otel_traces WHERE TraceId LIKE
@@ -234,13 +235,13 @@ pub async fn from_archive(
     run_id: u64,
     tally: &mut Tally,
 ) -> Result<(String, Vec<String>)> {
-    use tracegate::archive::store::{ArchiveStore, Filter};
-    let common = tracegate::cli::CommonArgs {
-        config: src.config.clone(),
-        data_dir: src.data_dir.clone(),
+    use tracegate_archive::store::{ArchiveStore, Filter, Settings};
+    let settings = match (&src.config, &src.data_dir) {
+        (Some(file), dir) => Settings::from_config_file(file, dir.as_deref())?,
+        (None, Some(dir)) => Settings::local(dir),
+        (None, None) => anyhow::bail!("give --data-dir D or --config FILE"),
     };
-    let cfg = common.load()?;
-    let store = ArchiveStore::open(&cfg, false)?;
+    let store = ArchiveStore::open(&settings, false)?;
     let objects = store
         .list(&Filter {
             project: src.project.clone(),

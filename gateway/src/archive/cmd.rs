@@ -10,11 +10,11 @@ use clap::Subcommand;
 use prost::Message;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 
-use super::keyring::Keyring;
 use super::replay;
-use super::store::{ArchiveStore, Filter};
 use crate::cli::CommonArgs;
 use crate::config::Config;
+use tracegate_archive::keyring::Keyring;
+use tracegate_archive::store::{ArchiveStore, Filter};
 use tracegate_pipeline::Sink;
 
 #[derive(Subcommand, Debug)]
@@ -96,7 +96,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn replay_sinks(cfg: &Config) -> Result<Vec<Arc<dyn Sink>>> {
     let mut sinks: Vec<Arc<dyn Sink>> = vec![];
     if let Some(ch) = &cfg.clickhouse {
-        let dead_letter = Arc::new(ArchiveStore::open_dead_letters(cfg, true)?);
+        let dead_letter = Arc::new(ArchiveStore::open_dead_letters(
+            &cfg.archive_settings(),
+            true,
+        )?);
         sinks.push(Arc::new(crate::clickhouse::sink::ClickHouseSink::new(
             ch,
             dead_letter,
@@ -183,9 +186,9 @@ pub fn run(cmd: ArchiveCommand, out: &mut impl Write) -> Result<()> {
 /// The archive, or its ClickHouse dead-letter area, for `ls` and `cat`.
 fn open_for_reading(cfg: &Config, dead_letters: bool) -> Result<ArchiveStore> {
     if dead_letters {
-        ArchiveStore::open_dead_letters(cfg, false)
+        ArchiveStore::open_dead_letters(&cfg.archive_settings(), false)
     } else {
-        ArchiveStore::open(cfg, false)
+        ArchiveStore::open(&cfg.archive_settings(), false)
     }
 }
 
@@ -270,7 +273,7 @@ async fn run_replay(
     sinks: &[Arc<dyn Sink>],
     out: &mut impl Write,
 ) -> Result<()> {
-    let store = ArchiveStore::open(cfg, false)?;
+    let store = ArchiveStore::open(&cfg.archive_settings(), false)?;
     // Every tenant's objects: a group is replayed whole.
     let objects = store
         .list(&Filter {

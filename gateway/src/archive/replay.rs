@@ -18,8 +18,8 @@ use anyhow::{bail, Result};
 use chrono::NaiveDate;
 use tracegate_proto::v1::Batch;
 
-use super::layout::safe_segment;
-use super::store::{ArchiveStore, ObjectInfo};
+use tracegate_archive::layout::safe_segment;
+use tracegate_archive::store::{ArchiveStore, ObjectInfo};
 use tracegate_pipeline::{Sink, WriteGroup};
 
 /// The objects of one archived writer group.
@@ -176,10 +176,10 @@ pub async fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::store::Filter;
     use crate::config::Config;
     use futures_util::future::BoxFuture;
     use std::sync::Mutex;
+    use tracegate_archive::store::Filter;
 
     struct Rec(Mutex<Vec<(String, Vec<Vec<u8>>)>>);
     impl Sink for Rec {
@@ -213,7 +213,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut cfg = Config::default();
         cfg.server.data_dir = d.path().to_path_buf();
-        let store = ArchiveStore::open(&cfg, true).unwrap();
+        let store = ArchiveStore::open(&cfg.archive_settings(), true).unwrap();
         // Interleaved tenants: the rebuilt group must have the original order.
         let g1 = WriteGroup {
             id: "t:0:0-3".into(),

@@ -126,7 +126,7 @@ impl FileKeyStore {
         f(&mut file)?;
         file.version = 1;
         let bytes = serde_json::to_vec_pretty(&file)?;
-        crate::archive::fsutil::write_atomic(&self.path, &bytes, 0o600)?;
+        tracegate_archive::fsutil::write_atomic(&self.path, &bytes, 0o600)?;
         drop(_lock);
         self.reload_if_changed()?;
         let _ = self.changes.send(Change::All);

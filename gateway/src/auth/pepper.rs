@@ -61,7 +61,7 @@ impl Pepper {
             Ok(mut f) => {
                 f.write_all(&pepper)?;
                 f.sync_all()?;
-                crate::archive::fsutil::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+                tracegate_archive::fsutil::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
                 Ok(Self(pepper))
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

@@ -34,8 +34,8 @@ use tracegate_proto::v1::Batch;
 use super::config::{ClickHouseConfig, InsertCompression};
 use super::rows::{EncodeOptions, Encoded, Encoder};
 use super::schema;
-use crate::archive::store::ArchiveStore;
 use crate::metrics as m;
+use tracegate_archive::store::ArchiveStore;
 use tracegate_pipeline::{Sink, WriteGroup};
 
 /// ClickHouse error codes that mean "this data is malformed": retrying it cannot help.
@@ -260,7 +260,10 @@ pub fn from_config(
     let Some(ch) = config.clickhouse.as_ref() else {
         return Ok(None);
     };
-    let dead_letter = Arc::new(ArchiveStore::open_dead_letters(config, true)?);
+    let dead_letter = Arc::new(ArchiveStore::open_dead_letters(
+        &config.archive_settings(),
+        true,
+    )?);
     let sink = ClickHouseSink::new(ch, dead_letter);
     let stop = sink.stop_token();
     Ok(Some((Arc::new(sink), stop)))

@@ -21,7 +21,7 @@ use super::listener::{Body, Handler};
 
 use crate::error::grpc_status_details;
 use crate::error::{ApiError, ErrorKind};
-use crate::ingest::{Ingest, RawRequest};
+use crate::ingest::{Arrival, Ingest, RawRequest};
 use crate::metrics as m;
 use tracegate_otlp::codec::{Compression, Format};
 use tracegate_proto::v1::Transport;
@@ -31,7 +31,6 @@ const ACCEPT_ENCODING: &str = "gzip,zstd,deflate,identity";
 
 pub struct GrpcReceiver {
     pub ingest: Arc<Ingest>,
-    pub body_pace: super::body::BodyPace,
 }
 
 impl Handler for GrpcReceiver {
@@ -129,31 +128,18 @@ impl GrpcReceiver {
                 .get("grpc-encoding")
                 .map(|v| v.to_str().unwrap_or("<invalid>")),
         )?;
-        // Client address and VPC endpoint id from the PROXY header when the listener uses one.
-        let origin = super::conn::origin(&req.extensions, peer);
-        let principal = self
-            .ingest
-            .authenticate(
-                crate::auth::authenticator::Authenticator::key_from_headers(&req.headers),
-                &origin,
-            )
-            .await?;
-        let cap = self.ingest.limits.max_request_bytes;
-        let Some(incoming) = body.take() else {
-            return Err(ApiError::internal("request body already taken"));
-        };
         // Room for the 5-byte prefix; a message over the cap is refused while reading.
-        let tenant = principal.tenant_key();
-        let (body, permit) = super::body::read_capped(
-            incoming,
-            cap + 5,
-            self.body_pace,
-            &self.ingest.admission,
-            &tenant,
-        )
-        .await?;
-        let (flag, msg) =
-            super::grpc_frame::split_message(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let r = self
+            .ingest
+            .receive(Arrival {
+                headers: &req.headers,
+                origin: super::conn::origin(&req.extensions, peer),
+                body,
+                framing: 5,
+            })
+            .await?;
+        let (flag, msg) = super::grpc_frame::split_message(r.body)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
         let compression = match (flag, compression) {
             (0, _) => Compression::Identity,
             (1, Compression::Identity) => {
@@ -167,14 +153,14 @@ impl GrpcReceiver {
         let resp = self
             .ingest
             .export(
-                &principal,
+                &r.principal,
                 RawRequest {
                     transport: Transport::OtlpGrpc,
                     format: Format::Protobuf,
                     compression,
                     body: msg,
-                    permit,
-                    origin,
+                    permit: r.permit,
+                    origin: r.origin,
                 },
             )
             .await?;

@@ -4,7 +4,7 @@
 //! encoding (no body needed) → API key (cached; before reading the body so unauthenticated
 //! clients cannot make us inflate anything) → declared length against the cap → read the body
 //! with a size cap and a timeout, charging admission (global and the project's share) as bytes
-//! arrive → the shared ingest pipeline.
+//! arrive (those three in the shared entry, `Ingest::receive`) → `Ingest::export`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use super::listener::{full, Body, Handler};
 use crate::error::encode_status;
 use crate::error::{ApiError, ErrorKind};
-use crate::ingest::{Ingest, RawRequest};
+use crate::ingest::{Arrival, Ingest, RawRequest};
 use crate::metrics as m;
 use tracegate_otlp::codec::{Compression, Format};
 use tracegate_otlp::response::encode_export_response;
@@ -27,7 +27,6 @@ pub const TRACES_PATH: &str = "/v1/traces";
 
 pub struct HttpReceiver {
     pub ingest: Arc<Ingest>,
-    pub body_pace: super::body::BodyPace,
 }
 
 fn media_type(headers: &http::HeaderMap) -> Option<String> {
@@ -72,7 +71,7 @@ impl Handler for HttpReceiver {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let refused_unread = match body.take() {
             Some(unread) if too_large && !expects_continue => {
-                super::body::drain(unread).await;
+                crate::ingest::body::drain(unread).await;
                 false
             }
             Some(_) => true,
@@ -174,44 +173,16 @@ impl HttpReceiver {
                 .get(http::header::CONTENT_ENCODING)
                 .map(|v| v.to_str().unwrap_or("<invalid>")),
         )?;
-        // Client address and VPC endpoint id from the PROXY header when the listener uses one.
-        let origin = super::conn::origin(&req.extensions, peer);
-        let principal = self
+        let r = self
             .ingest
-            .authenticate(
-                crate::auth::authenticator::Authenticator::key_from_headers(&req.headers),
-                &origin,
-            )
+            .receive(Arrival {
+                headers: &req.headers,
+                origin: super::conn::origin(&req.extensions, peer),
+                body,
+                framing: 0,
+            })
             .await?;
-        let cap = self.ingest.limits.max_request_bytes;
-        let declared = req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if let Some(len) = declared {
-            // A body larger than the cap is refused before reading (compressed bodies too: a
-            // compressed body larger than the decompressed cap is not a plausible OTLP request).
-            if len > cap as u64 {
-                return Err(ApiError::too_large(cap));
-            }
-        }
-        let Some(incoming) = body.take() else {
-            return Err(ApiError::internal("request body already taken"));
-        };
-        let reading = Instant::now();
-        // Bytes are charged to the project as they arrive, not as declared.
-        let tenant = principal.tenant_key();
-        let (body, permit) = super::body::read_capped(
-            incoming,
-            cap,
-            self.body_pace,
-            &self.ingest.admission,
-            &tenant,
-        )
-        .await?;
         *body_read = true;
-        metrics::histogram!(m::REQUEST_BODY_READ_DURATION).record(reading.elapsed().as_secs_f64());
         let transport = match format {
             Format::Protobuf => Transport::OtlpHttpProtobuf,
             Format::Json => Transport::OtlpHttpJson,
@@ -219,14 +190,14 @@ impl HttpReceiver {
         let resp = self
             .ingest
             .export(
-                &principal,
+                &r.principal,
                 RawRequest {
                     transport,
                     format: *format,
                     compression,
-                    body,
-                    permit,
-                    origin,
+                    body: r.body,
+                    permit: r.permit,
+                    origin: r.origin,
                 },
             )
             .await?;

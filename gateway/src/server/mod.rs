@@ -2,7 +2,6 @@
 //! receivers, and the admin endpoints.
 
 pub mod admin;
-pub mod body;
 pub mod conn;
 pub mod grpc;
 pub mod grpc_frame;

@@ -74,7 +74,7 @@ pub fn archive_batches_in(
     data_dir: &Path,
     project: Option<&str>,
 ) -> Vec<tracegate_proto::v1::Batch> {
-    use tracegate::archive::store::{ArchiveStore, Filter};
+    use tracegate_archive::store::{ArchiveStore, Filter};
     let cfg = tracegate::cli::CommonArgs {
         config: None,
         data_dir: Some(data_dir.to_path_buf()),
@@ -86,7 +86,7 @@ pub fn archive_batches_in(
         .build()
         .expect("tokio runtime");
     rt.block_on(async {
-        let store = ArchiveStore::open(&cfg, false).expect("open the archive");
+        let store = ArchiveStore::open(&cfg.archive_settings(), false).expect("open the archive");
         let filter = Filter {
             project: project.map(str::to_string),
             from: None,

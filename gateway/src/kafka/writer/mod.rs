@@ -41,9 +41,9 @@ use tracegate_proto::v1::Batch;
 
 use super::config::KafkaConfig;
 use super::stats::{self, StatsContext};
-use crate::archive::fsutil::{create_dir_all_durable, sync_dir};
 use crate::config::Config;
 use crate::metrics as m;
+use tracegate_archive::fsutil::{create_dir_all_durable, sync_dir};
 use tracegate_pipeline::{Sink, WriteGroup};
 
 /// Commit metadata that records a cut batch: `tg1 end=<last offset>`.

@@ -26,21 +26,85 @@ use object_store::{ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOpt
 use prost::Message;
 use tracegate_proto::v1::Batch;
 
-use super::config::{ArchiveConfig, ArchiveUrl};
-use super::crypto::{self, EncryptionContext, Provider};
-use super::format;
-use super::fsutil::create_dir_all_durable;
-use super::keys::KeyManager;
-use crate::config::Config;
-use crate::metrics as m;
+use crate::config::{ArchiveConfig, ArchiveUrl};
+use crate::crypto::{self, EncryptionContext, Provider};
+use crate::format;
+use crate::fsutil::create_dir_all_durable;
+use crate::keys::KeyManager;
 use tracegate_pipeline::{Sink, WriteGroup};
 
-use super::layout::{self, safe_segment, DEAD_LETTER_SEGMENT};
+use crate::layout::{self, safe_segment, DEAD_LETTER_SEGMENT};
 
 /// The most a reader inflates one archive object to. A group is at most `writer.max_batch_bytes`
 /// (64 MiB by default) of batches, and an object holds one project's part of it; 1 GiB leaves
 /// room for any sensible setting while refusing a decompression bomb planted in the bucket.
 pub const MAX_OBJECT_PLAIN_BYTES: usize = 1 << 30;
+
+/// Counters the archive sink keeps (the gateway describes them with its other metrics).
+pub const OBJECTS_WRITTEN: &str = "tracegate_archive_objects_written_total";
+pub const BYTES_WRITTEN: &str = "tracegate_archive_bytes_written_total";
+
+/// What opening an archive needs from the process's configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[archive]`.
+    pub archive: ArchiveConfig,
+    /// `server.data_dir`: the local archive and the keyring default to places under it.
+    pub data_dir: PathBuf,
+    /// zstd level of object payloads (`writer.compression_level`).
+    pub compression_level: i32,
+}
+
+impl Settings {
+    /// The default archive under `data_dir` (a local directory and keyring), zstd level 1 (the
+    /// writer's default).
+    pub fn local(data_dir: &Path) -> Self {
+        Self {
+            archive: ArchiveConfig::default(),
+            data_dir: data_dir.to_path_buf(),
+            compression_level: 1,
+        }
+    }
+
+    /// A reader's settings from a gateway or writer config file: its `[archive]` section and
+    /// `server.data_dir` (`data_dir`, when given, wins). Only the file is read: for a reader
+    /// outside the gateway (the load tool's `verify`) that needs no more than where the archive
+    /// is and which keys open it; `TRACEGATE_*` overrides are the gateway's own loader's.
+    pub fn from_config_file(path: &Path, data_dir: Option<&Path>) -> Result<Self> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct Server {
+            data_dir: Option<PathBuf>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct File {
+            server: Server,
+            archive: ArchiveConfig,
+        }
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: File =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let data_dir = data_dir
+            .map(Path::to_path_buf)
+            .or(file.server.data_dir)
+            .with_context(|| {
+                format!(
+                    "{} sets no server.data_dir: give the data directory",
+                    path.display()
+                )
+            })?;
+        file.archive
+            .validate(&data_dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(Self {
+            archive: file.archive,
+            data_dir,
+            compression_level: 1,
+        })
+    }
+}
 
 /// Tenants of one group written concurrently.
 const TENANT_CONCURRENCY: usize = 8;
@@ -135,7 +199,7 @@ fn s3_builder(bucket: &str, timeout: Duration) -> AmazonS3Builder {
     let ms = format!("{}ms", timeout.as_millis());
     let mut b = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
-        .with_http_connector(super::http::Reqwest012Connector { timeout })
+        .with_http_connector(crate::http::Reqwest012Connector { timeout })
         .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), &ms)
         .with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
@@ -163,9 +227,9 @@ fn s3_builder(bucket: &str, timeout: Duration) -> AmazonS3Builder {
 impl ArchiveStore {
     /// Opens the configured archive. `for_writing` creates the local directory and the keyring
     /// (keyring provider) and removes temp files left by a crash.
-    pub fn open(config: &Config, for_writing: bool) -> Result<Self> {
-        let cfg = &config.archive;
-        let data_dir = &config.server.data_dir;
+    pub fn open(settings: &Settings, for_writing: bool) -> Result<Self> {
+        let cfg = &settings.archive;
+        let data_dir = &settings.data_dir;
         let keys = Arc::new(KeyManager::new(cfg, data_dir));
         let url = cfg
             .parsed_url(data_dir)
@@ -226,14 +290,14 @@ impl ArchiveStore {
             prefix,
             keys,
             cfg: cfg.clone(),
-            level: config.writer.compression_level,
+            level: settings.compression_level,
         })
     }
 
     /// The ClickHouse dead-letter area of the configured archive: the same backend, keys (keyring
     /// or KMS, per tenant) and encryption as the archive, under [`DEAD_LETTER_SEGMENT`].
-    pub fn open_dead_letters(config: &Config, for_writing: bool) -> Result<Self> {
-        let mut store = Self::open(config, for_writing)?;
+    pub fn open_dead_letters(settings: &Settings, for_writing: bool) -> Result<Self> {
+        let mut store = Self::open(settings, for_writing)?;
         store.prefix.push(DEAD_LETTER_SEGMENT.to_string());
         Ok(store)
     }
@@ -581,8 +645,8 @@ impl Sink for StoreSink {
         Box::pin(async move {
             let written = store.write_group(group).await?;
             for w in &written {
-                metrics::counter!(m::ARCHIVE_OBJECTS_WRITTEN).increment(1);
-                metrics::counter!(m::ARCHIVE_BYTES_WRITTEN).increment(w.bytes as u64);
+                metrics::counter!(OBJECTS_WRITTEN).increment(1);
+                metrics::counter!(BYTES_WRITTEN).increment(w.bytes as u64);
             }
             Ok(())
         })
@@ -591,9 +655,9 @@ impl Sink for StoreSink {
 
 /// The archive sink of a writer (`serve`'s embedded writer, `write`'s Kafka writer): opens the
 /// configured store for writing.
-pub fn archive_sink(config: &Config) -> Result<Arc<dyn Sink>> {
-    let store = ArchiveStore::open(config, true)?;
-    tracing::info!(archive = %store.describe(), provider = ?config.archive.key_provider, "archive ready");
+pub fn archive_sink(settings: &Settings) -> Result<Arc<dyn Sink>> {
+    let store = ArchiveStore::open(settings, true)?;
+    tracing::info!(archive = %store.describe(), provider = ?settings.archive.key_provider, "archive ready");
     Ok(Arc::new(StoreSink::new(Arc::new(store))))
 }
 
@@ -614,10 +678,8 @@ mod tests {
         }
     }
 
-    fn config(dir: &Path) -> Config {
-        let mut c = Config::default();
-        c.server.data_dir = dir.to_path_buf();
-        c
+    fn config(dir: &Path) -> Settings {
+        Settings::local(dir)
     }
 
     #[tokio::test]
@@ -656,7 +718,7 @@ mod tests {
 
         // Rotation: objects before and after decrypt.
         let k1 = c.key_id.clone().unwrap();
-        super::super::keyring::Keyring::rotate(store.keys().keyring_path()).unwrap();
+        crate::keyring::Keyring::rotate(store.keys().keyring_path()).unwrap();
         let g2 = Arc::new(WriteGroup {
             id: "t:0:13-13".into(),
             batches: vec![batch("o", "p1", 4)],
@@ -710,7 +772,7 @@ mod tests {
     async fn reads_v1_objects() {
         let d = tempfile::tempdir().unwrap();
         let cfg = config(d.path());
-        let v1 = super::super::local::LocalArchive::new(d.path(), 3);
+        let v1 = crate::local::LocalArchive::new(d.path(), 3);
         v1.write("embedded-1", &[batch("o", "p", 1)]).unwrap();
         let store = ArchiveStore::open(&cfg, false).unwrap();
         let objs = store.list(&Filter::default()).await.unwrap();

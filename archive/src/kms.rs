@@ -16,7 +16,7 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use zeroize::Zeroizing;
 
-use super::crypto::{DataKey, EncryptionContext, DATA_KEY_LEN};
+use crate::crypto::{DataKey, EncryptionContext, DATA_KEY_LEN};
 
 #[derive(Clone, Debug)]
 pub struct Kms {

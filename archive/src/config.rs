@@ -4,8 +4,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tracegate_pipeline::tenant::validate_name;
 
-use crate::config::ConfigError;
+/// A setting of `[archive]` that cannot work; the gateway reports it as its own configuration
+/// error, naming `key`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct InvalidSetting {
+    pub key: &'static str,
+    pub message: String,
+}
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub enum KeyProviderKind {
@@ -78,8 +86,8 @@ impl ArchiveConfig {
             .map(String::as_str)
     }
 
-    pub fn validate(&self, data_dir: &Path) -> Result<(), ConfigError> {
-        let inv = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+    pub fn validate(&self, data_dir: &Path) -> Result<(), InvalidSetting> {
+        let inv = |key: &'static str, message: String| InvalidSetting { key, message };
         self.parsed_url(data_dir)
             .map_err(|m| inv("archive.url", m))?;
         if self.timeout_ms == 0 {
@@ -99,10 +107,9 @@ impl ArchiveConfig {
         for (tenant, key) in &self.tenant_kms_key_ids {
             let ok = match tenant.split_once('/') {
                 Some((o, p)) => {
-                    crate::auth::record::validate_name("org", o).is_ok()
-                        && crate::auth::record::validate_name("project", p).is_ok()
+                    validate_name("org", o).is_ok() && validate_name("project", p).is_ok()
                 }
-                None => crate::auth::record::validate_name("org", tenant).is_ok(),
+                None => validate_name("org", tenant).is_ok(),
             };
             if !ok || key.trim().is_empty() {
                 return Err(inv(

@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 use rand::RngCore;
 use tracegate_proto::v1::Batch;
 
-use super::format;
-use super::fsutil::{create_dir_all_durable, sync_dir};
-use super::layout::{self, safe_segment, OBJECT_EXT};
+use crate::format;
+use crate::fsutil::{create_dir_all_durable, sync_dir};
+use crate::layout::{self, safe_segment, OBJECT_EXT};
 
 #[derive(Debug, Clone)]
 pub struct LocalArchive {
@@ -120,7 +120,7 @@ impl LocalArchive {
 
     pub fn read_object(path: &Path) -> Result<Vec<Batch>> {
         let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        format::decode(&bytes, super::store::MAX_OBJECT_PLAIN_BYTES)
+        format::decode(&bytes, crate::store::MAX_OBJECT_PLAIN_BYTES)
             .with_context(|| format!("decoding {}", path.display()))
     }
 }

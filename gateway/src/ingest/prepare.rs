@@ -1,60 +1,23 @@
-//! The transport-independent ingest pipeline: (authenticated) body in → decompress, decode,
-//! validate and stamp the tenant on the blocking pool → project quota → queue → answer once
-//! durable.
-
-use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+//! The CPU-heavy step of a request, run on a thread of its CPU class: decompress (capped),
+//! scan-validate the protobuf bytes (the fast path) or decode, validate and stamp with prost
+//! (the slow path), and choose the envelope's payload (the client's compressed body forwarded,
+//! or plain bytes, or zstd by the gateway).
 
 use bytes::Bytes;
 use prost::Message;
-use rand::RngCore;
 use tracegate_otlp::codec::{self as decode, Compression, Format};
 use tracegate_otlp::envelope;
 use tracegate_otlp::prune;
-use tracegate_otlp::response::export_response;
 use tracegate_otlp::scan::{self, Claim};
 use tracegate_otlp::stamp::stamp_tenant;
-use tracegate_otlp::validate::{self, Reason};
-use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceResponse;
-use tracegate_proto::v1::{Batch, PayloadEncoding, Source, Transport};
+use tracegate_otlp::validate;
+use tracegate_proto::v1::{Batch, PayloadEncoding};
 
-use crate::admission::{Admission, BytesPermit};
-use crate::auth::authenticator::{Authenticator, Origin, Principal};
-use crate::auth::ratelimit::RateLimits;
+use crate::admission::BytesPermit;
+use crate::auth::authenticator::Principal;
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
 use crate::metrics as m;
-use tracegate_pipeline::BatchQueue;
-
-pub struct Ingest {
-    pub auth: Arc<Authenticator>,
-    pub admission: Admission,
-    pub rate_limits: RateLimits,
-    pub queue: Arc<dyn BatchQueue>,
-    pub limits: LimitsConfig,
-    /// Resource attribute keys that claim a tenant (`auth.tenant_attribute_keys`).
-    pub tenant_attribute_keys: Arc<Vec<String>>,
-    /// zstd level at which a plain payload is compressed here, on the blocking pool, before it
-    /// is queued (`kafka.compression = "payload_zstd"`); `None`: payloads stay as prepared.
-    pub payload_zstd_level: Option<i32>,
-    /// Decode slots (`limits.decode_concurrency`, FIFO). Decoding is CPU-bound: with more
-    /// requests decoding than cores, the kernel shares the cores among all of them, so every
-    /// request in a burst finishes late, and the async workers (reading bodies, answering) and
-    /// librdkafka's threads get a thinner share too. One per core keeps the others moving and
-    /// serves a burst oldest first.
-    pub decode_slots: crate::fair::DecodeSlots,
-}
-
-/// A body as received, with what the receiver learned about it.
-pub struct RawRequest {
-    pub transport: Transport,
-    pub format: Format,
-    pub compression: Compression,
-    pub body: Bytes,
-    /// Reservation covering `body`; swapped for one covering the decompressed bytes.
-    pub permit: BytesPermit,
-    pub origin: Origin,
-}
 
 /// Result of the CPU-heavy step.
 pub struct Prepared {
@@ -264,115 +227,6 @@ pub fn prepare(
     ))
 }
 
-impl Ingest {
-    pub async fn authenticate(
-        &self,
-        credential: Option<&str>,
-        origin: &Origin,
-    ) -> Result<Arc<Principal>, ApiError> {
-        self.auth.authenticate(credential, origin).await
-    }
-
-    pub async fn export(
-        &self,
-        principal: &Arc<Principal>,
-        raw: RawRequest,
-    ) -> Result<ExportTraceServiceResponse, ApiError> {
-        let limits = self.limits.clone();
-        let keys = self.tenant_attribute_keys.clone();
-        let p = principal.clone();
-        let RawRequest {
-            transport,
-            format,
-            compression,
-            body,
-            permit,
-            origin,
-        } = raw;
-        let zstd_level = self.payload_zstd_level;
-        let decoding = Instant::now();
-        // Decode slots are shared round robin between projects (fair.rs): a noisy project's
-        // backlog does not queue a quiet project's request behind it.
-        let tenant = p.tenant_key();
-        // A busy project's decode runs as bulk work, in slots of its own, so a quiet project's
-        // request neither waits for it nor shares the CPU with it evenly (cpu.rs).
-        let class = if self.admission.is_busy(&tenant) {
-            tracegate_pipeline::cpu::Class::Bulk
-        } else {
-            tracegate_pipeline::cpu::Class::Interactive
-        };
-        let slots = match class {
-            tracegate_pipeline::cpu::Class::Bulk => &self.decode_slots.bulk,
-            tracegate_pipeline::cpu::Class::Interactive => &self.decode_slots.interactive,
-        };
-        let slot = slots.acquire(&tenant).await;
-        let (prepared, permit) = tracegate_pipeline::cpu::run(class, move || {
-            let _slot = slot;
-            let (mut prepared, mut permit) = prepare(
-                format,
-                compression,
-                body,
-                &limits,
-                permit,
-                Some((&keys, &p)),
-            )?;
-            if let Some(level) = zstd_level {
-                prepared.compress_plain(level, &mut permit);
-            }
-            Ok::<_, ApiError>((prepared, permit))
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("decode task failed: {e}")))??;
-        metrics::histogram!(m::REQUEST_DECODE_DURATION).record(decoding.elapsed().as_secs_f64());
-        // Held until the batch is durable: its bytes are still in memory until then.
-        let _permit = permit;
-        metrics::counter!(m::REQUEST_BYTES).increment(prepared.decompressed_len as u64);
-        let o = &prepared.outcome;
-        for (i, r) in Reason::ALL.iter().enumerate() {
-            if o.by_reason[i] > 0 {
-                metrics::counter!(m::SPANS_REJECTED, "reason" => r.label())
-                    .increment(o.by_reason[i] as u64);
-            }
-        }
-        if let Err(e) = self.rate_limits.check(
-            &principal.project_id,
-            principal.quota,
-            o.accepted as u64,
-            prepared.decompressed_len as u64,
-        ) {
-            metrics::counter!(m::RATE_LIMITED).increment(1);
-            return Err(e);
-        }
-        if o.accepted > 0 {
-            let mut id = [0u8; 16];
-            rand::rng().fill_bytes(&mut id);
-            let mut batch = Batch {
-                batch_id: Bytes::copy_from_slice(&id),
-                org_id: principal.org_id.clone(),
-                workspace_id: principal.workspace_id.clone(),
-                project_id: principal.project_id.clone(),
-                region: principal.region.clone(),
-                received_at_unix_nano: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0),
-                transport: transport as i32,
-                source: Some(Source {
-                    client_addr: origin.client_addr,
-                    vpc_endpoint_id: origin.vpc_endpoint_id.unwrap_or_default(),
-                }),
-                span_count: o.accepted as u32,
-                key_id: principal.key_id.clone(),
-                ..Default::default()
-            };
-            prepared.set_payload(&mut batch);
-            self.queue.publish(batch, class).await?;
-            metrics::counter!(m::SPANS_ACCEPTED).increment(o.accepted as u64);
-        }
-        Ok(export_response(o.rejected, o.error_message()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +283,7 @@ mod forward_tests {
     use tracegate_proto::otlp::resource::v1::Resource;
     use tracegate_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
+    use crate::admission::Admission;
     use tracegate_otlp::envelope::{plain_request, MAX_PLAIN_BYTES};
 
     fn request(claim: Option<&str>, bad_span: bool) -> ExportTraceServiceRequest {

@@ -16,11 +16,11 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::crypto::{
+use crate::crypto::{
     aead_open, aead_seal, hkdf_sha256, random_bytes, DataKey, EncryptionContext, DATA_KEY_LEN,
     NONCE_LEN, TAG_LEN,
 };
-use super::fsutil::write_atomic;
+use crate::fsutil::write_atomic;
 
 const WRAP_INFO: &[u8] = b"tracegate/keyring/v1 wrap";
 const AAD_LABEL: &[u8] = b"tracegate/keyring/v1";
@@ -294,7 +294,7 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::crypto::new_data_key;
+    use crate::crypto::new_data_key;
 
     #[test]
     fn create_wrap_rotate_unwrap() {

@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::sync::OnceCell;
 
-use super::config::{ArchiveConfig, KeyProviderKind};
-use super::crypto::{new_data_key, DataKey, EncryptionContext, Header, Provider};
-use super::keyring::Keyring;
-use super::kms::Kms;
+use crate::config::{ArchiveConfig, KeyProviderKind};
+use crate::crypto::{new_data_key, DataKey, EncryptionContext, Header, Provider};
+use crate::keyring::Keyring;
+use crate::kms::Kms;
 
 /// A data key for a new object and how it is wrapped.
 pub struct NewKey {

@@ -1,0 +1,223 @@
+//! The one ingest entry both transports (server/http.rs, server/grpc.rs) call, in two steps:
+//! - `receive`: credential → auth (cached) → the declared length → the body, read with a cap
+//!   and a pace and charged to admission (global bound, the project's share) as it arrives
+//!   (`body`). Nothing is read before the credential passed.
+//! - `export`: decompress, scan-validate (or decode, validate, stamp) on a thread of the
+//!   request's CPU class (`prepare`) → the project's quota → the tenant stamped on a
+//!   `tracegate.v1.Batch` envelope → the queue (`tracegate_pipeline::BatchQueue`) → the answer,
+//!   once the batch is durable.
+//!
+//! It calls nothing in `server`: the transports call it, and it answers with `ApiError`, which
+//! they map to HTTP or gRPC.
+
+pub mod body;
+pub mod prepare;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use rand::RngCore;
+use tracegate_otlp::codec::{Compression, Format};
+use tracegate_otlp::response::export_response;
+use tracegate_otlp::validate::Reason;
+use tracegate_pipeline::BatchQueue;
+use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceResponse;
+use tracegate_proto::v1::{Batch, Source, Transport};
+
+use crate::admission::{Admission, BytesPermit};
+use crate::auth::authenticator::{Authenticator, Origin, Principal};
+use crate::auth::ratelimit::RateLimits;
+use crate::config::LimitsConfig;
+use crate::error::ApiError;
+use crate::metrics as m;
+pub use body::BodyPace;
+pub use prepare::{prepare, tenant_claims, Prepared};
+
+pub struct Ingest {
+    pub auth: Arc<Authenticator>,
+    pub admission: Admission,
+    pub rate_limits: RateLimits,
+    pub queue: Arc<dyn BatchQueue>,
+    pub limits: LimitsConfig,
+    /// Resource attribute keys that claim a tenant (`auth.tenant_attribute_keys`).
+    pub tenant_attribute_keys: Arc<Vec<String>>,
+    /// zstd level at which a plain payload is compressed here, on the blocking pool, before it
+    /// is queued (`kafka.compression = "payload_zstd"`); `None`: payloads stay as prepared.
+    pub payload_zstd_level: Option<i32>,
+    /// Decode slots (`limits.decode_concurrency`, FIFO). Decoding is CPU-bound: with more
+    /// requests decoding than cores, the kernel shares the cores among all of them, so every
+    /// request in a burst finishes late, and the async workers (reading bodies, answering) and
+    /// librdkafka's threads get a thinner share too. One per core keeps the others moving and
+    /// serves a burst oldest first.
+    pub decode_slots: crate::fair::DecodeSlots,
+    /// How long a body may take, and at what rate at least (`server.body_timeout_ms`,
+    /// `server.min_body_bytes_per_sec`).
+    pub body_pace: BodyPace,
+}
+
+/// A request as a transport hands it to the entry: its head, and its body not yet read.
+pub struct Arrival<'a> {
+    pub headers: &'a http::HeaderMap,
+    /// Client address and VPC endpoint id (from the PROXY header when the listener uses one).
+    pub origin: Origin,
+    /// Taken, and read, only once the credential and the declared length passed: a request
+    /// refused before leaves it here, unread (the transport then closes or resets).
+    pub body: &'a mut Option<Incoming>,
+    /// Bytes of framing around the request (gRPC's 5-byte prefix): up to the cap plus this
+    /// many are read.
+    pub framing: usize,
+}
+
+/// A request whose body has been read: who sent it, its bytes, and their reservation.
+pub struct Received {
+    pub principal: Arc<Principal>,
+    pub body: Bytes,
+    pub permit: BytesPermit,
+    pub origin: Origin,
+}
+
+/// A body as received, with what the receiver learned about it.
+pub struct RawRequest {
+    pub transport: Transport,
+    pub format: Format,
+    pub compression: Compression,
+    pub body: Bytes,
+    /// Reservation covering `body`; swapped for one covering the decompressed bytes.
+    pub permit: BytesPermit,
+    pub origin: Origin,
+}
+
+impl Ingest {
+    /// Credential → auth → declared length → body (see the module header).
+    pub async fn receive(&self, a: Arrival<'_>) -> Result<Received, ApiError> {
+        let credential = Authenticator::key_from_headers(a.headers);
+        let principal = self.auth.authenticate(credential, &a.origin).await?;
+        let cap = self.limits.max_request_bytes + a.framing;
+        let declared = a
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        // A body larger than the cap is refused before reading (compressed bodies too: a
+        // compressed body larger than the decompressed cap is not a plausible OTLP request).
+        if declared.is_some_and(|len| len > cap as u64) {
+            return Err(ApiError::too_large(self.limits.max_request_bytes));
+        }
+        let Some(incoming) = a.body.take() else {
+            return Err(ApiError::internal("request body already taken"));
+        };
+        let reading = Instant::now();
+        // Bytes are charged to the project as they arrive, not as declared.
+        let tenant = principal.tenant_key();
+        let (body, permit) =
+            body::read_capped(incoming, cap, self.body_pace, &self.admission, &tenant).await?;
+        metrics::histogram!(m::REQUEST_BODY_READ_DURATION).record(reading.elapsed().as_secs_f64());
+        Ok(Received {
+            principal,
+            body,
+            permit,
+            origin: a.origin,
+        })
+    }
+
+    pub async fn export(
+        &self,
+        principal: &Arc<Principal>,
+        raw: RawRequest,
+    ) -> Result<ExportTraceServiceResponse, ApiError> {
+        let limits = self.limits.clone();
+        let keys = self.tenant_attribute_keys.clone();
+        let p = principal.clone();
+        let RawRequest {
+            transport,
+            format,
+            compression,
+            body,
+            permit,
+            origin,
+        } = raw;
+        let zstd_level = self.payload_zstd_level;
+        let decoding = Instant::now();
+        // Decode slots are shared round robin between projects (fair.rs): a noisy project's
+        // backlog does not queue a quiet project's request behind it.
+        let tenant = p.tenant_key();
+        // A busy project's decode runs as bulk work, in slots of its own, so a quiet project's
+        // request neither waits for it nor shares the CPU with it evenly (cpu.rs).
+        let class = if self.admission.is_busy(&tenant) {
+            tracegate_pipeline::cpu::Class::Bulk
+        } else {
+            tracegate_pipeline::cpu::Class::Interactive
+        };
+        let slots = match class {
+            tracegate_pipeline::cpu::Class::Bulk => &self.decode_slots.bulk,
+            tracegate_pipeline::cpu::Class::Interactive => &self.decode_slots.interactive,
+        };
+        let slot = slots.acquire(&tenant).await;
+        let (prepared, permit) = tracegate_pipeline::cpu::run(class, move || {
+            let _slot = slot;
+            let (mut prepared, mut permit) = prepare(
+                format,
+                compression,
+                body,
+                &limits,
+                permit,
+                Some((&keys, &p)),
+            )?;
+            if let Some(level) = zstd_level {
+                prepared.compress_plain(level, &mut permit);
+            }
+            Ok::<_, ApiError>((prepared, permit))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("decode task failed: {e}")))??;
+        metrics::histogram!(m::REQUEST_DECODE_DURATION).record(decoding.elapsed().as_secs_f64());
+        // Held until the batch is durable: its bytes are still in memory until then.
+        let _permit = permit;
+        metrics::counter!(m::REQUEST_BYTES).increment(prepared.decompressed_len as u64);
+        let o = &prepared.outcome;
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            if o.by_reason[i] > 0 {
+                metrics::counter!(m::SPANS_REJECTED, "reason" => r.label())
+                    .increment(o.by_reason[i] as u64);
+            }
+        }
+        if let Err(e) = self.rate_limits.check(
+            &principal.project_id,
+            principal.quota,
+            o.accepted as u64,
+            prepared.decompressed_len as u64,
+        ) {
+            metrics::counter!(m::RATE_LIMITED).increment(1);
+            return Err(e);
+        }
+        if o.accepted > 0 {
+            let mut id = [0u8; 16];
+            rand::rng().fill_bytes(&mut id);
+            let mut batch = Batch {
+                batch_id: Bytes::copy_from_slice(&id),
+                org_id: principal.org_id.clone(),
+                workspace_id: principal.workspace_id.clone(),
+                project_id: principal.project_id.clone(),
+                region: principal.region.clone(),
+                received_at_unix_nano: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0),
+                transport: transport as i32,
+                source: Some(Source {
+                    client_addr: origin.client_addr,
+                    vpc_endpoint_id: origin.vpc_endpoint_id.unwrap_or_default(),
+                }),
+                span_count: o.accepted as u32,
+                key_id: principal.key_id.clone(),
+                ..Default::default()
+            };
+            prepared.set_payload(&mut batch);
+            self.queue.publish(batch, class).await?;
+            metrics::counter!(m::SPANS_ACCEPTED).increment(o.accepted as u64);
+        }
+        Ok(export_response(o.rejected, o.error_message()))
+    }
+}
