@@ -23,6 +23,10 @@ cargo fmt --all -- --check
 echo "== layout (no production file over 600 lines of code, no function over 100 lines)"
 python3 scripts/layout-check.py
 
+echo "== dependency direction (no file uses a file that uses it back)"
+python3 scripts/deps-check.py --self-test
+python3 scripts/deps-check.py
+
 echo "== cargo clippy -D warnings"
 cargo clippy "${profile[@]}" --workspace --all-targets --locked -- -D warnings
 

@@ -1,96 +1,10 @@
-//! Payload generators shared by the benchmarks (and the load generator): realistic OTLP spans
-//! shaped like the field notes' reference request (20 string attributes + 1 int, ~870 B/span);
-//! and the per-CPU-second measurement every bench prints before criterion runs.
+//! What every benchmark shares: the request it measures (`realistic_request`, from
+//! `tracegate_spangen`: 20 string attributes with random values + 1 int, ~1.2 KB/span), the
+//! per-CPU-second measurement each prints before criterion runs, and the allocator tuning.
 
-use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
-use tracegate_proto::otlp::common::v1::{
-    any_value::Value, AnyValue, InstrumentationScope, KeyValue,
-};
-use tracegate_proto::otlp::resource::v1::Resource;
-use tracegate_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
-
-fn kv(k: &str, v: Value) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
-
-/// splitmix64's finaliser: attribute values look random, as in loadtest's realistic shape and
-/// in real traffic (request ids, hashes). Sequential values would compress ~32x instead of
-/// ~6x and flatter every compression and LZ4 figure.
-fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// One request of `n` realistic spans; `seed` makes ids unique across requests.
-pub fn realistic_request(n: usize, seed: u64) -> ExportTraceServiceRequest {
-    let spans = (0..n as u64)
-        .map(|i| {
-            let id = seed.wrapping_mul(1_000_003).wrapping_add(i + 1);
-            let mut trace_id = [0u8; 16];
-            trace_id[..8].copy_from_slice(&seed.wrapping_add(1).to_be_bytes());
-            trace_id[8..].copy_from_slice(&(i / 8 + 1).to_be_bytes());
-            let mut attributes: Vec<KeyValue> = (0..20)
-                .map(|a| {
-                    kv(
-                        &format!("app.attribute.number_{a}"),
-                        Value::StringValue(format!("value-{a}-{:016x}", mix(id << 5 | a))),
-                    )
-                })
-                .collect();
-            attributes.push(kv("http.response.status_code", Value::IntValue(200)));
-            Span {
-                trace_id: trace_id.to_vec(),
-                span_id: id.to_be_bytes().to_vec(),
-                parent_span_id: if i % 8 == 0 {
-                    vec![]
-                } else {
-                    (id - 1).to_be_bytes().to_vec()
-                },
-                name: format!("GET /api/v1/items/{}", i % 100),
-                kind: 2,
-                start_time_unix_nano: 1_700_000_000_000_000_000 + i * 1000,
-                end_time_unix_nano: 1_700_000_000_000_500_000 + i * 1000,
-                attributes,
-                status: Some(Status {
-                    code: 1,
-                    message: String::new(),
-                }),
-                ..Default::default()
-            }
-        })
-        .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![
-                    kv("service.name", Value::StringValue("checkout".into())),
-                    kv("service.version", Value::StringValue("1.4.2".into())),
-                    kv(
-                        "deployment.environment",
-                        Value::StringValue("production".into()),
-                    ),
-                ],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "tracegate-bench".into(),
-                    version: "1".into(),
-                    ..Default::default()
-                }),
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
+/// One request of `n` realistic spans (`tracegate_spangen`, the generator the load tool and the
+/// tests share); `seed` makes ids and values differ between requests.
+pub use tracegate_spangen::realistic_request;
 
 /// CPU time of the calling thread, in seconds (`CLOCK_THREAD_CPUTIME_ID`): unlike wall time it
 /// does not count the time other processes on a shared machine take from this thread.

@@ -115,7 +115,7 @@ impl Admission {
     }
 
     /// Whether `project` holds more than a quarter of its share: its CPU work then runs as
-    /// bulk (`cpu.rs`), behind the work of projects that send less.
+    /// bulk (`tracegate_pipeline::cpu`), behind the work of projects that send less.
     pub fn is_busy(&self, project: &str) -> bool {
         self.project_in_flight(project) > self.project_limit / 4
     }

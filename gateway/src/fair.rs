@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-/// Decode slots of each CPU class (`cpu.rs`): a busy project's requests take bulk slots, the
+/// Decode slots of each CPU class (`tracegate_pipeline::cpu`): a busy project's requests take bulk slots, the
 /// others interactive ones, so a quiet project's request never waits for a busy project's
 /// decode to finish. Each class holds `limits.decode_concurrency` slots; memory stays bounded by
 /// the in-flight bytes, which every request holds before it asks for a slot.

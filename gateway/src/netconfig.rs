@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ConfigError};
+use crate::config::error::ConfigError;
 
 /// The two client-facing listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,13 +25,6 @@ impl OtlpListener {
         match self {
             OtlpListener::Http => "otlp_http",
             OtlpListener::Grpc => "otlp_grpc",
-        }
-    }
-
-    pub fn addr(self, cfg: &Config) -> SocketAddr {
-        match self {
-            OtlpListener::Http => cfg.server.http_addr,
-            OtlpListener::Grpc => cfg.server.grpc_addr,
         }
     }
 
@@ -256,16 +249,18 @@ impl ProxyProtocolConfig {
     }
 }
 
-/// Validation of both sections (called from `Config::validate`).
-pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
-    let t = &cfg.tls;
+/// Validation of both sections (called from `Config::validate`), with the listeners' addresses
+/// (`server.http_addr`, `server.grpc_addr`): a plain-text listener must be on loopback.
+pub fn validate(
+    t: &TlsConfig,
+    proxy: &ProxyProtocolConfig,
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+) -> Result<(), ConfigError> {
     for (k, v) in [
         ("tls.reload_interval_ms", t.reload_interval_ms),
         ("tls.handshake_timeout_ms", t.handshake_timeout_ms),
-        (
-            "proxy_protocol.header_timeout_ms",
-            cfg.proxy_protocol.header_timeout_ms,
-        ),
+        ("proxy_protocol.header_timeout_ms", proxy.header_timeout_ms),
     ] {
         if v == 0 {
             return Err(ConfigError::Invalid {
@@ -276,7 +271,10 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     for l in OtlpListener::ALL {
         let tls = t.resolve(l)?;
-        let addr = l.addr(cfg);
+        let addr = match l {
+            OtlpListener::Http => http_addr,
+            OtlpListener::Grpc => grpc_addr,
+        };
         if tls.is_none() && !addr.ip().is_loopback() && !t.allow_plaintext_non_loopback {
             return Err(ConfigError::Invalid {
                 key: l.addr_key(),
@@ -287,13 +285,13 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 ),
             });
         }
-        let (mode, nets) = cfg.proxy_protocol.resolve(l);
+        let (mode, nets) = proxy.resolve(l);
         if mode != ProxyMode::Off && nets.is_empty() {
             let key = match l {
-                OtlpListener::Http if cfg.proxy_protocol.http.mode.is_some() => {
+                OtlpListener::Http if proxy.http.mode.is_some() => {
                     "proxy_protocol.http.trusted_cidrs"
                 }
-                OtlpListener::Grpc if cfg.proxy_protocol.grpc.mode.is_some() => {
+                OtlpListener::Grpc if proxy.grpc.mode.is_some() => {
                     "proxy_protocol.grpc.trusted_cidrs"
                 }
                 _ => "proxy_protocol.trusted_cidrs",
@@ -312,6 +310,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn with_addr(addr: &str) -> Config {
         let mut c = Config::default();

@@ -1,6 +1,6 @@
-//! Accepted encodings beyond the exporters' defaults: HTTP deflate (zlib and raw), and the
-//! OTLP/JSON rules (hex ids in any case, int64 as string or number, enums as integers, unknown
-//! fields ignored).
+//! Accepted encodings beyond the exporters' defaults: HTTP deflate (zlib and raw; a real binary,
+//! as it reads the gateway's metrics), and the OTLP/JSON rules (hex ids in any case, int64 as
+//! string or number, enums as integers, unknown fields ignored; the gateway in-process).
 
 mod common;
 
@@ -60,10 +60,13 @@ fn deflate_zlib_and_raw_are_accepted() {
     }
 }
 
+/// A pipeline test: the gateway runs in-process (`app::run`), the archive is read back with the
+/// real `tracegate archive cat`.
 #[test]
 fn otlp_json_rules() {
-    let gw = Gateway::start(&[]);
-    let key = gw.create_key("json");
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key_in(dir.path(), "json");
+    let gw = InProcess::start(dir.path());
     let auth = format!("Bearer {key}");
     let body = r#"{
       "resourceSpans": [{
@@ -102,7 +105,8 @@ fn otlp_json_rules() {
     assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
     assert_eq!(r.1["content-type"], "application/json");
     assert_eq!(String::from_utf8_lossy(&r.2), "{}");
-    let spans = gw.archive_spans(Some("json"));
+    gw.shutdown().expect("app::run returned an error");
+    let spans = archive_spans_in(dir.path(), Some("json"));
     assert_eq!(spans.len(), 2);
     let upper = spans
         .iter()

@@ -4,69 +4,9 @@
 
 mod common;
 
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
-use tracegate::app::{self, Listeners};
-use tracegate::config::{Config, Overrides};
-
-/// A gateway running `app::run` on a runtime of its own (the test's HTTP client is blocking).
-struct InProcess {
-    http: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: mpsc::Receiver<anyhow::Result<()>>,
-}
-
-impl InProcess {
-    fn start(data_dir: &std::path::Path) -> Self {
-        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let overrides = Overrides {
-            grpc_addr: Some(any),
-            http_addr: Some(any),
-            admin_addr: Some(any),
-            data_dir: Some(data_dir.to_path_buf()),
-        };
-        let cfg = Config::load(None, &overrides).expect("default config");
-        cfg.validate().expect("valid config");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (addrs_tx, addrs_rx) = mpsc::channel();
-        let (done_tx, done) = mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let r = rt.block_on(async move {
-                let listeners = Listeners::bind(&cfg).await?;
-                addrs_tx.send(listeners.addrs()?).ok();
-                app::run(cfg, listeners, async {
-                    let _ = stopped.await;
-                })
-                .await
-            });
-            done_tx.send(r).ok();
-        });
-        let (_grpc, http, admin) = addrs_rx
-            .recv_timeout(START_TIMEOUT)
-            .expect("the in-process gateway did not bind its listeners");
-        Self {
-            http,
-            admin,
-            stop: Some(stop),
-            done,
-        }
-    }
-
-    /// Asks it to stop (as SIGTERM does) and waits for `app::run` to return.
-    fn shutdown(mut self) -> anyhow::Result<()> {
-        self.stop.take().unwrap().send(()).ok();
-        self.done
-            .recv_timeout(TERM_TIMEOUT)
-            .expect("app::run did not return after shutdown")
-    }
-}
 
 #[test]
 fn in_process_gateway_acknowledges_archives_and_drains_on_shutdown() {
@@ -108,4 +48,42 @@ fn in_process_gateway_acknowledges_archives_and_drains_on_shutdown() {
         names, want,
         "every acknowledged span archived once, nothing else"
     );
+}
+
+#[test]
+fn in_process_invalid_spans_are_rejected_one_by_one_and_the_rest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key_in(dir.path(), "partial");
+    let gw = InProcess::start(dir.path());
+    let bearer = format!("Bearer {key}");
+    let mut spans: Vec<_> = (0..5)
+        .map(|i| span(trace_id(900), span_id(900 + i), &format!("p-{i}")))
+        .collect();
+    spans[1].trace_id = vec![1, 2, 3]; // not 16 bytes
+    spans[3].span_id = vec![0; 8]; // all zero
+    let headers = [
+        ("content-type", "application/x-protobuf"),
+        ("authorization", bearer.as_str()),
+    ];
+    let (status, _, body) = post(
+        &gw.traces_url(),
+        &headers,
+        encode(&request_with_spans(spans)),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let partial = decode_response(&body)
+        .partial_success
+        .expect("partial_success for the rejected spans");
+    assert_eq!(partial.rejected_spans, 2);
+    assert!(!partial.error_message.is_empty());
+    // An unsupported content type is refused whole, before the body is read.
+    let text = [
+        ("content-type", "text/plain"),
+        ("authorization", bearer.as_str()),
+    ];
+    assert_eq!(post(&gw.traces_url(), &text, b"hello".to_vec()).0, 415);
+    gw.shutdown().expect("app::run returned an error");
+    let mut names = span_names(&archive_spans_in(dir.path(), Some("partial")));
+    names.sort();
+    assert_eq!(names, vec!["p-0", "p-2", "p-4"], "the valid spans, once");
 }

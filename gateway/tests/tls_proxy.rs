@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use tracegate::server::proxy_header::build_v2;
-use tracegate::server::tls::serial_hex;
 
 // ---------------------------------------------------------------------------------------------
 // Certificates
@@ -75,9 +73,39 @@ impl Ca {
     }
 }
 
+/// A certificate's serial number in hex, read by `x509-parser` (an encoder independent of the
+/// gateway's own DER reader, whose answers these tests check).
+fn serial_hex(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(hex::encode(cert.raw_serial()))
+}
+
 fn serial_of_pem(pem: &str) -> String {
     let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
     serial_hex(der.as_ref()).unwrap()
+}
+
+/// A PROXY v2 header written by the `ppp` crate's builder (not by the gateway's code, whose
+/// parser these tests check): the PROXY command over TCP from `src` to `dst` (an IPv4 and an
+/// IPv6 address go as IPv6, IPv4-mapped), the AWS VPC endpoint TLV (type 0xEA, subtype 0x01)
+/// when `vpce` is given, then `raw` appended to the TLV area as it is (malformed TLVs).
+fn build_v2(src: SocketAddr, dst: SocketAddr, vpce: Option<&str>, raw: &[u8]) -> Vec<u8> {
+    use ppp::v2::{Builder, Command, Protocol, Version};
+    let v6 = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        v6 => v6,
+    };
+    let addresses = match (src, dst) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) => (src, dst),
+        _ => (v6(src), v6(dst)),
+    };
+    let mut b = Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, addresses);
+    if let Some(id) = vpce {
+        let mut value = vec![0x01];
+        value.extend_from_slice(id.as_bytes());
+        b = b.write_tlv(0xEA_u8, &value).unwrap();
+    }
+    b.write_payload(raw).unwrap().build().unwrap()
 }
 
 /// Writes `content` to `path` atomically (temp file + rename), as deploy tooling does.

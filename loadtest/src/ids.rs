@@ -15,7 +15,7 @@
 //! against it.
 
 /// Spans per trace in generated requests.
-pub const SPANS_PER_TRACE: u64 = 8;
+pub const SPANS_PER_TRACE: u64 = tracegate_spangen::SPANS_PER_TRACE;
 
 /// First span sequence number of request `r` with `n` spans per request.
 pub fn first_seq(r: u64, n: u64) -> u64 {

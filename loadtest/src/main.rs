@@ -22,6 +22,7 @@
 //! per-second series.
 
 mod client;
+mod config;
 mod ids;
 mod payload;
 mod plot;
@@ -104,7 +105,7 @@ struct RunArgs {
     /// Open loop: requests due evenly spaced, or as a Poisson process (exponential gaps, the
     /// same mean rate; bursts as many independent clients make them).
     #[arg(long, value_enum, default_value = "even")]
-    arrivals: run::Arrivals,
+    arrivals: config::Arrivals,
     /// Closed loop: requests in flight. Open loop: cap on requests in flight [default: 8
     /// closed, 256 open].
     #[arg(long)]
@@ -247,7 +248,7 @@ fn random_u64() -> u64 {
     u64::from_be_bytes(b)
 }
 
-fn run_config(a: RunArgs) -> Result<(run::RunConfig, Option<PathBuf>, Option<PathBuf>)> {
+fn run_config(a: RunArgs) -> Result<(config::RunConfig, Option<PathBuf>, Option<PathBuf>)> {
     let Some(endpoint) = a.endpoint else {
         bail!("--endpoint is required (e.g. http://127.0.0.1:4318)");
     };
@@ -307,7 +308,7 @@ fn run_config(a: RunArgs) -> Result<(run::RunConfig, Option<PathBuf>, Option<Pat
         watch.push((pid, label));
     }
     let progress = !a.quiet && (a.progress || std::io::stderr().is_terminal());
-    let cfg = run::RunConfig {
+    let cfg = config::RunConfig {
         endpoint,
         protocol: a.protocol,
         encoding: a.encoding,

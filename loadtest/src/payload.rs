@@ -3,245 +3,23 @@
 //! memcpy plus 3 small writes per span (and the compression, if any), so the load generator
 //! stays cheap next to the gateway it measures.
 //!
-//! Shapes:
-//! - `small`: a name, kind, timestamps and 2 attributes (~100 B/span encoded);
-//! - `realistic`: 20 string attributes + 1 int, status, parent (~1.2 KB/span), the shape of the
-//!   criterion benches (`benches/src/lib.rs`) and of the figures;
-//! - `llm`: GenAI attributes (provider, model, token counts) plus a prompt
-//!   (`gen_ai.input.messages`) and a completion (`gen_ai.output.messages`) whose sizes are drawn
-//!   log-uniformly from `--llm-min-bytes ..= --llm-max-bytes` (default 10 KiB – 1 MiB).
+//! The spans (shapes `small`, `realistic`, `llm`; `--llm-min-bytes ..= --llm-max-bytes`, default
+//! 10 KiB – 1 MiB) come from `tracegate_spangen`, the generator the tests and the benches use.
 
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 use prost::Message;
 use serde_json::{json, Value as Json};
-use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
-use tracegate_proto::otlp::common::v1::{
-    any_value::Value, AnyValue, InstrumentationScope, KeyValue,
-};
-use tracegate_proto::otlp::resource::v1::Resource;
-use tracegate_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use tracegate_spangen::{Attr, Sender, SpanIds, SpanModel};
+pub use tracegate_spangen::{Rng, Shape, ShapeParams};
 
 use crate::ids;
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Shape {
-    Small,
-    Realistic,
-    Llm,
-}
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     Protobuf,
     Json,
-}
-
-/// splitmix64: small, seedable, good enough for payload text and sizes.
-#[derive(Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
-
-const WORDS: &[&str] = &[
-    "the",
-    "model",
-    "user",
-    "assistant",
-    "answer",
-    "question",
-    "please",
-    "summarize",
-    "following",
-    "document",
-    "about",
-    "customer",
-    "order",
-    "shipping",
-    "invoice",
-    "refund",
-    "policy",
-    "within",
-    "days",
-    "thank",
-    "you",
-    "for",
-    "your",
-    "patience",
-    "we",
-    "have",
-    "reviewed",
-    "request",
-    "and",
-    "will",
-    "process",
-    "it",
-    "shortly",
-    "context",
-    "retrieved",
-    "passages",
-    "tool",
-    "call",
-    "weather",
-    "forecast",
-    "tomorrow",
-    "sunny",
-    "with",
-    "light",
-    "winds",
-    "from",
-    "north",
-    "west",
-];
-
-/// Text of exactly `len` bytes: words drawn from a small vocabulary (compresses like prose).
-fn text(rng: &mut Rng, len: usize) -> String {
-    let mut s = String::with_capacity(len + 16);
-    while s.len() < len {
-        if !s.is_empty() {
-            s.push(' ');
-        }
-        s.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
-    }
-    s.truncate(len);
-    s
-}
-
-#[derive(Clone, Debug)]
-enum Attr {
-    Str(String),
-    Int(i64),
-}
-
-struct SpanModel {
-    name: String,
-    kind: i32,
-    start: u64,
-    end: u64,
-    root: bool,
-    attrs: Vec<(String, Attr)>,
-    status_ok: bool,
-}
-
-pub struct ShapeParams {
-    pub shape: Shape,
-    pub spans: usize,
-    pub llm_min_bytes: usize,
-    pub llm_max_bytes: usize,
-    pub seed: u64,
-    /// Span start times are this plus a few µs per span (ClickHouse partitions and TTLs by
-    /// span time, so runs use the current time).
-    pub start_unix_nano: u64,
-}
-
-fn models(p: &ShapeParams) -> Vec<SpanModel> {
-    let mut rng = Rng::new(p.seed ^ 0x005e_ed0f_5ba5);
-    (0..p.spans as u64)
-        .map(|i| {
-            let start = p.start_unix_nano + i * 1000;
-            let root = i % ids::SPANS_PER_TRACE == 0;
-            match p.shape {
-                Shape::Small => SpanModel {
-                    name: format!("op-{}", i % 10),
-                    kind: 1,
-                    start,
-                    end: start + 250_000,
-                    root,
-                    attrs: vec![
-                        ("component".into(), Attr::Str("loadtest".into())),
-                        ("loop.index".into(), Attr::Int(i as i64)),
-                    ],
-                    status_ok: false,
-                },
-                Shape::Realistic => {
-                    let mut attrs: Vec<(String, Attr)> = (0..20)
-                        .map(|a| {
-                            (
-                                format!("app.attribute.number_{a}"),
-                                Attr::Str(format!("value-{a}-{:016x}", rng.next_u64())),
-                            )
-                        })
-                        .collect();
-                    attrs.push(("http.response.status_code".into(), Attr::Int(200)));
-                    SpanModel {
-                        name: format!("GET /api/v1/items/{}", i % 100),
-                        kind: 2,
-                        start,
-                        end: start + 500_000,
-                        root,
-                        attrs,
-                        status_ok: true,
-                    }
-                }
-                Shape::Llm => {
-                    let lo = p.llm_min_bytes.max(1) as f64;
-                    let hi = p.llm_max_bytes.max(p.llm_min_bytes.max(1)) as f64;
-                    let mut size = || {
-                        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                        (lo * (hi / lo).powf(u)).round() as usize
-                    };
-                    let (prompt_len, completion_len) = (size(), size());
-                    let mut attrs: Vec<(String, Attr)> = vec![
-                        ("gen_ai.operation.name".into(), Attr::Str("chat".into())),
-                        ("gen_ai.provider.name".into(), Attr::Str("openai".into())),
-                        ("gen_ai.request.model".into(), Attr::Str("gpt-4o".into())),
-                        (
-                            "gen_ai.response.model".into(),
-                            Attr::Str("gpt-4o-2024-08-06".into()),
-                        ),
-                        (
-                            "gen_ai.usage.input_tokens".into(),
-                            Attr::Int((prompt_len / 4) as i64),
-                        ),
-                        (
-                            "gen_ai.usage.output_tokens".into(),
-                            Attr::Int((completion_len / 4) as i64),
-                        ),
-                    ];
-                    for a in 0..8 {
-                        attrs.push((
-                            format!("app.attribute.number_{a}"),
-                            Attr::Str(format!("value-{a}-{:016x}", rng.next_u64())),
-                        ));
-                    }
-                    attrs.push((
-                        "gen_ai.input.messages".into(),
-                        Attr::Str(text(&mut rng, prompt_len)),
-                    ));
-                    attrs.push((
-                        "gen_ai.output.messages".into(),
-                        Attr::Str(text(&mut rng, completion_len)),
-                    ));
-                    SpanModel {
-                        name: "chat gpt-4o".into(),
-                        kind: 3,
-                        start,
-                        end: start + 1_500_000_000,
-                        root,
-                        attrs,
-                        status_ok: true,
-                    }
-                }
-            }
-        })
-        .collect()
 }
 
 /// Placeholder ids of span `i`: random 64-bit bases from the seed, so they do not occur in the
@@ -293,19 +71,6 @@ pub struct Template {
     hex: bool,
 }
 
-fn kv(k: &str, v: &Attr) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(match v {
-                Attr::Str(s) => Value::StringValue(s.clone()),
-                Attr::Int(n) => Value::IntValue(*n),
-            }),
-        }),
-        ..Default::default()
-    }
-}
-
 fn json_attr(k: &str, v: &Attr) -> Json {
     match v {
         Attr::Str(s) => json!({"key": k, "value": {"stringValue": s}}),
@@ -339,51 +104,17 @@ const RESOURCE: &[(&str, &str)] = &[
 
 /// The template request in protobuf: the models' spans under one resource and scope.
 fn protobuf_request(models: &[SpanModel], ph: &Placeholders) -> Vec<u8> {
-    let spans = models
-        .iter()
-        .enumerate()
-        .map(|(i, m)| Span {
-            trace_id: ph.trace(i as u64).to_vec(),
-            span_id: ph.span(i as u64).to_vec(),
-            parent_span_id: if m.root {
-                vec![]
-            } else {
-                ph.parent(i as u64).to_vec()
-            },
-            name: m.name.clone(),
-            kind: m.kind,
-            start_time_unix_nano: m.start,
-            end_time_unix_nano: m.end,
-            attributes: m.attrs.iter().map(|(k, v)| kv(k, v)).collect(),
-            status: m.status_ok.then_some(Status {
-                code: 1,
-                message: String::new(),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: RESOURCE
-                    .iter()
-                    .map(|(k, v)| kv(k, &Attr::Str((*v).into())))
-                    .collect(),
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "tracegate-loadtest".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
+    let ids = |i: u64| SpanIds {
+        trace: ph.trace(i),
+        span: ph.span(i),
+        parent: (!models[i as usize].root).then(|| ph.parent(i)),
+    };
+    let from = Sender {
+        resource: RESOURCE,
+        scope: "tracegate-loadtest",
+        scope_version: env!("CARGO_PKG_VERSION"),
+    };
+    tracegate_spangen::request(models, ids, &from).encode_to_vec()
 }
 
 /// The same request in OTLP/JSON (hex ids, string nanoseconds).
@@ -432,7 +163,7 @@ impl Template {
             bail!("a request needs at least one span");
         }
         let ph = Placeholders::new(p.seed);
-        let models = models(p);
+        let models = tracegate_spangen::models(p);
         let bytes = match encoding {
             Encoding::Protobuf => protobuf_request(&models, &ph),
             Encoding::Json => json_request(&models, &ph)?,
@@ -516,6 +247,7 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 
     fn params(shape: Shape, spans: usize) -> ShapeParams {
         ShapeParams {

@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::RunConfig;
 use crate::ids;
 use crate::procstat::Watched;
-use crate::run::RunConfig;
 use crate::stats::{percentiles, span_ranges, Percentiles, SecondPoint, Stats};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use tracegate_proto::v1::Batch;
 pub struct WriteGroup {
     pub id: String,
     pub batches: Vec<Batch>,
-    /// Where its compression and encryption run (`cpu.rs`): bulk for a project with a backlog.
+    /// Where its compression and encryption run (`crate::cpu`): bulk for a project with a backlog.
     pub class: crate::Class,
 }
 

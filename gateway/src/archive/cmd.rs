@@ -11,7 +11,7 @@ use prost::Message;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 
 use super::replay;
-use crate::cli::CommonArgs;
+use crate::cli::common::CommonArgs;
 use crate::config::Config;
 use tracegate_archive::keyring::Keyring;
 use tracegate_archive::store::{ArchiveStore, Filter};

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::error::{zstd_level, ConfigError};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub enum Engine {
@@ -108,6 +108,19 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl ClickHouseConfig {
+    /// A `clickhouse` client for the configured endpoint, with LZ4 compression (asks for
+    /// compressed answers to queries). The schema and the sink both build theirs here.
+    pub fn client(&self) -> clickhouse::Client {
+        let mut c = clickhouse::Client::default()
+            .with_url(&self.url)
+            .with_user(&self.user)
+            .with_compression(clickhouse::Compression::Lz4);
+        if !self.password.is_empty() {
+            c = c.with_password(&self.password);
+        }
+        c
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.url.is_empty() {
             return Err(invalid(
@@ -145,7 +158,7 @@ impl ClickHouseConfig {
         if self.user.is_empty() {
             return Err(invalid("clickhouse.user", "must not be empty"));
         }
-        crate::config::zstd_level("clickhouse.zstd_level", self.zstd_level)?;
+        zstd_level("clickhouse.zstd_level", self.zstd_level)?;
         for (key, v) in [
             ("clickhouse.deduplication_window", self.deduplication_window),
             ("clickhouse.max_insert_rows", self.max_insert_rows as u64),

@@ -266,7 +266,7 @@ async fn exec(client: &clickhouse::Client, sql: &str) -> Result<()> {
 
 /// Creates or upgrades the schema. Idempotent: a second run applies nothing.
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport> {
-    let client = super::sink::client(cfg);
+    let client = cfg.client();
     let db = &cfg.database;
     exec(&client, &format!("CREATE DATABASE IF NOT EXISTS `{db}`")).await?;
     exec(

@@ -74,19 +74,6 @@ pub fn is_rejection(e: &clickhouse::error::Error) -> bool {
     error_code(e).is_some_and(|c| REJECT_CODES.contains(&c))
 }
 
-/// A `clickhouse` client for the configured endpoint, with LZ4 compression (asks for compressed
-/// answers to queries).
-pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
-    let mut c = clickhouse::Client::default()
-        .with_url(&cfg.url)
-        .with_user(&cfg.user)
-        .with_compression(Compression::Lz4);
-    if !cfg.password.is_empty() {
-        c = c.with_password(&cfg.password);
-    }
-    c
-}
-
 /// Which table an insert goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Table {
@@ -176,7 +163,7 @@ fn encode_group(
 /// (`blocks.rs`), so the crate must send it as it is (no compression of its own) and only ask
 /// ClickHouse to decompress it.
 fn insert_client(cfg: &ClickHouseConfig) -> clickhouse::Client {
-    client(cfg)
+    cfg.client()
         .with_compression(Compression::None)
         .with_setting("decompress", "1")
 }

@@ -144,7 +144,7 @@ impl Ingest {
         // backlog does not queue a quiet project's request behind it.
         let tenant = p.tenant_key();
         // A busy project's decode runs as bulk work, in slots of its own, so a quiet project's
-        // request neither waits for it nor shares the CPU with it evenly (cpu.rs).
+        // request neither waits for it nor shares the CPU with it evenly (`tracegate_pipeline::cpu`).
         let class = if self.admission.is_busy(&tenant) {
             tracegate_pipeline::cpu::Class::Bulk
         } else {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::error::{zstd_level, ConfigError};
 
 /// Kafka record key, which decides the partition (murmur2, as Java clients do).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -175,7 +175,7 @@ pub const MIN_MESSAGE_BYTES: usize = 16 * 1024;
 impl KafkaConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_endpoint()?;
-        crate::config::zstd_level("kafka.payload_zstd_level", self.payload_zstd_level)?;
+        zstd_level("kafka.payload_zstd_level", self.payload_zstd_level)?;
         self.validate_sizes()?;
         self.validate_bounds()?;
         self.validate_writer()

@@ -112,7 +112,7 @@ impl Shared {
 
     /// Takes what else `key` has queued into `group` (up to the limits) and says where its
     /// write runs: a project with more queued, a large group, or batches decoded as bulk work
-    /// is busy and goes behind other projects' work (cpu.rs).
+    /// is busy and goes behind other projects' work (`tracegate_pipeline::cpu`).
     fn seal(&self, key: &str, group: &mut Vec<Pending>, cfg: &WriterConfig) -> Class {
         let mut l = self.lock();
         take_more(&mut l, key, group, cfg);
@@ -385,7 +385,7 @@ async fn writer_loop(
         let (id, running) = (seq, running.clone());
         running.set(id, true);
         writing.spawn(async move {
-            // A busy project's group is written on the bulk threads (cpu.rs); a panic there
+            // A busy project's group is written on the bulk threads (`tracegate_pipeline::cpu`); a panic there
             // drops the acks, which answers its requests as not written.
             let _ = tracegate_pipeline::cpu::run_task(class, async move {
                 flush(&sinks, group, class, &healthy).await

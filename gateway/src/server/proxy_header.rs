@@ -199,8 +199,10 @@ pub fn parse_v1(line: &[u8]) -> Result<ProxyInfo, ProxyError> {
     }
 }
 
-/// Builds a v2 header (tests, fuzz seeds, and the docs' examples): TCP `PROXY` command from
-/// `src` to `dst`, with the AWS VPC endpoint TLV when `vpce` is given, then `extra_tlvs` raw.
+/// Builds a v2 header for this crate's unit tests: TCP `PROXY` command from `src` to `dst`, with
+/// the AWS VPC endpoint TLV when `vpce` is given, then `extra_tlvs` raw. (The integration tests
+/// build theirs with the `ppp` crate, independently of this code.)
+#[cfg(test)]
 pub fn build_v2(
     src: SocketAddr,
     dst: SocketAddr,

@@ -14,15 +14,7 @@ pub fn now_unix_nano() -> u64 {
         .as_nanos() as u64
 }
 
-pub fn kv_str(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_string())),
-        }),
-        ..Default::default()
-    }
-}
+pub use tracegate_spangen::kv_str;
 
 /// A span with the given ids and name, start = now, duration 1 ms, one string attribute.
 pub fn span(trace_id: Vec<u8>, span_id: Vec<u8>, name: &str) -> Span {
@@ -39,26 +31,15 @@ pub fn span(trace_id: Vec<u8>, span_id: Vec<u8>, name: &str) -> Span {
     }
 }
 
-/// One ResourceSpans / one ScopeSpans request holding `spans`.
+/// One ResourceSpans / one ScopeSpans request holding `spans` (`tracegate_spangen`, the
+/// generator the benches and the load tool use).
 pub fn request_with_spans(spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv_str("service.name", "tracegate-tests")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "tracegate-tests".to_string(),
-                    version: "1".to_string(),
-                    ..Default::default()
-                }),
-                spans,
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }],
-    }
+    let from = tracegate_spangen::Sender {
+        resource: &[("service.name", "tracegate-tests")],
+        scope: "tracegate-tests",
+        scope_version: "1",
+    };
+    tracegate_spangen::request_with_spans(spans, &from)
 }
 
 /// A request with spans `first..first+n`: trace id `trace_id(i / 10)`, span id `span_id(i)`,

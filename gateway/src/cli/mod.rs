@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -15,6 +14,9 @@ use crate::auth::file_store::FileKeyStore;
 use crate::auth::record::KeyRecord;
 use crate::auth::service::{KeyService, NewKey};
 use crate::config::{Config, Overrides};
+
+pub mod common;
+pub use common::CommonArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -70,16 +72,6 @@ impl WriteArgs {
         }
         Ok(cfg)
     }
-}
-
-#[derive(Args, Debug, Default, Clone)]
-pub struct CommonArgs {
-    /// TOML config file.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Data directory [default: ./tracegate-data].
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Default)]
@@ -187,16 +179,6 @@ fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
 }
 
 pub use crate::archive::cmd::ArchiveCommand;
-
-impl CommonArgs {
-    pub fn load(&self) -> Result<Config> {
-        let o = Overrides {
-            data_dir: self.data_dir.clone(),
-            ..Default::default()
-        };
-        Ok(Config::load(self.config.as_deref(), &o)?)
-    }
-}
 
 impl ServeArgs {
     pub fn load(&self) -> Result<Config> {

@@ -9,7 +9,10 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use tracegate_otlp::SpanLimits;
 
+pub mod error;
+
 pub use crate::netconfig::{ProxyProtocolConfig, TlsConfig};
+pub use error::{zstd_level, ConfigError};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -364,35 +367,6 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration error: {0}")]
-    Parse(String),
-    #[error("configuration error: `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
-}
-
-impl From<tracegate_archive::config::InvalidSetting> for ConfigError {
-    fn from(e: tracegate_archive::config::InvalidSetting) -> Self {
-        ConfigError::Invalid {
-            key: e.key,
-            message: e.message,
-        }
-    }
-}
-
-/// zstd levels the config accepts (archive, Kafka payloads, ClickHouse blocks): 1..=19, or
-/// zstd's fast levels -7..=-1. 0 would mean "zstd's default" and hide the choice.
-pub fn zstd_level(key: &'static str, level: i32) -> Result<(), ConfigError> {
-    if (-7..=19).contains(&level) && level != 0 {
-        return Ok(());
-    }
-    Err(ConfigError::Invalid {
-        key,
-        message: format!("{level} is not a zstd level (1..=19, or -7..=-1 for zstd's fast levels)"),
-    })
-}
-
 impl Config {
     /// Parses defaults, the optional TOML file, `TRACEGATE_*` env vars and overrides, then
     /// validates.
@@ -504,7 +478,12 @@ impl Config {
         if let Some(k) = &self.kafka {
             k.validate()?;
         }
-        crate::netconfig::validate(self)?;
+        crate::netconfig::validate(
+            &self.tls,
+            &self.proxy_protocol,
+            self.server.http_addr,
+            self.server.grpc_addr,
+        )?;
         Ok(())
     }
 
@@ -579,7 +558,7 @@ impl Config {
         positive("auth.cache_max_keys", self.auth.cache_max_keys)?;
         positive("auth.cache_ttl_ms", self.auth.cache_ttl_ms)?;
         positive("server.body_timeout_ms", self.server.body_timeout_ms)?;
-        crate::auth::record::validate_name("gateway.region", &self.gateway.region).map_err(
+        tracegate_pipeline::tenant::validate_name("gateway.region", &self.gateway.region).map_err(
             |e| ConfigError::Invalid {
                 key: "gateway.region",
                 message: e.to_string(),
