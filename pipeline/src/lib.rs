@@ -5,16 +5,19 @@
 //! - `sink`: `Sink` and `WriteGroup`, what a writer (embedded or `tracegate write`) hands the
 //!   archive and ClickHouse;
 //! - `cpu`: the two CPU classes (interactive, bulk) a request's decode and a group's write run in;
+//! - `backoff`: the one retry-delay rule (exponential, capped, optionally jittered);
 //! - `tenant`: the rule for tenant ids (they end up in object paths, SQL and logs).
 //!
 //! The gateway implements the queues and the sinks and wires them; this crate lets each side be
 //! compiled, read and tested without the other.
 
+pub mod backoff;
 pub mod cpu;
 pub mod queue;
 pub mod sink;
 pub mod tenant;
 
+pub use backoff::Backoff;
 pub use cpu::Class;
 pub use queue::{BatchQueue, QueueError};
 pub use sink::{Sink, WriteGroup};

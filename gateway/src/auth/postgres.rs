@@ -16,6 +16,8 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 
+use tracegate_pipeline::Backoff;
+
 use super::record::KeyRecord;
 use super::store::{Change, KeyStore};
 
@@ -39,7 +41,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// NOTIFYs, costs at most about 5 s).
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The live connection: its client and the prepared key lookup.
 #[derive(Clone)]
@@ -234,9 +235,9 @@ impl PgKeyStore {
             *s.conn.write().expect("lock") = None;
             let _ = s.changes.send(Change::All);
             drop(s);
-            let mut backoff = Duration::from_millis(100);
+            let mut attempt = 0;
             loop {
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(Backoff::DEFAULT.delay(attempt)).await;
                 let Some(s) = store.upgrade() else { return };
                 match Self::open(&url, &s).await {
                     Ok((c, d)) => {
@@ -249,7 +250,7 @@ impl PgKeyStore {
                     }
                     Err(e) => {
                         tracing::debug!(error = %format!("{e:#}"), "PostgreSQL reconnect failed");
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        attempt += 1;
                     }
                 }
             }

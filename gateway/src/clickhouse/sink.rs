@@ -269,14 +269,13 @@ impl Sink for ClickHouseSink {
 
 impl Inner {
     fn backoff(&self, attempt: u32) -> Duration {
-        let base = self
-            .cfg
-            .retry_initial_ms
-            .saturating_mul(1u64 << attempt.min(20));
-        let ms = base.min(self.cfg.retry_max_ms);
-        // ±25 % jitter so many writers do not retry in step.
-        let jitter = rand::random_range(0.75..1.25);
-        Duration::from_millis(((ms as f64) * jitter) as u64)
+        // ±25 % jitter: many writers share one ClickHouse and must not retry in step.
+        tracegate_pipeline::Backoff {
+            initial: Duration::from_millis(self.cfg.retry_initial_ms),
+            max: Duration::from_millis(self.cfg.retry_max_ms),
+            jitter: 0.25,
+        }
+        .delay(attempt)
     }
 
     async fn write(self: Arc<Self>, group: Arc<WriteGroup>) -> Result<()> {

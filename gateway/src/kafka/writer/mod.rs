@@ -63,7 +63,6 @@ const INTENT_PREFIX: &str = "tg1 end=";
 const COMMITTED_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// An async commit without an answer after this long is sent again.
 const COMMIT_RESEND: Duration = Duration::from_secs(60);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub fn intent_metadata(last: i64) -> String {
     format!("{INTENT_PREFIX}{last}")
@@ -79,8 +78,7 @@ pub fn group_id(topic: &str, partition: i32, first: i64, last: i64) -> String {
 }
 
 fn backoff(attempt: u32) -> Duration {
-    let ms = 100u64.saturating_mul(1 << attempt.min(6));
-    Duration::from_millis(ms).min(MAX_BACKOFF)
+    tracegate_pipeline::Backoff::DEFAULT.delay(attempt)
 }
 
 type Tp = (String, i32);
