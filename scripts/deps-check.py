@@ -15,6 +15,7 @@ Usage: scripts/deps-check.py [SRC_DIR ...]   (default: the src/ of every workspa
 """
 import re
 import sys
+import tomllib
 import tempfile
 from pathlib import Path
 
@@ -146,7 +147,10 @@ def main(argv):
     if argv == ["--self-test"]:
         self_test()
         return 0
-    crates = ["gateway", "otlp", "pipeline", "archive", "proto", "loadtest", "benches", "testkit"]
+    # Every workspace member, read from Cargo.toml so a new crate is checked without editing
+    # this list (a hand-kept list had already missed one).
+    with open(ROOT / "Cargo.toml", "rb") as f:
+        crates = tomllib.load(f)["workspace"]["members"]
     dirs = [Path(a) for a in argv] or [ROOT / c / "src" for c in crates if (ROOT / c / "src").is_dir()]
     ok = all([check(d) for d in dirs])
     if ok:
