@@ -1,15 +1,14 @@
 //! One accepted batch → one or more Kafka messages (docs/kafka.md).
 //!
 //! The message value is an encoded `tracegate.v1.Batch`. A batch whose envelope does not fit
-//! in `kafka.message_max_bytes` is split by resource / scope / span into several batches that
-//! share its `batch_id` (`part_index` / `part_count` say which part is which). Nothing is
+//! in `kafka.message_max_bytes` is split by resource / scope / span (byte ranges of the plain
+//! request, found with `tracegate_otlp::wire`, never a decode and re-encode) into several
+//! batches that share its `batch_id` (`part_index` / `part_count` say which part is which). Nothing is
 //! dropped: a single span that cannot fit even alone makes the whole request fail with a
 //! non-retryable "too large" answer naming the limit, so the client is told.
 
 use bytes::Bytes;
 use prost::Message as _;
-use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
-use tracegate_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans};
 use tracegate_proto::v1::Batch;
 
 use super::config::PartitionKey;
@@ -53,7 +52,8 @@ pub fn key(batch: &Batch, strategy: PartitionKey) -> Vec<u8> {
     }
 }
 
-/// True when `batch` must be split (decode + re-encode: run that on the blocking pool).
+/// True when `batch` must be split (a decompression and a byte-range copy of the whole payload:
+/// run that on the blocking pool).
 pub fn needs_split(batch: &Batch, key_len: usize, max_message_bytes: usize) -> bool {
     batch.encoded_len() + key_len + RECORD_OVERHEAD > max_message_bytes
 }
@@ -75,12 +75,11 @@ pub fn to_messages(
         }]);
     }
     // A compressed payload is decompressed to be split; the parts are plain (identity,
-    // schema version 1).
+    // schema version 1). The plain request is split by byte ranges, never decoded into
+    // messages and re-encoded (issue 21: that cost 2.6x the unsplit path per byte).
     let plain =
         tracegate_otlp::envelope::plain_request(&batch, tracegate_otlp::envelope::MAX_PLAIN_BYTES)
             .map_err(|e| SplitError::Decode(e.to_string()))?;
-    let req =
-        ExportTraceServiceRequest::decode(plain).map_err(|e| SplitError::Decode(e.to_string()))?;
     let mut head = batch;
     tracegate_otlp::envelope::set_plain(&mut head, Bytes::new());
     head.span_count = 0;
@@ -90,120 +89,255 @@ pub fn to_messages(
     let budget = max_message_bytes
         .saturating_sub(key.len() + RECORD_OVERHEAD + envelope)
         .max(1);
-    let chunks = chunk(req, budget).map_err(|span_bytes| SplitError::SpanTooLarge {
+    let parts = chunk(&plain, budget)?.map_err(|span_bytes| SplitError::SpanTooLarge {
         span_bytes,
         limit: max_message_bytes,
     })?;
-    let count = chunks.len() as u32;
-    Ok(chunks
-        .into_iter()
+    let count = parts.len() as u32;
+    Ok(parts
+        .iter()
         .enumerate()
-        .map(|(i, (req, spans))| {
-            let mut b = head.clone();
-            tracegate_otlp::envelope::set_plain(&mut b, Bytes::from(req.encode_to_vec()));
-            b.span_count = spans;
-            b.part_index = i as u32;
-            b.part_count = count;
+        .map(|(i, part)| {
+            let mut h = head.clone();
+            h.span_count = part.spans;
+            h.part_index = i as u32;
+            h.part_count = count;
+            // The head without its (empty) payload, then the payload field written straight
+            // from the plain request's byte ranges: each span byte is copied once. Protobuf
+            // readers accept fields in any order, so the payload may come last.
+            let len = part.encoded_len();
+            let mut value = Vec::with_capacity(h.encoded_len() + FIELD_OVERHEAD + len);
+            h.encode_raw(&mut value);
+            prost::encoding::encode_key(
+                PAYLOAD_FIELD,
+                prost::encoding::WireType::LengthDelimited,
+                &mut value,
+            );
+            prost::encoding::encode_varint(len as u64, &mut value);
+            part.write(&plain, &mut value);
             KafkaMessage {
                 key: key.clone(),
-                value: b.encode_to_vec(),
-                spans,
+                value,
+                spans: part.spans,
             }
         })
         .collect())
 }
 
-fn len_field(len: usize) -> usize {
-    if len == 0 {
-        0
-    } else {
-        len + FIELD_OVERHEAD
+/// `tracegate.v1.Batch.otlp_request`'s field number (proto/tracegate/v1/envelope.proto).
+const PAYLOAD_FIELD: u32 = 11;
+/// `ExportTraceServiceRequest.resource_spans`, `ResourceSpans.scope_spans`, `ScopeSpans.spans`.
+const CHILD_FIELD_RS: u32 = 1;
+const CHILD_FIELD: u32 = 2;
+
+/// One protobuf field of a message: its number, the range of the whole field (key included)
+/// and, for a length-delimited field, the range of its contents.
+struct Field {
+    number: u32,
+    whole: std::ops::Range<usize>,
+    body: Option<std::ops::Range<usize>>,
+}
+
+/// The fields of the message in `buf[range]`, in order (`tracegate_otlp::wire`'s varint rule).
+fn fields(buf: &[u8], range: std::ops::Range<usize>) -> Result<Vec<Field>, SplitError> {
+    let bad = || SplitError::Decode("malformed protobuf while splitting".into());
+    let mut out = Vec::new();
+    let mut pos = range.start;
+    while pos < range.end {
+        let start = pos;
+        let key = tracegate_otlp::wire::varint(&buf[..range.end], &mut pos).ok_or_else(bad)?;
+        let number = u32::try_from(key >> 3).map_err(|_| bad())?;
+        let mut body = None;
+        match key & 7 {
+            0 => {
+                tracegate_otlp::wire::varint(&buf[..range.end], &mut pos).ok_or_else(bad)?;
+            }
+            1 => pos += 8,
+            5 => pos += 4,
+            2 => {
+                let n =
+                    tracegate_otlp::wire::varint(&buf[..range.end], &mut pos).ok_or_else(bad)?;
+                let n = usize::try_from(n).map_err(|_| bad())?;
+                let b = pos;
+                pos = pos.checked_add(n).ok_or_else(bad)?;
+                body = Some(b..pos);
+            }
+            _ => return Err(bad()),
+        }
+        if pos > range.end {
+            return Err(bad());
+        }
+        out.push(Field {
+            number,
+            whole: start..pos,
+            body,
+        });
+    }
+    Ok(out)
+}
+
+/// A message's "head" (every field but its children, as byte ranges copied verbatim into each
+/// part, so a resource or scope field this code does not know survives the split) and its
+/// children.
+fn head_and_children(
+    buf: &[u8],
+    range: std::ops::Range<usize>,
+    child: u32,
+) -> Result<(Ranges, usize, Vec<Field>), SplitError> {
+    let (mut head, mut head_len, mut children) = (Vec::new(), 0, Vec::new());
+    for f in fields(buf, range)? {
+        if f.number == child && f.body.is_some() {
+            children.push(f);
+        } else {
+            head_len += f.whole.len();
+            head.push(f.whole);
+        }
+    }
+    Ok((head, head_len, children))
+}
+
+type Ranges = Vec<std::ops::Range<usize>>;
+
+/// One ScopeSpans of a part: the scope's head ranges and the spans' whole-field ranges.
+struct PartScope {
+    head: Vec<std::ops::Range<usize>>,
+    spans: Vec<std::ops::Range<usize>>,
+}
+
+impl PartScope {
+    fn body_len(&self) -> usize {
+        self.head.iter().chain(&self.spans).map(|r| r.len()).sum()
     }
 }
 
-/// Packs the spans of `req` greedily, in order, into requests whose encoding is at most
-/// `budget` bytes; each keeps its spans' resource and scope. Sizes are over-estimated (every
-/// length varint counted at its maximum), so the real encodings are never larger. Err(size)
-/// when one span cannot fit alone.
-fn chunk(
-    req: ExportTraceServiceRequest,
-    budget: usize,
-) -> Result<Vec<(ExportTraceServiceRequest, u32)>, usize> {
-    let mut out = Vec::new();
-    let mut cur = ExportTraceServiceRequest::default();
-    let mut cur_size = 0usize;
-    let mut cur_spans = 0u32;
-    for rs in req.resource_spans {
-        let rs_head = FIELD_OVERHEAD
-            + rs.resource
-                .as_ref()
-                .map_or(0, |r| len_field(r.encoded_len()).max(FIELD_OVERHEAD))
-            + len_field(rs.schema_url.len());
-        let mut rs_open = false;
-        for ss in rs.scope_spans {
-            let ss_head = FIELD_OVERHEAD
-                + ss.scope
-                    .as_ref()
-                    .map_or(0, |s| len_field(s.encoded_len()).max(FIELD_OVERHEAD))
-                + len_field(ss.schema_url.len());
-            let mut ss_open = false;
-            for span in ss.spans {
-                let cost = span.encoded_len() + FIELD_OVERHEAD;
-                let mut need =
-                    cost + if ss_open { 0 } else { ss_head } + if rs_open { 0 } else { rs_head };
-                if cur_size + need > budget && cur_spans > 0 {
-                    out.push((std::mem::take(&mut cur), cur_spans));
-                    cur_size = 0;
-                    cur_spans = 0;
-                    rs_open = false;
-                    ss_open = false;
-                    need = cost + ss_head + rs_head;
+struct PartResource {
+    head: Vec<std::ops::Range<usize>>,
+    scopes: Vec<PartScope>,
+}
+
+impl PartResource {
+    fn body_len(&self) -> usize {
+        let head: usize = self.head.iter().map(|r| r.len()).sum();
+        head + self
+            .scopes
+            .iter()
+            .map(|s| len_delimited(s.body_len()))
+            .sum::<usize>()
+    }
+}
+
+/// One part: an `ExportTraceServiceRequest` made of byte ranges of the plain request.
+#[derive(Default)]
+struct Part {
+    resources: Vec<PartResource>,
+    spans: u32,
+}
+
+/// Bytes of a length-delimited field (1-byte key, as every field here has) with `len` bytes.
+fn len_delimited(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+impl Part {
+    fn encoded_len(&self) -> usize {
+        self.resources
+            .iter()
+            .map(|r| len_delimited(r.body_len()))
+            .sum()
+    }
+
+    fn write(&self, plain: &[u8], out: &mut Vec<u8>) {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        for r in &self.resources {
+            encode_key(CHILD_FIELD_RS, WireType::LengthDelimited, out);
+            encode_varint(r.body_len() as u64, out);
+            for h in &r.head {
+                out.extend_from_slice(&plain[h.clone()]);
+            }
+            for s in &r.scopes {
+                encode_key(CHILD_FIELD, WireType::LengthDelimited, out);
+                encode_varint(s.body_len() as u64, out);
+                for h in s.head.iter().chain(&s.spans) {
+                    out.extend_from_slice(&plain[h.clone()]);
                 }
-                if need > budget {
-                    return Err(cost);
-                }
-                if !rs_open {
-                    cur.resource_spans.push(ResourceSpans {
-                        resource: rs.resource.clone(),
-                        scope_spans: Vec::new(),
-                        schema_url: rs.schema_url.clone(),
-                    });
-                    rs_open = true;
-                    cur_size += rs_head;
-                }
-                let rs_cur = cur.resource_spans.last_mut().expect("just pushed");
-                if !ss_open {
-                    rs_cur.scope_spans.push(ScopeSpans {
-                        scope: ss.scope.clone(),
-                        spans: Vec::new(),
-                        schema_url: ss.schema_url.clone(),
-                    });
-                    ss_open = true;
-                    cur_size += ss_head;
-                }
-                rs_cur
-                    .scope_spans
-                    .last_mut()
-                    .expect("just pushed")
-                    .spans
-                    .push(span);
-                cur_size += cost;
-                cur_spans += 1;
             }
         }
     }
-    if cur_spans > 0 {
-        out.push((cur, cur_spans));
+}
+
+/// Packs the spans of the plain request greedily, in order, into parts whose encoding is at
+/// most `budget` bytes; each keeps its spans' resource and scope (their other fields copied
+/// verbatim). Sizes are over-estimated (every nested length counted at its maximum), so the
+/// real encodings are never larger. Inner Err(size) when one span cannot fit alone.
+fn chunk(plain: &[u8], budget: usize) -> Result<Result<Vec<Part>, usize>, SplitError> {
+    let mut out = Vec::new();
+    let mut cur = Part::default();
+    let mut cur_size = 0usize;
+    for rs in fields(plain, 0..plain.len())? {
+        let (Some(rs_body), CHILD_FIELD_RS) = (rs.body, rs.number) else {
+            continue; // no other field in ExportTraceServiceRequest; prost skipped them too
+        };
+        let (rs_head, rs_head_len, scopes) = head_and_children(plain, rs_body, CHILD_FIELD)?;
+        let rs_cost = rs_head_len + FIELD_OVERHEAD;
+        let mut rs_open = false;
+        for ss in scopes {
+            let ss_body = ss.body.expect("children are length-delimited");
+            let (ss_head, ss_head_len, spans) = head_and_children(plain, ss_body, CHILD_FIELD)?;
+            let ss_cost = ss_head_len + FIELD_OVERHEAD;
+            let mut ss_open = false;
+            for span in spans {
+                let cost = span.whole.len();
+                let opening = |rs_open, ss_open| {
+                    cost + if ss_open { 0 } else { ss_cost } + if rs_open { 0 } else { rs_cost }
+                };
+                if cur_size + opening(rs_open, ss_open) > budget && cur.spans > 0 {
+                    out.push(std::mem::take(&mut cur));
+                    cur_size = 0;
+                    (rs_open, ss_open) = (false, false);
+                }
+                let need = opening(rs_open, ss_open);
+                if need > budget {
+                    return Ok(Err(cost));
+                }
+                if !rs_open {
+                    cur.resources.push(PartResource {
+                        head: rs_head.clone(),
+                        scopes: Vec::new(),
+                    });
+                    rs_open = true;
+                }
+                let r = cur.resources.last_mut().expect("just pushed");
+                if !ss_open {
+                    r.scopes.push(PartScope {
+                        head: ss_head.clone(),
+                        spans: Vec::new(),
+                    });
+                    ss_open = true;
+                }
+                r.scopes
+                    .last_mut()
+                    .expect("just pushed")
+                    .spans
+                    .push(span.whole);
+                cur_size += need;
+                cur.spans += 1;
+            }
+        }
     }
-    Ok(out)
+    if cur.spans > 0 {
+        out.push(cur);
+    }
+    Ok(Ok(out))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
     use tracegate_proto::otlp::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
     use tracegate_proto::otlp::resource::v1::Resource;
     use tracegate_proto::otlp::trace::v1::Span;
+    use tracegate_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans};
 
     fn span(i: u64, attr_bytes: usize) -> Span {
         Span {
@@ -422,5 +556,64 @@ mod tests {
             to_messages(bad, PartitionKey::Project, limit),
             Err(SplitError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn parts_keep_resource_and_scope_fields_byte_for_byte() {
+        let mut req = request(2, 2, 30, 500);
+        for rs in &mut req.resource_spans {
+            rs.schema_url = "https://example.com/r".into();
+            if let Some(r) = rs.resource.as_mut() {
+                r.dropped_attributes_count = 3;
+            }
+            for ss in &mut rs.scope_spans {
+                if let Some(sc) = ss.scope.as_mut() {
+                    sc.version = "1.2.3".into();
+                }
+            }
+        }
+        let b = batch(&req);
+        let msgs = to_messages(b, PartitionKey::Project, 4_000).unwrap();
+        assert!(msgs.len() > 5, "{}", msgs.len());
+        let mut spans = Vec::new();
+        for m in &msgs {
+            let p = Batch::decode(&m.value[..]).unwrap();
+            let r = ExportTraceServiceRequest::decode(p.otlp_request).unwrap();
+            for rs in r.resource_spans {
+                let orig = req
+                    .resource_spans
+                    .iter()
+                    .find(|o| o.resource == rs.resource)
+                    .expect("a resource of the request");
+                assert_eq!(rs.schema_url, orig.schema_url);
+                for ss in rs.scope_spans {
+                    let o = orig
+                        .scope_spans
+                        .iter()
+                        .find(|o| o.scope == ss.scope)
+                        .expect("a scope of that resource");
+                    assert_eq!(ss.schema_url, o.schema_url);
+                    spans.extend(ss.spans);
+                }
+            }
+        }
+        let all: Vec<_> = req
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| s.spans.clone())
+            .collect();
+        assert_eq!(spans, all);
+    }
+
+    #[test]
+    fn a_malformed_payload_is_an_error_not_a_panic() {
+        let mut b = batch(&request(1, 1, 50, 200));
+        let mut bad = b.otlp_request.to_vec();
+        bad.truncate(bad.len() - 7);
+        bad.extend_from_slice(&[0x0a, 0xff, 0xff, 0xff]);
+        b.otlp_request = bad.into();
+        let e = to_messages(b, PartitionKey::Project, 2_000).unwrap_err();
+        assert!(matches!(e, SplitError::Decode(_)), "{e:?}");
     }
 }
