@@ -6,7 +6,9 @@
 //!   archive and ClickHouse;
 //! - `cpu`: the two CPU classes (interactive, bulk) a request's decode and a group's write run in;
 //! - `backoff`: the one retry-delay rule (exponential, capped, optionally jittered);
-//! - `tenant`: the rule for tenant ids (they end up in object paths, SQL and logs).
+//! - `tenant`: the rule for tenant ids (they end up in object paths, SQL and logs);
+//! - `zstd_once`: one-shot zstd with a context per thread (payloads, archive objects, insert
+//!   blocks).
 //!
 //! The gateway implements the queues and the sinks and wires them; this crate lets each side be
 //! compiled, read and tested without the other.
@@ -16,6 +18,7 @@ pub mod cpu;
 pub mod queue;
 pub mod sink;
 pub mod tenant;
+pub mod zstd_once;
 
 pub use backoff::Backoff;
 pub use cpu::Class;

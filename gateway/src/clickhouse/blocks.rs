@@ -6,13 +6,10 @@
 //!
 //! We frame the blocks ourselves rather than through the `clickhouse` crate's `CompressedData`:
 //! that one zero-fills a compress-bound buffer and builds a fresh zstd context for every block.
-//! Here the zstd context is kept per thread (the blocking pool's threads live on) and zstd
+//! Here the zstd context is kept per thread (`tracegate_pipeline::zstd_once`) and zstd
 //! writes straight into the block's spare capacity after the header, so the only work left per
 //! block is the compression and the checksum. That was ~6 % of the writer's CPU (profile in
 //! docs/benchmarks.md).
-
-use std::cell::RefCell;
-use std::io::Cursor;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -26,12 +23,6 @@ const HEADER: usize = 9;
 const META: usize = CHECKSUM + HEADER;
 const ZSTD: u8 = 0x90;
 const LZ4: u8 = 0x82;
-
-thread_local! {
-    /// This thread's zstd context and the level it is set to.
-    static ZSTD_CTX: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { RefCell::new(None) };
-}
 
 /// `data` in native compressed blocks of at most `BLOCK` raw bytes each.
 pub fn native(data: &[u8], codec: Compression) -> Result<Vec<Bytes>> {
@@ -50,25 +41,11 @@ pub fn block(raw: &[u8], codec: Compression) -> Result<Bytes> {
 }
 
 fn zstd_block(raw: &[u8], level: i32) -> Result<Vec<u8>> {
+    // zstd writes after the header, into capacity nobody had to zero.
     let mut out = Vec::with_capacity(META + zstd::zstd_safe::compress_bound(raw.len()));
     out.resize(META, 0);
-    // The cursor makes zstd write after the header, into capacity nobody had to zero.
-    let mut cur = Cursor::new(out);
-    cur.set_position(META as u64);
-    ZSTD_CTX.with(|cell| -> Result<()> {
-        let mut slot = cell.borrow_mut();
-        let ctx = match &mut *slot {
-            Some((l, c)) if *l == level => c,
-            _ => {
-                let c = zstd::bulk::Compressor::new(level).context("zstd context")?;
-                &mut slot.insert((level, c)).1
-            }
-        };
-        ctx.compress_to_buffer(raw, &mut cur)
-            .context("zstd compression of an insert block")?;
-        Ok(())
-    })?;
-    Ok(cur.into_inner())
+    tracegate_pipeline::zstd_once::compress_append(raw, level, false, out)
+        .context("zstd compression of an insert block")
 }
 
 fn lz4_block(raw: &[u8]) -> Result<Vec<u8>> {

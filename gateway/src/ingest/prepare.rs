@@ -50,9 +50,9 @@ impl Prepared {
         {
             return;
         }
-        match zstd_once(&self.otlp_request, level) {
+        match tracegate_pipeline::zstd_once::compress_exact(&self.otlp_request, level, false) {
             Ok(z) => {
-                self.otlp_request = z;
+                self.otlp_request = Bytes::from(z);
                 self.encoding = PayloadEncoding::Zstd;
                 permit.shrink_to(self.otlp_request.len());
             }
@@ -74,31 +74,6 @@ impl Prepared {
             _ => self.plain_len as u64,
         };
     }
-}
-
-thread_local! {
-    /// Compression context and output scratch of this blocking-pool thread: a fresh context per
-    /// request would allocate and fault in its tables every time, and the scratch (sized for
-    /// the worst case) is reused so each payload is copied out at its compressed size.
-    static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>, Vec<u8>)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-fn zstd_once(plain: &[u8], level: i32) -> std::io::Result<Bytes> {
-    ZSTD.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?, Vec::new()));
-        }
-        let Some((_, cctx, scratch)) = slot.as_mut() else {
-            return Err(std::io::Error::other("zstd context missing"));
-        };
-        let bound = zstd::zstd_safe::compress_bound(plain.len());
-        scratch.clear();
-        scratch.reserve(bound);
-        cctx.compress_to_buffer(plain, scratch)?;
-        Ok(Bytes::copy_from_slice(scratch))
-    })
 }
 
 /// The envelope encoding under which a clean body in `compression` is forwarded as it is.
