@@ -34,6 +34,8 @@ pub struct RunConfig {
     pub shape: Shape,
     pub llm_min_bytes: usize,
     pub llm_max_bytes: usize,
+    /// One prompt attribute of exactly this many bytes per span (0: none).
+    pub attr_bytes: usize,
     pub run_id: String,
     pub seed: u64,
     pub body_pool: usize,

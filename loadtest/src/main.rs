@@ -5,9 +5,11 @@
 //!          [--encoding protobuf|json] [--compression none|gzip|zstd] [--ca-cert FILE]
 //!          [--duration 20s | --spans N] [--rate SPANS_PER_SEC [--arrivals even|poisson]]
 //!          [--concurrency N]
-//!          [--spans-per-request 512] [--shape small|realistic|llm]
+//!          [--spans-per-request 512] [--shape small|realistic|llm] [--attr-bytes N]
 //!          [--report FILE.json] [--plot FILE.svg] [--run-id HEX] [--seed N] [--watch-pid PID]
 //! loadtest verify --report FILE.json (--data-dir D | --config FILE | --clickhouse URL)
+//! loadtest compare --target A=URL[,pid=PID][,key=KEY] --target B=URL[,pid=PID] [--rounds 2]
+//!          [the run options above]
 //! ```
 //!
 //! With `--rate` the run is an open loop: request r is due at `start + r * spans_per_request /
@@ -22,6 +24,7 @@
 //! per-second series.
 
 mod client;
+mod compare;
 mod config;
 mod ids;
 mod payload;
@@ -61,10 +64,34 @@ struct Cli {
 enum Cmd {
     /// Check a run's spans in the archive or ClickHouse against its report: loss (acked spans
     /// missing), duplicates, spans never sent. Exits 1 when the check fails.
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
+    /// The same load against two or more OTLP endpoints, back to back, in alternating order
+    /// over `--rounds`, and their figures side by side (medians, ratios to the first target).
+    Compare(Box<CompareArgs>),
 }
 
 #[derive(Args, Debug)]
+struct CompareArgs {
+    /// `LABEL=URL[,pid=PID][,key=KEY][,key-file=FILE]` (repeat, at least twice): an OTLP
+    /// endpoint as `--endpoint` takes it; `pid=` the process whose CPU time gives the per-core
+    /// figures; the key defaults to --api-key (none: a placeholder, for endpoints without auth).
+    #[arg(long = "target", value_parser = compare::parse_target, required = true)]
+    targets: Vec<compare::Target>,
+    /// Rounds; each runs every target once, in alternating order.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Pause between two runs (lets the previous target's queues drain).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pause: Duration,
+    /// Every run's full report as one JSON file (rows, medians, reports).
+    #[arg(long = "compare-report")]
+    compare_report: Option<PathBuf>,
+    /// The load, as for a single run (without --endpoint, --watch-pid, --report, --plot).
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug, Clone)]
 struct RunArgs {
     /// OTLP/HTTP base URL (`http://host:4318`; POSTs to /v1/traces) or OTLP/gRPC URL
     /// (`http://host:4317`); `https://` for TLS.
@@ -123,6 +150,10 @@ struct RunArgs {
     /// LLM shape: largest prompt/completion value in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     llm_max_bytes: usize,
+    /// Add one prompt attribute (`gen_ai.prompt`) of exactly this many bytes to every span, in
+    /// any shape (e.g. `--shape realistic --attr-bytes 8192`: fixed 8 KiB prompts). 0: none.
+    #[arg(long, default_value_t = 0)]
+    attr_bytes: usize,
     /// Run id (16 hex digits or decimal), encoded in every trace id [default: random].
     #[arg(long)]
     run_id: Option<String>,
@@ -248,6 +279,25 @@ fn random_u64() -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// `--watch-pid PID[:label]` values, each checked to be a live process.
+fn watch_list(args: &[String]) -> Result<Vec<(u32, String)>> {
+    let mut watch = vec![];
+    for w in args {
+        let (pid, label) = match w.split_once(':') {
+            Some((p, l)) => (p, l.to_string()),
+            None => (w.as_str(), format!("pid {w}")),
+        };
+        let pid: u32 = pid
+            .parse()
+            .with_context(|| format!("--watch-pid {w:?}: not a pid"))?;
+        if procstat::sample(pid).is_none() {
+            bail!("--watch-pid {pid}: no such process (or /proc unreadable)");
+        }
+        watch.push((pid, label));
+    }
+    Ok(watch)
+}
+
 fn run_config(a: RunArgs) -> Result<(config::RunConfig, Option<PathBuf>, Option<PathBuf>)> {
     let Some(endpoint) = a.endpoint else {
         bail!("--endpoint is required (e.g. http://127.0.0.1:4318)");
@@ -293,20 +343,7 @@ fn run_config(a: RunArgs) -> Result<(config::RunConfig, Option<PathBuf>, Option<
         Some(s) => ids::parse_run_id(s).map_err(anyhow::Error::msg)?,
         None => random_u64(),
     };
-    let mut watch = vec![];
-    for w in &a.watch_pids {
-        let (pid, label) = match w.split_once(':') {
-            Some((p, l)) => (p, l.to_string()),
-            None => (w.as_str(), format!("pid {w}")),
-        };
-        let pid: u32 = pid
-            .parse()
-            .with_context(|| format!("--watch-pid {w:?}: not a pid"))?;
-        if procstat::sample(pid).is_none() {
-            bail!("--watch-pid {pid}: no such process (or /proc unreadable)");
-        }
-        watch.push((pid, label));
-    }
+    let watch = watch_list(&a.watch_pids)?;
     let progress = !a.quiet && (a.progress || std::io::stderr().is_terminal());
     let cfg = config::RunConfig {
         endpoint,
@@ -333,6 +370,7 @@ fn run_config(a: RunArgs) -> Result<(config::RunConfig, Option<PathBuf>, Option<
         shape: a.shape,
         llm_min_bytes: a.llm_min_bytes,
         llm_max_bytes: a.llm_max_bytes,
+        attr_bytes: a.attr_bytes,
         run_id: ids::run_id_hex(run_id),
         seed: a.seed.unwrap_or(run_id),
         body_pool: a.body_pool,
@@ -367,6 +405,66 @@ fn main_run(a: RunArgs) -> Result<ExitCode> {
         plot::write_svg(&report, p)?;
     }
     println!("{}", report::summary_line(&report));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main_compare(a: CompareArgs) -> Result<ExitCode> {
+    if a.targets.len() < 2 || a.rounds == 0 {
+        bail!("compare needs at least two --target and --rounds >= 1");
+    }
+    let r = &a.run;
+    if r.endpoint.is_some() || !r.watch_pids.is_empty() || r.report.is_some() || r.plot.is_some() {
+        bail!("compare takes --target (with pid=) instead of --endpoint, --watch-pid, --report, --plot");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(r.threads.max(1))
+        .enable_all()
+        .build()?;
+    let (mut rows, mut reports) = (Vec::new(), Vec::new());
+    for round in 0..a.rounds {
+        for i in compare::order(a.targets.len(), round) {
+            let t = &a.targets[i];
+            let mut run = a.run.clone();
+            run.endpoint = Some(t.endpoint.clone());
+            run.watch_pids = t
+                .pid
+                .map(|p| format!("{p}:{}", t.label))
+                .into_iter()
+                .collect();
+            if t.key.is_some() || t.key_file.is_some() {
+                run.api_keys = t.key.iter().cloned().collect();
+                run.api_key_file = t.key_file.clone();
+            } else if run.api_keys.is_empty() && run.api_key_file.is_none() {
+                run.api_keys = vec!["no-key".into()];
+            }
+            run.quiet = true;
+            if !rows.is_empty() {
+                std::thread::sleep(a.pause);
+            }
+            let (cfg, _, _) = run_config(run)?;
+            eprintln!(
+                "loadtest compare: round {} of {}: {}",
+                round + 1,
+                a.rounds,
+                t.label
+            );
+            let report = rt.block_on(run::run(cfg))?;
+            eprintln!("{}", report::summary_line(&report));
+            rows.push(compare::Row::from_report(&t.label, round, &report));
+            reports.push(report);
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let sums = compare::summarise(&rows);
+    if let Some(p) = &a.compare_report {
+        let json = serde_json::json!({ "rows": rows, "medians": sums, "reports": reports });
+        std::fs::write(p, serde_json::to_vec_pretty(&json)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    print!("{}", compare::table(&rows, &sums));
+    for s in &sums {
+        println!("{}", compare::summary_line(s));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -430,7 +528,8 @@ fn main_verify(a: VerifyArgs) -> Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Some(Cmd::Verify(v)) => main_verify(v),
+        Some(Cmd::Verify(v)) => main_verify(*v),
+        Some(Cmd::Compare(c)) => main_compare(*c),
         None => main_run(cli.run),
     };
     match r {

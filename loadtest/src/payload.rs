@@ -255,6 +255,7 @@ mod tests {
             spans,
             llm_min_bytes: 1000,
             llm_max_bytes: 5000,
+            attr_bytes: 0,
             seed: 7,
             start_unix_nano: 1_800_000_000_000_000_000,
         }

@@ -271,6 +271,7 @@ async fn prepare(cfg: RunConfig, run_id: u64) -> Result<(Arc<Ctx>, (u64, u64))> 
         spans: cfg.spans_per_request as usize,
         llm_min_bytes: cfg.llm_min_bytes,
         llm_max_bytes: cfg.llm_max_bytes,
+        attr_bytes: cfg.attr_bytes,
         seed: cfg.seed.wrapping_add(k as u64),
         start_unix_nano: now_unix_nano(),
     };

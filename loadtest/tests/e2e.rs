@@ -485,3 +485,83 @@ fn tls_with_ca_cert_and_llm_shape() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn compare_two_gateways_side_by_side_with_fixed_prompts() {
+    // Two real gateways with their own keys; `compare` loads each in alternating order and
+    // prints both side by side. `--attr-bytes` gives every span one 4 KiB prompt.
+    let (a, b) = (Gateway::start(&[]), Gateway::start(&[]));
+    let (ka, kb) = (a.create_key("pa", &[]), b.create_key("pb", &[]));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("compare.json");
+    let ta = format!("first=http://{},pid={},key={ka}", a.http, a.pid());
+    let tb = format!("second=http://{},pid={},key={kb}", b.http, b.pid());
+    let (stdout, _) = loadtest(&[
+        "compare",
+        "--target",
+        &ta,
+        "--target",
+        &tb,
+        "--rounds",
+        "2",
+        "--pause",
+        "100ms",
+        "--spans",
+        "640",
+        "--spans-per-request",
+        "32",
+        "--attr-bytes",
+        "4096",
+        "--concurrency",
+        "2",
+        "--compare-report",
+        s(&out),
+    ]);
+    let j = read_json(&out);
+    let rows = j["rows"].as_array().unwrap();
+    let order: Vec<&str> = rows.iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert_eq!(
+        order,
+        ["first", "second", "second", "first"],
+        "alternating rounds"
+    );
+    for (r, rep) in rows.iter().zip(j["reports"].as_array().unwrap()) {
+        assert_eq!(check_report(rep), 640, "{r}");
+        assert!(num(&r["spans_per_sec"]) > 0.0, "{r}");
+        assert!(
+            num(&r["spans_per_cpu_sec"]) > 0.0,
+            "pid= gives the per-core figure: {r}"
+        );
+        // 32 spans of > 4 KiB each: the uncompressed bytes per CPU-second follow.
+        let per_span = num(&rep["request_bytes"]) / 32.0;
+        assert!(per_span > 4096.0, "{per_span}");
+        let bytes = num(&r["bytes_per_cpu_sec"]);
+        assert!((bytes / num(&r["spans_per_cpu_sec"]) - per_span).abs() < 1.0);
+        assert_eq!(num(&r["requests_failed"]), 0.0, "{r}");
+    }
+    // Every acked span of each run is in the archive of the gateway it was sent to.
+    for (i, (r, rep)) in rows
+        .iter()
+        .zip(j["reports"].as_array().unwrap())
+        .enumerate()
+    {
+        let path = dir.path().join(format!("run{i}.json"));
+        std::fs::write(&path, serde_json::to_vec(rep).unwrap()).unwrap();
+        let gw = if r["label"] == "first" { &a } else { &b };
+        let (ok, v) = verify(&path, gw, &[]);
+        assert!(ok, "{r}: {v}");
+        assert_eq!(num(&v["acked_found"]) as u64, 640);
+    }
+    // The table and one line per target.
+    assert!(
+        stdout.contains("vs first: spans/s 1.00x, per cpu-s 1.00x"),
+        "{stdout}"
+    );
+    for label in ["first", "second"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("loadtest compare target={label} rounds=2 ")))
+            .unwrap_or_else(|| panic!("no summary line for {label}: {stdout}"));
+        assert!(line.contains("requests_failed=0"), "{line}");
+    }
+}

@@ -5,7 +5,8 @@
 //!   (~1.2 KB/span), the field notes' reference request and the benches' (`realistic_request`);
 //! - `Shape::Llm`: GenAI attributes (provider, model, token counts) plus a prompt
 //!   (`gen_ai.input.messages`) and a completion (`gen_ai.output.messages`) whose sizes are drawn
-//!   log-uniformly from `llm_min_bytes ..= llm_max_bytes`.
+//!   log-uniformly from `llm_min_bytes ..= llm_max_bytes`;
+//! - any shape with `attr_bytes > 0`: plus one prompt attribute of exactly that size per span.
 //!
 //! `models` gives a request's spans without ids; `request` puts them, with the ids the caller
 //! chooses (`SpanIds`), under one resource and scope. The load tool encodes a template once and
@@ -117,7 +118,7 @@ fn text(rng: &mut Rng, len: usize) -> String {
 }
 
 /// An attribute value of a generated span.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Attr {
     Str(String),
     Int(i64),
@@ -142,6 +143,10 @@ pub struct ShapeParams {
     pub spans: usize,
     pub llm_min_bytes: usize,
     pub llm_max_bytes: usize,
+    /// When > 0, every span also carries one prompt attribute (`gen_ai.prompt`) of exactly this
+    /// many bytes of text, whatever the shape: the fixed-size large values of issue 21's
+    /// measurements (8 KiB, 64 KiB) next to the same spans without them.
+    pub attr_bytes: usize,
     pub seed: u64,
     /// Span start times are this plus a few µs per span (ClickHouse partitions and TTLs by
     /// span time, so runs use the current time).
@@ -151,6 +156,17 @@ pub struct ShapeParams {
 /// The spans of a request of shape `p.shape`: every `SPANS_PER_TRACE`-th span starts a trace.
 pub fn models(p: &ShapeParams) -> Vec<SpanModel> {
     let mut rng = Rng::new(p.seed ^ 0x005e_ed0f_5ba5);
+    let mut out = shape_models(p, &mut rng);
+    if p.attr_bytes > 0 {
+        for m in &mut out {
+            let prompt = text(&mut rng, p.attr_bytes);
+            m.attrs.push(("gen_ai.prompt".into(), Attr::Str(prompt)));
+        }
+    }
+    out
+}
+
+fn shape_models(p: &ShapeParams, rng: &mut Rng) -> Vec<SpanModel> {
     (0..p.spans as u64)
         .map(|i| {
             let start = p.start_unix_nano + i * 1000;
@@ -221,11 +237,11 @@ pub fn models(p: &ShapeParams) -> Vec<SpanModel> {
                     }
                     attrs.push((
                         "gen_ai.input.messages".into(),
-                        Attr::Str(text(&mut rng, prompt_len)),
+                        Attr::Str(text(rng, prompt_len)),
                     ));
                     attrs.push((
                         "gen_ai.output.messages".into(),
-                        Attr::Str(text(&mut rng, completion_len)),
+                        Attr::Str(text(rng, completion_len)),
                     ));
                     SpanModel {
                         name: "chat gpt-4o".into(),
@@ -342,11 +358,18 @@ pub fn request(
 /// The benches' request: `n` realistic spans starting at 2023-11-14 22:13:20 UTC; `seed` makes
 /// the ids (and the attribute values) differ between requests.
 pub fn realistic_request(n: usize, seed: u64) -> ExportTraceServiceRequest {
+    realistic_with_prompts(n, 0, seed)
+}
+
+/// [`realistic_request`] with one prompt attribute of exactly `attr_bytes` bytes per span (0:
+/// none): the large-value shapes of the benches (issue 21).
+pub fn realistic_with_prompts(n: usize, attr_bytes: usize, seed: u64) -> ExportTraceServiceRequest {
     let models = models(&ShapeParams {
         shape: Shape::Realistic,
         spans: n,
         llm_min_bytes: 0,
         llm_max_bytes: 0,
+        attr_bytes,
         seed,
         start_unix_nano: 1_700_000_000_000_000_000,
     });
@@ -380,6 +403,7 @@ mod tests {
             spans,
             llm_min_bytes: 1000,
             llm_max_bytes: 5000,
+            attr_bytes: 0,
             seed,
             start_unix_nano: 1_800_000_000_000_000_000,
         }
@@ -437,5 +461,30 @@ mod tests {
         let s = &a.resource_spans[0].scope_spans[0].spans;
         assert!(s[0].parent_span_id.is_empty());
         assert_eq!(s[1].parent_span_id, s[0].span_id);
+    }
+
+    #[test]
+    fn attr_bytes_adds_one_prompt_of_exactly_that_size() {
+        for shape in [Shape::Small, Shape::Realistic, Shape::Llm] {
+            let plain = models(&params(shape, 9, 3));
+            let mut p = params(shape, 9, 3);
+            p.attr_bytes = 8192;
+            let with = models(&p);
+            for (a, b) in plain.iter().zip(&with) {
+                assert_eq!(b.attrs.len(), a.attrs.len() + 1);
+                assert_eq!(
+                    &b.attrs[..a.attrs.len()],
+                    &a.attrs[..],
+                    "the rest unchanged"
+                );
+                match b.attrs.last() {
+                    Some((k, Attr::Str(v))) => {
+                        assert_eq!(k, "gen_ai.prompt");
+                        assert_eq!(v.len(), 8192);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
     }
 }
