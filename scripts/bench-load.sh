@@ -11,9 +11,15 @@
 #                                                                under a memory cap, a quiet project at 10 %: PASS/FAIL
 #   scripts/bench-load.sh writer [SPANS]                         Kafka backlog -> tracegate write -> ClickHouse (chdb front) + archive
 #   scripts/bench-load.sh profile [embedded|kafka] [none|zstd]   perf profile of the gateway at max load
+#   scripts/bench-load.sh shapes [embedded|kafka] [none|zstd]    cost follows bytes (issue 21): max load per
+#                                                                shape (871-B spans, 8 KiB / 64 KiB prompts,
+#                                                                64-span requests), rounds alternating, in
+#                                                                spans and OTLP bytes per gateway CPU-second
 #
+# LOAD_EXTRA='--attr-bytes 8192' adds loadtest options to the profiled load (profile);
+# PERF_G='--call-graph dwarf' PERF_FREQ=99 gives call graphs through Rust code (no frame pointers).
 # KAFKA_EXTRA='compression = "zstd"' adds lines to the gateway's [kafka] section (gateway, profile).
-# GW_EXTRA='[writer]\ncompression_level = -3' adds sections to the gateway's config (gateway, profile).
+# GW_EXTRA='[writer]\ncompression_level = -3' adds sections to the gateway's config (gateway, shapes).
 # Latency experiments (gateway): SCRAPE=1 keeps the gateway's /metrics of every second of the
 # 70 % run (read them with scripts/metrics-per-second.py); RATE=N replaces 70 % of the max;
 # BROKERS=N test brokers (default 1); BROKER_CPU=C puts the broker on another core than the load
@@ -341,6 +347,48 @@ EOF
   "$BIN/loadtest" verify --report "$OUT/writer-backlog.json" --clickhouse "$CH" 2>/dev/null || true
   "$BIN/loadtest" verify --report "$OUT/writer-backlog.json" --data-dir "$WORK/wr" 2>/dev/null || true
   ;;
+shapes)
+  # One gateway, every shape in turn, ROUNDS (default 2) rounds with the order reversed every
+  # other round; closed loop at 16 in flight with pre-built bodies (as `gateway` max). Per shape:
+  # the median over rounds of spans and uncompressed OTLP bytes per gateway CPU-second, and the
+  # bytes ratio to the first shape (goal 1a: 8 KiB prompts >= 2.5x the bytes of 871-B spans).
+  TRANSPORT="${2:-kafka}"; COMP="${3:-none}"
+  printf '[limits]\nmax_inflight_bytes = 1073741824\n' > "$WORK/gw.toml"
+  [ -z "${GW_EXTRA:-}" ] || printf '%b\n' "$GW_EXTRA" >> "$WORK/gw.toml"
+  if [ "$TRANSPORT" = kafka ]; then
+    start_broker 32
+    printf '[kafka]\nbrokers = "%s"\ntopic = "bench"\npartition_key = "batch"\n%s\n' "$BOOT" "${KAFKA_EXTRA:-}" >> "$WORK/gw.toml"
+  fi
+  start_gateway "$WORK/gw.toml"
+  SHAPES=(${SHAPE_LIST:-"512:0" "512:8192" "64:65536" "64:0"})
+  load --endpoint "http://$HTTP" --api-key "$KEY" --compression "$COMP" --duration 3s --concurrency 8 --body-pool 16 >/dev/null
+  for round in $(seq 1 "${ROUNDS:-2}"); do
+    ORDER=("${SHAPES[@]}")
+    if [ $(( round % 2 )) -eq 0 ]; then ORDER=(); for (( i=${#SHAPES[@]}-1; i>=0; i-- )); do ORDER+=("${SHAPES[$i]}"); done; fi
+    for sh in "${ORDER[@]}"; do
+      spr="${sh%%:*}"; ab="${sh##*:}"; tag="shape-$TRANSPORT-$COMP-$spr-$ab-r$round"
+      load --endpoint "http://$HTTP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$spr" --attr-bytes "$ab" \
+        --duration "${MAX_SECS:-15}s" --concurrency "${MAX_CONC:-16}" --body-pool 16 --watch-pid "$GW:gateway" \
+        --report "$OUT/$tag.json" > /dev/null
+      echo "SHAPE $spr spans x prompt $ab B, round $round: $(summary "$OUT/$tag.json")"
+    done
+  done
+  python3 - "$OUT" "$TRANSPORT-$COMP" "${SHAPES[@]}" <<'PY'
+import glob, json, statistics, sys
+out, tag, shapes = sys.argv[1], sys.argv[2], sys.argv[3:]
+base = None
+for sh in shapes:
+    spr, ab = sh.split(":")
+    runs = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/shape-{tag}-{spr}-{ab}-r*.json"))]
+    per_span = runs[0]["request_bytes"] / runs[0]["spans_per_request"]
+    cpu = statistics.median(r["watched"][0]["acked_spans_per_cpu_sec"] for r in runs)
+    mb = cpu * per_span / 1e6
+    base = base or (cpu, mb)
+    print(f"SHAPES {tag} {spr} spans x {ab} B prompt ({per_span:.0f} B/span): {cpu:,.0f} spans/gateway-cpu-s, "
+          f"{mb:,.1f} MB/gateway-cpu-s = {mb / base[1]:.2f}x the bytes and {cpu / base[0]:.2f}x the spans of the first shape "
+          f"(median of {len(runs)})")
+PY
+  ;;
 profile)
   # Where the gateway's CPU goes at max load: perf (apt: linux-perf) samples it for 15 s.
   TRANSPORT="${2:-embedded}"
@@ -351,12 +399,14 @@ profile)
   fi
   start_gateway "$WORK/gw.toml"
   load --endpoint "http://$HTTP" --api-key "$KEY" --spans-per-request "$SPR" --duration 20s --concurrency 16 \
-    --compression "${3:-none}" --body-pool 16 --watch-pid "$GW:gateway" --report "$OUT/profile-$TRANSPORT.json" > /dev/null &
+    --compression "${3:-none}" --body-pool 16 --watch-pid "$GW:gateway" --report "$OUT/profile-$TRANSPORT.json" ${LOAD_EXTRA:-} > /dev/null &
   LP=$!
   sleep 3
-  perf record -F 499 -g -o "$WORK/perf.data" -p "$GW" -- sleep 15 2>/dev/null >/dev/null
+  perf record -F "${PERF_FREQ:-499}" ${PERF_G:--g} -o "$WORK/perf.data" -p "$GW" -- sleep 15 2>/dev/null >/dev/null
   wait $LP
   echo "PROFILE $TRANSPORT: $(summary "$OUT/profile-$TRANSPORT.json")"
+  # Kept for call graphs (`perf report -i $OUT/profile-$TRANSPORT.perf --no-children -S SYMBOL -G`).
+  cp "$WORK/perf.data" "$OUT/profile-$TRANSPORT.perf"
   perf report -i "$WORK/perf.data" --no-children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40 | tee "$OUT/profile-$TRANSPORT.txt"
   ;;
 *) echo "unknown mode $MODE" >&2; exit 2 ;;
