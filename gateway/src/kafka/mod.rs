@@ -3,6 +3,7 @@
 //! batches into messages that fit the broker's limit, and librdkafka statistics as metrics.
 
 pub mod config;
+mod owned;
 pub mod producer;
 pub mod split;
 pub mod stats;

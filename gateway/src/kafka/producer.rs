@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{join_all, BoxFuture};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracegate_proto::v1::Batch;
 
 use super::config::{KafkaConfig, PartitionKey};
+use super::owned;
 use super::split::{self, SplitError};
 use super::stats::{Reachability, StatsContext};
 use crate::metrics as m;
@@ -34,9 +35,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Inner {
     /// `kafka.producers` clients, used in turn; the first one reports librdkafka statistics.
-    producers: Vec<FutureProducer<StatsContext>>,
+    producers: Vec<ThreadedProducer<StatsContext>>,
     next: AtomicUsize,
     topic: String,
+    /// `topic` for librdkafka (checked for NUL bytes once, at start).
+    topic_c: std::ffi::CString,
     key: PartitionKey,
     max_message_bytes: usize,
     /// Bytes of messages handed to librdkafka and not yet acknowledged or failed.
@@ -48,7 +51,7 @@ struct Inner {
 
 impl Inner {
     /// The next producer of the pool, round robin: all of one batch's messages go through it.
-    fn producer(&self) -> &FutureProducer<StatsContext> {
+    fn producer(&self) -> &ThreadedProducer<StatsContext> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.producers.len();
         &self.producers[i]
     }
@@ -128,6 +131,8 @@ impl KafkaQueue {
             producers,
             next: AtomicUsize::new(0),
             topic: cfg.topic.clone(),
+            topic_c: std::ffi::CString::new(cfg.topic.clone())
+                .map_err(|_| anyhow::anyhow!("kafka.topic contains a NUL byte"))?,
             key: cfg.partition_key,
             max_message_bytes: cfg.message_max_bytes,
             bytes: Arc::new(Semaphore::new(cfg.queue_max_bytes)),
@@ -269,14 +274,14 @@ async fn messages(inner: &Inner, batch: Batch) -> Result<Vec<split::KafkaMessage
 }
 
 /// One message's delivery report as the request's answer.
-/// (`Err(Canceled)`: the producer dropped the report.)
-fn delivered<T, M, Canceled>(
-    r: Result<Result<T, (KafkaError, M)>, Canceled>,
+/// (`Err(RecvError)`: the producer dropped the report.)
+fn delivered(
+    r: Result<Result<(), KafkaError>, oneshot::error::RecvError>,
     timeout: Duration,
 ) -> Result<(), QueueError> {
     match r {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(delivery_error(&e, timeout)),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(delivery_error(&e, timeout)),
         Err(_) => Err(refuse(
             "other",
             QueueError::unavailable("the Kafka producer stopped; retry later"),
@@ -310,21 +315,18 @@ impl BatchQueue for KafkaQueue {
             let mut futures = Vec::with_capacity(msgs.len());
             let mut send_err = None;
             let producer = inner.producer();
-            for msg in &msgs {
-                let rec = FutureRecord::to(&inner.topic)
-                    .key(&msg.key[..])
-                    .payload(&msg.value[..]);
-                match producer.send_result(rec) {
+            let count = msgs.len();
+            // The buffers go to librdkafka as they are (owned.rs: no copy); the permit covers
+            // them until their delivery reports.
+            for msg in msgs {
+                match owned::send(producer, &inner.topic_c, msg.key, msg.value) {
                     Ok(f) => futures.push(f),
-                    Err((e, _)) => {
+                    Err(e) => {
                         send_err = Some(delivery_error(&e, inner.delivery_timeout));
                         break;
                     }
                 }
             }
-            let count = msgs.len();
-            // librdkafka copied the payloads; the permit now covers its copies.
-            drop(msgs);
             // Wait in a task of its own, so the bytes stay accounted for until librdkafka is done
             // with them even if the client goes away.
             let guard = inner.delivery_timeout + Duration::from_secs(5);
