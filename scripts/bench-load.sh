@@ -16,7 +16,7 @@
 #                                                                64-span requests), rounds alternating, in
 #                                                                spans and OTLP bytes per gateway CPU-second
 #
-# LOAD_EXTRA='--attr-bytes 8192' adds loadtest options to the profiled load (profile);
+# LOAD_EXTRA='--attr-bytes 8192' adds loadtest options to the profiled load or the backlog (profile, writer);
 # PERF_G='--call-graph dwarf' PERF_FREQ=99 gives call graphs through Rust code (no frame pointers).
 # KAFKA_EXTRA='compression = "zstd"' adds lines to the gateway's [kafka] section (gateway, profile).
 # GW_EXTRA='[writer]\ncompression_level = -3' adds sections to the gateway's config (gateway, shapes).
@@ -321,7 +321,7 @@ EOF
   # A: the backlog, through a gateway (no writer running)
   GW_CPU=$LOAD_CPU start_gateway "$WORK/k.toml"
   load --endpoint "http://$HTTP" --api-key "$KEY" --spans-per-request "$SPR" --spans "$SPANS" --concurrency 4 \
-    --report "$OUT/writer-backlog.json"
+    --report "$OUT/writer-backlog.json" ${LOAD_EXTRA:-}
   TOTAL=$(jq_ "$OUT/writer-backlog.json" 'r["spans"]["acked"]')
   kill -TERM "$GW"; wait "$GW" || true
   # B: the writer drains it into ClickHouse + the archive, pinned to its own core
