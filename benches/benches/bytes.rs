@@ -18,10 +18,6 @@
 
 use bytes::Bytes;
 use prost::Message;
-use tracegate::admission::Admission;
-use tracegate::auth::authenticator::Principal;
-use tracegate::config::LimitsConfig;
-use tracegate::ingest::{prepare, tenant_claims};
 use tracegate::kafka::{config::PartitionKey, split};
 use tracegate_archive::crypto;
 use tracegate_benches::per_cpu_second;
@@ -66,16 +62,8 @@ const SHAPES: &[Shape] = &[
 fn main() {
     // criterion's `cargo bench -- <filter>` arguments are accepted and ignored: every line runs.
     tracegate_benches::tune_allocator_like_the_binary();
-    let limits = LimitsConfig::default();
-    let span_limits = limits.span_limits();
-    let admission = Admission::new(limits.max_inflight_bytes);
-    let keys = tracegate::config::AuthConfig::default().tenant_attribute_keys;
-    let principal = Principal {
-        project_id: "bench".into(),
-        org_id: "o".into(),
-        ..Default::default()
-    };
-    let claims = tenant_claims(&keys, &principal);
+    let setup = tracegate_benches::IngestSetup::default();
+    let (span_limits, claims) = (&setup.span_limits, setup.claims());
     let mut table = Vec::new();
     for shape in SHAPES {
         let req = tracegate_spangen::realistic_with_prompts(shape.spans, shape.attr_bytes, 7);
@@ -92,7 +80,7 @@ fn main() {
             bytes,
             bytes / shape.spans
         );
-        assert_eq!(scan::scan(&proto, &span_limits, &claims), Ok(shape.spans));
+        assert_eq!(scan::scan(&proto, span_limits, &claims), Ok(shape.spans));
         let batch = Batch {
             org_id: "org".into(),
             project_id: "project".into(),
@@ -106,20 +94,11 @@ fn main() {
         let memcpy = per_cpu_second("memcpy", n, rounds * 4, || proto.to_vec());
         table.push(line("memcpy_reference", memcpy));
         let r = per_cpu_second("scan", n, rounds, || {
-            scan::scan(&proto, &span_limits, &claims).unwrap()
+            scan::scan(&proto, span_limits, &claims).unwrap()
         });
         table.push(line("scan", r));
         let r = per_cpu_second("prepare", n, rounds, || {
-            let permit = admission.try_reserve(bytes).unwrap();
-            prepare(
-                Format::Protobuf,
-                Compression::Identity,
-                proto.clone(),
-                &limits,
-                permit,
-                Some((&keys, &principal)),
-            )
-            .unwrap()
+            setup.prepare(Format::Protobuf, Compression::Identity, &proto)
         });
         table.push(line("prepare", r));
         let parts = split::to_messages(batch.clone(), PartitionKey::Project, 1_000_000)

@@ -21,10 +21,6 @@ use std::io::{Read, Write};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use prost::Message;
-use tracegate::admission::Admission;
-use tracegate::auth::authenticator::Principal;
-use tracegate::config::LimitsConfig;
-use tracegate::ingest::{prepare, tenant_claims};
 use tracegate_archive::crypto;
 use tracegate_benches::per_cpu_second;
 use tracegate_otlp::codec::{self as decode, Compression, Format};
@@ -55,34 +51,15 @@ fn bench(c: &mut Criterion) {
         gz.len(),
         zs.len()
     );
-    let limits = LimitsConfig::default();
-    let span_limits = limits.span_limits();
-    let admission = Admission::new(limits.max_inflight_bytes);
-    let keys = tracegate::config::AuthConfig::default().tenant_attribute_keys;
-    let principal = Principal {
-        project_id: "bench".into(),
-        org_id: "o".into(),
-        ..Default::default()
-    };
-    let claims = tenant_claims(&keys, &principal);
-    // What the request path does per request: reserve, decompress, scan (or decode, validate,
-    // stamp), keep the bytes for the envelope.
+    let setup = tracegate_benches::IngestSetup::default();
+    let (span_limits, claims) = (&setup.span_limits, setup.claims());
     let run = |format: Format, compression: Compression, body: &Bytes| {
-        let permit = admission.try_reserve(body.len()).unwrap();
-        prepare(
-            format,
-            compression,
-            body.clone(),
-            &limits,
-            permit,
-            Some((&keys, &principal)),
-        )
-        .unwrap()
+        setup.prepare(format, compression, body)
     };
     // The prost path, as `prepare` ran it for every request before the scan existed.
     let slow = |body: &[u8]| {
         let mut r = decode::decode(Format::Protobuf, body).unwrap();
-        let o = validate::validate(&mut r, &span_limits);
+        let o = validate::validate(&mut r, span_limits);
         let stamped = stamp_tenant(&mut r, &claims);
         assert!(!o.modified && !stamped);
         o.accepted
@@ -99,7 +76,7 @@ fn bench(c: &mut Criterion) {
     };
     // The envelope of a clean zstd request: the client's body, forwarded.
     let forwarded = {
-        let (p, _) = run(Format::Protobuf, Compression::Zstd, &zs);
+        let p = run(Format::Protobuf, Compression::Zstd, &zs);
         assert_eq!(p.encoding, PayloadEncoding::Zstd);
         assert_eq!(p.otlp_request, zs);
         let mut b = batch.clone();
@@ -107,7 +84,7 @@ fn bench(c: &mut Criterion) {
         b
     };
     assert_eq!(
-        run(Format::Protobuf, Compression::Gzip, &gz).0.encoding,
+        run(Format::Protobuf, Compression::Gzip, &gz).encoding,
         PayloadEncoding::Gzip
     );
     let ctx = crypto::EncryptionContext::new("org", "project", "eu", "bench:0:1-1");
@@ -144,10 +121,10 @@ fn bench(c: &mut Criterion) {
     };
 
     // Spans per CPU-second of this thread, one line per step.
-    assert_eq!(scan::scan(&proto, &span_limits, &claims), Ok(SPANS));
+    assert_eq!(scan::scan(&proto, span_limits, &claims), Ok(SPANS));
     let rounds = 200;
     per_cpu_second("scan_validate_protobuf", SPANS, rounds, || {
-        scan::scan(&proto, &span_limits, &claims).unwrap()
+        scan::scan(&proto, span_limits, &claims).unwrap()
     });
     per_cpu_second("prepare_protobuf", SPANS, rounds, || {
         run(Format::Protobuf, Compression::Identity, &proto)
@@ -240,7 +217,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("ingest_512_spans");
     g.throughput(Throughput::Elements(SPANS as u64));
     g.bench_function("scan_validate_protobuf", |b| {
-        b.iter(|| scan::scan(&proto, &span_limits, &claims).unwrap())
+        b.iter(|| scan::scan(&proto, span_limits, &claims).unwrap())
     });
     g.bench_function("prepare_protobuf", |b| {
         b.iter(|| run(Format::Protobuf, Compression::Identity, &proto))

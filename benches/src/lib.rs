@@ -6,6 +6,61 @@
 /// tests share); `seed` makes ids and values differ between requests.
 pub use tracegate_spangen::realistic_request;
 
+/// One authenticated project's request path as the gateway holds it, with the default limits:
+/// what `ingest::prepare`, the scan and the slow path's stamp need (shared by the benches).
+pub struct IngestSetup {
+    pub limits: tracegate::config::LimitsConfig,
+    pub span_limits: tracegate_otlp::validate::SpanLimits,
+    pub admission: tracegate::admission::Admission,
+    pub keys: Vec<String>,
+    pub principal: tracegate::auth::authenticator::Principal,
+}
+
+impl Default for IngestSetup {
+    fn default() -> Self {
+        let limits = tracegate::config::LimitsConfig::default();
+        IngestSetup {
+            span_limits: limits.span_limits(),
+            admission: tracegate::admission::Admission::new(limits.max_inflight_bytes),
+            limits,
+            keys: tracegate::config::AuthConfig::default().tenant_attribute_keys,
+            principal: tracegate::auth::authenticator::Principal {
+                project_id: "bench".into(),
+                org_id: "o".into(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+impl IngestSetup {
+    /// The tenant claims the scan checks.
+    pub fn claims(&self) -> Vec<tracegate_otlp::scan::Claim<'_>> {
+        tracegate::ingest::tenant_claims(&self.keys, &self.principal)
+    }
+
+    /// What the request path does per request: reserve, decompress, scan (or decode, validate,
+    /// stamp), keep the bytes for the envelope.
+    pub fn prepare(
+        &self,
+        format: tracegate_otlp::codec::Format,
+        compression: tracegate_otlp::codec::Compression,
+        body: &bytes::Bytes,
+    ) -> tracegate::ingest::Prepared {
+        let permit = self.admission.try_reserve(body.len()).unwrap();
+        tracegate::ingest::prepare(
+            format,
+            compression,
+            body.clone(),
+            &self.limits,
+            permit,
+            Some((&self.keys, &self.principal)),
+        )
+        .unwrap()
+        .0
+    }
+}
+
 /// CPU time of the calling thread, in seconds (`CLOCK_THREAD_CPUTIME_ID`): unlike wall time it
 /// does not count the time other processes on a shared machine take from this thread.
 pub fn thread_cpu_seconds() -> f64 {
