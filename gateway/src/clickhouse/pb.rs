@@ -63,6 +63,12 @@ impl<'a> Reader<'a> {
         Self { buf, pos: 0 }
     }
 
+    /// How far the reader is into its buffer (the start of the next field).
+    #[inline]
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
     /// The one varint rule (`tracegate_otlp::wire`); one-byte varints return inline.
     #[inline(always)]
     fn varint(&mut self) -> Result<u64, PbError> {

@@ -2,9 +2,9 @@
 //!
 //! The message value is an encoded `tracegate.v1.Batch`. A batch whose envelope does not fit
 //! in `kafka.message_max_bytes` is split by resource / scope / span (byte ranges of the plain
-//! request, found with `tracegate_otlp::wire`, never a decode and re-encode) into several
-//! batches that share its `batch_id` (`part_index` / `part_count` say which part is which). Nothing is
-//! dropped: a single span that cannot fit even alone makes the whole request fail with a
+//! request, found with the writer's zero-copy reader `clickhouse::pb`, never a decode and
+//! re-encode) into several batches that share its `batch_id` (`part_index` / `part_count` say
+//! which part is which). Nothing is dropped: a single span that cannot fit even alone makes the whole request fail with a
 //! non-retryable "too large" answer naming the limit, so the client is told.
 
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use prost::Message as _;
 use tracegate_proto::v1::Batch;
 
 use super::config::PartitionKey;
+use crate::clickhouse::pb::{Reader, Value};
 
 /// Bytes kept free in every message for the Kafka record framing, the key and the headers.
 pub const RECORD_OVERHEAD: usize = 512;
@@ -130,50 +131,48 @@ const PAYLOAD_FIELD: u32 = 11;
 const CHILD_FIELD_RS: u32 = 1;
 const CHILD_FIELD: u32 = 2;
 
+type Range = std::ops::Range<usize>;
+
 /// One protobuf field of a message: its number, the range of the whole field (key included)
 /// and, for a length-delimited field, the range of its contents.
 struct Field {
     number: u32,
-    whole: std::ops::Range<usize>,
-    body: Option<std::ops::Range<usize>>,
+    whole: Range,
+    body: Option<Range>,
 }
 
-/// The fields of the message in `buf[range]`, in order (`tracegate_otlp::wire`'s varint rule).
-fn fields(buf: &[u8], range: std::ops::Range<usize>) -> Result<Vec<Field>, SplitError> {
-    let bad = || SplitError::Decode("malformed protobuf while splitting".into());
+/// The fields of the message in `buf[range]`, in order, read with the writer's zero-copy reader
+/// (`clickhouse::pb`, the one varint rule). A (deprecated) group it skips is counted into the
+/// range of the field after it and carried along; one at the very end is dropped, as prost
+/// drops groups.
+fn fields(buf: &[u8], range: Range) -> Result<Vec<Field>, SplitError> {
+    let msg = &buf[range.clone()];
+    let mut r = Reader::new(msg);
     let mut out = Vec::new();
-    let mut pos = range.start;
-    while pos < range.end {
-        let start = pos;
-        let key = tracegate_otlp::wire::varint(&buf[..range.end], &mut pos).ok_or_else(bad)?;
-        let number = u32::try_from(key >> 3).map_err(|_| bad())?;
-        let mut body = None;
-        match key & 7 {
-            0 => {
-                tracegate_otlp::wire::varint(&buf[..range.end], &mut pos).ok_or_else(bad)?;
-            }
-            1 => pos += 8,
-            5 => pos += 4,
-            2 => {
-                let n =
-                    tracegate_otlp::wire::varint(&buf[..range.end], &mut pos).ok_or_else(bad)?;
-                let n = usize::try_from(n).map_err(|_| bad())?;
-                let b = pos;
-                pos = pos.checked_add(n).ok_or_else(bad)?;
-                body = Some(b..pos);
-            }
-            _ => return Err(bad()),
-        }
-        if pos > range.end {
-            return Err(bad());
-        }
+    let mut start = 0;
+    while let Some((number, v)) = r
+        .next_field()
+        .map_err(|e| SplitError::Decode(e.to_string()))?
+    {
+        let end = r.pos();
+        // A length-delimited field's contents end where the field does.
+        let body = match v {
+            Value::Bytes(b) => Some(range.start + end - b.len()..range.start + end),
+            _ => None,
+        };
         out.push(Field {
             number,
-            whole: start..pos,
+            whole: range.start + start..range.start + end,
             body,
         });
+        start = end;
     }
     Ok(out)
+}
+
+/// Bytes in `ranges`.
+fn total(ranges: &[Range]) -> usize {
+    ranges.iter().map(|r| r.len()).sum()
 }
 
 /// A message's "head" (every field but its children, as byte ranges copied verbatim into each
@@ -181,48 +180,45 @@ fn fields(buf: &[u8], range: std::ops::Range<usize>) -> Result<Vec<Field>, Split
 /// children.
 fn head_and_children(
     buf: &[u8],
-    range: std::ops::Range<usize>,
+    range: Range,
     child: u32,
-) -> Result<(Ranges, usize, Vec<Field>), SplitError> {
-    let (mut head, mut head_len, mut children) = (Vec::new(), 0, Vec::new());
+) -> Result<(Vec<Range>, Vec<Field>), SplitError> {
+    let (mut head, mut children) = (Vec::new(), Vec::new());
     for f in fields(buf, range)? {
         if f.number == child && f.body.is_some() {
             children.push(f);
         } else {
-            head_len += f.whole.len();
             head.push(f.whole);
         }
     }
-    Ok((head, head_len, children))
+    Ok((head, children))
 }
-
-type Ranges = Vec<std::ops::Range<usize>>;
 
 /// One ScopeSpans of a part: the scope's head ranges and the spans' whole-field ranges.
 struct PartScope {
-    head: Vec<std::ops::Range<usize>>,
-    spans: Vec<std::ops::Range<usize>>,
+    head: Vec<Range>,
+    spans: Vec<Range>,
 }
 
 impl PartScope {
     fn body_len(&self) -> usize {
-        self.head.iter().chain(&self.spans).map(|r| r.len()).sum()
+        total(&self.head) + total(&self.spans)
     }
 }
 
 struct PartResource {
-    head: Vec<std::ops::Range<usize>>,
+    head: Vec<Range>,
     scopes: Vec<PartScope>,
 }
 
 impl PartResource {
     fn body_len(&self) -> usize {
-        let head: usize = self.head.iter().map(|r| r.len()).sum();
-        head + self
-            .scopes
-            .iter()
-            .map(|s| len_delimited(s.body_len()))
-            .sum::<usize>()
+        total(&self.head)
+            + self
+                .scopes
+                .iter()
+                .map(|s| len_delimited(s.body_len()))
+                .sum::<usize>()
     }
 }
 
@@ -277,13 +273,13 @@ fn chunk(plain: &[u8], budget: usize) -> Result<Result<Vec<Part>, usize>, SplitE
         let (Some(rs_body), CHILD_FIELD_RS) = (rs.body, rs.number) else {
             continue; // no other field in ExportTraceServiceRequest; prost skipped them too
         };
-        let (rs_head, rs_head_len, scopes) = head_and_children(plain, rs_body, CHILD_FIELD)?;
-        let rs_cost = rs_head_len + FIELD_OVERHEAD;
+        let (rs_head, scopes) = head_and_children(plain, rs_body, CHILD_FIELD)?;
+        let rs_cost = total(&rs_head) + FIELD_OVERHEAD;
         let mut rs_open = false;
         for ss in scopes {
             let ss_body = ss.body.expect("children are length-delimited");
-            let (ss_head, ss_head_len, spans) = head_and_children(plain, ss_body, CHILD_FIELD)?;
-            let ss_cost = ss_head_len + FIELD_OVERHEAD;
+            let (ss_head, spans) = head_and_children(plain, ss_body, CHILD_FIELD)?;
+            let ss_cost = total(&ss_head) + FIELD_OVERHEAD;
             let mut ss_open = false;
             for span in spans {
                 let cost = span.whole.len();
