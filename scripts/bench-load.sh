@@ -19,6 +19,7 @@
 # LOAD_EXTRA='--attr-bytes 8192' adds loadtest options to the profiled load or the backlog (profile, writer);
 # PERF_G='--call-graph dwarf' PERF_FREQ=99 gives call graphs through Rust code (no frame pointers).
 # KAFKA_EXTRA='compression = "zstd"' adds lines to the gateway's [kafka] section (gateway, profile).
+# PARTITION_KEY=project keys records by tenant instead of by batch (gateway, profile, shapes).
 # GW_EXTRA='[writer]\ncompression_level = -3' adds sections to the gateway's config (gateway, shapes).
 # Latency experiments (gateway): SCRAPE=1 keeps the gateway's /metrics of every second of the
 # 70 % run (read them with scripts/metrics-per-second.py); RATE=N replaces 70 % of the max;
@@ -109,7 +110,7 @@ gateway)
 [kafka]
 brokers = "$BOOT"
 topic = "bench"
-partition_key = "batch"
+partition_key = "${PARTITION_KEY:-batch}"
 ${KAFKA_EXTRA:-}
 EOF
   fi
@@ -357,7 +358,7 @@ shapes)
   [ -z "${GW_EXTRA:-}" ] || printf '%b\n' "$GW_EXTRA" >> "$WORK/gw.toml"
   if [ "$TRANSPORT" = kafka ]; then
     start_broker 32
-    printf '[kafka]\nbrokers = "%s"\ntopic = "bench"\npartition_key = "batch"\n%s\n' "$BOOT" "${KAFKA_EXTRA:-}" >> "$WORK/gw.toml"
+    printf '[kafka]\nbrokers = "%s"\ntopic = "bench"\npartition_key = "%s"\n%s\n' "$BOOT" "${PARTITION_KEY:-batch}" "${KAFKA_EXTRA:-}" >> "$WORK/gw.toml"
   fi
   start_gateway "$WORK/gw.toml"
   SHAPES=(${SHAPE_LIST:-"512:0" "512:8192" "64:65536" "64:0"})
@@ -395,7 +396,7 @@ profile)
   printf '[limits]\nmax_inflight_bytes = 1073741824\n' > "$WORK/gw.toml"
   if [ "$TRANSPORT" = kafka ]; then
     start_broker 32
-    printf '[kafka]\nbrokers = "%s"\ntopic = "bench"\npartition_key = "batch"\n%s\n' "$BOOT" "${KAFKA_EXTRA:-}" >> "$WORK/gw.toml"
+    printf '[kafka]\nbrokers = "%s"\ntopic = "bench"\npartition_key = "%s"\n%s\n' "$BOOT" "${PARTITION_KEY:-batch}" "${KAFKA_EXTRA:-}" >> "$WORK/gw.toml"
   fi
   start_gateway "$WORK/gw.toml"
   load --endpoint "http://$HTTP" --api-key "$KEY" --spans-per-request "$SPR" --duration 20s --concurrency 16 \
