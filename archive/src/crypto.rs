@@ -6,7 +6,7 @@
 //! header       H bytes                 (all of it is authenticated as AAD, see below)
 //!   version    u8 = 1                  header layout
 //!   suite      u8 = 1                  AES-256-GCM payload, HKDF-SHA256 derivation, key commitment
-//!   codec      u8 = 1                  zstd
+//!   codec      u8                      1 = zstd, 2 = stored (the batches' payloads are compressed)
 //!   provider   u8                      1 = local keyring, 2 = AWS KMS
 //!   key id     u16 LE len + UTF-8      the key-encryption key (keyring key id / KMS key ARN)
 //!   wrapped    u16 LE len + bytes      the data key, wrapped by that KEK
@@ -19,8 +19,10 @@
 //! ciphertext   rest                    AES-256-GCM(payload key, nonce, AAD = bytes 0..8+H)
 //!                                      of the payload, then the 16-byte tag
 //! ```
-//! The payload is one zstd frame (content checksum) of records `u32 LE len`, `u32 LE index of
-//! the batch in its writer group`, `len` bytes of an encoded `tracegate.v1.Batch`.
+//! The payload is records `u32 LE len`, `u32 LE index of the batch in its writer group`, `len`
+//! bytes of an encoded `tracegate.v1.Batch`: in one zstd frame (content checksum), or stored as
+//! they are when the batches carry compressed OTLP payloads (compressing them again cost CPU
+//! and saved nothing; AES-GCM authenticates every byte either way).
 //!
 //! Every object has a fresh random 256-bit data key. The payload key and a key commitment are
 //! derived from it with HKDF-SHA256 (salt = message id), as in the AWS Encryption SDK's
@@ -44,6 +46,8 @@ pub const MAGIC: &[u8; 4] = b"TGA2";
 pub const HEADER_VERSION: u8 = 1;
 pub const SUITE_AES256GCM_HKDF_SHA256_COMMIT: u8 = 1;
 pub const CODEC_ZSTD: u8 = 1;
+/// The records uncompressed: chosen when most of their bytes are already-compressed payloads.
+pub const CODEC_STORED: u8 = 2;
 pub const DATA_KEY_LEN: usize = 32;
 pub const MESSAGE_ID_LEN: usize = 32;
 pub const COMMITMENT_LEN: usize = 32;
@@ -136,6 +140,8 @@ impl fmt::Display for EncryptionContext {
 /// Everything in a v2 header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    /// `CODEC_ZSTD` or `CODEC_STORED`.
+    pub codec: u8,
     pub provider: Provider,
     pub key_id: String,
     pub wrapped_key: Vec<u8>,
@@ -224,21 +230,50 @@ pub fn aead_open(
     Ok(())
 }
 
-/// Builds a v2 object: header for `key` and `context`, `payload` sealed with a key derived from
-/// `data_key`. `payload` is the zstd frame of records.
-pub fn seal(
-    provider: Provider,
-    key_id: &str,
-    wrapped_key: &[u8],
-    data_key: &[u8; DATA_KEY_LEN],
-    context: &EncryptionContext,
-    group_batches: u32,
-    payload: &[u8],
+/// Who an object is for: its key-encryption key, data key and context.
+pub struct SealKey<'a> {
+    pub provider: Provider,
+    pub key_id: &'a str,
+    pub wrapped_key: &'a [u8],
+    pub data_key: &'a [u8; DATA_KEY_LEN],
+    pub context: &'a EncryptionContext,
+    pub group_batches: u32,
+}
+
+/// Builds a v2 object: header for `key` and `context`, `payload` (already encoded as `codec`
+/// says) sealed with a key derived from `data_key`.
+pub fn seal(key: &SealKey<'_>, codec: u8, payload: &[u8]) -> Result<Vec<u8>> {
+    seal_with(key, codec, payload.len(), |out| {
+        out.extend_from_slice(payload);
+        Ok(())
+    })
+}
+
+/// Builds a v2 object whose payload `write` appends (about `size_hint` bytes) straight after the
+/// header, then encrypts it in place: the payload is written once, never copied into the object.
+pub fn seal_with(
+    key: &SealKey<'_>,
+    codec: u8,
+    size_hint: usize,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<()>,
 ) -> Result<Vec<u8>> {
+    ensure!(
+        codec == CODEC_ZSTD || codec == CODEC_STORED,
+        "unknown archive codec {codec}"
+    );
+    let SealKey {
+        provider,
+        key_id,
+        wrapped_key,
+        data_key,
+        context,
+        group_batches,
+    } = *key;
     let message_id = random_bytes::<MESSAGE_ID_LEN>()?;
     let nonce = random_bytes::<NONCE_LEN>()?;
     let (payload_key, commitment) = derive(data_key, &message_id)?;
     let header = Header {
+        codec,
         provider,
         key_id: key_id.to_string(),
         wrapped_key: wrapped_key.to_vec(),
@@ -248,17 +283,23 @@ pub fn seal(
         commitment,
         nonce,
     };
-    let mut out = Vec::with_capacity(payload.len() + 512);
+    let mut out = Vec::with_capacity(size_hint + 512 + TAG_LEN);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[0u8; 4]);
     encode_header(&header, &mut out)?;
     let h = (out.len() - 8) as u32;
     out[4..8].copy_from_slice(&h.to_le_bytes());
     let aad_len = out.len();
-    let mut body = Vec::with_capacity(payload.len() + TAG_LEN);
-    body.extend_from_slice(payload);
-    aead_seal(&payload_key, nonce, &out[..aad_len], &mut body)?;
-    out.extend_from_slice(&body);
+    write(&mut out)?;
+    let k = LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, &payload_key[..])
+            .map_err(|_| anyhow::anyhow!("bad AES-256 key"))?,
+    );
+    let (aad, body) = out.split_at_mut(aad_len);
+    let tag = k
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&*aad), body)
+        .map_err(|_| anyhow::anyhow!("AES-256-GCM seal failed"))?;
+    out.extend_from_slice(tag.as_ref());
     Ok(out)
 }
 
@@ -271,7 +312,7 @@ fn encode_header(h: &Header, out: &mut Vec<u8>) -> Result<()> {
     out.extend_from_slice(&[
         HEADER_VERSION,
         SUITE_AES256GCM_HKDF_SHA256_COMMIT,
-        CODEC_ZSTD,
+        h.codec,
         h.provider as u8,
     ]);
     put_str16(out, &h.key_id);
@@ -356,7 +397,7 @@ pub fn parse(object: &[u8]) -> Result<Parsed<'_>> {
         bail!("unsupported archive cipher suite {suite}");
     }
     let codec = r.u8("codec")?;
-    if codec != CODEC_ZSTD {
+    if codec != CODEC_ZSTD && codec != CODEC_STORED {
         bail!("unsupported archive codec {codec}");
     }
     let provider = Provider::from_u8(r.u8("provider")?)?;
@@ -383,6 +424,7 @@ pub fn parse(object: &[u8]) -> Result<Parsed<'_>> {
     }
     Ok(Parsed {
         header: Header {
+            codec,
             provider,
             key_id,
             wrapped_key,
@@ -435,16 +477,28 @@ pub fn check_context(found: &EncryptionContext, expected: &EncryptionContext) ->
     Ok(())
 }
 
-/// Splits the decrypted payload into (group index, batch bytes) records after decompressing at
-/// most `max_plain` bytes: the payload is authenticated, but a reader must not trust a key holder
-/// (or a bug) to bound the frame either (found while writing the `archive_object` fuzz target).
-pub fn decode_payload(payload: &[u8], max_plain: usize) -> Result<Vec<(u32, bytes::Bytes)>> {
+/// Splits the decrypted payload (encoded as `codec` says) into (group index, batch bytes)
+/// records after decompressing at most `max_plain` bytes: the payload is authenticated, but a
+/// reader must not trust a key holder (or a bug) to bound the frame either (found while writing
+/// the `archive_object` fuzz target).
+pub fn decode_payload(
+    payload: Vec<u8>,
+    codec: u8,
+    max_plain: usize,
+) -> Result<Vec<(u32, bytes::Bytes)>> {
     use std::io::Read;
-    let mut raw = Vec::new();
-    zstd::stream::read::Decoder::new(payload)?
-        .take(max_plain as u64 + 1)
-        .read_to_end(&mut raw)
-        .context("decompressing archive payload")?;
+    let raw = match codec {
+        CODEC_ZSTD => {
+            let mut raw = Vec::new();
+            zstd::stream::read::Decoder::new(&payload[..])?
+                .take(max_plain as u64 + 1)
+                .read_to_end(&mut raw)
+                .context("decompressing archive payload")?;
+            raw
+        }
+        CODEC_STORED => payload,
+        other => bail!("unsupported archive codec {other}"),
+    };
     ensure!(
         raw.len() <= max_plain,
         "archive payload inflates to more than {max_plain} bytes"
@@ -464,27 +518,78 @@ pub fn decode_payload(payload: &[u8], max_plain: usize) -> Result<Vec<(u32, byte
     Ok(out)
 }
 
-/// Builds the payload: a zstd frame of `(group index, encoded batch)` records. The records are
-/// encoded into one buffer, then compressed in one call (`tracegate_pipeline::zstd_once`):
-/// zstd's streaming encoder fed record by record took its slow external-dictionary path, ~60 %
-/// of the embedded path's CPU on 8 KiB prompts (issue 21). Peak memory is the records once plus
-/// the compressed frame.
-pub fn encode_payload(
-    records: &[(u32, &tracegate_proto::v1::Batch)],
-    level: i32,
-) -> Result<Vec<u8>> {
+/// `(group index, batch)` records, as an object's payload holds them.
+pub type Records<'a> = [(u32, &'a tracegate_proto::v1::Batch)];
+
+/// The codec for `records`: stored when at least 7/8 of their bytes are OTLP payloads that are
+/// already compressed (a client's zstd / gzip body forwarded as it was, or the gateway's
+/// `payload_zstd`): zstd over them found nothing to gain and cost ~5 % of the embedded path's
+/// CPU on zstd bodies (docs/benchmarks.md, issue 21). Otherwise zstd.
+pub fn choose_codec(records: &Records<'_>) -> u8 {
     use prost::Message;
-    let raw_len: usize = records.iter().map(|(_, b)| 8 + b.encoded_len()).sum();
-    let mut raw = Vec::with_capacity(raw_len);
+    let (mut all, mut compressed) = (0usize, 0usize);
+    for (_, b) in records {
+        all += 8 + b.encoded_len();
+        if b.otlp_request_encoding != 0 {
+            compressed += b.otlp_request.len();
+        }
+    }
+    if compressed.saturating_mul(8) >= all.saturating_mul(7) && all > 0 {
+        CODEC_STORED
+    } else {
+        CODEC_ZSTD
+    }
+}
+
+/// Appends the records to `out`, uncompressed.
+fn write_records(records: &Records<'_>, out: &mut Vec<u8>) -> Result<()> {
+    use prost::Message;
     for (idx, b) in records {
         let len = u32::try_from(b.encoded_len()).context("a batch record over 4 GiB")?;
-        raw.extend_from_slice(&len.to_le_bytes());
-        raw.extend_from_slice(&idx.to_le_bytes());
-        b.encode(&mut raw)?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&idx.to_le_bytes());
+        b.encode(out)?;
     }
-    Ok(tracegate_pipeline::zstd_once::compress_exact(
-        &raw, level, true,
-    )?)
+    Ok(())
+}
+
+/// Builds the payload as `codec` (`choose_codec`) says: the records stored, or one zstd frame
+/// of them. For zstd the records are encoded into one buffer, then compressed in one call
+/// (`tracegate_pipeline::zstd_once`): zstd's streaming encoder fed record by record took its
+/// slow external-dictionary path, ~60 % of the embedded path's CPU on 8 KiB prompts (issue 21).
+pub fn encode_payload(records: &Records<'_>, codec: u8, level: i32) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    append_payload(records, codec, level, &mut out)?;
+    Ok(out)
+}
+
+fn append_payload(records: &Records<'_>, codec: u8, level: i32, out: &mut Vec<u8>) -> Result<()> {
+    use prost::Message;
+    if codec == CODEC_STORED {
+        return write_records(records, out);
+    }
+    let raw_len: usize = records.iter().map(|(_, b)| 8 + b.encoded_len()).sum();
+    let mut raw = Vec::with_capacity(raw_len);
+    write_records(records, &mut raw)?;
+    let taken = std::mem::take(out);
+    *out = tracegate_pipeline::zstd_once::compress_append(&raw, level, true, taken)?;
+    Ok(())
+}
+
+/// A whole object for `records`: the codec chosen, the payload written straight into the object
+/// after its header and sealed in place (one pass over the records' bytes when stored).
+pub fn seal_records(key: &SealKey<'_>, records: &Records<'_>, level: i32) -> Result<Vec<u8>> {
+    use prost::Message;
+    let codec = choose_codec(records);
+    let raw_len: usize = records.iter().map(|(_, b)| 8 + b.encoded_len()).sum();
+    let hint = if codec == CODEC_STORED {
+        raw_len
+    } else {
+        raw_len / 2
+    };
+    seal_with(key, codec, hint, |out| {
+        append_payload(records, codec, level, out)
+    })
 }
 
 #[cfg(test)]
@@ -495,19 +600,21 @@ mod tests {
         EncryptionContext::new("acme", "web", "eu", "g:0:1-5")
     }
 
+    fn key<'a>(dk: &'a DataKey, context: &'a EncryptionContext) -> SealKey<'a> {
+        SealKey {
+            provider: Provider::Keyring,
+            key_id: "k1",
+            wrapped_key: b"wrapped",
+            data_key: dk,
+            context,
+            group_batches: 7,
+        }
+    }
+
     fn sample() -> (DataKey, Vec<u8>, Vec<u8>) {
         let dk = new_data_key().unwrap();
         let payload = b"zstd frame stand-in".to_vec();
-        let obj = seal(
-            Provider::Keyring,
-            "k1",
-            b"wrapped",
-            &dk,
-            &ctx(),
-            7,
-            &payload,
-        )
-        .unwrap();
+        let obj = seal(&key(&dk, &ctx()), CODEC_ZSTD, &payload).unwrap();
         (dk, payload, obj)
     }
 
@@ -564,9 +671,57 @@ mod tests {
             project_id: "p".into(),
             ..Default::default()
         };
-        let frame = encode_payload(&[(3, &a), (9, &a)], 3).unwrap();
-        let recs = decode_payload(&frame, 1 << 20).unwrap();
-        assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![3, 9]);
+        for codec in [CODEC_ZSTD, CODEC_STORED] {
+            let frame = encode_payload(&[(3, &a), (9, &a)], codec, 3).unwrap();
+            let recs = decode_payload(frame, codec, 1 << 20).unwrap();
+            assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![3, 9]);
+        }
+        let e = decode_payload(vec![0; 8], 9, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("unsupported archive codec 9"), "{e}");
+    }
+
+    /// A batch whose payload is `n` bytes, compressed (zstd) or plain.
+    fn batch(n: usize, compressed: bool) -> tracegate_proto::v1::Batch {
+        tracegate_proto::v1::Batch {
+            schema_version: if compressed { 2 } else { 1 },
+            project_id: "p".into(),
+            otlp_request: vec![0xa5; n].into(),
+            otlp_request_encoding: i32::from(compressed),
+            otlp_request_plain_len: if compressed { 4 * n as u64 } else { 0 },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn compressed_payloads_are_stored_and_the_rest_compressed() {
+        let (z, plain) = (batch(4096, true), batch(4096, false));
+        assert_eq!(choose_codec(&[(0, &z), (1, &z)]), CODEC_STORED);
+        assert_eq!(choose_codec(&[(0, &plain)]), CODEC_ZSTD);
+        assert_eq!(choose_codec(&[(0, &z), (1, &plain)]), CODEC_ZSTD);
+        assert_eq!(choose_codec(&[]), CODEC_ZSTD);
+        // Small compressed payloads under a large envelope head are not worth storing.
+        assert_eq!(choose_codec(&[(0, &batch(8, true))]), CODEC_ZSTD);
+        let dk = new_data_key().unwrap();
+        for (records, codec) in [
+            (vec![(4, &z), (2, &z)], CODEC_STORED),
+            (vec![(4, &plain), (2, &plain)], CODEC_ZSTD),
+        ] {
+            let obj = seal_records(&key(&dk, &ctx()), &records, 1).unwrap();
+            let p = parse(&obj).unwrap();
+            assert_eq!(p.header.codec, codec);
+            let recs = decode_payload(open(&p, &dk).unwrap(), p.header.codec, 1 << 20).unwrap();
+            assert_eq!(recs.len(), 2);
+            assert_eq!(recs[0].0, 4);
+            use prost::Message;
+            let back = tracegate_proto::v1::Batch::decode(recs[1].1.clone()).unwrap();
+            assert_eq!(&back, records[1].1);
+            if codec == CODEC_STORED {
+                // Stored: the object is the records plus header and tag, not compressed.
+                assert!(obj.len() > 2 * 4096);
+            } else {
+                assert!(obj.len() < 4096);
+            }
+        }
     }
 
     #[test]
@@ -577,10 +732,19 @@ mod tests {
             ..Default::default()
         };
         // 64 KiB of 'p' compresses to a few hundred bytes: a small bomb.
-        let frame = encode_payload(&[(0, &a)], 3).unwrap();
+        let frame = encode_payload(&[(0, &a)], CODEC_ZSTD, 3).unwrap();
         assert!(frame.len() < 4096);
-        let e = decode_payload(&frame, 32 << 10).unwrap_err().to_string();
+        let e = decode_payload(frame.clone(), CODEC_ZSTD, 32 << 10)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("inflates to more than"), "{e}");
-        assert_eq!(decode_payload(&frame, 128 << 10).unwrap().len(), 1);
+        assert_eq!(
+            decode_payload(frame, CODEC_ZSTD, 128 << 10).unwrap().len(),
+            1
+        );
+        // Stored records are held to the same cap.
+        let stored = encode_payload(&[(0, &a)], CODEC_STORED, 3).unwrap();
+        let e = decode_payload(stored, CODEC_STORED, 32 << 10).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
     }
 }

@@ -427,16 +427,15 @@ impl ArchiveStore {
                 .iter()
                 .map(|&i| (i, &group.batches[i as usize]))
                 .collect();
-            let payload = crypto::encode_payload(&records, level)?;
-            crypto::seal(
-                key.provider,
-                &key.key_id,
-                &key.wrapped,
-                &key.plaintext,
-                &ctx,
+            let seal = crypto::SealKey {
+                provider: key.provider,
+                key_id: &key.key_id,
+                wrapped_key: &key.wrapped,
+                data_key: &key.plaintext,
+                context: &ctx,
                 group_batches,
-                &payload,
-            )
+            };
+            crypto::seal_records(&seal, &records, level)
         })
         .await??;
         let (store, sse) = self.writer_for(org, project)?;
@@ -561,7 +560,7 @@ impl ArchiveStore {
         }
         let data_key = self.keys.unwrap(h).await?;
         let payload = crypto::open(&parsed, &data_key)?;
-        let records = crypto::decode_payload(&payload, MAX_OBJECT_PLAIN_BYTES)?;
+        let records = crypto::decode_payload(payload, parsed.header.codec, MAX_OBJECT_PLAIN_BYTES)?;
         let mut batches = Vec::with_capacity(records.len());
         for (i, body) in records {
             let b = Batch::decode(body).context("decoding batch record")?;
@@ -766,6 +765,41 @@ mod tests {
             bad[i] ^= 0x10;
             assert!(store.decode(&objs[0], &bad).await.is_err(), "flip at {i}");
         }
+    }
+
+    #[tokio::test]
+    async fn forwarded_zstd_payloads_are_stored_uncompressed_and_read_back() {
+        let d = tempfile::tempdir().unwrap();
+        let store = ArchiveStore::open(&config(d.path()), true).unwrap();
+        let plain = vec![b'x'; 64 << 10];
+        let mut b = batch("o", "p", 1);
+        b.schema_version = 2;
+        b.otlp_request = zstd::encode_all(&plain[..], 3).unwrap().into();
+        b.otlp_request_encoding = 1;
+        b.otlp_request_plain_len = plain.len() as u64;
+        // Incompressible stand-in bytes make the stored object's size visible.
+        let noise: Vec<u8> = (0..32u32 << 10)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut big = b.clone();
+        big.otlp_request = noise.into();
+        let g = Arc::new(WriteGroup {
+            id: "t:1:0-1".into(),
+            batches: vec![b.clone(), big.clone()],
+            class: Default::default(),
+        });
+        store.write_group(g).await.unwrap();
+        let objs = store.list(&Filter::default()).await.unwrap();
+        let bytes =
+            std::fs::read(d.path().join("archive").join(objs[0].location.as_ref())).unwrap();
+        assert_eq!(
+            crypto::parse(&bytes).unwrap().header.codec,
+            crypto::CODEC_STORED
+        );
+        assert!(bytes.len() > 32 << 10);
+        let c = store.read(&objs[0]).await.unwrap();
+        let back: Vec<Batch> = c.batches.into_iter().map(|(_, b)| b).collect();
+        assert_eq!(back, vec![b, big]);
     }
 
     #[tokio::test]

@@ -109,7 +109,7 @@ fn main() {
         });
         table.push(line(&format!("kafka_messages ({parts} msg)"), r));
         let r = per_cpu_second("archive_payload_zstd1", n, rounds / 4 + 1, || {
-            crypto::encode_payload(&[(0, &batch)], 1).unwrap()
+            crypto::encode_payload(&[(0, &batch)], crypto::CODEC_ZSTD, 1).unwrap()
         });
         table.push(line("archive_payload_zstd1", r));
         for level in [1, 3] {

@@ -89,19 +89,16 @@ fn bench(c: &mut Criterion) {
     );
     let ctx = crypto::EncryptionContext::new("org", "project", "eu", "bench:0:1-1");
     let data_key = crypto::new_data_key().unwrap();
-    let payload = crypto::encode_payload(&[(0, &batch)], 3).unwrap();
-    let seal = |p: &[u8]| {
-        crypto::seal(
-            crypto::Provider::Keyring,
-            "k1",
-            &[9; 60],
-            &data_key,
-            &ctx,
-            1,
-            p,
-        )
-        .unwrap()
+    let payload = crypto::encode_payload(&[(0, &batch)], crypto::CODEC_ZSTD, 3).unwrap();
+    let key = crypto::SealKey {
+        provider: crypto::Provider::Keyring,
+        key_id: "k1",
+        wrapped_key: &[9; 60],
+        data_key: &data_key,
+        context: &ctx,
+        group_batches: 1,
     };
+    let seal = |p: &[u8]| crypto::seal(&key, crypto::CODEC_ZSTD, p).unwrap();
     let gunzip = || {
         let mut out = Vec::with_capacity(proto.len());
         flate2::read::GzDecoder::new(&gz[..])
@@ -143,7 +140,7 @@ fn bench(c: &mut Criterion) {
     });
     per_cpu_second("envelope_encode", SPANS, rounds, || batch.encode_to_vec());
     per_cpu_second("archive_payload_zstd3", SPANS, rounds / 4, || {
-        crypto::encode_payload(&[(0, &batch)], 3).unwrap()
+        crypto::encode_payload(&[(0, &batch)], crypto::CODEC_ZSTD, 3).unwrap()
     });
     per_cpu_second("archive_seal", SPANS, rounds, || seal(&payload));
     // What librdkafka's per-message compression costs the gateway (compression.type=zstd at
@@ -197,8 +194,12 @@ fn bench(c: &mut Criterion) {
         "archive_payload_zstd3_forwarded_zstd",
         SPANS,
         rounds,
-        || crypto::encode_payload(&[(0, &forwarded)], 3).unwrap(),
+        || crypto::encode_payload(&[(0, &forwarded)], crypto::CODEC_ZSTD, 3).unwrap(),
     );
+    // What the archive does with them now (`crypto::choose_codec`): stored, sealed in place.
+    per_cpu_second("archive_object_forwarded_zstd", SPANS, rounds, || {
+        crypto::seal_records(&key, &[(0, &forwarded)], 3).unwrap()
+    });
     per_cpu_second("plain_request_zstd", SPANS, rounds, || {
         tracegate_otlp::envelope::plain_request(
             &forwarded,
@@ -234,7 +235,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("envelope_encode", |b| b.iter(|| batch.encode_to_vec()));
     g.bench_function("archive_payload_zstd3", |b| {
-        b.iter(|| crypto::encode_payload(&[(0, &batch)], 3).unwrap())
+        b.iter(|| crypto::encode_payload(&[(0, &batch)], crypto::CODEC_ZSTD, 3).unwrap())
     });
     g.bench_function("archive_seal", |b| b.iter(|| seal(&payload)));
     g.bench_function("prost_decode_reference", |b| {

@@ -20,8 +20,10 @@ fuzz_target!(|data: &[u8]| {
             &crypto::EncryptionContext::new("o", "p", "r", "g"),
         );
     }
-    if let Ok(records) = crypto::decode_payload(data, CAP) {
-        assert!(records.iter().map(|(_, b)| b.len() + 8).sum::<usize>() <= CAP);
+    for codec in [crypto::CODEC_ZSTD, crypto::CODEC_STORED] {
+        if let Ok(records) = crypto::decode_payload(data.to_vec(), codec, CAP) {
+            assert!(records.iter().map(|(_, b)| b.len() + 8).sum::<usize>() <= CAP);
+        }
     }
     // Round trip: the first bytes choose the context, the rest is the payload.
     let split = data.first().map_or(0, |&n| (n as usize).min(data.len().saturating_sub(1)));
@@ -29,18 +31,20 @@ fuzz_target!(|data: &[u8]| {
     let name = String::from_utf8_lossy(ctx);
     let context = crypto::EncryptionContext::new(&name, "p", "r", &name);
     let wrapped = ctx.get(..ctx.len().min(64)).unwrap_or_default();
-    let object = crypto::seal(
-        crypto::Provider::Keyring,
-        &name,
-        wrapped,
-        &KEY,
-        &context,
-        data.len() as u32,
-        payload,
-    )
-    .expect("sealing never fails for inputs that fit the header");
+    let key = crypto::SealKey {
+        provider: crypto::Provider::Keyring,
+        key_id: &name,
+        wrapped_key: wrapped,
+        data_key: &KEY,
+        context: &context,
+        group_batches: data.len() as u32,
+    };
+    let codec = if data.len() % 2 == 0 { crypto::CODEC_ZSTD } else { crypto::CODEC_STORED };
+    let object = crypto::seal(&key, codec, payload)
+        .expect("sealing never fails for inputs that fit the header");
     let parsed = crypto::parse(&object).expect("a sealed object parses");
     assert_eq!(parsed.header.context, context);
     assert_eq!(parsed.header.key_id, name);
+    assert_eq!(parsed.header.codec, codec);
     assert_eq!(crypto::open(&parsed, &KEY).expect("opens with its key"), payload);
 });

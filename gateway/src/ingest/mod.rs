@@ -172,15 +172,7 @@ impl Ingest {
             }
             Ok::<_, ApiError>((prepared, permit))
         };
-        let (prepared, permit) = if inline {
-            // As on the blocking pool, a panic fails this request only.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
-                .map_err(|_| ApiError::internal("decode task failed: panicked"))??
-        } else {
-            tracegate_pipeline::cpu::run(class, work)
-                .await
-                .map_err(|e| ApiError::internal(format!("decode task failed: {e}")))??
-        };
+        let (prepared, permit) = run_decode(class, inline, work).await?;
         metrics::histogram!(m::REQUEST_DECODE_DURATION).record(decoding.elapsed().as_secs_f64());
         // Held until the batch is durable: its bytes are still in memory until then.
         let _permit = permit;
@@ -236,6 +228,23 @@ impl Ingest {
 /// context switches) cost more than its scan (docs/benchmarks.md, issue 21 goal 4). The scan
 /// runs at ~1.7 GB/s on small spans, so this bounds an inline step to ~80 µs.
 const INLINE_DECODE_MAX: usize = 128 * 1024;
+
+/// Runs a request's decode inline (see `INLINE_DECODE_MAX`) or on a thread of `class`.
+async fn run_decode<T: Send + 'static>(
+    class: tracegate_pipeline::cpu::Class,
+    inline: bool,
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if inline {
+        // As on the blocking pool, a panic fails this request only.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+            .map_err(|_| ApiError::internal("decode task failed: panicked"))?
+    } else {
+        tracegate_pipeline::cpu::run(class, work)
+            .await
+            .map_err(|e| ApiError::internal(format!("decode task failed: {e}")))?
+    }
+}
 
 /// Whether a request's decode runs inline (see `INLINE_DECODE_MAX`). Compressed bodies never do:
 /// their decompressed size is not known before decompressing.
