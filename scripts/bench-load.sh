@@ -17,6 +17,7 @@
 #                                                                spans and OTLP bytes per gateway CPU-second
 #
 # LOAD_EXTRA='--attr-bytes 8192' adds loadtest options to the profiled load or the backlog (profile, writer);
+# PERF_WRITER=1 profiles the writer while it drains (writer);
 # PERF_G='--call-graph dwarf' PERF_FREQ=99 gives call graphs through Rust code (no frame pointers).
 # KAFKA_EXTRA='compression = "zstd"' adds lines to the gateway's [kafka] section (gateway, profile).
 # PARTITION_KEY=project keys records by tenant instead of by batch (gateway, profile, shapes).
@@ -331,6 +332,11 @@ EOF
   WR=$!; PIDS+=($WR)
   wait_line "$WORK/wr.out" "tracegate writer ready" 30
   WADMIN=$(field "$WORK/wr.out" admin)
+  # PERF_WRITER=1: perf samples the writer while it drains (report in $OUT/writer-profile.txt).
+  if [ -n "${PERF_WRITER:-}" ]; then
+    perf record -F "${PERF_FREQ:-499}" ${PERF_G:--g} -o "$OUT/writer.perf" -p "$WR" >/dev/null 2>&1 &
+    PERFP=$!
+  fi
   metric() { curl -s "http://$WADMIN/metrics" | awk -v m="$1" '$1 ~ "^"m"({|$)" {s+=$NF} END {printf "%.0f", s}'; }
   tck=$(getconf CLK_TCK)
   cpu() { awk -v t="$tck" '{print ($14+$15)/t}' "/proc/$1/stat"; }
@@ -345,6 +351,10 @@ EOF
   done
   awk -v n="$last" -v t0="$t0" -v t1="$tl" -v c0="$c0" -v c1="$cl" -v want="$TOTAL" 'BEGIN {
     printf "WRITER %d of %d spans into ClickHouse + archive in %.1f s = %.0f spans/s; writer CPU %.2f s = %.0f spans per writer CPU-second\n", n, want, t1-t0, n/(t1-t0), c1-c0, n/(c1-c0) }'
+  if [ -n "${PERFP:-}" ]; then
+    kill -INT "$PERFP"; wait "$PERFP" || true
+    perf report -i "$OUT/writer.perf" --no-children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40 | tee "$OUT/writer-profile.txt"
+  fi
   "$BIN/loadtest" verify --report "$OUT/writer-backlog.json" --clickhouse "$CH" 2>/dev/null || true
   "$BIN/loadtest" verify --report "$OUT/writer-backlog.json" --data-dir "$WORK/wr" 2>/dev/null || true
   ;;
