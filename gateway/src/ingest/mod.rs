@@ -33,7 +33,7 @@ use crate::config::LimitsConfig;
 use crate::error::ApiError;
 use crate::metrics as m;
 pub use body::BodyPace;
-pub use prepare::{prepare, tenant_claims, Prepared};
+pub use prepare::{prepare, prepare_if_clean, tenant_claims, Prepared};
 
 pub struct Ingest {
     pub auth: Arc<Authenticator>,
@@ -122,13 +122,66 @@ impl Ingest {
         })
     }
 
+    /// Decode + validate on the request's CPU class, holding its decode `slot` until done.
+    async fn decode(
+        &self,
+        p: &Arc<Principal>,
+        class: tracegate_pipeline::cpu::Class,
+        slot: crate::fair::Slot,
+        (format, compression): (Format, Compression),
+        body: Bytes,
+        permit: BytesPermit,
+    ) -> Result<(Prepared, BytesPermit), ApiError> {
+        let limits = self.limits.clone();
+        let keys = self.tenant_attribute_keys.clone();
+        let p = p.clone();
+        let zstd_level = self.payload_zstd_level;
+        // A quiet project's small plain protobuf body is scanned on this worker (see
+        // `INLINE_DECODE_MAX`); anything the scan cannot prove clean goes to a decode thread.
+        let inline = class == tracegate_pipeline::cpu::Class::Interactive
+            && zstd_level.is_none()
+            && format == Format::Protobuf
+            && compression == Compression::Identity
+            && body.len() <= INLINE_DECODE_MAX;
+        let scanned = if inline {
+            // As on the blocking pool, a panic fails this request only.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                prepare_if_clean(body, &limits, permit, Some((&keys, &p)))
+            }))
+            .map_err(|_| ApiError::internal("decode task failed: panicked"))?
+        } else {
+            Err((body, permit))
+        };
+        match scanned {
+            Ok(done) => {
+                drop(slot);
+                Ok(done)
+            }
+            Err((body, permit)) => tracegate_pipeline::cpu::run(class, move || {
+                let _slot = slot;
+                let (mut prepared, mut permit) = prepare(
+                    format,
+                    compression,
+                    body,
+                    &limits,
+                    permit,
+                    Some((&keys, &p)),
+                )?;
+                if let Some(level) = zstd_level {
+                    prepared.compress_plain(level, &mut permit);
+                }
+                Ok::<_, ApiError>((prepared, permit))
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("decode task failed: {e}")))?,
+        }
+    }
+
     pub async fn export(
         &self,
         principal: &Arc<Principal>,
         raw: RawRequest,
     ) -> Result<ExportTraceServiceResponse, ApiError> {
-        let limits = self.limits.clone();
-        let keys = self.tenant_attribute_keys.clone();
         let p = principal.clone();
         let RawRequest {
             transport,
@@ -138,7 +191,6 @@ impl Ingest {
             permit,
             origin,
         } = raw;
-        let zstd_level = self.payload_zstd_level;
         let decoding = Instant::now();
         // Decode slots are shared round robin between projects (fair.rs): a noisy project's
         // backlog does not queue a quiet project's request behind it.
@@ -155,24 +207,9 @@ impl Ingest {
             tracegate_pipeline::cpu::Class::Interactive => &self.decode_slots.interactive,
         };
         let slot = slots.acquire(&tenant).await;
-        let inline = class == tracegate_pipeline::cpu::Class::Interactive
-            && inline_decode(compression, body.len());
-        let work = move || {
-            let _slot = slot;
-            let (mut prepared, mut permit) = prepare(
-                format,
-                compression,
-                body,
-                &limits,
-                permit,
-                Some((&keys, &p)),
-            )?;
-            if let Some(level) = zstd_level {
-                prepared.compress_plain(level, &mut permit);
-            }
-            Ok::<_, ApiError>((prepared, permit))
-        };
-        let (prepared, permit) = run_decode(class, inline, work).await?;
+        let (prepared, permit) = self
+            .decode(&p, class, slot, (format, compression), body, permit)
+            .await?;
         metrics::histogram!(m::REQUEST_DECODE_DURATION).record(decoding.elapsed().as_secs_f64());
         // Held until the batch is durable: its bytes are still in memory until then.
         let _permit = permit;
@@ -223,31 +260,10 @@ impl Ingest {
     }
 }
 
-/// Plain bodies up to this size are decoded on the async worker that read them instead of on
-/// the blocking pool: handing a small request to another thread and back (two wake-ups, two
-/// context switches) cost more than its scan (docs/benchmarks.md, issue 21 goal 4). The scan
-/// runs at ~1.7 GB/s on small spans, so this bounds an inline step to ~80 µs.
+/// Plain protobuf bodies up to this size are scanned on the async worker that read them instead
+/// of on the blocking pool: handing a small request to another thread and back (two wake-ups,
+/// two context switches) cost more than its scan (docs/benchmarks.md, issue 21 goal 4). The scan
+/// runs at ~1.7 GB/s on small spans, so this bounds an inline step to ~80 µs. Only the scan
+/// runs inline (`prepare_if_clean`): compressed bodies, JSON, the slow path and the gateway's
+/// payload compression stay on decode threads.
 const INLINE_DECODE_MAX: usize = 128 * 1024;
-
-/// Runs a request's decode inline (see `INLINE_DECODE_MAX`) or on a thread of `class`.
-async fn run_decode<T: Send + 'static>(
-    class: tracegate_pipeline::cpu::Class,
-    inline: bool,
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    if inline {
-        // As on the blocking pool, a panic fails this request only.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
-            .map_err(|_| ApiError::internal("decode task failed: panicked"))?
-    } else {
-        tracegate_pipeline::cpu::run(class, work)
-            .await
-            .map_err(|e| ApiError::internal(format!("decode task failed: {e}")))?
-    }
-}
-
-/// Whether a request's decode runs inline (see `INLINE_DECODE_MAX`). Compressed bodies never do:
-/// their decompressed size is not known before decompressing.
-fn inline_decode(compression: Compression, body_len: usize) -> bool {
-    compression == Compression::Identity && body_len <= INLINE_DECODE_MAX
-}

@@ -112,6 +112,52 @@ pub fn tenant_claims<'a>(keys: &'a [String], p: &'a Principal) -> Vec<Claim<'a>>
 /// Decompress (capped), then scan-validate (protobuf) or decode, validate and stamp. Blocking:
 /// run it on the blocking pool.
 ///
+/// `prepare`'s fast path alone, for a plain protobuf body that `Ingest::export` decodes on the
+/// async worker: `Ok` when the scan proves the request clean (the same `Prepared` as `prepare`
+/// gives), else the body and permit back, for `prepare` on a decode thread. So the work done
+/// inline is bounded by a scan; the slow path (prost decode, validation, re-encode), which an
+/// adversarial body can make ms long, never runs there.
+pub fn prepare_if_clean(
+    body: Bytes,
+    limits: &LimitsConfig,
+    permit: BytesPermit,
+    tenant: Option<(&[String], &Principal)>,
+) -> Result<(Prepared, BytesPermit), (Bytes, BytesPermit)> {
+    if body.len() > limits.max_request_bytes {
+        // `prepare` gives the answer (413).
+        return Err((body, permit));
+    }
+    let claims = tenant.map_or_else(Vec::new, |(keys, p)| tenant_claims(keys, p));
+    match scan::scan(&body, &limits.span_limits(), &claims) {
+        Ok(spans) => {
+            metrics::counter!(m::VALIDATION_PATH, "path" => "scan").increment(1);
+            let n = body.len();
+            Ok((clean(body, PayloadEncoding::Identity, spans, n), permit))
+        }
+        Err(_) => Err((body, permit)),
+    }
+}
+
+/// The `Prepared` of a request the scan proved clean: `spans` accepted, `otlp_request` forwarded
+/// as `encoding`, `decompressed_len` plain bytes.
+fn clean(
+    otlp_request: Bytes,
+    encoding: PayloadEncoding,
+    spans: usize,
+    decompressed_len: usize,
+) -> Prepared {
+    Prepared {
+        otlp_request,
+        encoding,
+        plain_len: decompressed_len,
+        outcome: validate::Outcome {
+            accepted: spans,
+            ..Default::default()
+        },
+        decompressed_len,
+    }
+}
+
 /// A zstd or gzip protobuf body that the scan proves clean (nothing to remove or stamp) is
 /// forwarded as the client sent it (`Prepared::encoding`), so the gateway's compression work is
 /// the client's: the Kafka producer and the archive then compress compressed bytes, and the
@@ -148,16 +194,7 @@ pub fn prepare(
                 _ => (plain, PayloadEncoding::Identity),
             };
             return Ok((
-                Prepared {
-                    otlp_request,
-                    encoding,
-                    plain_len: decompressed_len,
-                    outcome: validate::Outcome {
-                        accepted: spans,
-                        ..Default::default()
-                    },
-                    decompressed_len,
-                },
+                clean(otlp_request, encoding, spans, decompressed_len),
                 permit,
             ));
         }
@@ -348,6 +385,45 @@ mod forward_tests {
         let mut batch = Batch::default();
         prepared.set_payload(&mut batch);
         (prepared, batch, permit)
+    }
+
+    #[test]
+    fn the_inline_fast_path_matches_prepare_and_hands_back_what_it_cannot_prove_clean() {
+        let admission = Admission::new(1 << 30);
+        let p = Principal {
+            org_id: "o".into(),
+            project_id: "mine".into(),
+            ..Default::default()
+        };
+        let keys = crate::config::AuthConfig::default().tenant_attribute_keys;
+        let limits = LimitsConfig::default();
+        let fast = |body: Bytes, limits: &LimitsConfig| {
+            let permit = admission.try_reserve(body.len()).unwrap();
+            prepare_if_clean(body, limits, permit, Some((&keys, &p)))
+        };
+        // Clean: the same answer and payload as `prepare`, the client's bytes uncopied.
+        let clean = Bytes::from(request(Some("mine"), false).encode_to_vec());
+        let (got, _) = fast(clean.clone(), &limits).ok().unwrap();
+        let (want, _, _) = run(Format::Protobuf, Compression::Identity, clean.clone());
+        assert_eq!(got.otlp_request.as_ptr(), clean.as_ptr());
+        assert_eq!(
+            (got.outcome.accepted, got.decompressed_len, got.plain_len),
+            (want.outcome.accepted, want.decompressed_len, want.plain_len)
+        );
+        assert_eq!(got.encoding, PayloadEncoding::Identity);
+        // An invalid span, a tenant claim to stamp, a body over the cap: handed back as they
+        // came, for `prepare` on a decode thread.
+        let bad = Bytes::from(request(Some("mine"), true).encode_to_vec());
+        let claim = Bytes::from(request(Some("theirs"), false).encode_to_vec());
+        let small = LimitsConfig {
+            max_request_bytes: clean.len() - 1,
+            ..LimitsConfig::default()
+        };
+        for (body, limits) in [(bad, &limits), (claim, &limits), (clean, &small)] {
+            let (back, permit) = fast(body.clone(), limits).err().unwrap();
+            assert_eq!(back.as_ptr(), body.as_ptr());
+            assert_eq!(permit.bytes(), body.len());
+        }
     }
 
     #[test]
