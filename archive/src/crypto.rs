@@ -526,14 +526,12 @@ pub type Records<'a> = [(u32, &'a tracegate_proto::v1::Batch)];
 /// `payload_zstd`): zstd over them found nothing to gain and cost ~5 % of the embedded path's
 /// CPU on zstd bodies (docs/benchmarks.md, issue 21). Otherwise zstd.
 pub fn choose_codec(records: &Records<'_>) -> u8 {
-    use prost::Message;
-    let (mut all, mut compressed) = (0usize, 0usize);
-    for (_, b) in records {
-        all += 8 + b.encoded_len();
-        if b.otlp_request_encoding != 0 {
-            compressed += b.otlp_request.len();
-        }
-    }
+    let all = records_len(records);
+    let compressed: usize = records
+        .iter()
+        .filter(|(_, b)| b.otlp_request_encoding != 0)
+        .map(|(_, b)| b.otlp_request.len())
+        .sum();
     if compressed.saturating_mul(8) >= all.saturating_mul(7) && all > 0 {
         CODEC_STORED
     } else {
@@ -559,16 +557,27 @@ fn write_records(records: &Records<'_>, out: &mut Vec<u8>) -> Result<()> {
 /// slow external-dictionary path, ~60 % of the embedded path's CPU on 8 KiB prompts (issue 21).
 pub fn encode_payload(records: &Records<'_>, codec: u8, level: i32) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    append_payload(records, codec, level, &mut out)?;
+    append_payload(records, records_len(records), codec, level, &mut out)?;
     Ok(out)
 }
 
-fn append_payload(records: &Records<'_>, codec: u8, level: i32, out: &mut Vec<u8>) -> Result<()> {
+/// Bytes of `records` uncompressed (their headers included).
+fn records_len(records: &Records<'_>) -> usize {
     use prost::Message;
+    records.iter().map(|(_, b)| 8 + b.encoded_len()).sum()
+}
+
+/// Appends the payload of `records` (`raw_len` bytes uncompressed) as `codec` says to `out`.
+fn append_payload(
+    records: &Records<'_>,
+    raw_len: usize,
+    codec: u8,
+    level: i32,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     if codec == CODEC_STORED {
         return write_records(records, out);
     }
-    let raw_len: usize = records.iter().map(|(_, b)| 8 + b.encoded_len()).sum();
     let mut raw = Vec::with_capacity(raw_len);
     write_records(records, &mut raw)?;
     let taken = std::mem::take(out);
@@ -579,16 +588,15 @@ fn append_payload(records: &Records<'_>, codec: u8, level: i32, out: &mut Vec<u8
 /// A whole object for `records`: the codec chosen, the payload written straight into the object
 /// after its header and sealed in place (one pass over the records' bytes when stored).
 pub fn seal_records(key: &SealKey<'_>, records: &Records<'_>, level: i32) -> Result<Vec<u8>> {
-    use prost::Message;
     let codec = choose_codec(records);
-    let raw_len: usize = records.iter().map(|(_, b)| 8 + b.encoded_len()).sum();
+    let raw_len = records_len(records);
     let hint = if codec == CODEC_STORED {
         raw_len
     } else {
         raw_len / 2
     };
     seal_with(key, codec, hint, |out| {
-        append_payload(records, codec, level, out)
+        append_payload(records, raw_len, codec, level, out)
     })
 }
 

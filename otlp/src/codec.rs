@@ -217,9 +217,6 @@ fn zstd_stream(
     let limit = cap.saturating_add(1);
     let mut out: Vec<u8> = Vec::with_capacity(hint.max(READ_CHUNK).min(limit));
     let mut input = InBuffer::around(body);
-    // Inside a frame (or before the first: an empty body is not a zstd body, as the `zstd`
-    // crate's reader decides too): running out of input there is a truncated body.
-    let mut in_frame = true;
     loop {
         if out.len() > cap {
             return Err(CapError::TooLarge(cap));
@@ -234,27 +231,24 @@ fn zstd_stream(
             let mut ob = OutBuffer::around_pos(&mut out, pos);
             ctx.decompress_stream(&mut ob, &mut input).map_err(io)?
         };
-        let progressed = input.pos() > before_in || out.len() > before_out;
+        if input.pos() < body.len() {
+            continue;
+        }
         if left == 0 {
-            // A frame ended and is flushed.
-            in_frame = false;
-        } else if progressed {
-            in_frame = true;
-        }
-        if input.pos() == body.len() && !progressed && out.len() < out.capacity() {
-            if in_frame {
-                return Err(CapError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "incomplete zstd frame",
-                )));
-            }
-            return Ok(Bytes::from(out));
-        }
-        if input.pos() == body.len() && !in_frame && left == 0 {
+            // The last frame ended and is flushed (the loop's top checks the cap).
             if out.len() > cap {
                 return Err(CapError::TooLarge(cap));
             }
             return Ok(Bytes::from(out));
+        }
+        // All input read, the frame not finished, and no progress with room to write: a
+        // truncated body (an empty one too, as the `zstd` crate's reader decides).
+        let stuck = input.pos() == before_in && out.len() == before_out;
+        if stuck && out.len() < out.capacity() {
+            return Err(CapError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "incomplete zstd frame",
+            )));
         }
     }
 }

@@ -109,9 +109,6 @@ pub fn tenant_claims<'a>(keys: &'a [String], p: &'a Principal) -> Vec<Claim<'a>>
         .collect()
 }
 
-/// Decompress (capped), then scan-validate (protobuf) or decode, validate and stamp. Blocking:
-/// run it on the blocking pool.
-///
 /// `prepare`'s fast path alone, for a plain protobuf body that `Ingest::export` decodes on the
 /// async worker: `Ok` when the scan proves the request clean (the same `Prepared` as `prepare`
 /// gives), else the body and permit back, for `prepare` on a decode thread. So the work done
@@ -158,6 +155,9 @@ fn clean(
     }
 }
 
+/// Decompress (capped), then scan-validate (protobuf) or decode, validate and stamp. Blocking:
+/// run it on the blocking pool.
+///
 /// A zstd or gzip protobuf body that the scan proves clean (nothing to remove or stamp) is
 /// forwarded as the client sent it (`Prepared::encoding`), so the gateway's compression work is
 /// the client's: the Kafka producer and the archive then compress compressed bytes, and the
