@@ -74,6 +74,11 @@ pub const KAFKA_WRITER_BUFFERED_BYTES: &str = "tracegate_kafka_writer_buffered_b
 pub const KAFKA_WRITER_ASSIGNED_PARTITIONS: &str = "tracegate_kafka_writer_assigned_partitions";
 pub const KAFKA_WRITER_PAUSED_PARTITIONS: &str = "tracegate_kafka_writer_paused_partitions";
 pub const KAFKA_WRITER_QUARANTINED: &str = "tracegate_kafka_writer_quarantined_messages_total";
+pub const DEDUP_REPEATS: &str = "tracegate_dedup_repeated_requests_total";
+pub const DEDUP_REPEATED_SPANS: &str = "tracegate_dedup_repeated_spans_total";
+pub const DEDUP_WINDOW_REQUESTS: &str = "tracegate_dedup_window_requests";
+pub const DEDUP_EVICTED_EARLY: &str = "tracegate_dedup_evicted_early_total";
+pub const DEDUP_REPLAYED: &str = "tracegate_dedup_replayed_messages_total";
 
 /// Fine between 1 and 10 ms: an ingest SLO is typically "p99 under 10 ms", and a p99 read off
 /// the histogram can only be as exact as the buckets around it.
@@ -264,6 +269,32 @@ fn describe_kafka() {
         "librdkafka: messages behind the partition end, summed over assigned partitions"
     );
     describe_kafka_writer();
+    describe_dedup();
+}
+
+/// Retry-safe ingest (`[dedup]`), in whichever writer applies it.
+fn describe_dedup() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        DEDUP_REPEATS,
+        "Requests not stored because they repeat one stored within dedup.window_secs"
+    );
+    describe_counter!(
+        DEDUP_REPEATED_SPANS,
+        "Spans in requests not stored as repeats"
+    );
+    describe_gauge!(
+        DEDUP_WINDOW_REQUESTS,
+        "Requests remembered in the dedup window"
+    );
+    describe_counter!(
+        DEDUP_EVICTED_EARLY,
+        "Requests forgotten before dedup.window_secs to stay within dedup.max_bytes"
+    );
+    describe_counter!(
+        DEDUP_REPLAYED,
+        "Messages read back to rebuild the dedup window of a newly assigned partition"
+    );
 }
 
 /// The series of `tracegate write`'s batches, commits and partitions.
@@ -398,6 +429,10 @@ fn register_writers(parts: &Parts) {
     if parts.embedded_writer || parts.kafka_writer {
         zero_counter(BATCHES_WRITTEN, &[]);
         histogram(WRITE_DURATION, &[]);
+        zero_counter(DEDUP_REPEATS, &[]);
+        zero_counter(DEDUP_REPEATED_SPANS, &[]);
+        zero_gauge(DEDUP_WINDOW_REQUESTS, &[]);
+        zero_counter(DEDUP_EVICTED_EARLY, &[]);
     }
     if parts.embedded_writer {
         zero_gauge(QUEUE_BATCHES, &[]);
@@ -475,5 +510,6 @@ fn register_kafka(parts: &Parts) {
         zero_gauge(KAFKA_WRITER_ASSIGNED_PARTITIONS, &[]);
         zero_gauge(KAFKA_WRITER_PAUSED_PARTITIONS, &[]);
         zero_counter(KAFKA_WRITER_QUARANTINED, &[]);
+        zero_counter(DEDUP_REPLAYED, &[]);
     }
 }

@@ -13,8 +13,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Gateway, Load, TestBroker, Writer};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use tonic_types::StatusExt;
 
 const TOPIC: &str = "tracegate-down";
 const QUEUE_MAX_BYTES: u64 = 256 * 1024;
@@ -25,32 +23,6 @@ fn down_secs() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30)
-}
-
-/// One OTLP/gRPC export; returns the status (Ok → `tonic::Code::Ok`) and whether RetryInfo was
-/// attached.
-fn grpc_export(gw: &Gateway, key: &str, prefix: &str) -> (tonic::Code, bool) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let fut = async {
-            let mut client = TraceServiceClient::connect(gw.grpc_url())
-                .await
-                .expect("connect");
-            let mut req = tonic::Request::new(common::request_n(prefix, 0, 5));
-            req.metadata_mut()
-                .insert("authorization", format!("Bearer {key}").parse().unwrap());
-            match client.export(req).await {
-                Ok(_) => (tonic::Code::Ok, false),
-                Err(s) => (s.code(), s.get_details_retry_info().is_some()),
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), fut)
-            .await
-            .expect("gRPC export timed out")
-    })
 }
 
 fn readyz(gw: &Gateway) -> u16 {
@@ -197,7 +169,11 @@ fn slow_then_down_broker_under_load_refuses_with_503_stays_bounded_and_loses_not
             saw_not_ready = true;
         }
         if grpc_checked.is_none() && down_at.elapsed() > Duration::from_secs(2) {
-            grpc_checked = Some(grpc_export(&gw, &key, "grpc-while-down"));
+            grpc_checked = Some(common::grpc_export(
+                &gw,
+                &key,
+                common::request_n("grpc-while-down", 0, 5),
+            ));
         }
         std::thread::sleep(Duration::from_millis(250));
     }

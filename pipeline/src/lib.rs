@@ -5,6 +5,7 @@
 //! - `sink`: `Sink` and `WriteGroup`, what a writer (embedded or `tracegate write`) hands the
 //!   archive and ClickHouse;
 //! - `cpu`: the two CPU classes (interactive, bulk) a request's decode and a group's write run in;
+//! - `dedup`: retry-safe ingest: a request's key and the window of keys a writer stored;
 //! - `backoff`: the one retry-delay rule (exponential, capped, optionally jittered);
 //! - `tenant`: the rule for tenant ids (they end up in object paths, SQL and logs);
 //! - `zstd_once`: one-shot zstd with a context per thread (payloads, archive objects, insert
@@ -15,6 +16,7 @@
 
 pub mod backoff;
 pub mod cpu;
+pub mod dedup;
 pub mod queue;
 pub mod sink;
 pub mod tenant;

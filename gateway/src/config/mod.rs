@@ -9,9 +9,11 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use tracegate_otlp::SpanLimits;
 
+pub mod dedup;
 pub mod error;
 
 pub use crate::netconfig::{ProxyProtocolConfig, TlsConfig};
+pub use dedup::DedupConfig;
 pub use error::{zstd_level, ConfigError};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -24,6 +26,8 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub audit: AuditConfig,
     pub writer: WriterConfig,
+    /// Retry-safe ingest: the window in which a repeated request is not stored again.
+    pub dedup: DedupConfig,
     /// Archive location and keys (`tracegate_archive::config`).
     pub archive: tracegate_archive::config::ArchiveConfig,
     /// Kafka transport: present → `serve` produces to Kafka; `write` consumes from it.
@@ -464,6 +468,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_server_and_limits()?;
         self.validate_writer()?;
+        self.dedup.validate()?;
         self.validate_auth()?;
         self.archive.validate(&self.server.data_dir)?;
         if let Some(ch) = &self.clickhouse {

@@ -250,6 +250,11 @@ impl Ingest {
                 }),
                 span_count: o.accepted as u32,
                 key_id: principal.key_id.clone(),
+                dedup_key: Bytes::copy_from_slice(&tracegate_pipeline::dedup::request_key(
+                    &principal.org_id,
+                    &principal.project_id,
+                    prepared.digest,
+                )),
                 ..Default::default()
             };
             prepared.set_payload(&mut batch);

@@ -49,6 +49,10 @@ pub fn key(batch: &Batch, strategy: PartitionKey) -> Vec<u8> {
             k.extend_from_slice(batch.project_id.as_bytes());
             k
         }
+        // The request's key, so a request sent again goes to the partition of its first copy
+        // and the writer that owns it sees both (retry-safe ingest); the batch id for
+        // envelopes without one.
+        PartitionKey::Batch if !batch.dedup_key.is_empty() => batch.dedup_key.to_vec(),
         PartitionKey::Batch => batch.batch_id.to_vec(),
     }
 }

@@ -285,3 +285,17 @@ fn a_malformed_payload_is_an_error_not_a_panic() {
     let e = to_messages(b, PartitionKey::Project, 2_000).unwrap_err();
     assert!(matches!(e, SplitError::Decode(_)), "{e:?}");
 }
+
+#[test]
+fn every_part_of_a_keyed_request_goes_to_its_partition_under_its_key() {
+    let req = request(3, 2, 40, 3_000);
+    let mut b = batch(&req);
+    b.dedup_key = Bytes::from_static(&[9; 16]);
+    let msgs = to_messages(b, PartitionKey::Batch, 64 * 1024).unwrap();
+    assert!(msgs.len() > 5);
+    for m in msgs {
+        assert_eq!(m.key, vec![9; 16]);
+        let p = Batch::decode(&m.value[..]).unwrap();
+        assert_eq!(&p.dedup_key[..], &[9; 16]);
+    }
+}

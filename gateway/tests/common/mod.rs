@@ -24,6 +24,7 @@ use prost::Message;
 
 mod archive;
 mod clickhouse;
+mod grpc;
 mod http;
 mod inproc;
 mod kafka;
@@ -35,6 +36,7 @@ mod s3;
 
 pub use archive::*;
 pub use clickhouse::*;
+pub use grpc::*;
 pub use http::*;
 pub use inproc::*;
 pub use kafka::*;

@@ -201,6 +201,23 @@ impl Gateway {
         format!("http://{}/v1/traces", self.http)
     }
 
+    /// Waits (bounded) for `/readyz` to answer 200 (with Kafka: the broker is reachable);
+    /// panics if it does not within `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let url = format!("{}/readyz", self.admin_url());
+        let client = http_client_with_timeout(Duration::from_secs(2));
+        let ready = || {
+            client
+                .get(&url)
+                .send()
+                .is_ok_and(|r| r.status().as_u16() == 200)
+        };
+        assert!(
+            wait_until(timeout, ready),
+            "{url} not 200 within {timeout:?}"
+        );
+    }
+
     /// GET admin `/metrics` (panics on non-200 or transport error).
     pub fn metrics(&self) -> String {
         let resp = http_client()

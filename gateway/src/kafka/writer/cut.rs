@@ -49,6 +49,13 @@ pub(super) fn cut_batch(
     let spans: u64 = msgs.iter().map(|m| m.spans).sum();
     part.buf_bytes -= bytes;
     part.buf_spans -= spans;
+    // Repeats are in the range (committed with it) but not written.
+    let spans = spans
+        - msgs
+            .iter()
+            .filter(|m| m.repeat)
+            .map(|m| m.spans)
+            .sum::<u64>();
     *buffered -= bytes;
     let messages = msgs.len();
     Some(Cut {
@@ -58,7 +65,11 @@ pub(super) fn cut_batch(
         spans,
         group: Arc::new(WriteGroup {
             id: group_id(&part.tp.0, part.tp.1, first, last),
-            batches: msgs.into_iter().filter_map(|m| m.batch).collect(),
+            batches: msgs
+                .into_iter()
+                .filter(|m| !m.repeat)
+                .filter_map(|m| m.batch)
+                .collect(),
             // No request waits on a Kafka writer's group: nothing to put ahead of it.
             class: Default::default(),
         }),

@@ -91,6 +91,7 @@ impl Driver {
                         tracing::warn!(error = %e, "resuming newly assigned partitions failed");
                     }
                     for tp in list {
+                        let (window, replay) = self.new_window();
                         self.next_epoch += 1;
                         self.consumer
                             .context()
@@ -110,6 +111,9 @@ impl Driver {
                             stage: Stage::Idle,
                             paused: false,
                             stalled_at: None,
+                            window,
+                            replay,
+                            replayed_to: None,
                         };
                         if let Some(old) = self.parts.insert(tp, part) {
                             self.buffered -= old.buf_bytes;
@@ -160,7 +164,18 @@ impl Driver {
                         part.intent_retry_at = now + Duration::from_secs(1);
                         continue;
                     }
-                    part.intent = match (e.offset(), parse_intent(e.metadata())) {
+                    let (end, from) = parse_metadata(e.metadata());
+                    if part.replay == Replay::Pending {
+                        // Nothing is decided before the window is rebuilt from `from`.
+                        match start_replay(&self.consumer, &tp, e.offset(), from) {
+                            Some(r) => part.replay = r,
+                            None => {
+                                part.intent_retry_at = now + Duration::from_millis(200);
+                                continue;
+                            }
+                        }
+                    }
+                    part.intent = match (e.offset(), end) {
                         (Offset::Offset(c), Some(end)) if end >= c => {
                             tracing::info!(topic = %tp.0, partition = tp.1, first = c, last = end, "resuming a batch that was cut before");
                             Intent::End(end)
@@ -181,6 +196,7 @@ impl Driver {
     }
 
     pub(super) fn on_message(&mut self, tp: Tp, offset: i64, payload: Option<bytes::Bytes>) {
+        let share = self.window_share();
         let Some(part) = self.parts.get_mut(&tp) else {
             tracing::debug!(topic = %tp.0, partition = tp.1, offset, "message for an unassigned partition ignored");
             return;
@@ -190,6 +206,18 @@ impl Driver {
         }
         if part.stalled_at.is_some() {
             return; // left for the next owner of the partition (see `stalled_at`)
+        }
+        match part.replay {
+            Replay::Pending => return, // read again once the position is set
+            Replay::Until(end) if offset < end => {
+                if part.replayed_to.is_none_or(|r| offset > r) {
+                    part.replayed_to = Some(offset);
+                    replay_one(part, offset, payload.as_deref(), share);
+                }
+                return;
+            }
+            Replay::Until(_) => part.replay = Replay::Ready,
+            Replay::Ready => {}
         }
         let bytes = payload.as_ref().map_or(0, bytes::Bytes::len);
         // Decoding from `Bytes` keeps `otlp_request` a slice of the payload (no second copy).
@@ -219,6 +247,13 @@ impl Driver {
             }
         };
         let spans = batch.as_ref().map_or(0, |b| u64::from(b.span_count));
+        let repeat = batch
+            .as_ref()
+            .is_some_and(|b| check(part, b, offset, share));
+        if repeat {
+            metrics::counter!(m::DEDUP_REPEATS).increment(1);
+            metrics::counter!(m::DEDUP_REPEATED_SPANS).increment(spans);
+        }
         // A compressed payload counts at its decompressed size: the batch bounds
         // (`kafka.batch_max_bytes`) then bound what the ClickHouse sink holds once it has
         // decompressed the batch, as they did when payloads were always plain.
@@ -228,6 +263,7 @@ impl Driver {
         part.buf.push_back(Msg {
             offset,
             batch,
+            repeat,
             bytes,
             spans,
             arrived: Instant::now(),
@@ -406,14 +442,17 @@ impl Driver {
                 }
                 _ => {}
             }
-            // Send (or resend) commits that are due.
+            // Send (or resend) commits that are due, with where the window starts now (it
+            // only moves forward, so it is never later than what the committed offset needs).
+            let from = part.window.as_ref().and_then(|w| w.replay_from());
             let commit = match &mut part.stage {
                 Stage::IntentCommit {
                     cut,
                     sent_at,
                     retry_at,
                     ..
-                } => due(sent_at, *retry_at, now).then(|| (cut.first, intent_metadata(cut.last))),
+                } => due(sent_at, *retry_at, now)
+                    .then(|| (cut.first, commit_metadata(Some(cut.last), from))),
                 Stage::DoneCommit {
                     cut,
                     next,
@@ -421,9 +460,7 @@ impl Driver {
                     retry_at,
                     ..
                 } => due(sent_at, *retry_at, now).then(|| {
-                    let meta = next
-                        .as_ref()
-                        .map_or_else(String::new, |n| intent_metadata(n.last));
+                    let meta = commit_metadata(next.as_ref().map(|n| n.last), from);
                     (cut.last + 1, meta)
                 }),
                 _ => None,
@@ -488,5 +525,14 @@ impl Driver {
         metrics::gauge!(m::KAFKA_WRITER_ASSIGNED_PARTITIONS).set(self.parts.len() as f64);
         let paused = self.parts.values().filter(|p| p.paused).count();
         metrics::gauge!(m::KAFKA_WRITER_PAUSED_PARTITIONS).set(paused as f64);
+        if self.dedup.is_some() {
+            let held: usize = self
+                .parts
+                .values()
+                .filter_map(|p| p.window.as_ref())
+                .map(|w| w.len())
+                .sum();
+            metrics::gauge!(m::DEDUP_WINDOW_REQUESTS).set(held as f64);
+        }
     }
 }

@@ -51,25 +51,53 @@ mod commit;
 mod context;
 mod cut;
 mod driver;
+mod replay;
 mod serve;
 mod write;
 
 use commit::*;
 use cut::*;
+use replay::*;
 pub use serve::serve;
 use write::*;
 
-const INTENT_PREFIX: &str = "tg1 end=";
+const METADATA_PREFIX: &str = "tg1";
 const COMMITTED_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// An async commit without an answer after this long is sent again.
 const COMMIT_RESEND: Duration = Duration::from_secs(60);
 
-pub fn intent_metadata(last: i64) -> String {
-    format!("{INTENT_PREFIX}{last}")
+/// Commit metadata: `tg1 end=<last offset of the cut batch>` (the intent, when a batch is cut
+/// and not yet committed) and `from=<offset>` (where the partition's dedup window starts); ""
+/// when there is neither.
+pub fn commit_metadata(end: Option<i64>, from: Option<i64>) -> String {
+    let mut m = String::new();
+    if let Some(last) = end {
+        m.push_str(&format!(" end={last}"));
+    }
+    if let Some(f) = from {
+        m.push_str(&format!(" from={f}"));
+    }
+    if m.is_empty() {
+        m
+    } else {
+        format!("{METADATA_PREFIX}{m}")
+    }
 }
 
-pub fn parse_intent(metadata: &str) -> Option<i64> {
-    metadata.strip_prefix(INTENT_PREFIX)?.trim().parse().ok()
+/// `(end, from)` of commit metadata; anything else reads as neither.
+pub fn parse_metadata(metadata: &str) -> (Option<i64>, Option<i64>) {
+    let Some(rest) = metadata.strip_prefix(METADATA_PREFIX) else {
+        return (None, None);
+    };
+    let (mut end, mut from) = (None, None);
+    for word in rest.split_whitespace() {
+        if let Some(v) = word.strip_prefix("end=") {
+            end = v.parse().ok();
+        } else if let Some(v) = word.strip_prefix("from=") {
+            from = v.parse().ok();
+        }
+    }
+    (end, from)
 }
 
 /// The group id of a batch (also the archive object name).
@@ -116,10 +144,12 @@ struct WriterContext {
     owned: Arc<Mutex<HashMap<Tp, u64>>>,
 }
 
-/// One consumed message: its batch (None when it was quarantined), size and span count.
+/// One consumed message: its batch (None when it was quarantined), size and span count, and
+/// whether it repeats a request stored before (then it is not written).
 struct Msg {
     offset: i64,
     batch: Option<Batch>,
+    repeat: bool,
     bytes: usize,
     spans: u64,
     arrived: Instant,
@@ -185,6 +215,12 @@ struct Part {
     /// Offset of an unreadable message whose quarantine file could not be written (only
     /// possible while stopping): nothing from it on is buffered, so no commit passes it.
     stalled_at: Option<i64>,
+    /// Retry-safe ingest: the requests seen (None when `dedup.window_secs` is 0)…
+    window: Option<tracegate_pipeline::dedup::Window>,
+    /// …and whether it is still being rebuilt.
+    replay: Replay,
+    /// Highest offset read back into the window (a re-fetch is not read twice).
+    replayed_to: Option<i64>,
 }
 
 impl Part {
@@ -232,6 +268,7 @@ struct Driver {
     shared: Arc<Shared>,
     quarantine: PathBuf,
     shutdown_timeout: Duration,
+    dedup: Option<Dedup>,
 }
 
 #[cfg(test)]
@@ -240,9 +277,27 @@ mod tests {
 
     #[test]
     fn intent_round_trip() {
-        assert_eq!(parse_intent(&intent_metadata(42)), Some(42));
-        assert_eq!(parse_intent(""), None);
-        assert_eq!(parse_intent("something else"), None);
+        assert_eq!(
+            parse_metadata(&commit_metadata(Some(42), None)),
+            (Some(42), None)
+        );
+        assert_eq!(commit_metadata(Some(42), None), "tg1 end=42");
+        assert_eq!(
+            parse_metadata("tg1 end=42"),
+            (Some(42), None),
+            "older writers' form"
+        );
+        assert_eq!(
+            parse_metadata(&commit_metadata(Some(42), Some(7))),
+            (Some(42), Some(7))
+        );
+        assert_eq!(
+            parse_metadata(&commit_metadata(None, Some(7))),
+            (None, Some(7))
+        );
+        assert_eq!(commit_metadata(None, None), "");
+        assert_eq!(parse_metadata(""), (None, None));
+        assert_eq!(parse_metadata("something else"), (None, None));
         assert_eq!(group_id("t", 3, 10, 19), "t:3:10-19");
     }
 }

@@ -148,6 +148,10 @@ fn start_driver(
         shared,
         quarantine: config.server.data_dir.join("kafka-quarantine"),
         shutdown_timeout: Duration::from_millis(config.server.shutdown_timeout_ms),
+        dedup: config.dedup.window().map(|window| Dedup {
+            window,
+            max_entries: config.dedup.max_entries(),
+        }),
     };
     let (fin_tx, fin_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
