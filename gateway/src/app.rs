@@ -25,10 +25,12 @@ use crate::config::Config;
 use crate::config::StoreKind;
 use crate::ingest::Ingest;
 use crate::netconfig::OtlpListener;
+use crate::queue::dedup::{recover, Dedup};
 use crate::queue::embedded::EmbeddedQueue;
 use crate::server::admin::{Admin, Readiness};
 use crate::server::conn::ConnSetup;
 use crate::server::{grpc::GrpcReceiver, http::HttpReceiver, listener};
+use tracegate_archive::store::ArchiveStore;
 use tracegate_pipeline::BatchQueue;
 use tracegate_pipeline::Sink;
 
@@ -213,12 +215,31 @@ fn start_queue(config: &Config) -> Result<Queue> {
         // ClickHouse wants few, large inserts: gather a group for at least the insert interval.
         writer_cfg.max_wait_ms = writer_cfg.max_wait_ms.max(ch.insert_interval_ms);
     }
-    let (q, w) = EmbeddedQueue::start(writer_cfg, list);
+    let dedup = embedded_dedup(config, &list)?;
+    let (q, w) = EmbeddedQueue::start(writer_cfg, list, dedup);
     Ok(Queue {
         queue: Arc::new(q),
         stop: Box::pin(w.shutdown()),
         clickhouse_stop,
     })
+}
+
+/// Retry-safe ingest of the embedded queue (`queue::dedup`): the window rebuilt from the
+/// journal in `<data dir>/dedup`, and the groups a crash left unfinished finished from the
+/// archive in the background (their requests' repeats wait for that).
+fn embedded_dedup(config: &Config, sinks: &[Arc<dyn Sink>]) -> Result<Option<Arc<Dedup>>> {
+    let Some(window) = config.dedup.window() else {
+        return Ok(None);
+    };
+    let dir = config.server.data_dir.join("dedup");
+    let (d, unfinished) = Dedup::open(&dir, &config.dedup, window)
+        .with_context(|| format!("opening the dedup journal in {}", dir.display()))?;
+    let d = Arc::new(d);
+    if !unfinished.is_empty() {
+        let store = ArchiveStore::open(&config.archive_settings(), false)?;
+        tokio::spawn(recover(d.clone(), store, sinks.to_vec(), unfinished));
+    }
+    Ok(Some(d))
 }
 
 /// The sinks a group is written to, in order, for `serve` (embedded) and `write` alike: the

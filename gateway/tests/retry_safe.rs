@@ -2,7 +2,9 @@
 //! again — to another gateway process, under another API key of the same project, with another
 //! compression, over gRPC instead of HTTP, split into several Kafka messages, and after its
 //! partition moved to another writer process — is stored once. The negative control, the same
-//! run with `dedup.window_secs = 0`, stores every copy: the check below can fail.
+//! run with `dedup.window_secs = 0`, stores every copy: the check below can fail. The same for
+//! the embedded layout, where the copy is sent again while the first is being written, once
+//! it is stored, and after a restart on the same data dir.
 
 mod common;
 
@@ -200,4 +202,65 @@ fn a_request_sent_again_is_stored_once_across_gateways_encodings_splits_and_writ
     );
     assert_eq!(off.fresh, vec![1]);
     assert_eq!(off.repeats_seen, 0.0);
+}
+
+/// The embedded layout: a client whose answer never came (it gave up before the group was
+/// written) sends the request again while the first copy is being written, again once it is
+/// stored, and again after the gateway restarted on the same data dir. Returns the copies per
+/// span in the archive.
+fn embedded_run(window_secs: u64) -> Vec<usize> {
+    let dir = tempfile::Builder::new()
+        .prefix("tg-rs-emb-")
+        .tempdir()
+        .unwrap();
+    let env = [
+        ("TRACEGATE_DEDUP__WINDOW_SECS", window_secs.to_string()),
+        // Each group waits 1.5 s, so the first answer comes after the client gave up.
+        ("TRACEGATE_WRITER__MAX_WAIT_MS", "1500".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut gw = Gateway::start_in(dir.path(), &env);
+    let project = common::unique_project("retry-safe-emb");
+    let key = gw.create_key(&project);
+    let req = request("emb", 20, 100);
+    let auth = format!("Bearer {key}");
+    let headers = [
+        ("content-type", "application/x-protobuf"),
+        ("authorization", auth.as_str()),
+    ];
+    let impatient = common::http_client_with_timeout(Duration::from_millis(300));
+    let first = common::try_post(&impatient, &gw.traces_url(), &headers, common::encode(&req));
+    assert!(
+        first.is_err(),
+        "the first answer came in time: {:?}",
+        first.map(|r| r.0)
+    );
+    // While the first copy is being written…
+    ok(
+        common::post_protobuf_compressed(&gw, &key, &req, "gzip").0,
+        "again while the first copy is written",
+    );
+    // …once it is stored…
+    ok(
+        common::post_protobuf_compressed(&gw, &key, &req, "zstd").0,
+        "again once stored",
+    );
+    // …and after a restart.
+    let s = gw.terminate();
+    assert!(s.success(), "exit {s}");
+    let mut gw = Gateway::start_in(dir.path(), &env);
+    let (code, _) = common::grpc_export(&gw, &key, req.clone());
+    assert_eq!(code, tonic::Code::Ok, "again after the restart, gRPC");
+    let want = names(&req);
+    let c = counts(dir.path(), &project, &want);
+    let s = gw.terminate();
+    assert!(s.success(), "exit {s}");
+    copies(&c, &want)
+}
+
+#[test]
+fn embedded_a_request_whose_answer_was_lost_is_stored_once_across_a_restart() {
+    assert_eq!(embedded_run(900), vec![1], "copies per span");
+    // Negative control: every copy is stored.
+    assert_eq!(embedded_run(0), vec![4], "control: copies per span");
 }

@@ -164,6 +164,14 @@ impl Window {
         seen
     }
 
+    /// Whether `e` would be a repeat, without recording it: for a writer that records only
+    /// the copies it has made durable (the embedded queue), and asks before writing.
+    pub fn is_repeat(&self, e: &Envelope) -> bool {
+        self.last.get(&e.key).is_some_and(|x| {
+            e.at.abs_diff(x.at) <= self.window_ns && x.copy != e.copy && x.read >= x.parts
+        })
+    }
+
     fn expire(&mut self, max_entries: usize) {
         let horizon = self.newest.saturating_sub(self.keep_ns);
         while let Some(&(at, position, key)) = self.order.front() {
@@ -234,6 +242,8 @@ mod tests {
         let mut w = Window::new(Duration::from_secs(60));
         assert_eq!(w.check(one(1, 10, 100, 0), 100), Seen::New);
         assert_eq!(w.check(one(2, 20, 100, 1), 100), Seen::New);
+        assert!(w.is_repeat(&one(1, 11, 150, 2)));
+        assert!(!w.is_repeat(&one(1, 10, 150, 2)), "the stored copy itself");
         assert_eq!(w.check(one(1, 11, 150, 2), 100), Seen::Repeat);
         // An earlier clock on another gateway is still within the window.
         assert_eq!(w.check(one(2, 21, 90, 3), 100), Seen::Repeat);

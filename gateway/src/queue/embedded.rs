@@ -26,6 +26,7 @@ use tracegate_proto::v1::Batch;
 
 use tracegate_pipeline::{BatchQueue, Class, QueueError, Sink, WriteGroup};
 
+use super::dedup::{Admit, Dedup};
 use crate::config::WriterConfig;
 use crate::metrics as m;
 
@@ -64,6 +65,8 @@ struct Shared {
     wake: Notify,
     capacity: usize,
     slots: usize,
+    /// Retry-safe ingest (`queue::dedup`), unless `dedup.window_secs` is 0.
+    dedup: Option<Arc<Dedup>>,
 }
 
 impl Shared {
@@ -194,12 +197,17 @@ impl WriterHandle {
 }
 
 impl EmbeddedQueue {
-    pub fn start(cfg: WriterConfig, sinks: Vec<Arc<dyn Sink>>) -> (Self, WriterHandle) {
+    pub fn start(
+        cfg: WriterConfig,
+        sinks: Vec<Arc<dyn Sink>>,
+        dedup: Option<Arc<Dedup>>,
+    ) -> (Self, WriterHandle) {
         let shared = Arc::new(Shared {
             lanes: Mutex::default(),
             wake: Notify::new(),
             capacity: cfg.queue_capacity,
             slots: cfg.max_concurrent_writes.max(1),
+            dedup,
         });
         let (stop_tx, stop_rx) = oneshot::channel();
         let healthy = Arc::new(AtomicBool::new(true));
@@ -245,17 +253,34 @@ impl EmbeddedQueue {
 impl BatchQueue for EmbeddedQueue {
     fn publish(&self, batch: Batch, class: Class) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async move {
-            let (ack, wait) = oneshot::channel();
-            // A compressed payload counts at its decompressed size (what a sink decoding the
-            // group holds).
-            let bytes = tracegate_otlp::envelope::inflated_len(&batch, batch.encoded_len());
-            self.enqueue(Pending {
-                batch,
-                bytes,
-                queued: Instant::now(),
-                class,
-                ack,
-            })?;
+            let (ack, mut wait) = oneshot::channel();
+            let dedup = self.shared.dedup.as_ref();
+            match dedup.map(|d| d.admit(&batch)) {
+                Some(Admit::Repeat) => return Ok(()),
+                Some(Admit::Wait(first)) => wait = first,
+                Some(Admit::New) | None => {
+                    // A compressed payload counts at its decompressed size (what a sink
+                    // decoding the group holds).
+                    let bytes = tracegate_otlp::envelope::inflated_len(&batch, batch.encoded_len());
+                    let key = dedup.map(|_| (batch.dedup_key.clone(), batch.batch_id.clone()));
+                    let queued = self.enqueue(Pending {
+                        batch,
+                        bytes,
+                        queued: Instant::now(),
+                        class,
+                        ack,
+                    });
+                    if let (Err(e), Some(d), Some((dedup_key, batch_id))) = (&queued, dedup, key) {
+                        let b = Batch {
+                            dedup_key,
+                            batch_id,
+                            ..Default::default()
+                        };
+                        d.abandon(&b, &e.to_string());
+                    }
+                    queued?;
+                }
+            }
             match wait.await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(QueueError::internal(format!(
@@ -381,6 +406,7 @@ async fn writer_loop(
         // Another waiter may be served by a slot still free.
         shared.wake.notify_one();
         let (sinks, healthy, shared) = (sinks.clone(), healthy.clone(), shared.clone());
+        let dedup = shared.dedup.clone();
         seq += 1;
         let (id, running) = (seq, running.clone());
         running.set(id, true);
@@ -388,7 +414,7 @@ async fn writer_loop(
             // A busy project's group is written on the bulk threads (`tracegate_pipeline::cpu`); a panic there
             // drops the acks, which answers its requests as not written.
             let _ = tracegate_pipeline::cpu::run_task(class, async move {
-                flush(&sinks, group, class, &healthy).await
+                flush(&sinks, group, class, &healthy, dedup.as_deref()).await
             })
             .await;
             running.set(id, false);
@@ -430,7 +456,13 @@ async fn gather(
     }
 }
 
-async fn flush(sinks: &[Arc<dyn Sink>], group: Vec<Pending>, class: Class, healthy: &AtomicBool) {
+async fn flush(
+    sinks: &[Arc<dyn Sink>],
+    group: Vec<Pending>,
+    class: Class,
+    healthy: &AtomicBool,
+    dedup: Option<&Dedup>,
+) {
     let started = Instant::now();
     let (batches, acks): (Vec<Batch>, Vec<_>) = group.into_iter().map(|p| (p.batch, p.ack)).unzip();
     let n = batches.len();
@@ -447,13 +479,30 @@ async fn flush(sinks: &[Arc<dyn Sink>], group: Vec<Pending>, class: Class, healt
         class,
     });
     let mut result = Ok(());
-    for sink in sinks {
+    // The journal first (retry-safe ingest): after a crash, a group the sinks may have written
+    // is known and finished from the archive.
+    let intent = dedup.map(|d| d.intent(&group.id, &group.batches));
+    if let Some(Err(e)) = intent {
+        tracing::error!(error = %format!("{e:#}"), "dedup journal write failed; batches will be refused for retry");
+        result = Err(format!("dedup journal: {e}"));
+    }
+    let mut written = 0;
+    for sink in sinks.iter().filter(|_| result.is_ok()) {
         if let Err(e) = sink.write(group.clone()).await {
             tracing::error!(sink = sink.name(), error = %format!("{e:#}"), "sink write failed; batches will be refused for retry");
             metrics::counter!(m::WRITE_ERRORS, "sink" => sink.name()).increment(1);
             result = Err(format!("{} sink: {e}", sink.name()));
             break;
         }
+        written += 1;
+    }
+    if let Some(d) = dedup {
+        d.finish(
+            &group.id,
+            &Dedup::entries(&group.batches),
+            &result,
+            written > 0,
+        );
     }
     healthy.store(result.is_ok(), Ordering::Relaxed);
     metrics::histogram!(m::WRITE_DURATION).record(started.elapsed().as_secs_f64());
@@ -503,7 +552,7 @@ mod tests {
             max_wait_ms: 50,
             ..Default::default()
         };
-        let (q, h) = EmbeddedQueue::start(cfg, vec![rec.clone()]);
+        let (q, h) = EmbeddedQueue::start(cfg, vec![rec.clone()], None);
         let q = Arc::new(q);
         let mut tasks = vec![];
         for _ in 0..10 {
@@ -547,7 +596,7 @@ mod tests {
             max_concurrent_writes: 2,
             ..Default::default()
         };
-        let (q, h) = EmbeddedQueue::start(cfg, vec![sink.clone()]);
+        let (q, h) = EmbeddedQueue::start(cfg, vec![sink.clone()], None);
         let q = Arc::new(q);
         let mut noisy = vec![];
         for _ in 0..40 {
@@ -601,7 +650,7 @@ mod tests {
             max_wait_ms: 1,
             ..Default::default()
         };
-        let (q, h) = EmbeddedQueue::start(cfg, vec![sink.clone()]);
+        let (q, h) = EmbeddedQueue::start(cfg, vec![sink.clone()], None);
         q.publish(batch(), Class::Interactive).await.unwrap();
         q.publish(batch(), Class::Bulk).await.unwrap();
         assert_eq!(
@@ -614,7 +663,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_writes_everything_queued() {
         let sink = Arc::new(Slow(Mutex::new(vec![])));
-        let (q, h) = EmbeddedQueue::start(WriterConfig::default(), vec![sink.clone()]);
+        let (q, h) = EmbeddedQueue::start(WriterConfig::default(), vec![sink.clone()], None);
         let q = Arc::new(q);
         let mut tasks = vec![];
         for i in 0..30 {
@@ -646,7 +695,7 @@ mod tests {
     #[tokio::test]
     async fn sink_failure_is_retryable_error_not_ack() {
         let rec = Arc::new(Recording(Mutex::new(vec![]), true));
-        let (q, _h) = EmbeddedQueue::start(WriterConfig::default(), vec![rec]);
+        let (q, _h) = EmbeddedQueue::start(WriterConfig::default(), vec![rec], None);
         let e = q.publish(batch(), Class::Interactive).await.unwrap_err();
         assert_eq!(ApiError::from(e).http_status(), 503);
         assert!(!q.is_ready());
