@@ -126,6 +126,13 @@ mod tests {
             .expect("the report, not a dropped sender");
         let code = r.unwrap_err().rdkafka_error_code();
         assert_eq!(code, Some(RDKafkaErrorCode::MessageTimedOut));
+        // librdkafka lowers its count just after the report (seen once in CI at 1): bounded wait.
+        for _ in 0..100 {
+            if p.in_flight_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert_eq!(p.in_flight_count(), 0, "librdkafka holds nothing more");
     }
 
