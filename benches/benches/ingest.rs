@@ -5,6 +5,8 @@
 //! - `decode_validate_protobuf_slow`: the prost path (decode, validate, stamp) that the fast
 //!   path replaces for clean requests; `decode_validate_json`: JSON, always the prost path;
 //! - `prepare_*`: the whole `ingest::prepare` step (reserve, decompress, scan, envelope bytes);
+//! - `request_digest_xxh3`, `dedup_window_check`: retry-safe ingest's digest of a request
+//!   (in every `prepare_*`) and a writer's window decision for it;
 //! - `envelope_encode`: a `Batch` around the request, encoded as the Kafka producer does;
 //! - `archive_payload_zstd3` and `archive_seal`: the writer's archive object for one batch
 //!   (zstd frame of records, then the v2 AES-256-GCM envelope);
@@ -137,6 +139,24 @@ fn bench(c: &mut Criterion) {
     });
     per_cpu_second("decode_validate_json", SPANS, rounds / 8, || {
         run(Format::Json, Compression::Identity, &json)
+    });
+    // Retry-safe ingest: the gateway's digest over every request's decompressed bytes (part
+    // of every `prepare_*` above), and the writer's window decision, once per request.
+    per_cpu_second("request_digest_xxh3", SPANS, rounds * 20, || {
+        tracegate_pipeline::dedup::digest(&proto)
+    });
+    let mut window = tracegate_pipeline::dedup::Window::new(std::time::Duration::from_secs(900));
+    let mut n = 0u64;
+    per_cpu_second("dedup_window_check", SPANS, rounds * 100, || {
+        n += 1;
+        let e = tracegate_pipeline::dedup::Envelope {
+            key: u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            copy: u128::from(n),
+            parts: 0,
+            at: n * 1_000_000,
+            position: n as i64,
+        };
+        window.check(e, 1 << 22)
     });
     per_cpu_second("envelope_encode", SPANS, rounds, || batch.encode_to_vec());
     per_cpu_second("archive_payload_zstd3", SPANS, rounds / 4, || {
