@@ -61,6 +61,32 @@ impl Load {
         retry_pause: Duration,
         encodings: &[&'static str],
     ) -> Load {
+        Self::start_spread(
+            &[url],
+            key,
+            prefix,
+            threads,
+            spans_per_request,
+            pause,
+            retry_pause,
+            encodings,
+        )
+    }
+
+    /// As `start_encoded` over several gateways: attempt `a` of request `id` goes to
+    /// `urls[(id + a) % len]`, so a retry lands on another gateway, as behind a load balancer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_spread(
+        urls: &[&str],
+        key: &str,
+        prefix: &str,
+        threads: usize,
+        spans_per_request: u64,
+        pause: Duration,
+        retry_pause: Duration,
+        encodings: &[&'static str],
+    ) -> Load {
+        let urls: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
         let encodings: std::sync::Arc<Vec<&'static str>> = std::sync::Arc::new(encodings.to_vec());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let next = std::sync::Arc::new(AtomicU64::new(0));
@@ -69,8 +95,8 @@ impl Load {
             .map(|_| {
                 let (stop, next, log) = (stop.clone(), next.clone(), log.clone());
                 let encodings = encodings.clone();
-                let (url, auth, prefix) =
-                    (url.to_string(), format!("Bearer {key}"), prefix.to_string());
+                let (urls, auth, prefix) =
+                    (urls.clone(), format!("Bearer {key}"), prefix.to_string());
                 thread::spawn(move || {
                     let client = http_client_with_timeout(Duration::from_secs(15));
                     while !stop.load(Ordering::Relaxed) {
@@ -99,7 +125,8 @@ impl Load {
                             if attempts == 2 {
                                 log.lock().unwrap().retried += 1;
                             }
-                            match try_post(&client, &url, &headers, body.clone()) {
+                            let url = &urls[(id as usize + attempts) % urls.len()];
+                            match try_post(&client, url, &headers, body.clone()) {
                                 Ok((200, _, _)) => {
                                     log.lock().unwrap().acked.push((id, Instant::now()));
                                     break;

@@ -148,12 +148,19 @@ impl Drop for Moto {
 }
 
 /// A TCP forwarder to `target` that can be switched down: then new connections are closed at
-/// once and the open ones are cut (a store or KMS that is unreachable).
+/// once and the open ones are cut (a store or KMS that is unreachable). With an answer loss
+/// (`set_answer_loss`), a chunk coming back from `target` is, with that probability, not
+/// forwarded and the connection is cut instead: the server answered (an OTLP gateway has
+/// acknowledged), the client never hears it.
 pub struct SwitchProxy {
     pub addr: SocketAddr,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     epoch: std::sync::Arc<AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Answer loss in parts per million.
+    loss_ppm: std::sync::Arc<AtomicU64>,
+    /// Answers cut so far.
+    pub cut: std::sync::Arc<AtomicU64>,
 }
 
 impl SwitchProxy {
@@ -168,7 +175,11 @@ impl SwitchProxy {
         let epoch = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (d, e, s) = (down.clone(), epoch.clone(), stop.clone());
+        let loss_ppm = Arc::new(AtomicU64::new(0));
+        let cut = Arc::new(AtomicU64::new(0));
+        let (loss, cuts) = (loss_ppm.clone(), cut.clone());
         thread::spawn(move || {
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
             while !s.load(Ordering::Relaxed) {
                 let (c, _) = match l.accept() {
                     Ok(x) => x,
@@ -186,9 +197,12 @@ impl SwitchProxy {
                 };
                 let my = e.load(Ordering::SeqCst);
                 c.set_nonblocking(false).ok();
-                for (mut from, mut to) in [(c.try_clone().unwrap(), u.try_clone().unwrap()), (u, c)]
-                {
+                let pairs = [(c.try_clone().unwrap(), u.try_clone().unwrap()), (u, c)];
+                for (answers, (mut from, mut to)) in pairs.into_iter().enumerate() {
                     let (e, s) = (e.clone(), s.clone());
+                    let (loss, cuts) = (loss.clone(), cuts.clone());
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    let mut rng = seed;
                     thread::spawn(move || {
                         from.set_read_timeout(Some(Duration::from_millis(100))).ok();
                         let mut buf = [0u8; 65536];
@@ -196,6 +210,15 @@ impl SwitchProxy {
                             match from.read(&mut buf) {
                                 Ok(0) => break,
                                 Ok(n) => {
+                                    rng ^= rng << 13;
+                                    rng ^= rng >> 7;
+                                    rng ^= rng << 17;
+                                    if answers == 1
+                                        && rng % 1_000_000 < loss.load(Ordering::Relaxed)
+                                    {
+                                        cuts.fetch_add(1, Ordering::Relaxed);
+                                        break;
+                                    }
                                     if to.write_all(&buf[..n]).is_err() {
                                         break;
                                     }
@@ -217,7 +240,15 @@ impl SwitchProxy {
             down,
             epoch,
             stop,
+            loss_ppm,
+            cut,
         }
+    }
+
+    /// Cuts a connection instead of forwarding an answer chunk with probability `p`.
+    pub fn set_answer_loss(&self, p: f64) {
+        self.loss_ppm
+            .store((p.clamp(0.0, 1.0) * 1e6) as u64, Ordering::Relaxed);
     }
 
     pub fn url(&self) -> String {
