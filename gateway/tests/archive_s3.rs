@@ -26,15 +26,7 @@ fn cat(
     env: &[(String, String)],
     project: Option<&str>,
 ) -> Vec<serde_json::Value> {
-    let mut args = vec!["archive", "cat"];
-    if let Some(p) = project {
-        args.extend(["--project", p]);
-    }
-    tracegate_ok(data, &args, env)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
+    common::archive_spans_env(data, env, project)
 }
 
 /// A failure message that says what is wrong with the object.

@@ -3,9 +3,12 @@
 //! under a load of sequence-numbered spans from clients with OTLP retry semantics (every
 //! failed or unanswered request is sent again, the same bytes, to the other gateway), while
 //! faults fall on a seeded schedule: kill -9 of a gateway, kill -9 of a writer, the broker down
-//! and up, broker round trips slowed, the ClickHouse front killed and restarted; throughout,
+//! and up, broker round trips slowed, the ClickHouse front killed and restarted, S3 and KMS
+//! (moto, the archive's store and keys) unreachable; throughout,
 //! proxies in front of the gateways cut 5 % of the answers after the gateway acknowledged (the
 //! request is durable, the client never hears it), and the front loses 10 % of insert answers.
+//!
+//! The archive is on S3 under a KMS key (moto), written by both writers.
 //!
 //! The oracle: every acknowledged span is in ClickHouse exactly once (`count() =
 //! uniqExact(TraceId, SpanId)` = the acknowledged spans, and every acknowledged name present)
@@ -22,7 +25,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{ChFront, Gateway, Load, SwitchProxy, TestBroker, Writer};
+use common::{ChFront, Gateway, Load, Moto, SwitchProxy, TestBroker, Writer};
 
 const SPANS_PER_REQUEST: u64 = 100;
 const TOPIC_PARTITIONS: i32 = 4;
@@ -60,6 +63,10 @@ struct Outcome {
 struct Layout {
     broker: TestBroker,
     front: ChFront,
+    _moto: Moto,
+    /// In front of S3 and of KMS (both moto): switched down for the "S3 failing" fault.
+    s3: SwitchProxy,
+    kms: SwitchProxy,
     gateways: Vec<Gateway>,
     proxies: Vec<SwitchProxy>,
     writers: Vec<Writer>,
@@ -70,8 +77,23 @@ impl Layout {
     fn start(topic: &str, db: &str, window_secs: u64, gw_dir: &Path, wr_dir: &Path) -> Layout {
         let broker = TestBroker::start(&[(topic, TOPIC_PARTITIONS)]);
         let front = ChFront::start(&["--fault-ack-loss", "0.1", "--seed", "5"]);
+        // The archive on S3 with a KMS key, both moto, each behind a switch.
+        let moto = Moto::start();
+        moto.create_bucket("chaos");
+        let kms_key = moto.create_kms_key();
+        let moto_addr = moto.endpoint.trim_start_matches("http://").parse().unwrap();
+        let (s3, kms) = (SwitchProxy::start(moto_addr), SwitchProxy::start(moto_addr));
         let mut env = broker.env(topic);
         env.extend(common::clickhouse_env(&front, db));
+        env.extend(moto.env());
+        env.extend([
+            ("AWS_ENDPOINT_URL_S3".into(), s3.url()),
+            ("AWS_ENDPOINT_URL_KMS".into(), kms.url()),
+            ("TRACEGATE_ARCHIVE__URL".into(), format!("s3://chaos/{db}")),
+            ("TRACEGATE_ARCHIVE__KEY_PROVIDER".into(), "aws-kms".into()),
+            ("TRACEGATE_ARCHIVE__KMS_KEY_ID".into(), kms_key),
+            ("TRACEGATE_ARCHIVE__TIMEOUT_MS".into(), "1000".into()),
+        ]);
         for (k, v) in [
             ("TRACEGATE_KAFKA__SESSION_TIMEOUT_MS", "6000".to_string()),
             ("TRACEGATE_KAFKA__BATCH_MAX_AGE_MS", "200".into()),
@@ -102,6 +124,9 @@ impl Layout {
         Layout {
             broker,
             front,
+            _moto: moto,
+            s3,
+            kms,
             gateways,
             proxies,
             writers,
@@ -112,7 +137,7 @@ impl Layout {
     /// One fault from the schedule; returns its name.
     fn fault(&mut self, rng: &mut Rng, gw_dir: &Path, wr_dir: &Path) -> &'static str {
         let refs = common::env_refs(&self.env);
-        match rng.below(5) {
+        match rng.below(6) {
             0 => {
                 let i = rng.below(2) as usize;
                 let g = &mut self.gateways[i];
@@ -140,6 +165,14 @@ impl Layout {
                 std::thread::sleep(Duration::from_millis(1000 + rng.below(1000)));
                 self.broker.cmd("rtt 1 0");
                 "broker slow"
+            }
+            4 => {
+                self.s3.set_down(true);
+                self.kms.set_down(true);
+                std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
+                self.s3.set_down(false);
+                self.kms.set_down(false);
+                "s3 and kms down"
             }
             _ => {
                 self.front.kill9();
@@ -233,7 +266,7 @@ fn run(window_secs: u64, requests: u64, seed: u64) -> Outcome {
     let ch_missing = acked.iter().filter(|n| !in_ch.contains(*n)).count();
     // The archive: every acknowledged span once.
     let mut counts: HashMap<String, usize> = HashMap::new();
-    for r in common::archive_spans_in(wr_dir.path(), Some(&project)) {
+    for r in common::archive_spans_env(wr_dir.path(), &l.env, Some(&project)) {
         *counts
             .entry(r["span"]["name"].as_str().unwrap_or_default().to_string())
             .or_default() += 1;

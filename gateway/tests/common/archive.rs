@@ -31,6 +31,24 @@ pub fn archive_spans_in(data_dir: &Path, project: Option<&str>) -> Vec<serde_jso
     archive_cat(data_dir, project, &[])
 }
 
+/// `tracegate archive cat [--project P]` of the archive `env` configures (S3, KMS), one JSON
+/// value per line.
+pub fn archive_spans_env(
+    data_dir: &Path,
+    env: &[(String, String)],
+    project: Option<&str>,
+) -> Vec<serde_json::Value> {
+    let mut args = vec!["archive", "cat"];
+    if let Some(p) = project {
+        args.extend(["--project", p]);
+    }
+    tracegate_ok(data_dir, &args, env)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
 /// The spans of the ClickHouse dead-letter area (`archive cat --dead-letters`).
 pub fn dead_letter_spans_in(data_dir: &Path) -> Vec<serde_json::Value> {
     archive_cat(data_dir, None, &["--dead-letters"])
