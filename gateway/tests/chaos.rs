@@ -1,10 +1,12 @@
 //! Chaos across processes (issue 22, short form): the production layout on loopback, each part
-//! its own process — the test broker, two gateways, two writers, ClickHouse (the chdb front) —
+//! its own process — the test broker, two gateways, two writers, ClickHouse (the chdb front),
+//! S3 and KMS (moto), the PostgreSQL key store —
 //! under a load of sequence-numbered spans from clients with OTLP retry semantics (every
 //! failed or unanswered request is sent again, the same bytes, to the other gateway), while
 //! faults fall on a seeded schedule: kill -9 of a gateway, kill -9 of a writer, the broker down
 //! and up, broker round trips slowed, the ClickHouse front killed and restarted, S3 and KMS
-//! (moto, the archive's store and keys) unreachable; throughout,
+//! (moto, the archive's store and keys) unreachable, the PostgreSQL key store stopped;
+//! throughout,
 //! proxies in front of the gateways cut 5 % of the answers after the gateway acknowledged (the
 //! request is durable, the client never hears it), and the front loses 10 % of insert answers.
 //!
@@ -25,7 +27,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{ChFront, Gateway, Load, Moto, SwitchProxy, TestBroker, Writer};
+use common::{ChFront, Gateway, Load, Moto, PgKeys, SwitchProxy, TestBroker, Writer};
 
 const SPANS_PER_REQUEST: u64 = 100;
 const TOPIC_PARTITIONS: i32 = 4;
@@ -64,6 +66,8 @@ struct Layout {
     broker: TestBroker,
     front: ChFront,
     _moto: Moto,
+    /// The gateways' key store.
+    keys: PgKeys,
     /// In front of S3 and of KMS (both moto): switched down for the "S3 failing" fault.
     s3: SwitchProxy,
     kms: SwitchProxy,
@@ -83,8 +87,10 @@ impl Layout {
         let kms_key = moto.create_kms_key();
         let moto_addr = moto.endpoint.trim_start_matches("http://").parse().unwrap();
         let (s3, kms) = (SwitchProxy::start(moto_addr), SwitchProxy::start(moto_addr));
+        let keys = PgKeys::start();
         let mut env = broker.env(topic);
         env.extend(common::clickhouse_env(&front, db));
+        env.extend(keys.env().into_iter().map(|(k, v)| (k.to_string(), v)));
         env.extend(moto.env());
         env.extend([
             ("AWS_ENDPOINT_URL_S3".into(), s3.url()),
@@ -106,8 +112,8 @@ impl Layout {
         }
         common::migrate(&env);
         let refs = common::env_refs(&env);
-        // Both gateways on one data dir: the same key file (a Kafka gateway writes nothing
-        // else there that the other reads).
+        // Both gateways on one data dir (a Kafka gateway writes nothing there that the other
+        // reads); their keys are in PostgreSQL.
         let gateways: Vec<Gateway> = (0..2).map(|_| Gateway::start_in(gw_dir, &refs)).collect();
         let proxies = gateways
             .iter()
@@ -125,6 +131,7 @@ impl Layout {
             broker,
             front,
             _moto: moto,
+            keys,
             s3,
             kms,
             gateways,
@@ -137,7 +144,7 @@ impl Layout {
     /// One fault from the schedule; returns its name.
     fn fault(&mut self, rng: &mut Rng, gw_dir: &Path, wr_dir: &Path) -> &'static str {
         let refs = common::env_refs(&self.env);
-        match rng.below(6) {
+        match rng.below(7) {
             0 => {
                 let i = rng.below(2) as usize;
                 let g = &mut self.gateways[i];
@@ -174,6 +181,14 @@ impl Layout {
                 self.kms.set_down(false);
                 "s3 and kms down"
             }
+            5 => {
+                // Cached keys keep working; a gateway restarted meanwhile answers 503 until
+                // PostgreSQL is back.
+                self.keys.pg.stop();
+                std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
+                self.keys.pg.restart();
+                "postgres down"
+            }
             _ => {
                 self.front.kill9();
                 std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
@@ -191,8 +206,7 @@ fn run(window_secs: u64, requests: u64, seed: u64) -> Outcome {
     let (gw_dir, wr_dir) = (tmp("tg-chaos-gw-"), tmp("tg-chaos-wr-"));
     let mut l = Layout::start(&topic, &db, window_secs, gw_dir.path(), wr_dir.path());
     let project = common::unique_project(&format!("chaos-{tag}"));
-    let key = l.gateways[0].create_key(&project);
-    std::thread::sleep(Duration::from_secs(2)); // both gateways read the new key
+    let (_, key) = l.keys.create(&project);
     let urls: Vec<String> = l
         .proxies
         .iter()

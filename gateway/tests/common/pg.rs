@@ -246,3 +246,111 @@ pub fn broker_bin() -> std::path::PathBuf {
     );
     path
 }
+
+/// 32 bytes of pepper shared by the gateway and the CLI (keys are hashed under it).
+pub const PEPPER: &str = "5f1c2a9e8b7d6c5f4e3d2c1b0a99887766554433221100ffeeddccbbaa998877";
+pub const GW_ROLE: &str = "tracegate_gw";
+pub const GW_PASSWORD: &str = "gw-test-password";
+/// Cache TTL of the gateways of [`PgKeys`]: long enough that only a NOTIFY can explain a
+/// revocation taking effect during a test.
+pub const CACHE_TTL_MS: &str = "600000";
+
+/// A migrated PostgreSQL key store with the gateway's read-only login role, and the CLI
+/// (`tracegate keys … --store postgres`) that manages its keys.
+pub struct PgKeys {
+    pub pg: PgCluster,
+    pub gw_url: String,
+    /// Where the CLI keeps its (file) audit log; never the repo's cwd.
+    cli_dir: tempfile::TempDir,
+}
+
+impl PgKeys {
+    pub fn start() -> PgKeys {
+        let pg = PgCluster::start();
+        let cli_dir = tempfile::tempdir().unwrap();
+        let db = PgKeys {
+            gw_url: pg.url_for(GW_ROLE, GW_PASSWORD),
+            pg,
+            cli_dir,
+        };
+        let out = db.keys_ok(&["migrate"]);
+        assert!(out.contains("migrations applied: [1]"), "migrate: {out}");
+        db.pg.admin_exec(&format!(
+            "CREATE ROLE {GW_ROLE} LOGIN PASSWORD '{GW_PASSWORD}' IN ROLE tracegate_gateway"
+        ));
+        db
+    }
+
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TRACEGATE_AUTH__STORE", "postgres".into()),
+            ("TRACEGATE_AUTH__DATABASE_URL", self.gw_url.clone()),
+            ("TRACEGATE_AUTH__PEPPER", PEPPER.into()),
+            ("TRACEGATE_AUTH__CACHE_TTL_MS", CACHE_TTL_MS.into()),
+        ]
+    }
+
+    /// `tracegate keys ARGS --store postgres --database-url <admin> --data-dir <cli dir>` with
+    /// the gateway's env (same pepper); returns the output.
+    pub fn keys(&self, args: &[&str]) -> std::process::Output {
+        let mut a = vec!["keys"];
+        a.extend_from_slice(args);
+        let dir = self.cli_dir.path().to_str().unwrap();
+        a.extend_from_slice(&[
+            "--store",
+            "postgres",
+            "--database-url",
+            &self.pg.admin_url,
+            "--data-dir",
+            dir,
+        ]);
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run_tracegate(&a, &env, CMD_TIMEOUT)
+    }
+
+    pub fn keys_ok(&self, args: &[&str]) -> String {
+        let out = self.keys(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "tracegate keys {args:?} failed: {}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// `keys create --project P` → (key id, secret).
+    pub fn create(&self, project: &str) -> (String, String) {
+        let out = self.keys_ok(&["create", "--project", project]);
+        id_and_secret(&out)
+    }
+
+    pub fn gateway(&self) -> Gateway {
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Gateway::start(&env)
+    }
+}
+
+/// Parses `key_id: <id>` and the secret (last non-empty line) from `keys create|rotate`.
+pub fn id_and_secret(out: &str) -> (String, String) {
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key_id: "))
+        .unwrap_or_else(|| panic!("no `key_id:` line in {out:?}"))
+        .trim()
+        .to_string();
+    let secret = out
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap()
+        .to_string();
+    assert!(
+        secret.starts_with("tg_") && secret.contains(&id),
+        "last line is not a key for {id}: {out:?}"
+    );
+    (id, secret)
+}
