@@ -118,12 +118,12 @@ EOF
   start_gateway "$WORK/gw.toml"
   TAG="gateway-$TRANSPORT-$COMP"
   EP="http://$HTTP"
-  # warm-up
-  load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" --duration 3s --concurrency "${WARM_CONC:-8}" --body-pool 16 >/dev/null
-  # max: closed loop, 8 in flight; pre-built bodies (no per-request render/compress in loadtest).
   # The embedded gateway stores a repeated request once (retry-safe ingest, `[dedup]`), so a
   # pool of 16 bodies would measure answers to repeats: there the bodies are fresh (MAX_POOL=0).
   MAX_POOL="${MAX_POOL:-$([ "$TRANSPORT" = embedded ] && echo 0 || echo 16)}"
+  # warm-up
+  load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" --duration 3s --concurrency "${WARM_CONC:-8}" --body-pool "$MAX_POOL" >/dev/null
+  # max: closed loop, 8 in flight; pre-built bodies (no per-request render/compress in loadtest).
   load --endpoint "$EP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$SPR" \
     --duration "${MAX_SECS:-20}s" --concurrency "${MAX_CONC:-16}" --body-pool "$MAX_POOL" --watch-pid "$GW:gateway" $(watch_broker) \
     --report "$OUT/$TAG-max.json" --plot "$OUT/$TAG-max.svg"
@@ -375,6 +375,8 @@ shapes)
   fi
   start_gateway "$WORK/gw.toml"
   SHAPES=(${SHAPE_LIST:-"512:0" "512:8192" "64:65536" "64:0"})
+  # Fresh bodies on the embedded path, whose gateway stores a repeated request once (see `gateway`).
+  SHAPE_POOL="$([ "$TRANSPORT" = embedded ] && echo 0 || echo 16)"
   load --endpoint "http://$HTTP" --api-key "$KEY" --compression "$COMP" --duration 3s --concurrency 8 --body-pool 16 >/dev/null
   for round in $(seq 1 "${ROUNDS:-2}"); do
     ORDER=("${SHAPES[@]}")
@@ -382,7 +384,7 @@ shapes)
     for sh in "${ORDER[@]}"; do
       spr="${sh%%:*}"; ab="${sh##*:}"; tag="shape-$TRANSPORT-$COMP-$spr-$ab-r$round"
       load --endpoint "http://$HTTP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$spr" --attr-bytes "$ab" \
-        --duration "${MAX_SECS:-15}s" --concurrency "${MAX_CONC:-16}" --body-pool 16 --watch-pid "$GW:gateway" \
+        --duration "${MAX_SECS:-15}s" --concurrency "${MAX_CONC:-16}" --body-pool "$SHAPE_POOL" --watch-pid "$GW:gateway" \
         --report "$OUT/$tag.json" > /dev/null
       echo "SHAPE $spr spans x prompt $ab B, round $round: $(summary "$OUT/$tag.json")"
     done
@@ -413,7 +415,7 @@ profile)
   fi
   start_gateway "$WORK/gw.toml"
   load --endpoint "http://$HTTP" --api-key "$KEY" --spans-per-request "$SPR" --duration 20s --concurrency 16 \
-    --compression "${3:-none}" --body-pool 16 --watch-pid "$GW:gateway" --report "$OUT/profile-$TRANSPORT.json" ${LOAD_EXTRA:-} > /dev/null &
+    --compression "${3:-none}" --body-pool "$([ "$TRANSPORT" = embedded ] && echo 0 || echo 16)" --watch-pid "$GW:gateway" --report "$OUT/profile-$TRANSPORT.json" ${LOAD_EXTRA:-} > /dev/null &
   LP=$!
   sleep 3
   perf record -F "${PERF_FREQ:-499}" ${PERF_G:--g} -o "$WORK/perf.data" -p "$GW" -- sleep 15 2>/dev/null >/dev/null

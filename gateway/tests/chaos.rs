@@ -14,7 +14,8 @@
 //!
 //! The oracle: every acknowledged span is in ClickHouse exactly once (`count() =
 //! uniqExact(TraceId, SpanId)` = the acknowledged spans, and every acknowledged name present)
-//! and in the archive exactly once. The negative control, the same run with `dedup.window_secs
+//! and in the archive exactly once; the writers' committed offsets reached the end of the log
+//! and every span of every message below them is stored. The negative control, the same run with `dedup.window_secs
 //! = 0`, must store some span twice, or the oracle proves nothing.
 //!
 //! Scale: `TRACEGATE_TEST_CHAOS_REQUESTS` requests of 100 spans (default 1 000: 100 000 spans),
@@ -60,6 +61,10 @@ struct Outcome {
     archive_missing: usize,
     faults: HashMap<&'static str, usize>,
     answers_cut: u64,
+    /// Spans of messages below the committed offsets that are not in storage.
+    logged_not_stored: usize,
+    committed: i64,
+    log_end: i64,
 }
 
 struct Layout {
@@ -267,6 +272,12 @@ fn run(window_secs: u64, requests: u64, seed: u64) -> Outcome {
     };
     common::wait_until(Duration::from_secs(180), || read().1 >= acked_spans);
     std::thread::sleep(Duration::from_secs(3));
+    // The writers drain what they buffered and commit it (SIGTERM), so the log check below
+    // sees their last offsets.
+    for w in &mut l.writers {
+        let s = w.terminate();
+        assert!(s.success(), "writer exit {s}");
+    }
     let (ch_count, ch_uniq) = read();
     let names_sql = format!(
         "SELECT DISTINCT SpanName FROM {db}.otel_traces WHERE ProjectId = '{project}' FORMAT TSV"
@@ -287,15 +298,25 @@ fn run(window_secs: u64, requests: u64, seed: u64) -> Outcome {
     }
     let archive_missing = acked.iter().filter(|n| !counts.contains_key(*n)).count();
     let archive_twice = counts.values().filter(|n| **n > 1).count();
+    // Offsets: everything the writers committed is stored. Every span of every message below
+    // the committed offsets (acknowledged or not, first copy or repeat) is in ClickHouse and
+    // the archive, and the writers drained the log.
+    let (committed, ends, logged) = common::committed_log_span_names(
+        &l.broker.bootstrap,
+        "tracegate-writer",
+        &topic,
+        TOPIC_PARTITIONS,
+    );
+    let logged_not_stored = logged
+        .iter()
+        .filter(|n| !in_ch.contains(*n) || !counts.contains_key(*n))
+        .count();
+    eprintln!("[chaos {tag}] committed {committed} of {ends} messages; {} spans in them, {logged_not_stored} not stored", logged.len());
     let answers_cut = l
         .proxies
         .iter()
         .map(|p| p.cut.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
-    for w in &mut l.writers {
-        let s = w.terminate();
-        assert!(s.success(), "writer exit {s}");
-    }
     for g in &mut l.gateways {
         let s = g.terminate();
         assert!(s.success(), "gateway exit {s}");
@@ -309,6 +330,9 @@ fn run(window_secs: u64, requests: u64, seed: u64) -> Outcome {
         archive_missing,
         faults,
         answers_cut,
+        logged_not_stored,
+        committed,
+        log_end: ends,
     }
 }
 
@@ -341,6 +365,14 @@ fn chaos_every_acknowledged_span_once_in_clickhouse_and_the_archive() {
     assert_eq!(on.ch_count, on.ch_uniq, "a span is in ClickHouse twice");
     assert!(on.ch_uniq >= on.acked_spans);
     assert_eq!(on.archive_twice, 0, "a span is in the archive twice");
+    assert_eq!(
+        on.logged_not_stored, 0,
+        "committed offsets passed spans not in storage"
+    );
+    assert_eq!(
+        on.committed, on.log_end,
+        "the writers did not drain the log"
+    );
 
     // Negative control: the same chaos without the window stores copies.
     let off = run(0, requests / 4, seed);

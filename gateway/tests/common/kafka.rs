@@ -237,3 +237,81 @@ impl Drop for Writer {
         self.kill9();
     }
 }
+
+/// What a consumer group has committed on `topic`, and the span names of every message below
+/// it: read back from the broker from the beginning of each partition, decoded as the writer
+/// decodes them. (committed offsets summed, log end offsets summed, span names).
+pub fn committed_log_span_names(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> (i64, i64, Vec<String>) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message as _;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let client = |group: &str| -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer")
+    };
+    let mut all = TopicPartitionList::new();
+    for p in 0..partitions {
+        all.add_partition(topic, p);
+    }
+    // Reads the group's offsets without joining it (OffsetFetch by group id).
+    let committed: Vec<i64> = client(group)
+        .committed_offsets(all.clone(), Duration::from_secs(10))
+        .expect("committed offsets")
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .collect();
+    let reader = client("tracegate-test-log-reader");
+    let mut ends = 0;
+    let mut names = Vec::new();
+    for (p, &upto) in committed.iter().enumerate() {
+        let (_, high) = reader
+            .fetch_watermarks(topic, p as i32, Duration::from_secs(10))
+            .expect("watermarks");
+        ends += high;
+        if upto == 0 {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+            .unwrap();
+        reader.assign(&tpl).expect("assign");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut next = 0;
+        while next < upto {
+            assert!(
+                Instant::now() < deadline,
+                "partition {p}: log not read back to {upto}"
+            );
+            let Some(Ok(m)) = reader.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            next = m.offset() + 1;
+            if m.offset() >= upto {
+                break;
+            }
+            let batch = tracegate_proto::v1::Batch::decode(m.payload().unwrap_or_default())
+                .expect("a tracegate.v1.Batch");
+            let plain = tracegate_otlp::envelope::plain_request(&batch, 1 << 30).expect("payload");
+            let req = ExportTraceServiceRequest::decode(plain).expect("OTLP request");
+            for rs in &req.resource_spans {
+                for ss in &rs.scope_spans {
+                    names.extend(ss.spans.iter().map(|s| s.name.clone()));
+                }
+            }
+        }
+    }
+    (committed.iter().sum(), ends, names)
+}
