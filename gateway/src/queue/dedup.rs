@@ -206,6 +206,44 @@ impl Dedup {
     }
 }
 
+/// A group between its intent and its end: [`Unfinished::finish`] records the outcome; if the
+/// write never gets there (a panic in a sink unwinds through it), dropping it answers the
+/// group's repeats with an error, as its own requests get, and leaves the intent to the next
+/// start, so no repeat waits forever on a copy nobody writes.
+pub struct Unfinished<'a> {
+    dedup: &'a Dedup,
+    group: String,
+    entries: Vec<Entry>,
+    finished: bool,
+}
+
+impl<'a> Unfinished<'a> {
+    pub fn new(dedup: &'a Dedup, group: &str, batches: &[Batch]) -> Self {
+        Self {
+            dedup,
+            group: group.to_string(),
+            entries: Dedup::entries(batches),
+            finished: false,
+        }
+    }
+
+    /// See [`Dedup::finish`].
+    pub fn finish(mut self, answer: &Answer, reached_storage: bool) {
+        self.finished = true;
+        self.dedup
+            .finish(&self.group, &self.entries, answer, reached_storage);
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let answer = Err("the write did not finish".to_string());
+            self.dedup.finish(&self.group, &self.entries, &answer, true);
+        }
+    }
+}
+
 /// Finishes the groups the journal left unfinished (a crash between the intent and the done
 /// record): a group whose archive objects exist is written again through every sink (the
 /// archive keeps its first object, ClickHouse drops the insert by its token) and its requests
@@ -394,6 +432,52 @@ mod tests {
         rec.fail.store(false, std::sync::atomic::Ordering::SeqCst);
         q.publish(batch(2, 22), Class::Interactive).await.unwrap();
         assert_eq!(rec.ids.lock().unwrap().len(), 2);
+        h.shutdown().await;
+    }
+
+    /// Panics in its write while `armed`.
+    struct Panicky(std::sync::atomic::AtomicBool);
+    impl Sink for Panicky {
+        fn name(&self) -> &'static str {
+            "panicky"
+        }
+        fn write(&self, _: Arc<WriteGroup>) -> BoxFuture<'static, Result<()>> {
+            let armed = self.0.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                assert!(!armed, "a sink bug");
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_that_panics_fails_its_repeats_instead_of_stranding_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, _) = open(dir.path());
+        let sink = Arc::new(Panicky(std::sync::atomic::AtomicBool::new(true)));
+        let cfg = crate::config::WriterConfig {
+            max_wait_ms: 1,
+            ..Default::default()
+        };
+        let (q, h) =
+            EmbeddedQueue::start(cfg, vec![sink.clone() as Arc<dyn Sink>], Some(d.clone()));
+        let q = Arc::new(q);
+        let first = tokio::spawn({
+            let q = q.clone();
+            async move { q.publish(batch(1, 10), Class::Interactive).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let repeat = tokio::time::timeout(
+            Duration::from_secs(5),
+            q.publish(batch(1, 11), Class::Interactive),
+        )
+        .await
+        .expect("the repeat was stranded");
+        assert!(repeat.is_err());
+        assert!(first.await.unwrap().is_err());
+        sink.0.store(false, std::sync::atomic::Ordering::SeqCst);
+        q.publish(batch(1, 12), Class::Interactive).await.unwrap();
         h.shutdown().await;
     }
 

@@ -26,7 +26,7 @@ use tracegate_proto::v1::Batch;
 
 use tracegate_pipeline::{BatchQueue, Class, QueueError, Sink, WriteGroup};
 
-use super::dedup::{Admit, Dedup};
+use super::dedup::{Admit, Dedup, Unfinished};
 use crate::config::WriterConfig;
 use crate::metrics as m;
 
@@ -482,6 +482,7 @@ async fn flush(
     // The journal first (retry-safe ingest): after a crash, a group the sinks may have written
     // is known and finished from the archive.
     let intent = dedup.map(|d| d.intent(&group.id, &group.batches));
+    let unfinished = dedup.map(|d| Unfinished::new(d, &group.id, &group.batches));
     if let Some(Err(e)) = intent {
         tracing::error!(error = %format!("{e:#}"), "dedup journal write failed; batches will be refused for retry");
         result = Err(format!("dedup journal: {e}"));
@@ -496,13 +497,8 @@ async fn flush(
         }
         written += 1;
     }
-    if let Some(d) = dedup {
-        d.finish(
-            &group.id,
-            &Dedup::entries(&group.batches),
-            &result,
-            written > 0,
-        );
+    if let Some(u) = unfinished {
+        u.finish(&result, written > 0);
     }
     healthy.store(result.is_ok(), Ordering::Relaxed);
     metrics::histogram!(m::WRITE_DURATION).record(started.elapsed().as_secs_f64());
