@@ -190,12 +190,13 @@ impl Dedup {
     }
 
     /// A request admitted as new that never reached a group (refused when queued).
-    pub fn abandon(&self, b: &Batch, why: &str) {
-        if let Some(e) = entry(b) {
-            if let Some(waiting) = self.lock().inflight.remove(&e.key) {
-                for w in waiting {
-                    let _ = w.send(Err(why.to_string()));
-                }
+    pub fn abandon(&self, dedup_key: &[u8], why: &str) {
+        let Some(key) = key_u128(dedup_key) else {
+            return;
+        };
+        if let Some(waiting) = self.lock().inflight.remove(&key) {
+            for w in waiting {
+                let _ = w.send(Err(why.to_string()));
             }
         }
     }

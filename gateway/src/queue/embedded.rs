@@ -262,7 +262,7 @@ impl BatchQueue for EmbeddedQueue {
                     // A compressed payload counts at its decompressed size (what a sink
                     // decoding the group holds).
                     let bytes = tracegate_otlp::envelope::inflated_len(&batch, batch.encoded_len());
-                    let key = dedup.map(|_| (batch.dedup_key.clone(), batch.batch_id.clone()));
+                    let key = dedup.map(|_| batch.dedup_key.clone());
                     let queued = self.enqueue(Pending {
                         batch,
                         bytes,
@@ -270,13 +270,8 @@ impl BatchQueue for EmbeddedQueue {
                         class,
                         ack,
                     });
-                    if let (Err(e), Some(d), Some((dedup_key, batch_id))) = (&queued, dedup, key) {
-                        let b = Batch {
-                            dedup_key,
-                            batch_id,
-                            ..Default::default()
-                        };
-                        d.abandon(&b, &e.to_string());
+                    if let (Err(e), Some(d), Some(key)) = (&queued, dedup, key) {
+                        d.abandon(&key, &e.to_string());
                     }
                     queued?;
                 }
