@@ -153,10 +153,14 @@ impl Dedup {
             project: first.project_id.clone(),
             entries,
         };
-        self.journal
+        let segment = self
+            .journal
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .intent(&i)
+            .append_intent(&i)?;
+        // Outside the lock (journal.rs, `append_intent`).
+        segment.sync_data()?;
+        Ok(())
     }
 
     /// After a group's sinks (or its recovery). `stored`: every sink wrote it, so its keys
@@ -211,21 +215,25 @@ impl Dedup {
 /// write never gets there (a panic in a sink unwinds through it), dropping it answers the
 /// group's repeats with an error, as its own requests get, and leaves the intent to the next
 /// start, so no repeat waits forever on a copy nobody writes.
-pub struct Unfinished<'a> {
-    dedup: &'a Dedup,
+pub struct Unfinished {
+    dedup: Arc<Dedup>,
     group: String,
     entries: Vec<Entry>,
     finished: bool,
 }
 
-impl<'a> Unfinished<'a> {
-    pub fn new(dedup: &'a Dedup, group: &str, batches: &[Batch]) -> Self {
+impl Unfinished {
+    pub fn new(dedup: Arc<Dedup>, group: &str, batches: &[Batch]) -> Self {
         Self {
             dedup,
             group: group.to_string(),
             entries: Dedup::entries(batches),
             finished: false,
         }
+    }
+
+    pub fn dedup(&self) -> &Arc<Dedup> {
+        &self.dedup
     }
 
     /// See [`Dedup::finish`].
@@ -236,7 +244,7 @@ impl<'a> Unfinished<'a> {
     }
 }
 
-impl Drop for Unfinished<'_> {
+impl Drop for Unfinished {
     fn drop(&mut self) {
         if !self.finished {
             let answer = Err("the write did not finish".to_string());

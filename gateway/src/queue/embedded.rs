@@ -409,7 +409,7 @@ async fn writer_loop(
             // A busy project's group is written on the bulk threads (`tracegate_pipeline::cpu`); a panic there
             // drops the acks, which answers its requests as not written.
             let _ = tracegate_pipeline::cpu::run_task(class, async move {
-                flush(&sinks, group, class, &healthy, dedup.as_deref()).await
+                flush(&sinks, group, class, &healthy, dedup).await
             })
             .await;
             running.set(id, false);
@@ -456,7 +456,7 @@ async fn flush(
     group: Vec<Pending>,
     class: Class,
     healthy: &AtomicBool,
-    dedup: Option<&Dedup>,
+    dedup: Option<Arc<Dedup>>,
 ) {
     let started = Instant::now();
     let (batches, acks): (Vec<Batch>, Vec<_>) = group.into_iter().map(|p| (p.batch, p.ack)).unzip();
@@ -476,8 +476,16 @@ async fn flush(
     let mut result = Ok(());
     // The journal first (retry-safe ingest): after a crash, a group the sinks may have written
     // is known and finished from the archive.
-    let intent = dedup.map(|d| d.intent(&group.id, &group.batches));
+    // The journal's fsync blocks: on a thread of the group's class, never on an async worker.
     let unfinished = dedup.map(|d| Unfinished::new(d, &group.id, &group.batches));
+    let intent = match &unfinished {
+        Some(u) => {
+            let (d, g) = (u.dedup().clone(), group.clone());
+            let r = tracegate_pipeline::cpu::run(class, move || d.intent(&g.id, &g.batches)).await;
+            Some(r.map_err(anyhow::Error::from).and_then(|r| r))
+        }
+        None => None,
+    };
     if let Some(Err(e)) = intent {
         tracing::error!(error = %format!("{e:#}"), "dedup journal write failed; batches will be refused for retry");
         result = Err(format!("dedup journal: {e}"));
@@ -493,7 +501,9 @@ async fn flush(
         written += 1;
     }
     if let Some(u) = unfinished {
-        u.finish(&result, written > 0);
+        // A small unsynced append, but a write(2) all the same: off the async worker too.
+        let (answer, reached) = (result.clone(), written > 0);
+        let _ = tracegate_pipeline::cpu::run(class, move || u.finish(&answer, reached)).await;
     }
     healthy.store(result.is_ok(), Ordering::Relaxed);
     metrics::histogram!(m::WRITE_DURATION).record(started.elapsed().as_secs_f64());

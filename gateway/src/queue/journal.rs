@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -61,7 +62,8 @@ pub struct Loaded {
 
 pub struct Journal {
     dir: PathBuf,
-    file: File,
+    /// Shared with callers that sync an intent after releasing the journal (`append_intent`).
+    file: Arc<File>,
     /// Segment number of `file`: its creation time in Unix ms.
     seq: u64,
     started: Instant,
@@ -128,7 +130,7 @@ impl Journal {
         let seq = now_ms().max(seqs.last().map_or(0, |s| s + 1));
         let mut j = Self {
             dir: dir.to_path_buf(),
-            file: create_segment(dir, seq)?,
+            file: Arc::new(create_segment(dir, seq)?),
             seq,
             started: Instant::now(),
             bytes: 0,
@@ -142,6 +144,7 @@ impl Journal {
         for i in loaded.unfinished.clone() {
             j.write_intent(&i)?;
         }
+        j.file.sync_data()?;
         j.prune()?;
         Ok((j, loaded))
     }
@@ -172,9 +175,21 @@ impl Journal {
     }
 
     /// Appends `i` and syncs it: after this returns, a crash cannot lose it.
+    #[cfg(test)]
     pub fn intent(&mut self, i: &Intent) -> Result<()> {
+        self.append_intent(i)?.sync_data()?;
+        Ok(())
+    }
+
+    /// Appends `i` unsynced and returns the segment it is in: `sync_data` on it makes the
+    /// intent durable. The caller syncs after releasing the journal, so one group's fsync
+    /// (slow on a busy disk, and a busy project's runs at the idle I/O priority) never holds up
+    /// another group's append or done record; with the sync under the lock, a quiet project's
+    /// group would wait for a noisy project's fsync to end.
+    pub fn append_intent(&mut self, i: &Intent) -> Result<Arc<File>> {
         self.rotate_if_due()?;
-        self.write_intent(i)
+        self.write_intent(i)?;
+        Ok(self.file.clone())
     }
 
     fn write_intent(&mut self, i: &Intent) -> Result<()> {
@@ -190,7 +205,6 @@ impl Journal {
             p.extend_from_slice(&e.at.to_le_bytes());
         }
         self.append(&p)?;
-        self.file.sync_data()?;
         self.open.insert(i.group.clone(), i.clone());
         Ok(())
     }
@@ -219,7 +233,7 @@ impl Journal {
         rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         rec.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         rec.extend_from_slice(payload);
-        self.file.write_all(&rec)?;
+        (&*self.file).write_all(&rec)?;
         self.bytes += rec.len() as u64;
         Ok(())
     }
@@ -230,7 +244,7 @@ impl Journal {
         }
         let next = now_ms().max(self.seq + 1);
         self.file.sync_data()?;
-        self.file = create_segment(&self.dir, next)?;
+        self.file = Arc::new(create_segment(&self.dir, next)?);
         self.seq = next;
         self.started = Instant::now();
         self.bytes = 0;
@@ -238,6 +252,7 @@ impl Journal {
         for i in open {
             self.write_intent(&i)?;
         }
+        self.file.sync_data()?;
         self.prune()
     }
 }
