@@ -257,7 +257,7 @@ max_connections = 4096
   NP=$!
   : > "$WORK/attack.out"
   if [ "${CONN_ATTACK:-1}" != 0 ]; then
-    taskset -c "$LOAD_CPU" python3 scripts/conn-attack.py "$HTTP" "$GRPC" --seconds "$SECS" --key "$NOISY" > "$WORK/attack.out" 2>&1 &
+    ( sleep "${ATTACK_DELAY:-0}"; exec taskset -c "$LOAD_CPU" python3 scripts/conn-attack.py "$HTTP" "$GRPC" --seconds "$SECS" --key "$NOISY" ) > "$WORK/attack.out" 2>&1 &
   fi
   AP=$!
   sleep 3
@@ -266,6 +266,8 @@ max_connections = 4096
   curl -sf "http://$ADMIN/metrics" > "$OUT/attack-metrics.prom" || true
   wait $NP || true; wait $AP || true
   cat "$WORK/attack.out"
+  # What the gateway closed or refused, by reason (explains the clients' transport errors).
+  grep -E '^tracegate_connections_(refused|shed|closed|unheld)_total' "$OUT/attack-metrics.prom" | grep -v ' 0$' || true
   ALIVE=yes; kill -0 "$GW" 2>/dev/null || ALIVE=no
   # The gateway's RSS (sampled every second by loadtest). The cgroup's own peak also counts
   # the page cache of the archive files it wrote, so it is reported, not judged.

@@ -35,6 +35,7 @@ def main():
     targets = [(h, int(p)) for h, p in (x.rsplit(":", 1) for x in a.addrs)]
     sel = selectors.DefaultSelector()
     opened = closed = 0
+    closed_by_kind = {}
 
     def open_one(kind, target):
         nonlocal opened
@@ -82,6 +83,7 @@ def main():
                 sel.unregister(s)
                 s.close()
                 closed += 1
+                closed_by_kind[kind] = closed_by_kind.get(kind, 0) + 1
                 open_one(kind, t)
         if time.monotonic() >= next_trickle:
             next_trickle += 1
@@ -91,7 +93,8 @@ def main():
                         key.fileobj.send(b"\x0a")
                     except OSError:
                         pass
-    print(f"connection attack: opened {opened}, closed by the gateway {closed}", flush=True)
+    by_kind = ", ".join(f"{k} {v}" for k, v in sorted(closed_by_kind.items()))
+    print(f"connection attack: opened {opened}, closed by the gateway {closed} ({by_kind})", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ pub const ADMISSION_REFUSED: &str = "tracegate_admission_refused_total";
 pub const CONNECTIONS_SHED: &str = "tracegate_connections_shed_total";
 pub const CONNECTIONS_CLOSED: &str = "tracegate_connections_closed_total";
 pub const CONNECTIONS_OPEN: &str = "tracegate_connections_open";
+/// Refused connections closed at once because `server::linger::MAX_HELD` were already held.
+pub const CONNECTIONS_UNHELD: &str = "tracegate_connections_unheld_total";
 pub const TLS_CERT_RELOADS: &str = "tracegate_tls_cert_reloads_total";
 /// notAfter of the certificate each OTLP listener serves (Unix seconds), for expiry alerts.
 pub const TLS_CERT_NOT_AFTER: &str = "tracegate_tls_cert_not_after_timestamp_seconds";
@@ -156,6 +158,10 @@ fn describe() {
         "Connections closed by the gateway's deadlines, by listener and reason (idle, max_age)"
     );
     describe_gauge!(CONNECTIONS_OPEN, "Open connections, by listener");
+    describe_counter!(
+        CONNECTIONS_UNHELD,
+        "Refused connections closed at once, without the short hold that lets the client read its answer, because the most were already held (the client may see a reset)"
+    );
     describe_counter!(
         ADMISSION_REFUSED,
         "Requests refused by in-flight byte admission, by limit (global: 503, project: 429)"
@@ -418,6 +424,7 @@ fn register_receivers() {
     zero_counter(AUTH_REFUSED, &[]);
     zero_counter(CONNECTIONS_REFUSED, &[]);
     zero_counter(CONNECTIONS_SHED, &[]);
+    zero_counter(CONNECTIONS_UNHELD, &[]);
     zero_counter(ADMISSION_REFUSED, &[("limit", "global")]);
     zero_counter(ADMISSION_REFUSED, &[("limit", "project")]);
     zero_counter(CONNECTIONS_CLOSED, &[]);

@@ -260,8 +260,8 @@ impl Sender {
                     Err(e) if e.is_connect() => Attempt::Error {
                         label: "connect".into(),
                     },
-                    Err(_) => Attempt::Error {
-                        label: "transport".into(),
+                    Err(e) => Attempt::Error {
+                        label: transport_label(&e),
                     },
                 }
             }
@@ -310,5 +310,30 @@ fn classify_grpc(s: &tonic::Status) -> Attempt {
         // tonic reports transport failures as Unknown / Internal with a source error.
         Code::Unknown if s.message().contains("transport") => Attempt::Error { label },
         _ => Attempt::Final { label },
+    }
+}
+
+/// "transport", with what broke where it is known: a reset (the server closed with bytes of
+/// ours unread), an early close (no answer on a reused connection), a broken pipe. Tells a
+/// gateway that dropped refused connections apart from one that closed idle ones.
+fn transport_label(e: &reqwest::Error) -> String {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    let mut text = String::new();
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionReset => return "transport_reset".into(),
+                std::io::ErrorKind::BrokenPipe => return "transport_broken_pipe".into(),
+                std::io::ErrorKind::UnexpectedEof => return "transport_eof".into(),
+                _ => {}
+            }
+        }
+        text = s.to_string();
+        src = s.source();
+    }
+    if text.contains("closed before message completed") || text.contains("connection closed") {
+        "transport_closed".into()
+    } else {
+        "transport".into()
     }
 }

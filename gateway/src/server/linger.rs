@@ -65,6 +65,7 @@ impl<IO: Send + 'static> Drop for Lingering<IO> {
             tokio::runtime::Handle::try_current(),
             budget().clone().try_acquire_owned(),
         ) else {
+            metrics::counter!(crate::metrics::CONNECTIONS_UNHELD).increment(1);
             return;
         };
         rt.spawn(async move {
