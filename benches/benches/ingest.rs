@@ -155,6 +155,7 @@ fn bench(c: &mut Criterion) {
             parts: 0,
             at: n * 1_000_000,
             position: n as i64,
+            tenant: n % 8,
         };
         window.check(e, 1 << 22)
     });

@@ -22,6 +22,12 @@
 //! same order again (the next owner of a partition, the embedded writer after a restart)
 //! decides the same way once it has read back from [`Window::replay_from`].
 //!
+//! The window's memory (`dedup.max_bytes`) is shared by the tenants whose requests it holds,
+//! and a tenant's share is protected: when it is full, the entry that goes early is the oldest
+//! of the tenant holding the most (ties: the larger tenant id), so a tenant that floods the
+//! window pushes out its own entries, never those of a tenant holding less than an equal
+//! share. This choice depends only on the envelopes already in the window, like the rest.
+//!
 //! xxh3 is not a cryptographic hash. A collision would drop a request, so the key is 128 bits
 //! (for 10⁸ keys in a window the chance of any collision is ~10⁻²³) and bound to the tenant:
 //! to make another tenant's request disappear, a client would need that request's exact bytes.
@@ -37,6 +43,9 @@ pub const KEY_LEN: usize = 16;
 /// Memory one remembered envelope costs (map entry + order entry, with the hash map's spare
 /// slots): what `dedup.max_bytes` is divided by.
 pub const ENTRY_BYTES: usize = 112;
+
+/// Checks between two expiries of every tenant's queue (module `Window::expire`).
+const SWEEP_EVERY: usize = 1024;
 
 /// How far apart the clocks of gateways (and the order of envelopes relative to their times)
 /// may be without changing a decision: entries are kept this long past the window.
@@ -56,6 +65,15 @@ pub fn request_key(org: &str, project: &str, digest: u128) -> [u8; KEY_LEN] {
     buf.push(0);
     buf.extend_from_slice(&digest.to_le_bytes());
     XxHash3_128::oneshot(&buf).to_le_bytes()
+}
+
+/// The tenant an envelope counts against in the window's memory ([`Envelope::tenant`]).
+pub fn tenant_id(org: &str, project: &str) -> u64 {
+    let mut buf = Vec::with_capacity(org.len() + project.len() + 1);
+    buf.extend_from_slice(org.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(project.as_bytes());
+    XxHash3_128::oneshot(&buf) as u64
 }
 
 /// A key as a number, or None when it is absent (an envelope from a build without retry-safe
@@ -94,7 +112,12 @@ pub struct Envelope {
     pub at: u64,
     /// Its place in the order (a Kafka offset, the embedded journal's sequence number).
     pub position: i64,
+    /// [`tenant_id`] of its org and project: whose share of the window it takes.
+    pub tenant: u64,
 }
+
+/// One occurrence in a tenant's queue: `at`, `position`, key.
+type Occurrence = (u64, i64, u128);
 
 /// The keys seen within the window, in the order they were seen.
 #[derive(Debug)]
@@ -102,12 +125,24 @@ pub struct Window {
     window_ns: u64,
     keep_ns: u64,
     last: HashMap<u128, Entry>,
-    /// Every occurrence (`at`, `position`, key), oldest first; entries superseded in `last`
-    /// are dropped when they reach the front.
-    order: VecDeque<(u64, i64, u128)>,
+    /// Every occurrence, per tenant, oldest first; entries superseded in `last` are dropped
+    /// when they reach the front.
+    tenants: HashMap<u64, VecDeque<Occurrence>>,
+    /// Occurrences in `tenants`, over all of them (what `max_entries` bounds).
+    occurrences: usize,
+    /// Checks since every tenant's queue was last expired by time.
+    since_sweep: usize,
     newest: u64,
     /// Entries dropped before their time to stay within the byte bound.
     pub evicted_early: u64,
+}
+
+impl Envelope {
+    /// The same envelope as another copy (tests).
+    #[cfg(test)]
+    fn with_copy(self, copy: u128) -> Self {
+        Self { copy, ..self }
+    }
 }
 
 impl Window {
@@ -117,7 +152,9 @@ impl Window {
             window_ns,
             keep_ns: window_ns + MAX_SKEW.as_nanos() as u64,
             last: HashMap::new(),
-            order: VecDeque::new(),
+            tenants: HashMap::new(),
+            occurrences: 0,
+            since_sweep: 0,
             newest: 0,
             evicted_early: 0,
         }
@@ -158,9 +195,13 @@ impl Window {
                 Seen::New
             }
         };
-        self.order.push_back((e.at, e.position, e.key));
+        self.tenants
+            .entry(e.tenant)
+            .or_default()
+            .push_back((e.at, e.position, e.key));
+        self.occurrences += 1;
         self.newest = self.newest.max(e.at);
-        self.expire(max_entries.max(1));
+        self.expire(e.tenant, max_entries.max(1));
         seen
     }
 
@@ -172,14 +213,50 @@ impl Window {
         })
     }
 
-    fn expire(&mut self, max_entries: usize) {
+    /// Drops what is past the window: from `tenant`'s queue at every check, from every
+    /// tenant's once per [`SWEEP_EVERY`] checks (a tenant that stopped sending); then, over
+    /// `max_entries`, the oldest occurrences of the tenant holding the most (module doc).
+    fn expire(&mut self, tenant: u64, max_entries: usize) {
         let horizon = self.newest.saturating_sub(self.keep_ns);
-        while let Some(&(at, position, key)) = self.order.front() {
-            let over = self.order.len() > max_entries;
-            if at >= horizon && !over {
+        self.since_sweep += 1;
+        if self.since_sweep >= SWEEP_EVERY {
+            self.since_sweep = 0;
+            let all: Vec<u64> = self.tenants.keys().copied().collect();
+            for t in all {
+                self.pop_while(t, |at| at < horizon);
+            }
+        } else {
+            self.pop_while(tenant, |at| at < horizon);
+        }
+        while self.occurrences > max_entries {
+            let Some(heaviest) = self
+                .tenants
+                .iter()
+                .map(|(&t, q)| (q.len(), t))
+                .max()
+                .map(|(_, t)| t)
+            else {
+                break;
+            };
+            let mut first = true;
+            self.pop_while(heaviest, |_| std::mem::take(&mut first));
+        }
+    }
+
+    /// Pops `tenant`'s oldest occurrences while `pop(at)` says so; a popped occurrence that is
+    /// still its key's latest removes the key (counted in `evicted_early` when it was not yet
+    /// past the window).
+    fn pop_while(&mut self, tenant: u64, mut pop: impl FnMut(u64) -> bool) {
+        let horizon = self.newest.saturating_sub(self.keep_ns);
+        let Some(q) = self.tenants.get_mut(&tenant) else {
+            return;
+        };
+        while let Some(&(at, position, key)) = q.front() {
+            if !pop(at) {
                 break;
             }
-            self.order.pop_front();
+            q.pop_front();
+            self.occurrences -= 1;
             if self.last.get(&key).is_some_and(|x| x.position == position) {
                 self.last.remove(&key);
                 if at >= horizon {
@@ -187,12 +264,18 @@ impl Window {
                 }
             }
         }
+        if q.is_empty() {
+            self.tenants.remove(&tenant);
+        }
     }
 
     /// Where a reader must start to rebuild this window: the position of its oldest entry
     /// (None when it is empty). Decisions after that point need nothing older.
     pub fn replay_from(&self) -> Option<i64> {
-        self.order.front().map(|&(_, p, _)| p)
+        self.tenants
+            .values()
+            .filter_map(|q| q.front().map(|&(_, p, _)| p))
+            .min()
     }
 
     /// Keys remembered.
@@ -219,6 +302,7 @@ mod tests {
             parts: 0,
             at: secs * S,
             position: pos,
+            tenant: 0,
         }
     }
 
@@ -260,6 +344,7 @@ mod tests {
             parts,
             at: 100 * S,
             position: pos,
+            tenant: 0,
         };
         let mut w = Window::new(Duration::from_secs(60));
         // Copy A in 3 parts, of which 2 reached the log; then copy B unsplit (it came
@@ -305,6 +390,7 @@ mod tests {
                     parts: if r % 3 == 0 { 2 } else { 0 },
                     at: i * S / 2,
                     position: i as i64,
+                    tenant: r % 3,
                 }
             })
             .collect();
@@ -342,6 +428,62 @@ mod tests {
             w.check(one(0, 99, 11, 10), 4),
             Seen::New,
             "evicted, so stored again"
+        );
+    }
+
+    #[test]
+    fn a_flooding_tenant_evicts_its_own_entries_first() {
+        let env = |tenant, key, secs, pos| Envelope {
+            tenant,
+            ..one(key, key, secs, pos)
+        };
+        let mut w = Window::new(Duration::from_secs(600));
+        // The quiet tenant stores 3 requests, then the noisy one 1000 in a window of 10.
+        for k in 0..3 {
+            w.check(env(1, k, 0, k as i64), 10);
+        }
+        for k in 100..1100 {
+            w.check(env(2, k, 1, k as i64), 10);
+        }
+        assert_eq!(w.len(), 10);
+        assert_eq!(w.evicted_early, 993);
+        for k in 0..3 {
+            assert!(
+                w.is_repeat(&env(1, k, 2, 0).with_copy(99)),
+                "quiet {k} kept"
+            );
+        }
+        assert!(w.is_repeat(&env(2, 1099, 2, 0).with_copy(99)));
+        assert!(
+            !w.is_repeat(&env(2, 1090, 2, 0).with_copy(99)),
+            "noisy's oldest went"
+        );
+        // The replay point is the quiet tenant's oldest entry, not the noisy one's.
+        assert_eq!(w.replay_from(), Some(0));
+        // Two tenants over an equal share: the larger share gives way, the other keeps 5.
+        for k in 3..10 {
+            w.check(env(1, k, 3, 2000 + k as i64), 10);
+        }
+        assert_eq!(w.len(), 10);
+        let quiet = (0..10).filter(|&k| w.is_repeat(&env(1, k, 4, 0).with_copy(99)));
+        assert_eq!(quiet.count(), 5);
+    }
+
+    #[test]
+    fn an_idle_tenant_expires_by_time() {
+        let mut w = Window::new(Duration::from_secs(60));
+        w.check(one(1, 1, 0, 0), 100);
+        let busy = |k: u64, secs| Envelope {
+            tenant: 7,
+            ..one(u128::from(k), u128::from(k), secs, k as i64 + 1)
+        };
+        for k in 0..(SWEEP_EVERY as u64 + 1) {
+            w.check(busy(k % 50, 200), 100);
+        }
+        assert_eq!(
+            w.replay_from().map(|p| p > 0),
+            Some(true),
+            "tenant 0's entry expired"
         );
     }
 }

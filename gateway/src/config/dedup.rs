@@ -16,8 +16,10 @@ pub struct DedupConfig {
     /// exporters give up after 5 minutes, the SDKs sooner).
     pub window_secs: u64,
     /// Memory for the window, per writer process (`tracegate_pipeline::dedup::ENTRY_BYTES`
-    /// per request remembered). Over it the oldest requests are forgotten early
-    /// (`tracegate_dedup_evicted_early_total`), which shortens the window.
+    /// per request remembered). Over it requests are forgotten early
+    /// (`tracegate_dedup_evicted_early_total`), which shortens the window: the oldest of the
+    /// tenant remembered most, so a tenant that floods the window shortens its own, never
+    /// that of a tenant holding less than an equal share.
     pub max_bytes: usize,
 }
 

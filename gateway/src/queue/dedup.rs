@@ -17,7 +17,7 @@ use anyhow::Result;
 use tokio::sync::oneshot;
 use tracegate_archive::layout::safe_segment;
 use tracegate_archive::store::{ArchiveStore, Filter};
-use tracegate_pipeline::dedup::{key_u128, Envelope, Window, MAX_SKEW};
+use tracegate_pipeline::dedup::{key_u128, tenant_id, Envelope, Window, MAX_SKEW};
 use tracegate_pipeline::Sink;
 use tracegate_proto::v1::Batch;
 
@@ -52,6 +52,7 @@ impl State {
             parts: 1,
             at: e.at,
             position: self.position,
+            tenant: e.tenant,
         };
         let early = self.window.evicted_early;
         self.window.check(env, max_entries);
@@ -73,6 +74,7 @@ fn entry(b: &Batch) -> Option<Entry> {
         key: key_u128(&b.dedup_key)?,
         copy: key_u128(&b.batch_id).unwrap_or(0),
         at: b.received_at_unix_nano,
+        tenant: tenant_id(&b.org_id, &b.project_id),
     })
 }
 
@@ -128,6 +130,7 @@ impl Dedup {
             parts: 1,
             at: e.at,
             position: s.position,
+            tenant: e.tenant,
         };
         if s.window.is_repeat(&env) {
             metrics::counter!(m::DEDUP_REPEATS).increment(1);
@@ -408,6 +411,57 @@ mod tests {
         q.publish(batch(2, 21), Class::Interactive).await.unwrap();
         q.publish(batch(3, 30), Class::Interactive).await.unwrap();
         assert_eq!(*rec.ids.lock().unwrap(), vec![Bytes::from(vec![30; 16])]);
+        h.shutdown().await;
+    }
+
+    /// The window's memory is shared by tenants, and a tenant's share is kept: one project
+    /// storing 200 requests in a window of 16 does not make another's retries stored twice.
+    #[tokio::test]
+    async fn a_flooding_project_does_not_shorten_anothers_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let of = |project: &str, key: u8, copy: u8| Batch {
+            project_id: project.into(),
+            ..batch(key, copy)
+        };
+        let cfg = DedupConfig {
+            max_bytes: 16 * tracegate_pipeline::dedup::ENTRY_BYTES,
+            ..Default::default()
+        };
+        let (d, _) = Dedup::open(dir.path(), &cfg, Duration::from_secs(900)).unwrap();
+        let d = Arc::new(d);
+        let rec = Arc::new(Rec::default());
+        let (q, h) = queue(&rec, &d);
+        for key in 0..4 {
+            q.publish(of("quiet", 250 + key, 1), Class::Interactive)
+                .await
+                .unwrap();
+        }
+        for key in 0..200 {
+            q.publish(of("noisy", key, 1), Class::Interactive)
+                .await
+                .unwrap();
+        }
+        let stored = |rec: &Rec| rec.ids.lock().unwrap().len();
+        assert_eq!(stored(&rec), 204);
+        // The quiet project's retries are answered without storing; the noisy project's
+        // oldest requests were forgotten (its own share), its newest are kept.
+        for key in 0..4 {
+            q.publish(of("quiet", 250 + key, 2), Class::Interactive)
+                .await
+                .unwrap();
+        }
+        q.publish(of("noisy", 199, 2), Class::Interactive)
+            .await
+            .unwrap();
+        assert_eq!(stored(&rec), 204);
+        q.publish(of("noisy", 0, 2), Class::Interactive)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored(&rec),
+            205,
+            "the noisy project's oldest was forgotten"
+        );
         h.shutdown().await;
     }
 

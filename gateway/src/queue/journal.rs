@@ -40,6 +40,9 @@ pub struct Entry {
     pub key: u128,
     pub copy: u128,
     pub at: u64,
+    /// `tracegate_pipeline::dedup::tenant_id` of the request's org and project; not stored,
+    /// it is the intent's.
+    pub tenant: u64,
 }
 
 /// A group about to be written: its id, tenant and requests.
@@ -311,6 +314,7 @@ impl<'a> Cur<'a> {
 
 fn parse_intent(c: &mut Cur) -> Option<Intent> {
     let (group, org, project) = (c.str()?, c.str()?, c.str()?);
+    let tenant = tracegate_pipeline::dedup::tenant_id(&org, &project);
     let n = c.u32()? as usize;
     if c.0.len() != n.checked_mul(ENTRY_LEN)? {
         return None;
@@ -321,6 +325,7 @@ fn parse_intent(c: &mut Cur) -> Option<Intent> {
                 key: c.u128()?,
                 copy: c.u128()?,
                 at: c.u64()?,
+                tenant,
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -391,6 +396,7 @@ mod tests {
                     key: k,
                     copy: k + 100,
                     at: 42,
+                    tenant: tracegate_pipeline::dedup::tenant_id("o", "p"),
                 })
                 .collect(),
         }

@@ -70,6 +70,7 @@ pub(super) fn check(part: &mut Part, batch: &Batch, offset: i64, share: usize) -
         parts: batch.part_count,
         at: batch.received_at_unix_nano,
         position: offset,
+        tenant: dedup::tenant_id(&batch.org_id, &batch.project_id),
     };
     let seen = w.check(e, share);
     if w.evicted_early > early {
