@@ -31,6 +31,7 @@ mod kafka;
 mod load;
 mod otlp;
 mod pg;
+mod powerloss;
 mod process;
 mod s3;
 
@@ -43,5 +44,6 @@ pub use kafka::*;
 pub use load::*;
 pub use otlp::*;
 pub use pg::*;
+pub use powerloss::*;
 pub use process::*;
 pub use s3::*;
