@@ -67,8 +67,18 @@ struct Outcome {
     log_end: i64,
 }
 
+/// How long the broker stays up after the writers' group last changed (a writer killed or
+/// started, the broker down). librdkafka's mock cluster (2.12.1, `rdkafka_mock_cgrp.c`,
+/// `rd_assert(!member->resp)`) aborts when a member sends JoinGroup again while its first is
+/// pending, which is what a broker outage during a rebalance makes a consumer do; a rebalance
+/// after a kill waits for the dead member's session (6 s here). A real broker answers the
+/// second JoinGroup; the mock dies and takes the run with it (seen in a long-form run).
+const GROUP_SETTLE: Duration = Duration::from_secs(10);
+
 struct Layout {
     broker: TestBroker,
+    /// When the writers' consumer group last changed (see [`GROUP_SETTLE`]).
+    group_changed: Instant,
     front: ChFront,
     _moto: Moto,
     /// The gateways' key store.
@@ -134,6 +144,7 @@ impl Layout {
         }
         Layout {
             broker,
+            group_changed: Instant::now(),
             front,
             _moto: moto,
             keys,
@@ -164,12 +175,16 @@ impl Layout {
                 self.writers[i].kill9();
                 std::thread::sleep(Duration::from_millis(rng.below(500)));
                 self.writers[i] = Writer::start(wr_dir, None, &refs);
+                self.group_changed = Instant::now();
                 "writer kill -9"
             }
             2 => {
+                let settled = self.group_changed + GROUP_SETTLE;
+                std::thread::sleep(settled.saturating_duration_since(Instant::now()));
                 self.broker.cmd("down 1");
                 std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
                 self.broker.cmd("up 1");
+                self.group_changed = Instant::now();
                 "broker down"
             }
             3 => {
