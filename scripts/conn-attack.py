@@ -26,6 +26,7 @@ def main():
     ap.add_argument("--h2c", type=int, default=200)
     ap.add_argument("--slow", type=int, default=50)
     ap.add_argument("--key", default="")
+    ap.add_argument("--source", default="", help="source address (e.g. 127.0.0.2): another client")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -42,6 +43,8 @@ def main():
         s = socket.socket()
         s.settimeout(2)
         try:
+            if a.source:
+                s.bind((a.source, 0))
             s.connect(target)
         except OSError:
             s.close()

@@ -107,6 +107,7 @@ pub struct SenderConfig<'a> {
     pub encoding: Encoding,
     pub compression: Compression,
     pub ca_cert: Option<&'a Path>,
+    pub local_addr: Option<std::net::IpAddr>,
     pub timeout: Duration,
     pub connections: usize,
 }
@@ -153,7 +154,8 @@ impl Sender {
                 let mut b = reqwest::Client::builder()
                     .timeout(c.timeout)
                     .no_proxy()
-                    .pool_max_idle_per_host(1024);
+                    .pool_max_idle_per_host(1024)
+                    .local_address(c.local_addr);
                 if let Some(pem) = &ca {
                     b = b
                         .add_root_certificate(reqwest::Certificate::from_pem(pem)?)
@@ -181,6 +183,7 @@ impl Sender {
                 })
             }
             Protocol::Grpc => {
+                anyhow::ensure!(c.local_addr.is_none(), "--local-addr is for OTLP/HTTP only");
                 let mut channels = vec![];
                 for _ in 0..c.connections.max(1) {
                     let mut ep = tonic::transport::Endpoint::from_shared(c.endpoint.to_string())

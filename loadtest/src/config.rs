@@ -20,6 +20,8 @@ pub struct RunConfig {
     pub api_keys: Vec<String>,
     pub projects: usize,
     pub ca_cert: Option<PathBuf>,
+    /// Source address of the HTTP connections (None: the kernel's choice).
+    pub local_addr: Option<std::net::IpAddr>,
     pub duration_secs: Option<f64>,
     /// Total spans (rounded up to whole requests).
     pub spans: Option<u64>,

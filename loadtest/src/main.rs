@@ -117,6 +117,10 @@ struct RunArgs {
     /// PEM CA certificate to trust for an https:// endpoint (instead of the built-in roots).
     #[arg(long)]
     ca_cert: Option<PathBuf>,
+    /// Source address of the connections (OTLP/HTTP only), e.g. 127.0.0.2: on loopback, loads
+    /// from different addresses are different clients to the gateway's per-client limits.
+    #[arg(long)]
+    local_addr: Option<std::net::IpAddr>,
     /// How long to send (`20s`, `2m`, `500ms`). Default 20s unless --spans/--max-requests.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -359,6 +363,7 @@ fn run_config(a: RunArgs) -> Result<(config::RunConfig, Option<PathBuf>, Option<
         },
         api_keys: keys,
         ca_cert: a.ca_cert,
+        local_addr: a.local_addr,
         duration_secs: duration.map(|d| d.as_secs_f64()),
         spans: a.spans,
         max_requests: a.max_requests,

@@ -307,6 +307,7 @@ async fn prepare(cfg: RunConfig, run_id: u64) -> Result<(Arc<Ctx>, (u64, u64))> 
         encoding: cfg.encoding,
         compression: cfg.compression,
         ca_cert: cfg.ca_cert.as_deref(),
+        local_addr: cfg.local_addr,
         timeout: Duration::from_millis(cfg.timeout_ms),
         connections: cfg.connections,
     })
