@@ -14,21 +14,12 @@ fn main() {
     }
 }
 
-fn init_logging() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => {
             let cfg = args.load()?;
-            init_logging();
+            cfg.log.init();
             drop(stdout);
             serve(cfg)
         }
@@ -51,7 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Write(args) => {
             let cfg = args.load()?;
-            init_logging();
+            cfg.log.init();
             drop(stdout);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -243,3 +243,79 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(span_names(&gw.archive_spans(Some("drain"))).len(), 20);
 }
+
+/// Starts `serve` with stderr to a file and `env`, sends one request with an unknown key (a
+/// refusal, logged with the connection's fields), stops it with SIGTERM and returns stderr.
+fn serve_stderr(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut http = None;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("tracegate listening") {
+            http = Some(parse_listening_line(&line).1);
+            break;
+        }
+    }
+    let http = http.expect("listening line");
+    let r = post(
+        &format!("http://{http}/v1/traces"),
+        &[
+            ("authorization", "Bearer tg_nope"),
+            ("content-type", "application/x-protobuf"),
+        ],
+        encode(&request_n("log", 1, 1)),
+    );
+    assert_eq!(r.0, 401);
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(wait_timeout(&mut child, CMD_TIMEOUT).is_some_and(|s| s.success()));
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn logs_are_plain_text_off_a_terminal_or_json_lines_on_request() {
+    let text = serve_stderr(&[]);
+    assert!(text.contains("tracegate started"), "{text}");
+    assert!(!text.contains('\u{1b}'), "ANSI escapes in a file: {text:?}");
+    assert!(
+        text.contains("conn{listener=\"otlp_http\""),
+        "connection fields: {text}"
+    );
+
+    let json = serve_stderr(&[("TRACEGATE_LOG__FORMAT", "json")]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["fields"].is_object()));
+    let started = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "tracegate started")
+        .expect("the start event");
+    assert!(started["fields"]["http"].is_string(), "{started}");
+    // An event inside a connection carries the connection span's fields (`span`: the one it
+    // is in; `spans`: every one from the root).
+    let in_conn = |s: &serde_json::Value| s["name"] == "conn" && s["listener"] == "otlp_http";
+    assert!(
+        lines
+            .iter()
+            .any(|l| in_conn(&l["span"])
+                || l["spans"].as_array().is_some_and(|s| s.iter().any(in_conn))),
+        "no event with the conn span's fields: {json}"
+    );
+}

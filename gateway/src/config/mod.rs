@@ -11,10 +11,12 @@ use tracegate_otlp::SpanLimits;
 
 pub mod dedup;
 pub mod error;
+pub mod log;
 
 pub use crate::netconfig::{ProxyProtocolConfig, TlsConfig};
 pub use dedup::DedupConfig;
 pub use error::{zstd_level, ConfigError};
+pub use log::{LogConfig, LogFormat};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -28,6 +30,8 @@ pub struct Config {
     pub writer: WriterConfig,
     /// Retry-safe ingest: the window in which a repeated request is not stored again.
     pub dedup: DedupConfig,
+    /// stderr's log format.
+    pub log: LogConfig,
     /// Archive location and keys (`tracegate_archive::config`).
     pub archive: tracegate_archive::config::ArchiveConfig,
     /// Kafka transport: present → `serve` produces to Kafka; `write` consumes from it.
