@@ -319,3 +319,32 @@ fn logs_are_plain_text_off_a_terminal_or_json_lines_on_request() {
         "no event with the conn span's fields: {json}"
     );
 }
+
+#[test]
+fn archive_cat_and_ls_say_when_there_is_nothing_to_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo");
+    for cmd in ["cat", "ls"] {
+        let out = run_tracegate(
+            &["archive", cmd, "--data-dir", missing.to_str().unwrap()],
+            &[],
+            CMD_TIMEOUT,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "archive {cmd}: {err}");
+        assert!(err.contains("does not exist"), "archive {cmd}: {err}");
+        assert!(!missing.exists(), "archive {cmd} created the data dir");
+        let out = run_tracegate(
+            &["archive", cmd, "--data-dir", dir.path().to_str().unwrap()],
+            &[],
+            CMD_TIMEOUT,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "archive {cmd} on an empty dir: {err}");
+        assert!(
+            err.contains("no archive objects in file://"),
+            "archive {cmd}: {err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}

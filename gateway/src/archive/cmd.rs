@@ -184,16 +184,43 @@ pub fn run(cmd: ArchiveCommand, out: &mut impl Write) -> Result<()> {
 }
 
 /// The archive, or its ClickHouse dead-letter area, for `ls` and `cat`.
+/// The archive `ls` and `cat` read. A local archive whose data dir does not exist is an error:
+/// printing nothing would make a mistyped `--data-dir` look like "no spans arrived".
 fn open_for_reading(cfg: &Config, dead_letters: bool) -> Result<ArchiveStore> {
-    if dead_letters {
-        ArchiveStore::open_dead_letters(&cfg.archive_settings(), false)
+    let store = if dead_letters {
+        ArchiveStore::open_dead_letters(&cfg.archive_settings(), false)?
     } else {
-        ArchiveStore::open(&cfg.archive_settings(), false)
+        ArchiveStore::open(&cfg.archive_settings(), false)?
+    };
+    let dir = &cfg.server.data_dir;
+    if store.describe().starts_with("file://") && !dir.is_dir() {
+        bail!("the data dir {} does not exist (--data-dir)", dir.display());
     }
+    Ok(store)
+}
+
+/// Said on stderr when nothing matched, so an empty answer is not mistaken for a failure.
+fn none_found(store: &ArchiveStore, f: &Filter) {
+    let filter = match (&f.project, f.from, f.to) {
+        (None, None, None) => String::new(),
+        (p, from, to) => format!(
+            " for project {} from {} to {}",
+            p.as_deref().unwrap_or("any"),
+            from.map_or("the start".into(), |d| d.to_string()),
+            to.map_or("now".into(), |d| d.to_string())
+        ),
+    };
+    eprintln!(
+        "tracegate: no archive objects in {}{filter}",
+        store.describe()
+    );
 }
 
 async fn ls(store: &ArchiveStore, f: &Filter, out: &mut impl Write) -> Result<()> {
     let objects = store.list(f).await?;
+    if objects.is_empty() {
+        none_found(store, f);
+    }
     let mut failed = 0usize;
     for o in &objects {
         match store.read(o).await {
@@ -229,7 +256,11 @@ async fn ls(store: &ArchiveStore, f: &Filter, out: &mut impl Write) -> Result<()
 }
 
 async fn cat(store: &ArchiveStore, f: &Filter, out: &mut impl Write) -> Result<()> {
-    for o in store.list(f).await? {
+    let objects = store.list(f).await?;
+    if objects.is_empty() {
+        none_found(store, f);
+    }
+    for o in objects {
         let c = store.read(&o).await?;
         for (_, batch) in &c.batches {
             if f.project.as_deref().is_some_and(|p| p != batch.project_id) {
