@@ -307,6 +307,7 @@ fn serve_otlp(
         http,
         Arc::new(HttpReceiver {
             ingest: ingest.clone(),
+            cors: crate::server::cors::Cors::build(&config.server.cors).map(Arc::new),
         }),
         stop.clone(),
         drain,

@@ -4,7 +4,8 @@
 //!   (the listener sheds idle connections instead of leaving new ones in the backlog);
 //! - keep-alive connections with no request in flight are closed at the idle deadline;
 //! - audit refusals of the last aggregation window are written on SIGTERM;
-//! - JSON `null` reads as the field's default (proto3 JSON mapping).
+//! - JSON `null` reads as the field's default (proto3 JSON mapping);
+//! - a browser's CORS preflight and POST follow `server.cors.allowed_origins`.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{closed_by_server, Gateway};
+use common::{closed_by_server, http_client, Gateway};
 
 /// Opens `n` connections to `addr` that each send `first` (maybe nothing) and then stay silent.
 fn silent_connections(addr: SocketAddr, n: usize, first: &[u8]) -> Vec<TcpStream> {
@@ -382,4 +383,82 @@ fn a_trickled_body_is_cut_at_the_minimum_rate() {
     }
     let (status, text) = response_head(&mut s).expect("no answer to a paced body");
     assert_eq!(status, 200, "{text}");
+}
+
+/// What a browser does before the OTel web SDK's first export: a preflight, then the POST,
+/// both from the page's origin. Allowed origins get the CORS headers (no credentials ever),
+/// others a 403 preflight and no `Access-Control-*` header on anything; without
+/// `[server.cors]` a preflight is a 405 as before.
+#[test]
+fn browser_preflight_and_post_follow_the_allowed_origins() {
+    let origins = r#"["https://app.example.com", "https://*.corp.example"]"#;
+    let gw = Gateway::start(&[("TRACEGATE_SERVER__CORS__ALLOWED_ORIGINS", origins)]);
+    let key = gw.create_key("browser");
+    let client = http_client();
+    let preflight = |origin: &str| {
+        client
+            .request(reqwest::Method::OPTIONS, gw.traces_url())
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type,x-api-key")
+            .send()
+            .unwrap()
+    };
+    let r = preflight("https://team.corp.example");
+    assert_eq!(r.status(), 204);
+    let h = r.headers();
+    assert_eq!(
+        h["access-control-allow-origin"],
+        "https://team.corp.example"
+    );
+    assert_eq!(h["access-control-allow-methods"], "POST");
+    let allowed = h["access-control-allow-headers"].to_str().unwrap();
+    assert!(
+        allowed.contains("content-type") && allowed.contains("x-api-key"),
+        "{allowed}"
+    );
+    assert!(h.contains_key("access-control-max-age"));
+    assert!(!h.contains_key("access-control-allow-credentials"));
+    let r = preflight("https://evil.example");
+    assert_eq!(r.status(), 403);
+    assert!(!r
+        .headers()
+        .keys()
+        .any(|k| k.as_str().starts_with("access-control-")));
+
+    let post_from = |origin: &str, key: &str| {
+        client
+            .post(gw.traces_url())
+            .header("origin", origin)
+            .header("content-type", "application/json")
+            .header("x-api-key", key)
+            .body(r#"{"resourceSpans":[]}"#)
+            .send()
+            .unwrap()
+    };
+    let r = post_from("https://app.example.com", &key);
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(r.headers()["vary"], "origin");
+    // An error the page must be able to read carries the headers too.
+    let r = post_from("https://app.example.com", "tg_wrong");
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let r = post_from("https://evil.example", &key);
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+
+    let plain = Gateway::start(&[]);
+    let r = client
+        .request(reqwest::Method::OPTIONS, plain.traces_url())
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 405);
 }

@@ -9,6 +9,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use tracegate_otlp::SpanLimits;
 
+pub mod cors;
 pub mod dedup;
 pub mod error;
 pub mod log;
@@ -150,6 +151,8 @@ pub struct ServerConfig {
     pub idle_timeout_ms: u64,
     /// A connection older than this is closed gracefully (h2: GOAWAY); 0 = no limit.
     pub max_connection_age_ms: u64,
+    /// Browser pages allowed to send spans to OTLP/HTTP (`server::cors`).
+    pub cors: cors::CorsConfig,
 }
 
 impl Default for ServerConfig {
@@ -167,6 +170,7 @@ impl Default for ServerConfig {
             request_head_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_connection_age_ms: 1_800_000,
+            cors: cors::CorsConfig::default(),
         }
     }
 }
@@ -471,6 +475,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_server_and_limits()?;
+        self.server.cors.validate()?;
         self.validate_writer()?;
         self.dedup.validate()?;
         self.validate_auth()?;

@@ -27,6 +27,8 @@ pub const TRACES_PATH: &str = "/v1/traces";
 
 pub struct HttpReceiver {
     pub ingest: Arc<Ingest>,
+    /// `[server.cors]`; None when no origin is allowed.
+    pub cors: Option<Arc<super::cors::Cors>>,
 }
 
 fn media_type(headers: &http::HeaderMap) -> Option<String> {
@@ -50,6 +52,14 @@ impl Handler for HttpReceiver {
         // Until we know the request's encoding, errors are answered in protobuf.
         let mut format = Format::Protobuf;
         let (parts, body) = req.into_parts();
+        // A browser's preflight: before everything else, as it carries no credentials.
+        if let Some(cors) = self
+            .cors
+            .as_ref()
+            .filter(|_| parts.method == Method::OPTIONS && parts.uri.path() == TRACES_PATH)
+        {
+            return preflight(cors, &parts);
+        }
         let mut body = Some(body);
         // Set once the whole body was read (a request refused mid-body was not).
         let mut body_read = false;
@@ -94,10 +104,13 @@ impl Handler for HttpReceiver {
             }
             Err(e) => (error_response(&e, format), e.metric_label()),
         };
-        if close {
-            if let Ok(r) = resp.as_mut() {
+        if let Ok(r) = resp.as_mut() {
+            if close {
                 r.headers_mut()
                     .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            if let Some(cors) = &self.cors {
+                cors.decorate(&parts.headers, r.headers_mut());
             }
         }
         metrics::counter!(m::REQUESTS, "transport" => "http", "status" => status).increment(1);
@@ -109,6 +122,31 @@ impl Handler for HttpReceiver {
             r
         })
     }
+}
+
+/// The answer to a CORS preflight (`server::cors`). Its body, if a client sent one, is not read:
+/// the connection closes after the answer.
+fn preflight(cors: &super::cors::Cors, parts: &http::request::Parts) -> http::Response<Body> {
+    let (status, headers) = cors.preflight(&parts.headers);
+    let mut r = http::Response::new(full(Bytes::new()));
+    *r.status_mut() = status;
+    r.headers_mut().extend(headers);
+    let has_body = parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body && parts.version <= http::Version::HTTP_11 {
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let label = if status.is_success() {
+        "preflight"
+    } else {
+        "preflight_refused"
+    };
+    metrics::counter!(m::REQUESTS, "transport" => "http", "status" => label).increment(1);
+    r
 }
 
 fn error_response(e: &ApiError, format: Format) -> http::Result<http::Response<Body>> {

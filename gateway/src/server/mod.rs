@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod conn;
+pub mod cors;
 pub mod grpc;
 pub mod grpc_frame;
 pub mod http;
