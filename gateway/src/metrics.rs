@@ -104,9 +104,23 @@ pub fn install() -> PrometheusHandle {
             // working either way.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            process().describe();
             handle
         })
         .clone()
+}
+
+/// The `process_*` series (resident memory, CPU seconds, open and maximum file descriptors,
+/// threads, start time), read from /proc at each scrape by [`render`].
+fn process() -> &'static metrics_process::Collector {
+    static PROCESS: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    PROCESS.get_or_init(metrics_process::Collector::default)
+}
+
+/// The Prometheus text of every series, the `process_*` ones read now.
+pub fn render(handle: &PrometheusHandle) -> String {
+    process().collect();
+    handle.render()
 }
 
 fn describe() {
@@ -199,6 +213,10 @@ fn describe() {
     describe_counter!(
         CLICKHOUSE_DEAD_LETTER_BATCHES,
         "Batches ClickHouse rejected (or unreadable) kept in the dead-letter archive, by reason"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the `version` label is the running build's version"
     );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     describe_kafka();

@@ -194,6 +194,27 @@ fn admin_endpoints() {
     for name in ["tracegate_inflight_bytes_limit", "tracegate_build_info"] {
         assert!(m.contains(name), "missing {name}");
     }
+    // The process series, read at the scrape.
+    assert!(
+        metric_value(&m, "process_resident_memory_bytes") > 1e6,
+        "{m}"
+    );
+    assert!(metric_value(&m, "process_open_fds") > 3.0);
+    assert!(metric_value(&m, "process_max_fds") > 0.0);
+    assert!(m.contains("process_cpu_seconds_total"));
+    // Every family has its HELP.
+    let helped: std::collections::HashSet<&str> = m
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let untold: Vec<&str> = m
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|f| !helped.contains(f))
+        .collect();
+    assert!(untold.is_empty(), "families without HELP: {untold:?}");
 }
 
 /// SIGTERM while a request is half-sent: the request still completes with 200, its spans are in

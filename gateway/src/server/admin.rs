@@ -37,7 +37,7 @@ impl Handler for Admin {
         }
         match req.uri().path() {
             "/metrics" => {
-                let mut r = text(200, self.prometheus.render());
+                let mut r = text(200, crate::metrics::render(&self.prometheus));
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
