@@ -308,7 +308,9 @@ fn run(window_secs: u64, requests: u64, seed: u64) -> Outcome {
     let ch_missing = acked.iter().filter(|n| !in_ch.contains(*n)).count();
     // The archive: every acknowledged span once.
     let mut counts: HashMap<String, usize> = HashMap::new();
-    for r in common::archive_spans_env(wr_dir.path(), &l.env, Some(&project)) {
+    // Read back from moto through KMS: the short form takes seconds, the long form minutes.
+    let read_for = Duration::from_secs(30) + Duration::from_millis(50) * requests as u32;
+    for r in common::archive_spans_env_within(wr_dir.path(), &l.env, Some(&project), read_for) {
         *counts
             .entry(r["span"]["name"].as_str().unwrap_or_default().to_string())
             .or_default() += 1;

@@ -38,11 +38,30 @@ pub fn archive_spans_env(
     env: &[(String, String)],
     project: Option<&str>,
 ) -> Vec<serde_json::Value> {
+    archive_spans_env_within(data_dir, env, project, CMD_TIMEOUT)
+}
+
+/// [`archive_spans_env`] given `timeout` (reading a million spans back from moto takes minutes).
+pub fn archive_spans_env_within(
+    data_dir: &Path,
+    env: &[(String, String)],
+    project: Option<&str>,
+    timeout: std::time::Duration,
+) -> Vec<serde_json::Value> {
     let mut args = vec!["archive", "cat"];
     if let Some(p) = project {
         args.extend(["--project", p]);
     }
-    tracegate_ok(data_dir, &args, env)
+    let mut a: Vec<&str> = args.to_vec();
+    a.extend(["--data-dir", data_dir.to_str().expect("utf-8 data dir")]);
+    let out = run_tracegate(&a, &env_refs(env), timeout);
+    assert!(
+        out.status.success(),
+        "tracegate {a:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).expect("JSON line"))
