@@ -31,10 +31,16 @@ fn unknown_env_key_and_bad_value_stop_startup_naming_the_key() {
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("max_atributes"), "stderr: {err}");
+    // The variable as it is spelled in the environment, and the key as the file writes it.
+    assert!(
+        err.contains(
+            "environment variable TRACEGATE_LIMITS__MAX_ATRIBUTES: `limits.max_atributes`"
+        ),
+        "stderr: {err}"
+    );
 
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "[limits]\nmax_request_bytes = \"lots\"\n").unwrap();
+    std::fs::write(&cfg, "# limits\n[limits]\n  max_request_bytes = \"lots\"\n").unwrap();
     let out = run_tracegate(
         &["serve", "--config", cfg.to_str().unwrap(), "--data-dir", d],
         &[],
@@ -42,7 +48,13 @@ fn unknown_env_key_and_bad_value_stop_startup_naming_the_key() {
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("max_request_bytes"), "stderr: {err}");
+    // file:line:column of the key, no figment profile (`default.`) in it.
+    let at = format!(
+        "{}:3:3: `limits.max_request_bytes`: invalid type",
+        cfg.display()
+    );
+    assert!(err.contains(&at), "stderr: {err}");
+    assert!(!err.contains("default."), "stderr: {err}");
 
     let out = run_tracegate(
         &["serve", "--data-dir", d],

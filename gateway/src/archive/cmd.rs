@@ -21,6 +21,7 @@ use tracegate_pipeline::Sink;
 pub enum ArchiveCommand {
     /// List archive objects (decrypting each): location, bytes, format, key, batches, spans.
     Ls {
+        /// Only this project's objects.
         #[arg(long)]
         project: Option<String>,
         /// First UTC date (YYYY-MM-DD) of the object keys to include.
@@ -37,10 +38,13 @@ pub enum ArchiveCommand {
     },
     /// Print every archived span as one JSON line.
     Cat {
+        /// Only this project's spans.
         #[arg(long)]
         project: Option<String>,
+        /// First UTC date (YYYY-MM-DD) of the object keys to include.
         #[arg(long, value_parser = parse_date)]
         from: Option<NaiveDate>,
+        /// Last UTC date (YYYY-MM-DD) to include.
         #[arg(long, value_parser = parse_date)]
         to: Option<NaiveDate>,
         /// The ClickHouse dead-letter area instead of the archive.

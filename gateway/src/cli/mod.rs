@@ -108,10 +108,13 @@ pub struct StoreArgs {
 pub enum KeysCommand {
     /// Create an API key; prints `key_id: <id>` and then the secret, once, alone on the last line.
     Create {
+        /// Project the key writes to: every span it sends is stamped with it.
         #[arg(long)]
         project: String,
+        /// Organization of the project.
         #[arg(long, default_value = "default")]
         org: String,
+        /// Workspace of the project.
         #[arg(long, default_value = "default")]
         workspace: String,
         /// Region of the key [default: gateway.region].
@@ -120,8 +123,10 @@ pub enum KeysCommand {
         /// Comma-separated scopes.
         #[arg(long, default_value = "traces:write", value_delimiter = ',')]
         scopes: Vec<String>,
+        /// Quota of the project: spans per second (over it: 429 with Retry-After) [default: none].
         #[arg(long)]
         spans_per_sec: Option<u64>,
+        /// Quota of the project: decompressed request bytes per second [default: none].
         #[arg(long)]
         bytes_per_sec: Option<u64>,
         /// Bucket size as milliseconds of quota [default: 1000].
@@ -146,12 +151,14 @@ pub enum KeysCommand {
     },
     /// Revoke a key by id.
     Revoke {
+        /// The key's id (`keys list`), not its secret.
         key_id: String,
         #[command(flatten)]
         store: StoreArgs,
     },
     /// New secret for a key id (the old one stops working); the secret is the last line.
     Rotate {
+        /// The key's id (`keys list`), not its secret.
         key_id: String,
         #[command(flatten)]
         store: StoreArgs,
@@ -362,4 +369,31 @@ pub async fn bootstrap_first_key(
 /// `tracegate archive …` (implemented in `crate::archive::cmd`).
 pub fn archive(cmd: ArchiveCommand, out: &mut impl Write) -> Result<()> {
     crate::archive::cmd::run(cmd, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every subcommand says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "tracegate", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
 }

@@ -420,10 +420,9 @@ impl Config {
         if let Some(v) = &o.data_dir {
             fig = fig.merge(("server.data_dir", v));
         }
-        let mut cfg: Config = fig.extract().map_err(|e| {
-            // figment's errors name the key path ("for key `limits.max_attributes`").
-            ConfigError::Parse(e.to_string())
-        })?;
+        let mut cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Parse(error::describe_figment(&e)))?;
         cfg.read_secret_files()?;
         cfg.validate()?;
         Ok(cfg)
