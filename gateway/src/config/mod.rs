@@ -408,6 +408,16 @@ impl Config {
         }
         fig = fig.merge(env);
         let o = overrides;
+        // A flag hides the value it overrides from the extraction below: check the file and the
+        // environment on their own first, so a bad value there is an error, not ignored.
+        if o.grpc_addr.is_some()
+            || o.http_addr.is_some()
+            || o.admin_addr.is_some()
+            || o.data_dir.is_some()
+        {
+            fig.extract::<Config>()
+                .map_err(|e| ConfigError::Parse(error::describe_figment(&e)))?;
+        }
         if let Some(v) = o.grpc_addr {
             fig = fig.merge(("server.grpc_addr", v));
         }
@@ -684,6 +694,24 @@ mod tests {
             assert!(err.contains("nope"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_bad_value_hidden_by_a_flag_is_still_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[server]\nhttp_addr = \"bogus\"\n").unwrap();
+        let flag = Overrides {
+            http_addr: Some(([127, 0, 0, 1], 0).into()),
+            ..Default::default()
+        };
+        let err = Config::load_with_env(Some(&p), &flag, no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.toml:2:1: `server.http_addr`"), "{err}");
+        std::fs::write(&p, "[server]\nhttp_addr = \"127.0.0.1:9\"\n").unwrap();
+        let c = Config::load_with_env(Some(&p), &flag, no_env()).unwrap();
+        assert_eq!(c.server.http_addr.port(), 0, "the flag wins");
     }
 
     #[test]
