@@ -77,8 +77,8 @@ fn run(topic: &str, db: &str, dedup: bool, spans: u64, kills: usize) -> Outcome 
     let requests = spans.div_ceil(SPANS_PER_REQUEST);
     // Plain, zstd and gzip requests in turn: the compressed ones travel as the client's bytes
     // (envelope schema 2) and the writer decompresses them for ClickHouse.
-    let mut load = Load::start_encoded(
-        &gw.traces_url(),
+    let mut load = Load::start_spread(
+        &[&gw.traces_url()],
         &key,
         "kch",
         2,

@@ -36,8 +36,8 @@ impl Load {
         pause: Duration,
         retry_pause: Duration,
     ) -> Load {
-        Self::start_encoded(
-            url,
+        Self::start_spread(
+            &[url],
             key,
             prefix,
             threads,
@@ -48,32 +48,8 @@ impl Load {
         )
     }
 
-    /// As `start`, with request `id` sent in `encodings[id % len]` (`identity`, `gzip`,
-    /// `zstd`: the `content-encoding`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_encoded(
-        url: &str,
-        key: &str,
-        prefix: &str,
-        threads: usize,
-        spans_per_request: u64,
-        pause: Duration,
-        retry_pause: Duration,
-        encodings: &[&'static str],
-    ) -> Load {
-        Self::start_spread(
-            &[url],
-            key,
-            prefix,
-            threads,
-            spans_per_request,
-            pause,
-            retry_pause,
-            encodings,
-        )
-    }
-
-    /// As `start_encoded` over several gateways: attempt `a` of request `id` goes to
+    /// As `start` over several gateways, with request `id` sent in `encodings[id % len]`
+    /// (`identity`, `gzip`, `zstd`: the `content-encoding`): attempt `a` of request `id` goes to
     /// `urls[(id + a) % len]`, so a retry lands on another gateway, as behind a load balancer.
     #[allow(clippy::too_many_arguments)]
     pub fn start_spread(
