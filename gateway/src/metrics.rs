@@ -57,12 +57,11 @@ pub const KAFKA_DELIVERY_FAILURES: &str = "tracegate_kafka_delivery_failures_tot
 pub const KAFKA_SPLIT_BATCHES: &str = "tracegate_kafka_split_batches_total";
 pub const KAFKA_PRODUCER_QUEUE_BYTES: &str = "tracegate_kafka_producer_queue_bytes";
 pub const KAFKA_PRODUCER_QUEUE_BYTES_LIMIT: &str = "tracegate_kafka_producer_queue_bytes_limit";
-pub const KAFKA_PRODUCER_QUEUE_LATENCY_P99: &str =
-    "tracegate_kafka_producer_queue_latency_p99_seconds";
+pub const KAFKA_PRODUCER_QUEUE_LATENCY: &str = "tracegate_kafka_producer_queue_latency_seconds";
 pub const KAFKA_CLIENT_QUEUE_MESSAGES: &str = "tracegate_kafka_client_queue_messages";
 pub const KAFKA_CLIENT_QUEUE_BYTES: &str = "tracegate_kafka_client_queue_bytes";
 pub const KAFKA_BROKERS_UP: &str = "tracegate_kafka_brokers_up";
-pub const KAFKA_BROKER_RTT_P99: &str = "tracegate_kafka_broker_rtt_p99_seconds";
+pub const KAFKA_BROKER_RTT: &str = "tracegate_kafka_broker_rtt_seconds";
 pub const KAFKA_BROKER_ERRORS: &str = "tracegate_kafka_broker_errors_total";
 pub const KAFKA_CLIENT_ERRORS: &str = "tracegate_kafka_client_errors_total";
 pub const KAFKA_CONSUMER_LAG: &str = "tracegate_kafka_consumer_lag_messages";
@@ -257,10 +256,10 @@ fn describe_kafka() {
         Unit::Bytes,
         "kafka.queue_max_bytes"
     );
-    describe_gauge!(
-        KAFKA_PRODUCER_QUEUE_LATENCY_P99,
+    describe_histogram!(
+        KAFKA_PRODUCER_QUEUE_LATENCY,
         Unit::Seconds,
-        "librdkafka: p99 time messages spend in the producer queue (int_latency)"
+        "librdkafka: time messages spend in the producer queue (int_latency), placed at the quantiles of each statistics window"
     );
     describe_gauge!(
         KAFKA_CLIENT_QUEUE_MESSAGES,
@@ -275,10 +274,10 @@ fn describe_kafka() {
         KAFKA_BROKERS_UP,
         "librdkafka: brokers with an UP connection"
     );
-    describe_gauge!(
-        KAFKA_BROKER_RTT_P99,
+    describe_histogram!(
+        KAFKA_BROKER_RTT,
         Unit::Seconds,
-        "librdkafka: highest broker p99 round-trip time"
+        "librdkafka: broker request round-trip time, placed at the quantiles of each statistics window"
     );
     describe_counter!(
         KAFKA_BROKER_ERRORS,
@@ -499,7 +498,7 @@ fn register_kafka(parts: &Parts) {
     if let Some(client) = kafka_client {
         zero_gauge(KAFKA_CLIENT_QUEUE_MESSAGES, &[("client", client)]);
         zero_gauge(KAFKA_CLIENT_QUEUE_BYTES, &[("client", client)]);
-        zero_gauge(KAFKA_BROKER_RTT_P99, &[("client", client)]);
+        histogram(KAFKA_BROKER_RTT, &[("client", client)]);
         for kind in ["tx", "rx", "request_timeout", "retry"] {
             zero_counter(KAFKA_BROKER_ERRORS, &[("client", client), ("kind", kind)]);
         }
@@ -515,7 +514,7 @@ fn register_kafka(parts: &Parts) {
         zero_counter(KAFKA_SPLIT_BATCHES, &[]);
         zero_gauge(KAFKA_PRODUCER_QUEUE_BYTES, &[]);
         zero_gauge(KAFKA_PRODUCER_QUEUE_BYTES_LIMIT, &[]);
-        zero_gauge(KAFKA_PRODUCER_QUEUE_LATENCY_P99, &[]);
+        histogram(KAFKA_PRODUCER_QUEUE_LATENCY, &[]);
     }
     if parts.kafka_writer {
         zero_gauge(KAFKA_CONSUMER_LAG, &[]);

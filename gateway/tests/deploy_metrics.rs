@@ -214,6 +214,37 @@ fn every_metric_in_deploy_rules_and_dashboards_is_exported() {
          writer: {left:?}\n(exported: {exported:?})"
     );
 
+    // Latencies are histograms, which add up across brokers, windows and instances; no family
+    // is a precomputed quantile (a p99 of p99s means nothing).
+    let quantile_gauges: Vec<&String> = exported
+        .iter()
+        .filter(|n| {
+            n.split('_').any(|w| {
+                w.len() > 1 && w.starts_with('p') && w[1..].bytes().all(|b| b.is_ascii_digit())
+            })
+        })
+        .collect();
+    assert!(
+        quantile_gauges.is_empty(),
+        "quantile gauges: {quantile_gauges:?}"
+    );
+    // librdkafka's round-trip windows reach the histogram: each client talks to the broker
+    // (metadata, produce, group coordination) within a few statistics intervals.
+    let rtt_count = |text: &str, client: &str| {
+        common::metric_value(
+            text,
+            &format!("tracegate_kafka_broker_rtt_seconds_count{{client=\"{client}\"}}"),
+        )
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            rtt_count(&kafka_gw.metrics(), "producer") > 0.0
+                && rtt_count(&writer.metrics().unwrap_or_default(), "consumer") > 0.0
+        }),
+        "no broker round trips recorded:\n{}",
+        kafka_gw.metrics()
+    );
+
     // The certificate expiry alert reads the served certificate's real notAfter, per listener.
     let text = kafka_gw.metrics();
     for listener in ["otlp_http", "otlp_grpc"] {

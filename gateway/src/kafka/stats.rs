@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
-use rdkafka::statistics::Statistics;
+use rdkafka::statistics::{Statistics, Window};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::metrics as m;
@@ -152,6 +152,42 @@ fn secs(us: i64) -> f64 {
     us.max(0) as f64 / 1e6
 }
 
+/// The quantiles librdkafka reports for a statistics window, with the share of the window's
+/// samples at or below each; the last is the maximum.
+fn window_quantiles(w: &Window) -> [(i64, f64); 7] {
+    [
+        (w.p50, 0.50),
+        (w.p75, 0.75),
+        (w.p90, 0.90),
+        (w.p95, 0.95),
+        (w.p99, 0.99),
+        (w.p99_99, 0.9999),
+        (w.max, 1.0),
+    ]
+}
+
+/// A statistics window (microseconds, reset at every statistics interval) as histogram samples.
+///
+/// librdkafka keeps the samples in an HDR histogram of its own and reports only quantiles, so
+/// the `cnt` samples are placed at them: the share between two quantiles is recorded at the
+/// upper one. Every Prometheus bucket count is then exact at each quantile and an upper bound
+/// in between, and windows from several brokers, intervals and instances add up, which the
+/// p99 gauges these replace could not (a p99 of p99s means nothing).
+fn window_samples(w: &Window) -> Vec<(f64, usize)> {
+    let cnt = w.cnt.max(0) as f64;
+    let mut below = 0usize;
+    let mut out = Vec::with_capacity(7);
+    for (value, share) in window_quantiles(w) {
+        let upto = (cnt * share).round() as usize;
+        let count = upto.saturating_sub(below);
+        below = below.max(upto);
+        if count > 0 {
+            out.push((secs(value), count));
+        }
+    }
+    out
+}
+
 /// Statistics → metrics (see `crate::metrics` for the names).
 pub fn record(client: &'static str, s: &Statistics, reach: &Reachability) {
     let learned: Vec<_> = s.brokers.values().filter(|b| b.nodeid >= 0).collect();
@@ -165,22 +201,27 @@ pub fn record(client: &'static str, s: &Statistics, reach: &Reachability) {
         reach.set_up(true);
     }
     metrics::gauge!(m::KAFKA_BROKERS_UP, "client" => client).set(up as f64);
-    let mut rtt = 0i64;
-    let mut int_latency = 0i64;
+    let rtt = metrics::histogram!(m::KAFKA_BROKER_RTT, "client" => client);
+    let queue = metrics::histogram!(m::KAFKA_PRODUCER_QUEUE_LATENCY);
     let (mut tx_errs, mut rx_errs, mut timeouts, mut retries) = (0u64, 0u64, 0u64, 0u64);
     for b in s.brokers.values() {
         if let Some(w) = &b.rtt {
-            rtt = rtt.max(w.p99);
+            for (value, count) in window_samples(w) {
+                rtt.record_many(value, count);
+            }
         }
-        if let Some(w) = &b.int_latency {
-            int_latency = int_latency.max(w.p99);
+        if client == "producer" {
+            if let Some(w) = &b.int_latency {
+                for (value, count) in window_samples(w) {
+                    queue.record_many(value, count);
+                }
+            }
         }
         tx_errs += b.txerrs;
         rx_errs += b.rxerrs;
         timeouts += b.req_timeouts;
         retries += b.txretries;
     }
-    metrics::gauge!(m::KAFKA_BROKER_RTT_P99, "client" => client).set(secs(rtt));
     metrics::counter!(m::KAFKA_BROKER_ERRORS, "client" => client, "kind" => "tx").absolute(tx_errs);
     metrics::counter!(m::KAFKA_BROKER_ERRORS, "client" => client, "kind" => "rx").absolute(rx_errs);
     metrics::counter!(m::KAFKA_BROKER_ERRORS, "client" => client, "kind" => "request_timeout")
@@ -190,7 +231,6 @@ pub fn record(client: &'static str, s: &Statistics, reach: &Reachability) {
     if client == "producer" {
         metrics::gauge!(m::KAFKA_CLIENT_QUEUE_MESSAGES, "client" => client).set(s.msg_cnt as f64);
         metrics::gauge!(m::KAFKA_CLIENT_QUEUE_BYTES, "client" => client).set(s.msg_size as f64);
-        metrics::gauge!(m::KAFKA_PRODUCER_QUEUE_LATENCY_P99).set(secs(int_latency));
     } else {
         let (mut lag, mut fetchq_cnt, mut fetchq_bytes) = (0i64, 0i64, 0u64);
         for t in s.topics.values() {
@@ -206,5 +246,55 @@ pub fn record(client: &'static str, s: &Statistics, reach: &Reachability) {
         metrics::gauge!(m::KAFKA_CONSUMER_LAG).set(lag as f64);
         metrics::gauge!(m::KAFKA_CLIENT_QUEUE_MESSAGES, "client" => client).set(fetchq_cnt as f64);
         metrics::gauge!(m::KAFKA_CLIENT_QUEUE_BYTES, "client" => client).set(fetchq_bytes as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(cnt: i64, quantiles_us: [i64; 7]) -> Window {
+        let [p50, p75, p90, p95, p99, p99_99, max] = quantiles_us;
+        Window {
+            min: 1,
+            max,
+            avg: 0,
+            sum: 0,
+            cnt,
+            stddev: 0,
+            hdrsize: 0,
+            p50,
+            p75,
+            p90,
+            p95,
+            p99,
+            p99_99,
+            outofrange: 0,
+        }
+    }
+
+    #[test]
+    fn a_window_becomes_its_count_of_samples_placed_at_its_quantiles() {
+        let w = window(1_000, [100, 200, 300, 400, 5_000, 9_000, 20_000]);
+        let samples = window_samples(&w);
+        assert_eq!(samples.iter().map(|(_, n)| n).sum::<usize>(), 1_000);
+        // 500 at p50, 250 up to p75, 150 up to p90, 50 up to p95, 40 up to p99, 10 above it.
+        let counts: Vec<usize> = samples.iter().map(|(_, n)| *n).collect();
+        assert_eq!(counts, vec![500, 250, 150, 50, 40, 10]);
+        assert_eq!(samples[4].0, 0.005);
+        // At most 1 % of the samples lie above p99: a bucket bound at p99 reads exactly 0.99.
+        let at_or_below_p99: usize = samples
+            .iter()
+            .filter(|(v, _)| *v <= 0.005)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(at_or_below_p99, 990);
+    }
+
+    #[test]
+    fn an_empty_window_records_nothing() {
+        assert!(window_samples(&window(0, [0; 7])).is_empty());
+        let small = window_samples(&window(3, [10, 10, 10, 10, 10, 10, 10]));
+        assert_eq!(small.iter().map(|(_, n)| n).sum::<usize>(), 3);
     }
 }
