@@ -40,6 +40,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut stdout,
             ))
         }
+        Command::Validate(common) => {
+            if !cli::validate(&common, &mut stdout)? {
+                stdout.flush()?;
+                std::process::exit(2);
+            }
+            Ok(())
+        }
         Command::Write(args) => {
             let cfg = args.load()?;
             cfg.log.init();

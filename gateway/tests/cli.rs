@@ -196,6 +196,101 @@ fn keys_create_prints_id_and_secret_last() {
     assert!(!out.status.success());
 }
 
+/// `tracegate validate` lists every problem, not only the first: parse problems in the file
+/// and the environment (a typo does not hide the next), bad values hidden by an override, and
+/// the checks between keys, each with where it comes from; exit 2. A key set twice is reported
+/// with the place in effect; a valid configuration exits 0. Values are never printed.
+#[test]
+fn validate_lists_every_problem_and_the_keys_set_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nhttp_addr = \"not-an-address\"\nmax_connections = 0\n\n\
+         [limits]\nmax_atributes = 5\nmax_request_bytes = \"lots\"\ndecode_concurrency = 5000\n\n\
+         [writer]\ncompression_level = 0\n\n[clickhouse]\nurl = \"http://127.0.0.1:9\"\npassword = \"hunter2-secret\"\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let env = [
+        ("TRACEGATE_SERVER__HTTP_ADDR", "127.0.0.1:4999"),
+        ("TRACEGATE_LIMITS__MAX_INFLIGHT_BYTES", "many"),
+        ("TRACEGATE_CLICKHOUSE__PASSWORD", "hunter3-secret"),
+    ];
+    let out = run_tracegate(&["validate", "--config", c], &env, CMD_TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stdout: {stdout}\nstderr: {err}"
+    );
+    let want = [
+        // hidden by the environment's valid value, still a problem
+        format!("{c}:2:1: `server.http_addr`"),
+        format!("{c}:6:1: `limits.max_atributes`: unknown field"),
+        format!("{c}:7:1: `limits.max_request_bytes`: invalid type"),
+        "environment variable TRACEGATE_LIMITS__MAX_INFLIGHT_BYTES: `limits.max_inflight_bytes`"
+            .to_string(),
+        format!("{c}:3:1: `server.max_connections`: must be greater than 0"),
+        format!("{c}:8:1: `limits.decode_concurrency`"),
+        format!("{c}:11:1: `writer.compression_level`"),
+    ];
+    for w in &want {
+        assert!(err.contains(w.as_str()), "missing {w:?} in:\n{err}");
+    }
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error: ")).count(),
+        want.len(),
+        "{err}"
+    );
+    assert!(stdout.contains(&format!("{c}: 7 problems")), "{stdout}");
+    assert!(
+        stdout.contains(
+            "`server.http_addr` is set by the file {c} and by the environment variable \
+             TRACEGATE_SERVER__HTTP_ADDR; the value of the environment variable \
+             TRACEGATE_SERVER__HTTP_ADDR is in effect"
+                .replace("{c}", c)
+                .as_str()
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("`clickhouse.password` is set by the file"),
+        "{stdout}"
+    );
+    for secret in ["hunter2", "hunter3", "4999", "not-an-address"] {
+        assert!(
+            !err.contains(secret) && !stdout.contains(secret),
+            "{secret} printed"
+        );
+    }
+
+    // Fixed, with a flag over the environment: valid, and the flag is in effect.
+    std::fs::write(&cfg, "[server]\ndata_dir = \"/tmp/elsewhere\"\n").unwrap();
+    let d = dir.path().join("data");
+    let out = run_tracegate(
+        &["validate", "--config", c, "--data-dir", d.to_str().unwrap()],
+        &[],
+        CMD_TIMEOUT,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{c}: the configuration is valid")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the value of the flag --data-dir is in effect"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn admin_endpoints() {
     let gw = Gateway::start(&[]);

@@ -47,6 +47,43 @@ pub enum Command {
     Migrate(CommonArgs),
     /// Run the Kafka consumer-group writer (needs a `[kafka]` section).
     Write(WriteArgs),
+    /// Check a configuration (file, `TRACEGATE_*` environment, flags) without running
+    /// anything: lists every problem (exit 2), and the keys set in more than one place.
+    Validate(CommonArgs),
+}
+
+/// `tracegate validate`: every problem on stderr, one per line; the keys set twice and the
+/// verdict on stdout. Returns whether the configuration is valid (the exit code: 0 or 2).
+pub fn validate(args: &CommonArgs, out: &mut impl Write) -> Result<bool> {
+    let overrides = Overrides {
+        data_dir: args.data_dir.clone(),
+        ..Default::default()
+    };
+    let report = Config::check(args.config.as_deref(), &overrides);
+    for line in &report.overridden {
+        writeln!(out, "note: {line}")?;
+    }
+    let source = args
+        .config
+        .as_ref()
+        .map_or("defaults and environment".to_string(), |p| {
+            p.display().to_string()
+        });
+    if report.problems.is_empty() {
+        writeln!(out, "{source}: the configuration is valid")?;
+        return Ok(true);
+    }
+    let mut err = std::io::stderr().lock();
+    for line in &report.problems {
+        writeln!(err, "error: {line}")?;
+    }
+    let n = report.problems.len();
+    writeln!(
+        out,
+        "{source}: {n} problem{}",
+        if n == 1 { "" } else { "s" }
+    )?;
+    Ok(false)
 }
 
 #[derive(Args, Debug, Default)]

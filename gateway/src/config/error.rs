@@ -19,6 +19,29 @@ impl From<tracegate_archive::config::InvalidSetting> for ConfigError {
     }
 }
 
+/// Problems found by checks that all run (`tracegate validate` lists every one).
+#[derive(Debug, Default)]
+pub struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    pub fn check(&mut self, result: Result<(), ConfigError>) {
+        if let Err(e) = result {
+            self.0.push(e);
+        }
+    }
+
+    pub fn invalid(&mut self, key: &'static str, message: impl Into<String>) {
+        self.0.push(ConfigError::Invalid {
+            key,
+            message: message.into(),
+        });
+    }
+
+    pub fn into_vec(self) -> Vec<ConfigError> {
+        self.0
+    }
+}
+
 /// zstd levels the config accepts (archive, Kafka payloads, ClickHouse blocks): 1..=19, or
 /// zstd's fast levels -7..=-1. 0 would mean "zstd's default" and hide the choice.
 pub fn zstd_level(key: &'static str, level: i32) -> Result<(), ConfigError> {
@@ -64,7 +87,7 @@ pub fn describe_figment(e: &figment::Error) -> String {
 }
 
 /// Line and column (1-based) of the dotted key `path` in TOML `text`, when it is written there.
-fn locate(text: &str, path: &[String]) -> Option<(usize, usize)> {
+pub(super) fn locate(text: &str, path: &[String]) -> Option<(usize, usize)> {
     let doc = toml_edit::ImDocument::parse(text).ok()?;
     let mut table: &dyn toml_edit::TableLike = doc.as_table();
     let mut span = None;

@@ -9,10 +9,12 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use tracegate_otlp::SpanLimits;
 
+pub mod check;
 pub mod cors;
 pub mod dedup;
 pub mod error;
 pub mod log;
+mod validate;
 
 pub use crate::netconfig::{ProxyProtocolConfig, TlsConfig};
 pub use dedup::DedupConfig;
@@ -379,16 +381,28 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The configuration's environment variables: only `TRACEGATE_<SECTION>__<KEY>` is config;
+/// other TRACEGATE_* variables (e.g. used by scripts) are not ours to refuse.
+fn env() -> Env {
+    Env::prefixed("TRACEGATE_")
+        .filter(|k| k.as_str().contains("__"))
+        .split("__")
+}
+
 impl Config {
     /// Parses defaults, the optional TOML file, `TRACEGATE_*` env vars and overrides, then
     /// validates.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        // Only `TRACEGATE_<SECTION>__<KEY>` is config; other TRACEGATE_* variables (e.g. used by
-        // scripts) are not ours to refuse.
-        let env = Env::prefixed("TRACEGATE_")
-            .filter(|k| k.as_str().contains("__"))
-            .split("__");
-        Self::load_with_env(file, overrides, env)
+        Self::load_with_env(file, overrides, env())
+    }
+
+    /// Every problem of the configuration (`tracegate validate`), not only the first.
+    pub fn check(file: Option<&Path>, overrides: &Overrides) -> check::Report {
+        check::check(&check::Sources {
+            file,
+            env: env(),
+            overrides,
+        })
     }
 
     fn load_with_env(
@@ -405,6 +419,12 @@ impl Config {
                 )));
             }
             fig = fig.merge(Toml::file_exact(path));
+            // The environment hides the file's values it overrides: check the file on its own
+            // first, so a bad value there is an error, not ignored.
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::file_exact(path))
+                .extract::<Config>()
+                .map_err(|e| ConfigError::Parse(error::describe_figment(&e)))?;
         }
         fig = fig.merge(env);
         let o = overrides;
@@ -481,147 +501,6 @@ impl Config {
         }
         Ok(())
     }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_server_and_limits()?;
-        self.server.cors.validate()?;
-        self.validate_writer()?;
-        self.dedup.validate()?;
-        self.validate_auth()?;
-        self.archive.validate(&self.server.data_dir)?;
-        if let Some(ch) = &self.clickhouse {
-            ch.validate()?;
-        }
-        if !self.tokens.jwks.is_empty() && self.tokens.issuer.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "tokens.issuer",
-                message: "is required when tokens.jwks is set".into(),
-            });
-        }
-        if let Some(k) = &self.kafka {
-            k.validate()?;
-        }
-        crate::netconfig::validate(
-            &self.tls,
-            &self.proxy_protocol,
-            self.server.http_addr,
-            self.server.grpc_addr,
-        )?;
-        Ok(())
-    }
-
-    fn validate_server_and_limits(&self) -> Result<(), ConfigError> {
-        positive("server.max_connections", self.server.max_connections as u64)?;
-        positive(
-            "server.request_head_timeout_ms",
-            self.server.request_head_timeout_ms,
-        )?;
-        positive("server.idle_timeout_ms", self.server.idle_timeout_ms)?;
-        let l = &self.limits;
-        positive("limits.max_request_bytes", l.max_request_bytes as u64)?;
-        positive("limits.max_inflight_bytes", l.max_inflight_bytes as u64)?;
-        if l.decode_concurrency > 1024 {
-            return Err(ConfigError::Invalid {
-                key: "limits.decode_concurrency",
-                message: format!("{} is over 1024 (0 = one per CPU)", l.decode_concurrency),
-            });
-        }
-        if l.prefault_bytes > (1 << 30) || l.prefault_bytes > 2 * l.max_inflight_bytes {
-            return Err(ConfigError::Invalid {
-                key: "limits.prefault_bytes",
-                message: format!(
-                    "{} is over 1 GiB or over twice limits.max_inflight_bytes ({}), more than requests in flight can use",
-                    l.prefault_bytes, l.max_inflight_bytes
-                ),
-            });
-        }
-        positive("limits.max_attribute_depth", l.max_attribute_depth as u64)?;
-        if l.max_inflight_bytes < l.max_request_bytes {
-            return Err(ConfigError::Invalid {
-                key: "limits.max_inflight_bytes",
-                message: format!(
-                    "must be at least limits.max_request_bytes ({}), or a maximal request could never be admitted",
-                    l.max_request_bytes
-                ),
-            });
-        }
-        if l.max_attribute_depth >= 100 {
-            return Err(ConfigError::Invalid {
-                key: "limits.max_attribute_depth",
-                message: "must be below 100 (the protobuf decoder's recursion limit)".into(),
-            });
-        }
-        Ok(())
-    }
-
-    fn validate_writer(&self) -> Result<(), ConfigError> {
-        let w = &self.writer;
-        positive("writer.max_batch_spans", w.max_batch_spans as u64)?;
-        positive("writer.max_batch_bytes", w.max_batch_bytes as u64)?;
-        if w.max_batch_bytes > tracegate_archive::store::MAX_OBJECT_PLAIN_BYTES {
-            return Err(ConfigError::Invalid {
-                key: "writer.max_batch_bytes",
-                message: format!(
-                    "must be at most {} (the largest archive object a reader inflates)",
-                    tracegate_archive::store::MAX_OBJECT_PLAIN_BYTES
-                ),
-            });
-        }
-        positive("writer.queue_capacity", w.queue_capacity as u64)?;
-        positive(
-            "writer.max_concurrent_writes",
-            w.max_concurrent_writes as u64,
-        )?;
-        zstd_level("writer.compression_level", w.compression_level)?;
-        Ok(())
-    }
-
-    /// Key cache, key store, pepper, audit sink and the gateway's region.
-    fn validate_auth(&self) -> Result<(), ConfigError> {
-        positive("auth.cache_max_keys", self.auth.cache_max_keys)?;
-        positive("auth.cache_ttl_ms", self.auth.cache_ttl_ms)?;
-        positive("server.body_timeout_ms", self.server.body_timeout_ms)?;
-        tracegate_pipeline::tenant::validate_name("gateway.region", &self.gateway.region).map_err(
-            |e| ConfigError::Invalid {
-                key: "gateway.region",
-                message: e.to_string(),
-            },
-        )?;
-        if self.auth.store == StoreKind::Postgres
-            && self.auth.database_url.is_none()
-            && self.auth.database_url_file.is_none()
-        {
-            return Err(ConfigError::Invalid {
-                key: "auth.database_url",
-                message: "(or auth.database_url_file) is required when auth.store = \"postgres\""
-                    .into(),
-            });
-        }
-        if let Some(p) = &self.auth.pepper {
-            crate::auth::pepper::Pepper::from_hex(p).map_err(|e| ConfigError::Invalid {
-                key: "auth.pepper",
-                message: e.to_string(),
-            })?;
-        }
-        if !matches!(self.audit.sink.as_str(), "stdout" | "file" | "off") {
-            return Err(ConfigError::Invalid {
-                key: "audit.sink",
-                message: "must be \"stdout\", \"file\" or \"off\"".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// A setting that must not be 0.
-fn positive(key: &'static str, v: u64) -> Result<(), ConfigError> {
-    if v == 0 {
-        return Err(ConfigError::Invalid {
-            key,
-            message: "must be greater than 0".into(),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -712,6 +591,24 @@ mod tests {
         std::fs::write(&p, "[server]\nhttp_addr = \"127.0.0.1:9\"\n").unwrap();
         let c = Config::load_with_env(Some(&p), &flag, no_env()).unwrap();
         assert_eq!(c.server.http_addr.port(), 0, "the flag wins");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail dictates the closure type
+    fn a_bad_value_in_the_file_hidden_by_the_environment_is_still_an_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[server]\nhttp_addr = \"bogus\"\n")?;
+            jail.set_env("TRACEGATE_SERVER__HTTP_ADDR", "127.0.0.1:9");
+            let p = jail.directory().join("c.toml");
+            let err = Config::load(Some(&p), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("c.toml:2:1: `server.http_addr`"), "{err}");
+            jail.create_file("c.toml", "[server]\nhttp_addr = \"127.0.0.1:8\"\n")?;
+            let c = Config::load(Some(&p), &Overrides::default()).unwrap();
+            assert_eq!(c.server.http_addr.port(), 9, "the environment wins");
+            Ok(())
+        });
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::config::error::{zstd_level, ConfigError};
+use crate::config::error::{zstd_level, ConfigError, Problems};
 
 /// Kafka record key, which decides the partition (murmur2, as Java clients do).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -174,11 +174,21 @@ pub const MIN_MESSAGE_BYTES: usize = 16 * 1024;
 
 impl KafkaConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_endpoint()?;
-        zstd_level("kafka.payload_zstd_level", self.payload_zstd_level)?;
-        self.validate_sizes()?;
-        self.validate_bounds()?;
-        self.validate_writer()
+        let mut p = Problems::default();
+        self.problems(&mut p);
+        p.into_vec().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Each group of checks' first problem (`tracegate validate` lists them all).
+    pub fn problems(&self, p: &mut Problems) {
+        p.check(self.validate_endpoint());
+        p.check(zstd_level(
+            "kafka.payload_zstd_level",
+            self.payload_zstd_level,
+        ));
+        p.check(self.validate_sizes());
+        p.check(self.validate_bounds());
+        p.check(self.validate_writer());
     }
 
     /// Brokers, topic and group.
