@@ -30,15 +30,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(cli::keys(command, &mut stdout))
         }
         Command::Archive { command } => cli::archive(command, &mut stdout),
-        Command::Migrate(common) => {
-            let cfg = common.load()?;
+        Command::Migrate(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(tracegate::clickhouse::schema::migrate_command(
-                &cfg,
-                &mut stdout,
-            ))
+            rt.block_on(args.run(&mut stdout))
         }
         Command::Validate(common) => {
             if !cli::validate(&common, &mut stdout)? {

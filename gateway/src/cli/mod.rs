@@ -44,7 +44,7 @@ pub enum Command {
         command: ArchiveCommand,
     },
     /// Create or upgrade the ClickHouse schema (`[clickhouse]` config; idempotent, versioned).
-    Migrate(CommonArgs),
+    Migrate(MigrateArgs),
     /// Run the Kafka consumer-group writer (needs a `[kafka]` section).
     Write(WriteArgs),
     /// Check a configuration (file, `TRACEGATE_*` environment, flags) without running
@@ -84,6 +84,75 @@ pub fn validate(args: &CommonArgs, out: &mut impl Write) -> Result<bool> {
         if n == 1 { "" } else { "s" }
     )?;
     Ok(false)
+}
+
+#[derive(Args, Debug, Default)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Option<MigrateCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrateCommand {
+    /// Create a ClickHouse role that reads only one tenant's rows of every tracegate table
+    /// (row policies on OrgId/ProjectId), and optionally a user with only that role. The
+    /// configured ClickHouse user needs ACCESS MANAGEMENT. Idempotent.
+    TenantReader {
+        /// Organization of the tenant.
+        #[arg(long)]
+        org: String,
+        /// Project of the tenant.
+        #[arg(long)]
+        project: String,
+        /// Also create this ClickHouse user, holding only the tenant's role.
+        #[arg(long, requires = "password_file")]
+        user: Option<String>,
+        /// File holding the new user's password (a trailing newline is ignored).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<std::path::PathBuf>,
+    },
+}
+
+impl MigrateArgs {
+    /// `tracegate migrate [tenant-reader …]`.
+    pub async fn run(self, out: &mut impl Write) -> Result<()> {
+        let cfg = self.common.load()?;
+        let Some(MigrateCommand::TenantReader {
+            org,
+            project,
+            user,
+            password_file,
+        }) = self.command
+        else {
+            return crate::clickhouse::schema::migrate_command(&cfg, out).await;
+        };
+        let ch = cfg.clickhouse.as_ref().context(
+            "tracegate migrate needs a [clickhouse] section (clickhouse.url, e.g. TRACEGATE_CLICKHOUSE__URL)",
+        )?;
+        let password = match &password_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let t = crate::clickhouse::tenant_access::TenantReader {
+            org,
+            project,
+            user: user.clone(),
+            password,
+        };
+        let role = crate::clickhouse::tenant_access::create(ch, &t).await?;
+        writeln!(out, "role: {role}")?;
+        if let Some(u) = user {
+            writeln!(out, "user: {u}")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args, Debug, Default)]

@@ -1,5 +1,6 @@
 //! ClickHouse: the `[clickhouse]` config, the schema and its migrations (`tracegate migrate`),
-//! the RowBinary row encoding and the writer sink. See docs/clickhouse.md.
+//! tenant-scoped read access (`tracegate migrate tenant-reader`), the RowBinary row encoding
+//! and the writer sink. See docs/clickhouse.md.
 
 pub mod blocks;
 pub mod config;
@@ -7,3 +8,4 @@ pub mod pb;
 pub mod rows;
 pub mod schema;
 pub mod sink;
+pub mod tenant_access;

@@ -14,6 +14,10 @@ pub const SPANS_TABLE: &str = "otel_traces";
 pub const PAYLOADS_TABLE: &str = "otel_traces_payloads";
 pub const MIGRATIONS_TABLE: &str = "tracegate_schema_migrations";
 
+/// Every table holding tenants' rows (each has `OrgId` and `ProjectId`): the tables a tenant
+/// reader's row policies cover (`tenant_access.rs`).
+pub const TENANT_TABLES: &[&str] = &[SPANS_TABLE, PAYLOADS_TABLE, "otel_traces_trace_id_ts"];
+
 /// Columns of `otel_traces` in RowBinary order (see `rows.rs`); names as in the INSERT.
 pub const SPAN_COLUMNS: &[&str] = &[
     "OrgId",
