@@ -36,7 +36,7 @@ fn setup(
         env.push((k.to_string(), v.to_string()));
     }
     let out = common::migrate(&env);
-    assert!(out.contains("migrations applied: [1]"), "{out}");
+    assert!(out.contains("migrations applied: [1, 2]"), "{out}");
     (front, env)
 }
 
@@ -57,7 +57,7 @@ fn migrate_is_idempotent_versioned_and_applies_retention() {
     let (front, mut env) = setup("mig", &[], &[]);
     let out = common::migrate(&env);
     assert!(out.contains("migrations applied: []"), "{out}");
-    assert!(out.contains("migrations already present: [1]"), "{out}");
+    assert!(out.contains("migrations already present: [1, 2]"), "{out}");
     let tables = front
         .query("SELECT name FROM system.tables WHERE database = 'mig' ORDER BY name FORMAT TSV");
     for t in [
@@ -92,7 +92,7 @@ fn migrate_is_idempotent_versioned_and_applies_retention() {
     assert!(out.contains("ttl updated: []"), "{out}");
     assert_eq!(
         front.query_u64("SELECT count() FROM mig.tracegate_schema_migrations"),
-        1
+        2
     );
 }
 

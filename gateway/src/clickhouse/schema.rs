@@ -86,120 +86,7 @@ pub fn insert_sql(database: &str, table: &str, columns: &[&str]) -> String {
     )
 }
 
-pub struct Migration {
-    pub version: u32,
-    pub name: &'static str,
-    /// Statements with `{db}`, `{engine}`, `{ttl}`, `{ttl_start}` and `{dedup}` placeholders.
-    pub statements: &'static [&'static str],
-}
-
-/// The ordered migrations. Never edit an applied one: add a new version.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "otel_traces with tenant and GenAI columns, payload table, trace id index",
-    statements: &[
-        r#"CREATE TABLE IF NOT EXISTS `{db}`.otel_traces (
-    OrgId LowCardinality(String) CODEC(ZSTD(1)),
-    WorkspaceId LowCardinality(String) CODEC(ZSTD(1)),
-    ProjectId LowCardinality(String) CODEC(ZSTD(1)),
-    Region LowCardinality(String) CODEC(ZSTD(1)),
-    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
-    TraceId String CODEC(ZSTD(1)),
-    SpanId String CODEC(ZSTD(1)),
-    ParentSpanId String CODEC(ZSTD(1)),
-    TraceState String CODEC(ZSTD(1)),
-    SpanName LowCardinality(String) CODEC(ZSTD(1)),
-    SpanKind LowCardinality(String) CODEC(ZSTD(1)),
-    ServiceName LowCardinality(String) CODEC(ZSTD(1)),
-    ResourceAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
-    ScopeName String CODEC(ZSTD(1)),
-    ScopeVersion String CODEC(ZSTD(1)),
-    SpanAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
-    Duration UInt64 CODEC(ZSTD(1)),
-    StatusCode LowCardinality(String) CODEC(ZSTD(1)),
-    StatusMessage String CODEC(ZSTD(1)),
-    Events Nested (
-        Timestamp DateTime64(9),
-        Name LowCardinality(String),
-        Attributes Map(LowCardinality(String), String)
-    ) CODEC(ZSTD(1)),
-    Links Nested (
-        TraceId String,
-        SpanId String,
-        TraceState String,
-        Attributes Map(LowCardinality(String), String)
-    ) CODEC(ZSTD(1)),
-    ScopeAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
-    Flags UInt32 CODEC(ZSTD(1)),
-    DroppedAttributesCount UInt32 CODEC(ZSTD(1)),
-    DroppedEventsCount UInt32 CODEC(ZSTD(1)),
-    DroppedLinksCount UInt32 CODEC(ZSTD(1)),
-    GenAiProvider LowCardinality(String) CODEC(ZSTD(1)),
-    GenAiOperation LowCardinality(String) CODEC(ZSTD(1)),
-    GenAiRequestModel LowCardinality(String) CODEC(ZSTD(1)),
-    GenAiResponseModel LowCardinality(String) CODEC(ZSTD(1)),
-    GenAiInputTokens UInt64 CODEC(T64, ZSTD(1)),
-    GenAiOutputTokens UInt64 CODEC(T64, ZSTD(1)),
-    PayloadKeys Array(String) CODEC(ZSTD(1)),
-    ReceivedAt DateTime64(9) CODEC(Delta(8), ZSTD(1)),
-    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
-    INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_res_attr_value mapValues(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_span_attr_key mapKeys(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_span_attr_value mapValues(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_duration Duration TYPE minmax GRANULARITY 1,
-    INDEX idx_gen_ai_request_model GenAiRequestModel TYPE bloom_filter(0.01) GRANULARITY 1
-) ENGINE = {engine}
-PARTITION BY toDate(Timestamp)
-ORDER BY (OrgId, WorkspaceId, ProjectId, ServiceName, SpanName, toDateTime(Timestamp))
-{ttl}
-SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, {dedup}"#,
-        r#"CREATE TABLE IF NOT EXISTS `{db}`.otel_traces_payloads (
-    OrgId LowCardinality(String) CODEC(ZSTD(1)),
-    WorkspaceId LowCardinality(String) CODEC(ZSTD(1)),
-    ProjectId LowCardinality(String) CODEC(ZSTD(1)),
-    Region LowCardinality(String) CODEC(ZSTD(1)),
-    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
-    TraceId String CODEC(ZSTD(1)),
-    SpanId String CODEC(ZSTD(1)),
-    Location LowCardinality(String) CODEC(ZSTD(1)),
-    EventIndex UInt32 CODEC(ZSTD(1)),
-    Key LowCardinality(String) CODEC(ZSTD(1)),
-    Value String CODEC(ZSTD(3)),
-    ValueBytes UInt64 CODEC(ZSTD(1)),
-    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1
-) ENGINE = {engine}
-PARTITION BY toDate(Timestamp)
-ORDER BY (OrgId, WorkspaceId, ProjectId, TraceId, SpanId, Location, EventIndex, Key)
-{ttl}
-SETTINGS index_granularity = 1024, ttl_only_drop_parts = 1, {dedup}"#,
-        r#"CREATE TABLE IF NOT EXISTS `{db}`.otel_traces_trace_id_ts (
-    TraceId String CODEC(ZSTD(1)),
-    Start DateTime CODEC(Delta(4), ZSTD(1)),
-    End DateTime CODEC(Delta(4), ZSTD(1)),
-    OrgId LowCardinality(String) CODEC(ZSTD(1)),
-    WorkspaceId LowCardinality(String) CODEC(ZSTD(1)),
-    ProjectId LowCardinality(String) CODEC(ZSTD(1)),
-    INDEX idx_trace_id TraceId TYPE bloom_filter(0.01) GRANULARITY 1
-) ENGINE = {engine}
-PARTITION BY toDate(Start)
-ORDER BY (TraceId, Start)
-{ttl_start}
-SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1"#,
-        r#"CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.otel_traces_trace_id_ts_mv
-TO `{db}`.otel_traces_trace_id_ts
-AS SELECT
-    TraceId,
-    min(toDateTime(Timestamp)) AS Start,
-    max(toDateTime(Timestamp)) AS End,
-    OrgId,
-    WorkspaceId,
-    ProjectId
-FROM `{db}`.otel_traces
-WHERE TraceId != ''
-GROUP BY TraceId, OrgId, WorkspaceId, ProjectId"#,
-    ],
-}];
+pub use super::migrations::{Migration, MIGRATIONS, TEXT_INDEX};
 
 /// Tables whose TTL follows `clickhouse.ttl_days`, with the column their TTL is computed from.
 const TTL_TABLES: &[(&str, &str)] = &[
@@ -239,6 +126,24 @@ pub fn render(sql: &str, cfg: &ClickHouseConfig) -> String {
         .replace("{ttl}", &ttl_clause("toDateTime(Timestamp)", cfg.ttl_days))
         .replace("{ttl_start}", &ttl_clause("Start", cfg.ttl_days))
         .replace("{dedup}", &dedup)
+        .replace(
+            "{agg_engine}",
+            match cfg.engine {
+                Engine::MergeTree => "AggregatingMergeTree",
+                Engine::ReplicatedMergeTree => "ReplicatedAggregatingMergeTree",
+            },
+        )
+}
+
+/// Whether a ClickHouse `version()` has text indexes (`TYPE text`, 26.2 and later). Older
+/// servers keep migration 1's bloom filters on the attribute values, as the Collector does.
+fn has_text_index(version: &str) -> bool {
+    let mut parts = version
+        .trim()
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (26, 2)
 }
 
 /// Outcome of `migrate`, printed by `tracegate migrate`.
@@ -293,6 +198,7 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport> {
     .lines()
     .filter_map(|l| l.trim().parse().ok())
     .collect();
+    let text_index = has_text_index(&text(&client, "SELECT version()").await?);
     let mut report = MigrateReport::default();
     for m in MIGRATIONS {
         if done.contains(&m.version) {
@@ -300,6 +206,11 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport> {
             continue;
         }
         for stmt in m.statements {
+            let stmt = match stmt.strip_prefix(TEXT_INDEX) {
+                Some(_) if !text_index => continue,
+                Some(rest) => rest,
+                None => stmt,
+            };
             exec(&client, &render(stmt, cfg)).await?;
         }
         exec(
@@ -379,8 +290,19 @@ mod tests {
                 let r = render(s, &cfg);
                 assert!(!r.contains('{') || !r.contains("{db}"), "{r}");
                 assert!(!r.contains("{ttl") && !r.contains("{dedup}") && !r.contains("{engine}"));
+                assert!(!r.contains("{agg_engine}"), "{r}");
             }
         }
+    }
+
+    #[test]
+    fn text_indexes_from_26_2() {
+        assert!(has_text_index("26.9.2.1\n"));
+        assert!(has_text_index("26.2.1"));
+        assert!(has_text_index("27.1"));
+        assert!(!has_text_index("26.1.5.3"));
+        assert!(!has_text_index("25.12.1"));
+        assert!(!has_text_index("garbage"));
     }
 
     #[test]
