@@ -7,6 +7,12 @@ a ClickHouse server package (Debian's is 18.16, too old). What is real and what 
 is written down in docs/testing.md. NEVER use this in production.
 
     chdb_front.py --data DIR [--port N] [--user U --password P] [--fault-ack-loss P --seed S]
+                  [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
+
+With --tls-cert/--tls-key it also serves HTTPS on a second port (the certificate and key the
+test made with its own throwaway CA), printed first as `chdb-front tls-listening 127.0.0.1:PORT`;
+the plain port stays for the test's own queries. With --tls-client-ca the HTTPS port also
+requires a client certificate signed by that CA.
 
 Prints `chdb-front listening 127.0.0.1:PORT` once ready (port 0 picks a free port).
 
@@ -35,6 +41,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -254,6 +261,24 @@ class Handler(BaseHTTPRequestHandler):
         return self.reply(200, b"", {"X-ClickHouse-Summary": '{"written_rows":"0"}'})
 
 
+class TlsServer(ThreadingHTTPServer):
+    """HTTPS: each accepted connection is wrapped, and its handshake runs in the connection's
+    own thread (on first read), so a client that never finishes one holds up nobody else."""
+
+    tls = None
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request, client_address):
+        # A refused handshake (wrong CA on the client's side, no client certificate) is the
+        # client's failure to report, not the front's.
+        if isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError)):
+            return
+        super().handle_error(request, client_address)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -263,12 +288,26 @@ def main():
     ap.add_argument("--password", default="")
     ap.add_argument("--fault-ack-loss", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--tls-client-ca")
     a = ap.parse_args()
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("chdb_front.py serves loopback only")
     Handler.front = Front(a.data, a.user, a.password, a.fault_ack_loss, a.seed)
     ThreadingHTTPServer.allow_reuse_address = True
     ThreadingHTTPServer.daemon_threads = True
+    if a.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+        if a.tls_client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(a.tls_client_ca)
+        tls_srv = TlsServer((a.host, 0), Handler)
+        tls_srv.tls = ctx
+        threading.Thread(target=tls_srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        print(f"chdb-front tls-listening {a.host}:{tls_srv.server_address[1]}", flush=True)
     srv = ThreadingHTTPServer((a.host, a.port), Handler)
     print(f"chdb-front listening {a.host}:{srv.server_address[1]} chdb={chdb.__version__}", flush=True)
     try:

@@ -24,55 +24,6 @@ use rustls_pki_types::CertificateDer;
 // Certificates
 // ---------------------------------------------------------------------------------------------
 
-struct Ca {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, name.to_string());
-        p.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        Ca {
-            issuer: rcgen::CertifiedIssuer::self_signed(p, key).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// (certificate PEM, PKCS#8 key PEM). Server certs are for `localhost` and 127.0.0.1.
-    fn leaf(&self, serial: u64, server: bool) -> (String, String) {
-        let sans: Vec<String> = if server {
-            vec!["localhost".into(), "127.0.0.1".into()]
-        } else {
-            vec!["client.tracegate.test".into()]
-        };
-        let mut p = rcgen::CertificateParams::new(sans).unwrap();
-        p.serial_number = Some(rcgen::SerialNumber::from(serial));
-        p.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            if server { "localhost" } else { "client" },
-        );
-        p.extended_key_usages = vec![if server {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
 /// A certificate's serial number in hex, read by `x509-parser` (an encoder independent of the
 /// gateway's own DER reader, whose answers these tests check).
 fn serial_hex(der: &[u8]) -> Option<String> {
@@ -118,14 +69,14 @@ fn write_atomic(path: &Path, content: &str) {
 /// A temp dir with `ca.pem`, `cert.pem`, `key.pem`.
 struct TlsFiles {
     dir: tempfile::TempDir,
-    ca: Ca,
+    ca: TestCa,
 }
 
 impl TlsFiles {
     fn new(serial: u64) -> TlsFiles {
         let f = TlsFiles {
             dir: tempfile::tempdir().unwrap(),
-            ca: Ca::new("tracegate test server CA"),
+            ca: TestCa::new("tracegate test server CA"),
         };
         std::fs::write(f.path("ca.pem"), f.ca.pem()).unwrap();
         let (c, k) = f.ca.leaf(serial, true);
@@ -590,8 +541,8 @@ fn certificate_rotation_under_load() {
 #[test]
 fn mtls_refuses_missing_and_untrusted_client_certificates() {
     let files = TlsFiles::new(11);
-    let client_ca = Ca::new("tracegate test client CA");
-    let rogue_ca = Ca::new("someone else's CA");
+    let client_ca = TestCa::new("tracegate test client CA");
+    let rogue_ca = TestCa::new("someone else's CA");
     std::fs::write(files.path("client-ca.pem"), client_ca.pem()).unwrap();
     let mut env = files.env();
     env.push((
@@ -601,7 +552,7 @@ fn mtls_refuses_missing_and_untrusted_client_certificates() {
     let gw = start(&env);
     let key = gw.create_key("mtls");
     let ca_pem = files.ca.pem();
-    let identity = |ca: &Ca| {
+    let identity = |ca: &TestCa| {
         let (c, k) = ca.leaf(5, false);
         format!("{c}{k}")
     };

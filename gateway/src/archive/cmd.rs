@@ -107,7 +107,7 @@ pub fn replay_sinks(cfg: &Config) -> Result<Vec<Arc<dyn Sink>>> {
         sinks.push(Arc::new(crate::clickhouse::sink::ClickHouseSink::new(
             ch,
             dead_letter,
-        )));
+        )?));
     }
     Ok(sinks)
 }

@@ -31,8 +31,10 @@ pub enum InsertCompression {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
-    /// HTTP endpoint, e.g. `http://127.0.0.1:8123` (no TLS yet).
+    /// HTTP(S) endpoint, e.g. `http://127.0.0.1:8123` or `https://…clickhouse.cloud:8443`.
     pub url: String,
+    /// TLS for an `https://` URL: CA, client certificate, server name.
+    pub tls: super::tls::ClickHouseTls,
     pub database: String,
     pub user: String,
     pub password: String,
@@ -78,6 +80,7 @@ impl Default for ClickHouseConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            tls: Default::default(),
             database: "tracegate".into(),
             user: "default".into(),
             password: String::new(),
@@ -108,17 +111,17 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl ClickHouseConfig {
-    /// A `clickhouse` client for the configured endpoint, with LZ4 compression (asks for
-    /// compressed answers to queries). The schema and the sink both build theirs here.
-    pub fn client(&self) -> clickhouse::Client {
-        let mut c = clickhouse::Client::default()
-            .with_url(&self.url)
+    /// A `clickhouse` client for the configured endpoint (TLS for `https://`), with LZ4
+    /// compression (asks for compressed answers to queries). The schema and the sink both
+    /// build theirs here. Fails when a TLS file cannot be read.
+    pub fn client(&self) -> anyhow::Result<clickhouse::Client> {
+        let mut c = super::tls::client(&self.url, &self.tls)?
             .with_user(&self.user)
             .with_compression(clickhouse::Compression::Lz4);
         if !self.password.is_empty() {
             c = c.with_password(&self.password);
         }
-        c
+        Ok(c)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -128,22 +131,18 @@ impl ClickHouseConfig {
                 "is required when the [clickhouse] section is present",
             ));
         }
-        if self.url.starts_with("https://") {
-            // The clickhouse crate is built without a TLS feature so far.
-            return Err(invalid(
-                "clickhouse.url",
-                "https:// is not supported yet; use http:// (e.g. through a local TLS proxy)",
-            ));
-        }
-        let ok_url = self.url.starts_with("http://")
-            && self.url.len() > "http://".len()
+        let https = self.url.starts_with("https://");
+        let scheme = if https { "https://" } else { "http://" };
+        let ok_url = self.url.starts_with(scheme)
+            && self.url.len() > scheme.len()
             && http::Uri::try_from(self.url.as_str()).is_ok();
         if !ok_url {
             return Err(invalid(
                 "clickhouse.url",
-                "must be an http:// URL, e.g. http://127.0.0.1:8123",
+                "must be an http:// or https:// URL, e.g. http://127.0.0.1:8123",
             ));
         }
+        self.tls.validate(https)?;
         if self.database.is_empty()
             || !self
                 .database

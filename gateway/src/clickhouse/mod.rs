@@ -10,3 +10,4 @@ pub mod rows;
 pub mod schema;
 pub mod sink;
 pub mod tenant_access;
+pub mod tls;

@@ -175,7 +175,7 @@ async fn exec(client: &clickhouse::Client, sql: &str) -> Result<()> {
 
 /// Creates or upgrades the schema. Idempotent: a second run applies nothing.
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport> {
-    let client = cfg.client();
+    let client = cfg.client()?;
     let db = &cfg.database;
     exec(&client, &format!("CREATE DATABASE IF NOT EXISTS `{db}`")).await?;
     exec(

@@ -162,10 +162,11 @@ fn encode_group(
 /// The client inserts go through: the body is already in native compressed blocks
 /// (`blocks.rs`), so the crate must send it as it is (no compression of its own) and only ask
 /// ClickHouse to decompress it.
-fn insert_client(cfg: &ClickHouseConfig) -> clickhouse::Client {
-    cfg.client()
+fn insert_client(cfg: &ClickHouseConfig) -> Result<clickhouse::Client> {
+    Ok(cfg
+        .client()?
         .with_compression(Compression::None)
-        .with_setting("decompress", "1")
+        .with_setting("decompress", "1"))
 }
 
 /// The configured codec in the `clickhouse` crate's terms.
@@ -200,9 +201,9 @@ pub struct ClickHouseSink {
 impl ClickHouseSink {
     /// `dead_letter` is the archive's dead-letter area ([`ArchiveStore::open_dead_letters`]):
     /// batches ClickHouse refuses are kept there, encrypted like every archive object.
-    pub fn new(cfg: &ClickHouseConfig, dead_letter: Arc<ArchiveStore>) -> Self {
-        let client = insert_client(cfg);
-        Self {
+    pub fn new(cfg: &ClickHouseConfig, dead_letter: Arc<ArchiveStore>) -> Result<Self> {
+        let client = insert_client(cfg)?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 spans_sql: schema::insert_sql(
                     &cfg.database,
@@ -223,7 +224,7 @@ impl ClickHouseSink {
                 cfg: cfg.clone(),
                 client,
             }),
-        }
+        })
     }
 
     /// From now on a failed insert is not retried (the group fails, unacknowledged). Inserts
@@ -235,6 +236,36 @@ impl ClickHouseSink {
     /// A handle that calls `stop_retrying` when cancelled.
     pub fn stop_token(&self) -> CancellationToken {
         self.inner.stopping.clone()
+    }
+}
+
+/// At start-up, for an `https://` URL: one round trip, so a TLS setting that can never work
+/// (wrong CA, wrong server name, a client certificate the server refuses) stops the process
+/// with the reason, instead of every insert retrying forever. ClickHouse merely being down is
+/// not a configuration error: that is logged, and inserts retry as always.
+pub async fn check_at_startup(cfg: &ClickHouseConfig) -> Result<()> {
+    if !cfg.url.starts_with("https://") {
+        return Ok(());
+    }
+    let client = cfg.client()?;
+    let probe = client.query("SELECT 1").execute();
+    match tokio::time::timeout(Duration::from_secs(10), probe).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => match super::tls::tls_failure(&e) {
+            Some(reason) => anyhow::bail!(
+                "clickhouse.url: TLS with {} failed: {reason} (check clickhouse.tls.ca_file, \
+                 server_name, cert_file)",
+                cfg.url
+            ),
+            None => {
+                tracing::warn!(error = %e, "ClickHouse is not reachable at start-up; inserts will retry");
+                Ok(())
+            }
+        },
+        Err(_) => {
+            tracing::warn!("ClickHouse did not answer within 10 s at start-up; inserts will retry");
+            Ok(())
+        }
     }
 }
 
@@ -251,7 +282,7 @@ pub fn from_config(
         &config.archive_settings(),
         true,
     )?);
-    let sink = ClickHouseSink::new(ch, dead_letter);
+    let sink = ClickHouseSink::new(ch, dead_letter)?;
     let stop = sink.stop_token();
     Ok(Some((Arc::new(sink), stop)))
 }

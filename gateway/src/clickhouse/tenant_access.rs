@@ -77,7 +77,7 @@ fn sql_string(s: &str) -> String {
 /// Runs the statements against `cfg`'s server (its user needs `ACCESS MANAGEMENT`).
 pub async fn create(cfg: &ClickHouseConfig, t: &TenantReader) -> Result<String> {
     t.validate()?;
-    let client = cfg.client();
+    let client = cfg.client()?;
     for sql in t.statements(&cfg.database) {
         // The password is in the CREATE USER statement: name the statement, never print it.
         let what = sql

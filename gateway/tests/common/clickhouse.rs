@@ -36,6 +36,8 @@ pub struct ChFront {
     child: Option<Child>,
     dir: tempfile::TempDir,
     pub port: u16,
+    /// The HTTPS port, when started with `--tls-cert` (the plain port stays for queries).
+    pub tls_port: Option<u16>,
     args: Vec<String>,
 }
 
@@ -47,16 +49,17 @@ impl ChFront {
             .tempdir()
             .expect("chdb temp dir");
         let args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, port) = Self::spawn(dir.path(), 0, &args);
+        let (child, port, tls_port) = Self::spawn(dir.path(), 0, &args);
         ChFront {
             child: Some(child),
             dir,
             port,
+            tls_port,
             args,
         }
     }
 
-    fn spawn(dir: &Path, port: u16, args: &[String]) -> (Child, u16) {
+    fn spawn(dir: &Path, port: u16, args: &[String]) -> (Child, u16, Option<u16>) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             match Self::try_spawn(dir, port, args) {
@@ -70,7 +73,11 @@ impl ChFront {
         }
     }
 
-    fn try_spawn(dir: &Path, port: u16, args: &[String]) -> Result<(Child, u16), String> {
+    fn try_spawn(
+        dir: &Path,
+        port: u16,
+        args: &[String],
+    ) -> Result<(Child, u16, Option<u16>), String> {
         let mut cmd = Command::new(chdb_python());
         cmd.arg(chdb_front_script())
             .arg("--data")
@@ -100,16 +107,21 @@ impl ChFront {
             }
         });
         let deadline = Instant::now() + CH_START_TIMEOUT;
+        let port_of = |line: &str| -> Result<u16, String> {
+            let addr = line.split_whitespace().nth(2).unwrap_or_default();
+            addr.rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| format!("bad listening line {line:?}"))
+        };
+        let mut tls_port = None;
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.starts_with("chdb-front tls-listening") => {
+                    tls_port = Some(port_of(&line)?);
+                }
                 Ok(line) if line.starts_with("chdb-front listening") => {
-                    let addr = line.split_whitespace().nth(2).unwrap_or_default();
-                    let port = addr
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.parse().ok())
-                        .ok_or_else(|| format!("bad listening line {line:?}"))?;
-                    return Ok((child, port));
+                    return Ok((child, port_of(&line)?, tls_port));
                 }
                 Ok(_) => {}
                 Err(_) => {
@@ -145,7 +157,8 @@ impl ChFront {
     /// Starts again on the same data dir and port.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "front still running");
-        let (child, port) = Self::spawn(self.dir.path(), self.port, &self.args);
+        let (child, port, tls_port) = Self::spawn(self.dir.path(), self.port, &self.args);
+        self.tls_port = tls_port;
         assert_eq!(port, self.port);
         self.child = Some(child);
     }

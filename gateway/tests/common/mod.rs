@@ -23,6 +23,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 
 mod archive;
+mod certs;
 mod clickhouse;
 mod grpc;
 mod http;
@@ -36,6 +37,7 @@ mod process;
 mod s3;
 
 pub use archive::*;
+pub use certs::*;
 pub use clickhouse::*;
 pub use grpc::*;
 pub use http::*;

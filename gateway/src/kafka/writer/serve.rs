@@ -35,6 +35,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     // ClickHouse's insert deduplication token is the group id `topic:partition:first-last`,
     // so a range re-read after a crash is dropped by ClickHouse.
+    if let Some(ch) = &config.clickhouse {
+        crate::clickhouse::sink::check_at_startup(ch).await?;
+    }
     let crate::app::Sinks {
         list: sinks,
         clickhouse_stop,
