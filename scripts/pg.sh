@@ -7,6 +7,10 @@
 #   scripts/pg.sh url DIR     print the admin URL of a cluster made by `start`
 #   scripts/pg.sh pgbin       print the server bin dir (newest /usr/lib/postgresql/*/bin)
 #
+# TLS: with PG_SSL_CERT and PG_SSL_KEY (PEM files) set at the first `start`, the server gets
+# `ssl = on` with that certificate, and TCP connections must use TLS (pg_hba `hostssl` only):
+# what RDS and Cloud SQL enforce. gateway/tests/pg_tls.rs makes them with a throwaway CA.
+#
 # The cluster listens on 127.0.0.1 only, on a free port chosen at first start and kept for
 # later starts (so a client's URL survives a stop/start), with its unix socket inside DIR. The
 # bootstrap superuser `tracegate_admin` (random password, scram-sha-256 over TCP) owns database
@@ -99,7 +103,25 @@ full_page_writes = off
 logging_collector = off
 log_min_messages = warning
 EOF
+  if [ -f "$DIR/data/server.crt" ]; then
+    cat >>"$DIR/data/tracegate.conf" <<EOF
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_min_protocol_version = 'TLSv1.2'
+EOF
+  fi
   if [ "$(id -u)" -eq 0 ]; then chown "$RUN_USER:" "$DIR/data/tracegate.conf"; fi
+}
+
+# install_tls: the certificate and key of PG_SSL_CERT / PG_SSL_KEY into the data dir, and
+# TCP clients limited to TLS (`hostssl`).
+install_tls() {
+  cp "$PG_SSL_CERT" "$DIR/data/server.crt"
+  cp "$PG_SSL_KEY" "$DIR/data/server.key"
+  chmod 0600 "$DIR/data/server.key"
+  sed -i 's/^host /hostssl /' "$DIR/data/pg_hba.conf"
+  [ "$(id -u)" -ne 0 ] || chown "$RUN_USER:" "$DIR/data/server.crt" "$DIR/data/server.key"
 }
 
 # try_start: starts the server on the port in tracegate.conf; false if it did not come up.
@@ -136,6 +158,7 @@ cmd_start() {
       --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-locale --no-sync \
       >"$DIR/initdb.log" 2>&1 || die "initdb failed:"$'\n'"$(cat "$DIR/initdb.log")"
     echo "include_if_exists = 'tracegate.conf'" >>"$DIR/data/postgresql.conf"
+    if [ -n "${PG_SSL_CERT:-}" ]; then install_tls; fi
     rm -f "$DIR/port"
   fi
 

@@ -6,6 +6,7 @@ pub mod authenticator;
 pub mod file_store;
 pub mod key;
 pub mod pepper;
+pub mod pg_tls;
 pub mod postgres;
 pub mod ratelimit;
 pub mod record;

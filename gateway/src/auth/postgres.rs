@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
+use tokio_postgres::{AsyncMessage, Client, Row, Statement};
 
 use tracegate_pipeline::Backoff;
 
@@ -73,17 +73,23 @@ async fn bounded_by<T>(
     }
 }
 
-async fn connect_raw(
-    url: &str,
-) -> Result<(
-    Client,
-    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
-)> {
+/// The connection's type: TLS through rustls when the URL's `sslmode` asks for it
+/// (`pg_tls.rs`), plain otherwise (the connector is then never used).
+type PgConnection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+        tokio_postgres::Socket,
+    >>::Stream,
+>;
+
+async fn connect_raw(url: &str) -> Result<(Client, PgConnection)> {
+    let (url, tls) = super::pg_tls::split(url)?;
     let mut cfg: tokio_postgres::Config = url.parse().context("bad PostgreSQL URL")?;
+    cfg.ssl_mode(tls.tokio_mode());
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(CONNECT_TIMEOUT);
     }
-    match tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(NoTls)).await {
+    match tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tls.connector()?)).await {
         Ok(r) => Ok(r?),
         Err(_) => bail!("timed out connecting to PostgreSQL after {CONNECT_TIMEOUT:?}"),
     }

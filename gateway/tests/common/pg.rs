@@ -8,8 +8,15 @@ pub fn pg_script() -> PathBuf {
 }
 
 pub(crate) fn pg_sh(args: &[&str]) -> Output {
+    pg_sh_env(args, &[])
+}
+
+fn pg_sh_env(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new("bash");
     cmd.arg(pg_script()).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     run_command(cmd, &format!("scripts/pg.sh {args:?}"), PG_SCRIPT_TIMEOUT)
 }
 
@@ -40,6 +47,15 @@ pub struct PgCluster {
 impl PgCluster {
     /// initdb + start on a free loopback port, with database `tracegate`.
     pub fn start() -> PgCluster {
+        Self::start_with(&[])
+    }
+
+    /// Like `start`, with `ssl = on` and this certificate, and TCP clients limited to TLS.
+    pub fn start_tls(cert: &Path, key: &Path) -> PgCluster {
+        Self::start_with(&[("PG_SSL_CERT", cert), ("PG_SSL_KEY", key)])
+    }
+
+    fn start_with(env: &[(&str, &Path)]) -> PgCluster {
         pg_bin();
         // Short path: the unix socket lives inside the dir. pg.sh chowns it to the server's OS
         // user when we run as root.
@@ -48,7 +64,7 @@ impl PgCluster {
             .tempdir_in("/tmp")
             .expect("create PostgreSQL temp dir");
         let t = Instant::now();
-        let admin_url = Self::run_start(dir.path());
+        let admin_url = Self::run_start(dir.path(), env);
         eprintln!(
             "[harness] PostgreSQL started in {:?} at {}",
             t.elapsed(),
@@ -61,9 +77,9 @@ impl PgCluster {
         }
     }
 
-    fn run_start(dir: &Path) -> String {
+    fn run_start(dir: &Path, env: &[(&str, &Path)]) -> String {
         let d = dir.to_str().expect("utf-8 dir");
-        let out = pg_sh(&["start", d]);
+        let out = pg_sh_env(&["start", d], env);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -103,7 +119,7 @@ impl PgCluster {
 
     /// Starts a stopped cluster again, on the same port (so clients' URLs stay valid).
     pub fn restart(&mut self) {
-        let url = Self::run_start(self.dir.path());
+        let url = Self::run_start(self.dir.path(), &[]);
         assert_eq!(url, self.admin_url, "PostgreSQL came back with another URL");
         self.running = true;
     }
