@@ -55,6 +55,7 @@ pub const KAFKA_PRODUCED_BYTES: &str = "tracegate_kafka_produced_bytes_total";
 pub const KAFKA_DELIVERY_DURATION: &str = "tracegate_kafka_delivery_duration_seconds";
 pub const KAFKA_DELIVERY_FAILURES: &str = "tracegate_kafka_delivery_failures_total";
 pub const KAFKA_SPLIT_BATCHES: &str = "tracegate_kafka_split_batches_total";
+pub const KAFKA_PRODUCER_REBUILDS: &str = "tracegate_kafka_producer_rebuilds_total";
 pub const KAFKA_PRODUCER_QUEUE_BYTES: &str = "tracegate_kafka_producer_queue_bytes";
 pub const KAFKA_PRODUCER_QUEUE_BYTES_LIMIT: &str = "tracegate_kafka_producer_queue_bytes_limit";
 pub const KAFKA_PRODUCER_QUEUE_LATENCY: &str = "tracegate_kafka_producer_queue_latency_seconds";
@@ -250,6 +251,10 @@ fn describe_kafka() {
         KAFKA_PRODUCER_QUEUE_BYTES,
         Unit::Bytes,
         "Bytes waiting for a broker acknowledgement"
+    );
+    describe_counter!(
+        KAFKA_PRODUCER_REBUILDS,
+        "Kafka producer pools replaced after a fatal librdkafka error"
     );
     describe_gauge!(
         KAFKA_PRODUCER_QUEUE_BYTES_LIMIT,
@@ -512,6 +517,7 @@ fn register_kafka(parts: &Parts) {
         histogram(KAFKA_DELIVERY_DURATION, &[]);
         zero_counter(KAFKA_DELIVERY_FAILURES, &[]);
         zero_counter(KAFKA_SPLIT_BATCHES, &[]);
+        zero_counter(KAFKA_PRODUCER_REBUILDS, &[]);
         zero_gauge(KAFKA_PRODUCER_QUEUE_BYTES, &[]);
         zero_gauge(KAFKA_PRODUCER_QUEUE_BYTES_LIMIT, &[]);
         histogram(KAFKA_PRODUCER_QUEUE_LATENCY, &[]);

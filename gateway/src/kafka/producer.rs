@@ -6,14 +6,20 @@
 //! `kafka.queue_max_bytes`. A message not acknowledged within `kafka.delivery_timeout_ms`
 //! fails its request the same way. A request that failed may still have been written (a
 //! timed-out message can land later): the layers below absorb duplicates.
+//!
+//! A fatal librdkafka error (the idempotent producer lost its sequence with the broker) ends
+//! that producer for good. The pool is then rebuilt in place, without a restart: requests on
+//! the dead producer get a retryable error (their messages are purged), new ones wait for
+//! the new producers' acknowledgements as always.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures_util::future::{join_all, BoxFuture};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::producer::{Producer, PurgeConfig, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
@@ -33,9 +39,44 @@ const PROBE_DOWN: Duration = Duration::from_millis(500);
 const PROBE_UP: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-struct Inner {
-    /// `kafka.producers` clients, used in turn; the first one reports librdkafka statistics.
+/// `kafka.producers` clients, used in turn (the first one reports librdkafka statistics), and
+/// their shared reachability: replaced together after a fatal error.
+struct Pool {
     producers: Vec<ThreadedProducer<StatsContext>>,
+    reach: Arc<Reachability>,
+}
+
+impl Pool {
+    fn build(cfg: &KafkaConfig) -> anyhow::Result<Pool> {
+        // One reachability for the pool: they talk to the same brokers, and a fatal error in
+        // any of them must stop the pool from taking work.
+        let reach = Arc::new(Reachability::default());
+        let mut producers = Vec::with_capacity(cfg.producers);
+        for i in 0..cfg.producers {
+            let mut config = cfg.producer_config();
+            if i > 0 {
+                // Statistics come from the first producer only: the pool shares the load
+                // evenly, and librdkafka's counters of several clients cannot be set as one
+                // absolute value (docs/kafka.md, metrics).
+                config.set("statistics.interval.ms", "0");
+            }
+            let ctx = StatsContext::with_reach("producer", reach.clone());
+            producers.push(
+                config
+                    .create_with_context(ctx)
+                    .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?,
+            );
+        }
+        Ok(Pool { producers, reach })
+    }
+}
+
+struct Inner {
+    pool: ArcSwap<Pool>,
+    /// A replacement pool is being built (at most one at a time).
+    rebuilding: AtomicBool,
+    /// For building a replacement pool.
+    cfg: KafkaConfig,
     next: AtomicUsize,
     topic: String,
     /// `topic` for librdkafka (checked for NUL bytes once, at start).
@@ -45,15 +86,18 @@ struct Inner {
     /// Bytes of messages handed to librdkafka and not yet acknowledged or failed.
     bytes: Arc<Semaphore>,
     limit: usize,
-    reach: Arc<Reachability>,
     delivery_timeout: Duration,
 }
 
 impl Inner {
-    /// The next producer of the pool, round robin: all of one batch's messages go through it.
-    fn producer(&self) -> &ThreadedProducer<StatsContext> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.producers.len();
-        &self.producers[i]
+    /// The next producer of `pool`, round robin: all of one batch's messages go through it.
+    fn producer<'a>(&self, pool: &'a Pool) -> &'a ThreadedProducer<StatsContext> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.producers.len();
+        &pool.producers[i]
+    }
+
+    fn reach(&self) -> Arc<Reachability> {
+        self.pool.load().reach.clone()
     }
 
     fn report_queue(&self) {
@@ -86,7 +130,7 @@ impl ProducerHandle {
             // Flushed together: each gets what is left of the one timeout.
             let deadline = Instant::now() + timeout;
             let mut result = Ok(());
-            for p in &inner.producers {
+            for p in &inner.pool.load().producers {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if let Err(e) = p.flush(left) {
                     result = Err(e);
@@ -107,28 +151,12 @@ impl KafkaQueue {
     /// Creates the producers and starts their reachability probe (a metadata request for the
     /// topic). Must run inside a tokio runtime.
     pub fn start(cfg: &KafkaConfig) -> anyhow::Result<(Self, ProducerHandle)> {
-        // One reachability for the pool: they talk to the same brokers, and a fatal error in
-        // any of them must stop the gateway from accepting.
-        let reach = Arc::new(Reachability::default());
-        let mut producers = Vec::with_capacity(cfg.producers);
-        for i in 0..cfg.producers {
-            let mut config = cfg.producer_config();
-            if i > 0 {
-                // Statistics come from the first producer only: the pool shares the load
-                // evenly, and librdkafka's counters of several clients cannot be set as one
-                // absolute value (docs/kafka.md, metrics).
-                config.set("statistics.interval.ms", "0");
-            }
-            let ctx = StatsContext::with_reach("producer", reach.clone());
-            producers.push(
-                config
-                    .create_with_context(ctx)
-                    .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?,
-            );
-        }
+        let pool = Pool::build(cfg)?;
         metrics::gauge!(m::KAFKA_PRODUCER_QUEUE_BYTES_LIMIT).set(cfg.queue_max_bytes as f64);
         let inner = Arc::new(Inner {
-            producers,
+            pool: ArcSwap::from_pointee(pool),
+            rebuilding: AtomicBool::new(false),
+            cfg: cfg.clone(),
             next: AtomicUsize::new(0),
             topic: cfg.topic.clone(),
             topic_c: std::ffi::CString::new(cfg.topic.clone())
@@ -137,7 +165,6 @@ impl KafkaQueue {
             max_message_bytes: cfg.message_max_bytes,
             bytes: Arc::new(Semaphore::new(cfg.queue_max_bytes)),
             limit: cfg.queue_max_bytes,
-            reach,
             delivery_timeout: Duration::from_millis(cfg.delivery_timeout_ms),
         });
         inner.report_queue();
@@ -159,7 +186,16 @@ async fn probe_loop(inner: Arc<Inner>, stop: CancellationToken) {
     loop {
         let i = inner.clone();
         let r = tokio::task::spawn_blocking(move || {
-            i.producers[0]
+            let pool = i.pool.load();
+            // The authoritative check, should the FATAL log line ever not come.
+            if pool
+                .producers
+                .iter()
+                .any(|p| p.client().fatal_error().is_some())
+            {
+                pool.reach.mark_fatal();
+            }
+            pool.producers[0]
                 .client()
                 .fetch_metadata(Some(&i.topic), PROBE_TIMEOUT)
         })
@@ -187,8 +223,12 @@ async fn probe_loop(inner: Arc<Inner>, stop: CancellationToken) {
             }
             Err(_) => false,
         };
-        let was = inner.reach.is_up();
-        inner.reach.set_up(up);
+        let reach = inner.reach();
+        if reach.is_fatal() {
+            rebuild(&inner);
+        }
+        let was = reach.is_up();
+        reach.set_up(up);
         if was != up {
             tracing::info!(reachable = up, "kafka broker reachability changed");
         }
@@ -198,6 +238,35 @@ async fn probe_loop(inner: Arc<Inner>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// Replaces a pool that failed fatally (once, in the background): new producers take new
+/// requests; the old pool's queued and in-flight messages are purged, so the requests waiting
+/// on them get a retryable error now rather than at their delivery timeout. The brokers were
+/// reachable a moment ago, so the new pool starts as reachable.
+fn rebuild(inner: &Arc<Inner>) {
+    if inner.rebuilding.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let inner = inner.clone();
+    tokio::task::spawn_blocking(move || {
+        match Pool::build(&inner.cfg) {
+            Ok(pool) => {
+                pool.reach.set_up(true);
+                let old = inner.pool.swap(Arc::new(pool));
+                for p in &old.producers {
+                    p.purge(PurgeConfig::default().queue().inflight());
+                }
+                metrics::counter!(m::KAFKA_PRODUCER_REBUILDS).increment(1);
+                tracing::warn!("replaced the Kafka producers after a fatal error");
+                drop(old);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not replace the failed Kafka producers; retrying")
+            }
+        }
+        inner.rebuilding.store(false, Ordering::Release);
+    });
 }
 
 fn refuse(reason: &'static str, e: QueueError) -> QueueError {
@@ -237,16 +306,17 @@ fn delivery_error(e: &KafkaError, timeout: Duration) -> QueueError {
 impl Inner {
     /// Refuses at once (retryable) when the producer cannot deliver: no broker is reachable,
     /// or librdkafka failed fatally.
-    fn refuse_unless_up(&self) -> Result<(), QueueError> {
-        if self.reach.is_fatal() {
+    fn refuse_unless_up(self: &Arc<Self>, reach: &Reachability) -> Result<(), QueueError> {
+        if reach.is_fatal() {
+            rebuild(self);
             return Err(refuse(
                 "fatal",
                 QueueError::unavailable(
-                    "the Kafka producer failed fatally; this gateway must be restarted",
+                    "the Kafka producer failed fatally and is being replaced; retry later",
                 ),
             ));
         }
-        if !self.reach.is_up() {
+        if !reach.is_up() {
             return Err(refuse(
                 "no_broker",
                 QueueError::unavailable("no Kafka broker is reachable; retry later"),
@@ -294,7 +364,8 @@ impl BatchQueue for KafkaQueue {
     fn publish(&self, batch: Batch, _class: Class) -> BoxFuture<'_, Result<(), QueueError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            inner.refuse_unless_up()?;
+            let pool = inner.pool.load_full();
+            inner.refuse_unless_up(&pool.reach)?;
             let msgs = messages(&inner, batch).await?;
             if msgs.len() > 1 {
                 metrics::counter!(m::KAFKA_SPLIT_BATCHES).increment(1);
@@ -314,7 +385,7 @@ impl BatchQueue for KafkaQueue {
             let started = Instant::now();
             let mut futures = Vec::with_capacity(msgs.len());
             let mut send_err = None;
-            let producer = inner.producer();
+            let producer = inner.producer(&pool);
             let count = msgs.len();
             // The buffers go to librdkafka as they are (owned.rs: no copy); the permit covers
             // them until their delivery reports.
@@ -355,7 +426,7 @@ impl BatchQueue for KafkaQueue {
             for r in results {
                 delivered(r, inner.delivery_timeout)?;
             }
-            inner.reach.set_up(true);
+            pool.reach.set_up(true);
             metrics::histogram!(m::KAFKA_DELIVERY_DURATION).record(started.elapsed().as_secs_f64());
             metrics::counter!(m::KAFKA_PRODUCED_MESSAGES).increment(count as u64);
             metrics::counter!(m::KAFKA_PRODUCED_BYTES).increment(total as u64);
@@ -364,6 +435,6 @@ impl BatchQueue for KafkaQueue {
     }
 
     fn is_ready(&self) -> bool {
-        self.inner.reach.is_up()
+        self.inner.reach().is_up()
     }
 }

@@ -51,6 +51,10 @@ impl Reachability {
         self.fatal.load(Ordering::Relaxed)
     }
 
+    pub fn mark_fatal(&self) {
+        self.fatal.store(true, Ordering::Relaxed);
+    }
+
     fn mark_all_down(&self) {
         self.up.store(false, Ordering::Relaxed);
         let ms = self.epoch.elapsed().as_millis() as u64;
@@ -94,6 +98,12 @@ impl StatsContext {
 impl ClientContext for StatsContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         let client = self.client;
+        if fac == "FATAL" {
+            // librdkafka logs every fatal error under this facility, whatever its error code
+            // (the error callback gets the underlying code, e.g. OUT_OF_ORDER_SEQUENCE_NUMBER,
+            // not __FATAL): this instance can never work again.
+            self.reach.mark_fatal();
+        }
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -118,7 +128,7 @@ impl ClientContext for StatsContext {
         if code == Some(RDKafkaErrorCode::Fatal) {
             // With the idempotent producer this means the broker broke the sequence guarantees
             // (e.g. lost acknowledged data); the instance refuses all work from now on.
-            self.reach.fatal.store(true, Ordering::Relaxed);
+            self.reach.mark_fatal();
             tracing::error!(client = self.client, error = %error, reason, "fatal Kafka client error: this process must be restarted");
         }
         if code == Some(RDKafkaErrorCode::AllBrokersDown) {

@@ -9,7 +9,10 @@
 //! Prints `tracegate-test-broker ready bootstrap=HOST:PORT[,…]` when listening, then reads
 //! commands from stdin, one per line, answering `ok <command>` or `error <why>`:
 //! `down <broker id>`, `up <broker id>` (broker ids are 1..=N; a down broker keeps its data),
-//! `rtt <broker id> <ms>` (delay every response), `topic <name> <partitions>`, `stop`.
+//! `rtt <broker id> <ms>` (delay every response), `topic <name> <partitions>`,
+//! `produce-error <error> [count]` (the next `count` (1) Produce requests fail with that error:
+//! `out_of_order_sequence_number`, which makes an idempotent producer fail fatally, or
+//! `not_leader_for_partition`, a retriable one), `stop`.
 //! End of input also stops it. Limits of the mock (docs/kafka.md): data lives in memory, and
 //! each partition keeps only its latest ~5 MiB of (compressed) record batches.
 
@@ -137,6 +140,26 @@ fn command(
                 .map_err(|e| e.to_string()),
             _ => Err("usage: rtt <broker id> <ms>".into()),
         },
+        ["produce-error", name] | ["produce-error", name, _] => {
+            use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+            let count = words.get(2).map_or(Some(1), |c| c.parse::<usize>().ok());
+            let err = match *name {
+                "out_of_order_sequence_number" => {
+                    Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER)
+                }
+                "not_leader_for_partition" => {
+                    Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION)
+                }
+                _ => None,
+            };
+            match (err, count) {
+                (Some(e), Some(n)) => {
+                    cluster.request_errors(RDKafkaApiKey::Produce, &vec![e; n]);
+                    Ok(false)
+                }
+                _ => Err("usage: produce-error out_of_order_sequence_number|not_leader_for_partition [count]".into()),
+            }
+        }
         ["topic", name, parts] => match parts.parse::<i32>() {
             Ok(p) if p > 0 => cluster
                 .create_topic(name, p, replication)
