@@ -146,6 +146,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let (http, grpc) = serve_otlp(&config, listeners.http, listeners.grpc, ingest, &stop)?;
     let (admin, admin_stop) = serve_admin(
+        &config,
         listeners.admin,
         prometheus,
         {
@@ -153,7 +154,7 @@ pub async fn run(
             Arc::new(move || q.is_ready())
         },
         shutting_down.clone(),
-    );
+    )?;
 
     shutdown.await;
     tracing::info!("shutdown requested");
@@ -272,14 +273,17 @@ pub struct Sinks {
 
 /// Serves `/metrics`, `/livez` and `/readyz` (`ready`, and false from the moment
 /// `shutting_down` is set) until the returned token is cancelled.
+/// Plain HTTP, or TLS when `[tls.admin]` says so.
 pub fn serve_admin(
+    config: &Config,
     listener: TcpListener,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     ready: Readiness,
     shutting_down: Arc<AtomicBool>,
-) -> (JoinHandle<()>, CancellationToken) {
+) -> Result<(JoinHandle<()>, CancellationToken)> {
+    let setup = ConnSetup::for_admin(config)?;
     let stop = CancellationToken::new();
-    let admin = tokio::spawn(listener::serve(
+    let admin = tokio::spawn(listener::serve_with(
         "admin",
         listener,
         Arc::new(Admin {
@@ -289,8 +293,9 @@ pub fn serve_admin(
         }),
         stop.clone(),
         Duration::from_secs(1),
+        setup,
     ));
-    (admin, stop)
+    Ok((admin, stop))
 }
 
 /// Starts the OTLP/HTTP and OTLP/gRPC listeners, each with its connection setup (TLS, PROXY)

@@ -1,8 +1,10 @@
 //! `[tls]` and `[proxy_protocol]` config sections (part of `Config`, kept in their own file).
 //!
 //! Global keys apply to both OTLP listeners; `[tls.http]`, `[tls.grpc]`, `[proxy_protocol.http]`
-//! and `[proxy_protocol.grpc]` override them per listener. The admin listener is always plain
-//! HTTP without PROXY protocol (it carries no client data: bind it to an internal address).
+//! and `[proxy_protocol.grpc]` override them per listener. The admin listener (metrics, health;
+//! the gateway's and the writer's) is plain HTTP unless `[tls.admin]` turns TLS on (it then
+//! inherits the global files it does not set itself, client CA included); it never takes
+//! PROXY headers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,20 +13,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::error::ConfigError;
 
-/// The two client-facing listeners.
+/// The listeners that can have TLS: the two client-facing ones, and the admin listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OtlpListener {
     Http,
     Grpc,
+    /// `/metrics`, `/livez`, `/readyz` (gateway and writer).
+    Admin,
 }
 
 impl OtlpListener {
+    /// The client-facing ones (the admin listener is not an OTLP listener).
     pub const ALL: [OtlpListener; 2] = [OtlpListener::Http, OtlpListener::Grpc];
 
     pub fn name(self) -> &'static str {
         match self {
             OtlpListener::Http => "otlp_http",
             OtlpListener::Grpc => "otlp_grpc",
+            OtlpListener::Admin => "admin",
         }
     }
 
@@ -32,14 +38,17 @@ impl OtlpListener {
         match self {
             OtlpListener::Http => "server.http_addr",
             OtlpListener::Grpc => "server.grpc_addr",
+            OtlpListener::Admin => "server.admin_addr",
         }
     }
 
-    /// ALPN protocols offered: HTTP serves both versions, gRPC needs HTTP/2.
+    /// ALPN protocols offered: HTTP serves both versions, gRPC needs HTTP/2, and the admin
+    /// listener's scrapers and probes speak HTTP/1.1.
     pub fn alpn(self) -> Vec<Vec<u8>> {
         match self {
             OtlpListener::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             OtlpListener::Grpc => vec![b"h2".to_vec()],
+            OtlpListener::Admin => vec![b"http/1.1".to_vec()],
         }
     }
 }
@@ -61,6 +70,8 @@ pub struct TlsConfig {
     pub handshake_timeout_ms: u64,
     pub http: ListenerTlsConfig,
     pub grpc: ListenerTlsConfig,
+    /// The admin listener: off unless `enabled = true` or a `cert_file` of its own is set.
+    pub admin: ListenerTlsConfig,
 }
 
 impl Default for TlsConfig {
@@ -74,6 +85,7 @@ impl Default for TlsConfig {
             handshake_timeout_ms: 10_000,
             http: ListenerTlsConfig::default(),
             grpc: ListenerTlsConfig::default(),
+            admin: ListenerTlsConfig::default(),
         }
     }
 }
@@ -106,6 +118,7 @@ impl TlsConfig {
         match l {
             OtlpListener::Http => &self.http,
             OtlpListener::Grpc => &self.grpc,
+            OtlpListener::Admin => &self.admin,
         }
     }
 
@@ -122,6 +135,12 @@ impl TlsConfig {
                 "tls.grpc.cert_file",
                 "tls.grpc.key_file",
                 "tls.grpc.client_ca_file",
+            ],
+            OtlpListener::Admin => [
+                "tls.admin.enabled",
+                "tls.admin.cert_file",
+                "tls.admin.key_file",
+                "tls.admin.client_ca_file",
             ],
         }
     }
@@ -144,7 +163,15 @@ impl TlsConfig {
             ca_k,
             "tls.client_ca_file",
         );
-        let enabled = o.enabled.unwrap_or(cert.is_some());
+        // The admin listener follows only its own settings: a certificate for the OTLP
+        // listeners does not move the scrapers and probes to TLS unasked.
+        let enabled = match l {
+            OtlpListener::Admin => o.enabled.unwrap_or(o.cert_file.is_some()),
+            _ => o.enabled.unwrap_or(cert.is_some()),
+        };
+        if !enabled && l == OtlpListener::Admin {
+            return Ok(None);
+        }
         if !enabled {
             if let Some((_, k)) = &ca {
                 if o.enabled == Some(false) && *k == "tls.client_ca_file" {
@@ -239,6 +266,8 @@ impl ProxyProtocolConfig {
         let o = match l {
             OtlpListener::Http => &self.http,
             OtlpListener::Grpc => &self.grpc,
+            // The admin listener never takes PROXY headers.
+            OtlpListener::Admin => return (ProxyMode::Off, Vec::new()),
         };
         (
             o.mode.unwrap_or(self.mode),
@@ -269,11 +298,13 @@ pub fn validate(
             });
         }
     }
+    // The admin listener's settings are checked like the others' (their files load at start).
+    t.resolve(OtlpListener::Admin)?;
     for l in OtlpListener::ALL {
         let tls = t.resolve(l)?;
         let addr = match l {
             OtlpListener::Http => http_addr,
-            OtlpListener::Grpc => grpc_addr,
+            _ => grpc_addr,
         };
         if tls.is_none() && !addr.ip().is_loopback() && !t.allow_plaintext_non_loopback {
             return Err(ConfigError::Invalid {

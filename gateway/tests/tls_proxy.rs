@@ -573,6 +573,79 @@ fn mtls_refuses_missing_and_untrusted_client_certificates() {
     assert!(!ok, "TLS 1.2 without a client certificate accepted:\n{out}");
 }
 
+/// `[tls.admin]`: the admin listener stays plain HTTP when only the OTLP listeners have TLS
+/// (scrapers are not moved unasked); with `tls.admin.enabled` it serves the same certificate
+/// over TLS, and with `tls.admin.client_ca_file` it takes only scrapers with a trusted client
+/// certificate. `/metrics` then reports the admin certificate's expiry too.
+#[test]
+fn admin_listener_tls_and_mtls_when_asked() {
+    let files = TlsFiles::new(21);
+    let ca_pem = files.ca.pem();
+    let plain_get = |gw: &Gateway| {
+        http_client_with_timeout(Duration::from_secs(5))
+            .get(format!("{}/metrics", gw.admin_url()))
+            .send()
+            .map(|r| r.status().as_u16())
+    };
+    let tls_get = |gw: &Gateway, identity: Option<String>| {
+        https_client(&ca_pem, gw.admin, identity, true)
+            .get(format!("https://localhost:{}/metrics", gw.admin.port()))
+            .send()
+            .map(|r| r.status().as_u16())
+            .map_err(|e| format!("{e:?}"))
+    };
+
+    // OTLP over TLS, admin left alone: plain.
+    let gw = start(&files.env());
+    assert_eq!(plain_get(&gw).ok(), Some(200));
+    drop(gw);
+
+    // Admin over TLS with the global certificate.
+    let mut env = files.env();
+    env.push(("TRACEGATE_TLS__ADMIN__ENABLED".into(), "true".into()));
+    let gw = start(&env);
+    assert_eq!(tls_get(&gw, None), Ok(200));
+    assert!(
+        plain_get(&gw).map(|s| s != 200).unwrap_or(true),
+        "plain HTTP answered"
+    );
+    let body = https_client(&ca_pem, gw.admin, None, true)
+        .get(format!("https://localhost:{}/metrics", gw.admin.port()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        body.contains("tracegate_tls_cert_not_after_timestamp_seconds{listener=\"admin\"}"),
+        "{body}"
+    );
+    drop(gw);
+
+    // Admin with mutual TLS: a scraper without a trusted client certificate is refused.
+    let client_ca = TestCa::new("tracegate test scraper CA");
+    let rogue_ca = TestCa::new("someone else's CA");
+    std::fs::write(files.path("scraper-ca.pem"), client_ca.pem()).unwrap();
+    env.push((
+        "TRACEGATE_TLS__ADMIN__CLIENT_CA_FILE".into(),
+        files.path("scraper-ca.pem").display().to_string(),
+    ));
+    let gw = start(&env);
+    let identity = |ca: &TestCa| {
+        let (c, k) = ca.leaf(8, false);
+        format!("{c}{k}")
+    };
+    assert_eq!(tls_get(&gw, Some(identity(&client_ca))), Ok(200));
+    assert!(tls_get(&gw, None).is_err());
+    assert!(tls_get(&gw, Some(identity(&rogue_ca))).is_err());
+    // The OTLP listeners are not affected by the admin's client CA.
+    let key = gw.create_key("admin-mtls");
+    let otlp = https_client(&ca_pem, gw.http, None, false);
+    assert_eq!(
+        post_tls(&otlp, gw.http.port(), &key, one_span_request("a", 1)),
+        Ok(200)
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // PROXY protocol
 // ---------------------------------------------------------------------------------------------

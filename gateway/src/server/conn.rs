@@ -115,6 +115,21 @@ impl ConnSetup {
         })
     }
 
+    /// The admin listener's: plain, or TLS by `[tls.admin]` (reloaded like the others'); the
+    /// default limits and deadlines, no PROXY.
+    pub fn for_admin(cfg: &Config) -> Result<Self> {
+        let mut setup = Self::plain();
+        if let Some(settings) = cfg.tls.resolve(OtlpListener::Admin)? {
+            let t = TlsListener::new(OtlpListener::Admin, settings)?;
+            if tokio::runtime::Handle::try_current().is_ok() {
+                t.spawn_reloader(Duration::from_millis(cfg.tls.reload_interval_ms));
+            }
+            setup.tls = Some(t);
+            setup.tls_timeout = Duration::from_millis(cfg.tls.handshake_timeout_ms);
+        }
+        Ok(setup)
+    }
+
     /// Checks that every OTLP listener's TLS material loads, before anything is bound.
     pub fn preflight(cfg: &Config) -> Result<()> {
         for l in OtlpListener::ALL {

@@ -57,11 +57,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         reach,
     });
     let (admin, admin_stop) = crate::app::serve_admin(
+        &config,
         admin_listener,
         prometheus,
         Arc::new(move || status.is_ready()),
         shutting_down.clone(),
-    );
+    )?;
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
