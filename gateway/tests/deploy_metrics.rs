@@ -64,7 +64,7 @@ fn missing(referenced: &BTreeSet<String>, exported: &BTreeSet<String>) -> Vec<St
 }
 
 fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    common::manifest_dir().join("../deploy")
 }
 
 /// Every rules file and dashboard: deploy/prometheus/*.y*ml and deploy/grafana/*.json.

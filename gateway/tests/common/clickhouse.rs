@@ -28,7 +28,7 @@ pub fn chdb_python() -> PathBuf {
 
 /// Path of `deploy/testing/chdb_front.py`.
 pub fn chdb_front_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/testing/chdb_front.py")
+    super::manifest_dir().join("../deploy/testing/chdb_front.py")
 }
 
 /// A running chdb front (a real ClickHouse engine on a data dir), killed on drop.

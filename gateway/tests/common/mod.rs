@@ -37,6 +37,16 @@ mod process;
 mod s3;
 
 pub use archive::*;
+
+/// The gateway package's directory, where the scripts and files the tests run are found from.
+/// Cargo sets `CARGO_MANIFEST_DIR` when it runs a test, so the checkout being tested is used
+/// even by a test binary that a shared build cache carried over from another checkout (its
+/// compile-time path would point there).
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
 pub use certs::*;
 pub use clickhouse::*;
 pub use grpc::*;

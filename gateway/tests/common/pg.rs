@@ -4,7 +4,7 @@ use super::*;
 
 /// Path of `scripts/pg.sh`.
 pub fn pg_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg.sh")
+    super::manifest_dir().join("../scripts/pg.sh")
 }
 
 pub(crate) fn pg_sh(args: &[&str]) -> Output {

@@ -63,7 +63,7 @@ impl PowerLoss {
             .tempdir()
             .unwrap();
         let so = work.path().join("shim.so");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/powerloss/shim.c");
+        let src = super::manifest_dir().join("tests/powerloss/shim.c");
         let out = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
             .args(["-shared", "-fPIC", "-O1", "-o"])
             .arg(&so)

@@ -4,7 +4,7 @@ use super::*;
 
 pub(crate) fn moto_sh(args: &[&str]) -> Output {
     let mut cmd = Command::new("bash");
-    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/moto.sh"))
+    cmd.arg(super::manifest_dir().join("../scripts/moto.sh"))
         .args(args);
     run_command(
         cmd,

@@ -352,7 +352,12 @@ impl ChFront {
             .prefix("loadtest-chdb-")
             .tempdir()
             .expect("temp dir");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/testing/chdb_front.py");
+        // Cargo's run-time CARGO_MANIFEST_DIR first: a test binary carried over by a shared build
+        // cache from another checkout would otherwise look there.
+        let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let script = manifest.join("../deploy/testing/chdb_front.py");
         let mut child = Command::new(chdb_python())
             .arg(script)
             .arg("--data")
