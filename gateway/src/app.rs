@@ -120,10 +120,6 @@ pub async fn run(
         audit.clone(),
         token_verifier(&config).await,
     );
-    if let (None, Some(ch)) = (&config.kafka, &config.clickhouse) {
-        // The embedded writer inserts: a TLS setting that can never work stops start-up.
-        crate::clickhouse::sink::check_at_startup(ch).await?;
-    }
     let queue = start_queue(&config)?;
     let ingest = Arc::new(Ingest {
         auth,

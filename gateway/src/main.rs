@@ -76,6 +76,11 @@ fn serve(cfg: tracegate::config::Config) -> anyhow::Result<()> {
         .max_blocking_threads(blocking_threads())
         .build()?;
     rt.block_on(async move {
+        if let (None, Some(ch)) = (&cfg.kafka, &cfg.clickhouse) {
+            // The embedded writer inserts: a TLS setting that can never work stops start-up,
+            // before anything listens.
+            tracegate::clickhouse::sink::check_at_startup(ch).await?;
+        }
         let listeners = tracegate::app::Listeners::bind(&cfg).await?;
         let (grpc, http, admin) = listeners.addrs()?;
         {

@@ -14,23 +14,7 @@ use common::*;
 fn unknown_env_key_and_bad_value_stop_startup_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let out = run_tracegate(
-        &[
-            "serve",
-            "--data-dir",
-            d,
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ],
-        &[("TRACEGATE_LIMITS__MAX_ATRIBUTES", "5")],
-        CMD_TIMEOUT,
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_fails(&[], &[("TRACEGATE_LIMITS__MAX_ATRIBUTES", "5")]);
     // The variable as it is spelled in the environment, and the key as the file writes it.
     assert!(
         err.contains(

@@ -88,24 +88,7 @@ fn https_with_a_ca_file_a_server_name_and_mutual_tls() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("certificate"), "{err}");
-    let data = tempfile::tempdir().unwrap();
-    let serve = run_tracegate(
-        &[
-            "serve",
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ],
-        &env_refs(&wrong_name),
-        CMD_TIMEOUT,
-    );
-    let err = String::from_utf8_lossy(&serve.stderr);
-    assert_eq!(serve.status.code(), Some(2), "{err}");
+    let err = serve_fails(&[], &env_refs(&wrong_name));
     assert!(
         err.contains("clickhouse.url: TLS with") && err.contains("not valid for name"),
         "{err}"

@@ -289,43 +289,29 @@ fn tenant_reader_statements_parse_and_the_command_reaches_clickhouse() {
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "s3cret-pw\n").unwrap();
     env.push(("RUST_LOG".into(), "debug".into()));
-    let out = run_tracegate(
-        &[
-            "migrate",
-            "tenant-reader",
-            "--org",
-            "acme",
-            "--project",
-            "chat-bot",
-            "--user",
-            "acme_dash",
-            "--password-file",
-            pw.to_str().unwrap(),
-        ],
-        &env_refs(&env),
-        CMD_TIMEOUT,
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    // `tracegate migrate tenant-reader --org acme ARGS`, expected to fail (exit 2): its stderr.
+    let tenant_reader = |args: &[&str]| {
+        let mut all = vec!["migrate", "tenant-reader", "--org", "acme"];
+        all.extend_from_slice(args);
+        let out = run_tracegate(&all, &env_refs(&env), CMD_TIMEOUT);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        err
+    };
+    let err = tenant_reader(&[
+        "--project",
+        "chat-bot",
+        "--user",
+        "acme_dash",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
     assert!(
         err.contains("ClickHouse statement failed: CREATE ROLE IF NOT EXISTS `tracegate_reader_acme_chat-bot`"),
         "{err}"
     );
     assert!(!err.contains("s3cret"), "{err}");
     // Names are checked before anything is sent.
-    let out = run_tracegate(
-        &[
-            "migrate",
-            "tenant-reader",
-            "--org",
-            "acme",
-            "--project",
-            "x' OR 1=1",
-        ],
-        &env_refs(&env),
-        CMD_TIMEOUT,
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = tenant_reader(&["--project", "x' OR 1=1"]);
     assert!(err.contains("--project must be"), "{err}");
 }

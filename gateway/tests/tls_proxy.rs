@@ -909,24 +909,6 @@ fn proxy_v2_with_tls_and_untrusted_sources() {
 // Start-up
 // ---------------------------------------------------------------------------------------------
 
-fn serve_fails(args: &[&str], env: &[(&str, &str)]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    let mut all = vec!["serve", "--admin-addr", "127.0.0.1:0", "--data-dir", d];
-    all.extend_from_slice(args);
-    if !args.contains(&"--http-addr") {
-        all.extend_from_slice(&["--http-addr", "127.0.0.1:0"]);
-    }
-    if !args.contains(&"--grpc-addr") {
-        all.extend_from_slice(&["--grpc-addr", "127.0.0.1:0"]);
-    }
-    let out = run_tracegate(&all, env, CMD_TIMEOUT);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "serve {args:?} started: {stdout}");
-    assert!(!stdout.contains("tracegate listening"), "{stdout}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn startup_refuses_plaintext_on_non_loopback_and_bad_tls_material() {
     // Refused during config validation, before anything is bound.

@@ -468,3 +468,23 @@ pub fn tracegate_run(data_dir: &Path, args: &[&str], env: &[(String, String)]) -
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     run_tracegate(&a, &env, CMD_TIMEOUT)
 }
+
+/// `tracegate serve` on loopback port 0 with `args` and `env`, expected to refuse to start:
+/// asserts it exited unsuccessfully without listening, and returns its stderr.
+pub fn serve_fails(args: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut all = vec!["serve", "--admin-addr", "127.0.0.1:0", "--data-dir", d];
+    all.extend_from_slice(args);
+    if !args.contains(&"--http-addr") {
+        all.extend_from_slice(&["--http-addr", "127.0.0.1:0"]);
+    }
+    if !args.contains(&"--grpc-addr") {
+        all.extend_from_slice(&["--grpc-addr", "127.0.0.1:0"]);
+    }
+    let out = run_tracegate(&all, env, CMD_TIMEOUT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "serve {args:?} started: {stdout}");
+    assert!(!stdout.contains("tracegate listening"), "{stdout}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
