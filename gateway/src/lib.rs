@@ -20,3 +20,4 @@ pub mod metrics;
 pub mod netconfig;
 pub mod queue;
 pub mod server;
+pub mod tls_client;

@@ -24,12 +24,11 @@ use anyhow::{bail, Context, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::tls_client;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SslMode {
@@ -158,73 +157,50 @@ impl PgTls {
 
     /// The connector (unused by tokio-postgres when the mode is `disable`).
     pub fn connector(&self) -> Result<MakeRustlsConnect> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .context("TLS protocol versions")?;
-        let verifier: Arc<dyn ServerCertVerifier> = match self.mode {
-            SslMode::Disable | SslMode::Prefer | SslMode::Require => {
-                Arc::new(Unverified(provider.clone()))
-            }
+        let provider = tls_client::provider();
+        let chain = match self.mode {
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => None,
             SslMode::VerifyCa | SslMode::VerifyFull => {
-                let mut roots = RootCertStore::empty();
-                match &self.root_cert {
-                    Some(path) => {
-                        let certs = CertificateDer::pem_file_iter(path)
-                            .with_context(|| {
-                                format!("sslrootcert: cannot read {}", path.display())
-                            })?
-                            .collect::<Result<Vec<_>, _>>()
-                            .with_context(|| {
-                                format!("sslrootcert: {} is not PEM", path.display())
-                            })?;
-                        if certs.is_empty() {
-                            bail!("sslrootcert: no certificate in {}", path.display());
-                        }
-                        for c in certs {
-                            roots
-                                .add(c)
-                                .context("sslrootcert: a certificate is not usable")?;
-                        }
-                    }
-                    None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-                }
-                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .context("sslrootcert")?;
-                if self.mode == SslMode::VerifyFull {
-                    webpki
+                let root = if self.system_roots {
+                    None
                 } else {
-                    Arc::new(ChainOnly(webpki))
-                }
+                    self.root_cert.as_deref()
+                };
+                let roots = tls_client::roots(root, "sslrootcert")?;
+                let webpki =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .context("sslrootcert")?;
+                Some(webpki)
             }
         };
-        let builder = builder
+        let verifier = Arc::new(LibpqVerifier {
+            chain,
+            names: self.mode == SslMode::VerifyFull,
+            provider: provider.clone(),
+        });
+        let builder = tls_client::builder(provider)?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
-        let config = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .with_context(|| format!("sslcert: cannot read {}", cert.display()))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .with_context(|| format!("sslcert: {} is not PEM", cert.display()))?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .with_context(|| format!("sslkey: no private key in {}", key.display()))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .context("sslcert / sslkey do not match")?
-            }
-            _ => builder.with_no_client_auth(),
-        };
+        let pair = self.cert.as_deref().zip(self.key.as_deref());
+        let config = tls_client::with_client_cert(builder, pair, ("sslcert", "sslkey"))?;
         Ok(MakeRustlsConnect::new(config))
     }
 }
 
-/// `verify-ca`: the chain is checked, the name is not (libpq's meaning).
+/// The server certificate as libpq's `sslmode` checks it: not at all (`prefer`, `require`:
+/// encrypted, no protection against an active attacker), the chain only (`verify-ca`), or the
+/// chain and the host name (`verify-full`). The handshake's signatures are always checked.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct LibpqVerifier {
+    /// The chain's verifier; `None`: the certificate is not checked.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    /// Whether a certificate valid only for another name is refused.
+    names: bool,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -233,14 +209,14 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             // webpki checks the chain before the name: a name error means the chain is good.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.names => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -251,7 +227,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
     }
 
     fn verify_tls13_signature(
@@ -260,61 +237,14 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` / `require`: encrypted, the certificate not checked (libpq's meaning; the
-/// handshake's signatures still are).
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -7,20 +7,19 @@
 //! instead of the public roots, a client certificate (mTLS), and a server-name override for
 //! endpoints reached by address (PrivateLink).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 
 use crate::config::error::ConfigError;
+use crate::tls_client;
 
 /// `[clickhouse.tls]`: only read for an `https://` URL.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -76,55 +75,17 @@ impl ClickHouseTls {
     }
 
     /// The rustls client config: TLS 1.2+ with ring, the roots, the client certificate.
+    /// ALPN (http/1.1) is set by the connector (`enable_http1`).
     fn client_config(&self) -> Result<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        match &self.ca_file {
-            Some(path) => {
-                for cert in read_certs(path, "clickhouse.tls.ca_file")? {
-                    roots.add(cert).with_context(|| {
-                        format!(
-                            "clickhouse.tls.ca_file: a certificate in {} is not usable",
-                            path.display()
-                        )
-                    })?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        let builder =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .context("TLS protocol versions")?
-                .with_root_certificates(roots);
-        // ALPN (http/1.1) is set by the connector (`enable_http1`).
-        let config = match (&self.cert_file, &self.key_file) {
-            (Some(cert), Some(key)) => {
-                let chain = read_certs(cert, "clickhouse.tls.cert_file")?;
-                let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
-                    format!(
-                        "clickhouse.tls.key_file: no private key in {}",
-                        key.display()
-                    )
-                })?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .context("clickhouse.tls.cert_file / key_file do not match")?
-            }
-            _ => builder.with_no_client_auth(),
-        };
-        Ok(config)
+        let roots = tls_client::roots(self.ca_file.as_deref(), "clickhouse.tls.ca_file")?;
+        let builder = tls_client::builder(tls_client::provider())?.with_root_certificates(roots);
+        let pair = self.cert_file.as_deref().zip(self.key_file.as_deref());
+        tls_client::with_client_cert(
+            builder,
+            pair,
+            ("clickhouse.tls.cert_file", "clickhouse.tls.key_file"),
+        )
     }
-}
-
-fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("{key}: cannot read {}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("{key}: {} is not PEM", path.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("{key}: no certificate in {}", path.display());
-    }
-    Ok(certs)
 }
 
 /// TCP keep-alive on idle connections to ClickHouse, as the `clickhouse` crate's own client.

@@ -8,7 +8,7 @@
 //! come from.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
@@ -91,30 +91,9 @@ impl Sources<'_> {
             });
         }
         if layer == Layer::All {
-            for (key, value) in self.flags() {
-                fig = fig.merge((key, value));
-            }
+            fig = self.overrides.merge_into(fig);
         }
         fig
-    }
-
-    /// The flags given, as config keys and values.
-    fn flags(&self) -> Vec<(&'static str, String)> {
-        let o = self.overrides;
-        let mut out = Vec::new();
-        if let Some(v) = o.grpc_addr {
-            out.push(("server.grpc_addr", v.to_string()));
-        }
-        if let Some(v) = o.http_addr {
-            out.push(("server.http_addr", v.to_string()));
-        }
-        if let Some(v) = o.admin_addr {
-            out.push(("server.admin_addr", v.to_string()));
-        }
-        if let Some(v) = &o.data_dir {
-            out.push(("server.data_dir", v.display().to_string()));
-        }
-        out
     }
 
     /// Extracts `layer`, leaving out each key that fails until the rest parses. Returns the
@@ -145,49 +124,76 @@ impl Sources<'_> {
         (None, problems)
     }
 
-    /// Keys the file sets (dotted, as the file writes them).
-    fn file_keys(&self) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        let text = self.file.and_then(|p| std::fs::read_to_string(p).ok());
-        if let Some(doc) = text.and_then(|t| t.parse::<toml_edit::DocumentMut>().ok()) {
-            collect_keys(doc.as_table(), "", &mut out);
+    /// Where each key is set, read once.
+    fn places(&self) -> Places<'_> {
+        let file_text = self.file.and_then(|p| std::fs::read_to_string(p).ok());
+        let mut file_keys = BTreeSet::new();
+        if let Some(doc) = file_text
+            .as_deref()
+            .and_then(|t| t.parse::<toml_edit::DocumentMut>().ok())
+        {
+            collect_keys(doc.as_table(), "", &mut file_keys);
         }
-        out
-    }
-
-    /// Keys the environment sets, with the variables' names.
-    fn env_keys(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
+        let mut env = Vec::new();
         if let Ok(data) = self.env.data() {
             for dict in data.values() {
-                collect_dict_keys(dict, "", &mut out);
+                collect_dict_keys(dict, "", &mut env);
             }
         }
-        out.into_iter()
+        let env = env
+            .into_iter()
             .map(|k| {
                 let var = format!("TRACEGATE_{}", k.replace('.', "__").to_ascii_uppercase());
                 (k, var)
             })
-            .collect()
+            .collect();
+        Places {
+            file: self.file,
+            file_text,
+            file_keys,
+            env,
+            flags: self.overrides.keys(),
+        }
+    }
+}
+
+/// Where keys are set: the file (its text and keys), the environment (keys with their
+/// variables' names), the flags.
+struct Places<'a> {
+    file: Option<&'a Path>,
+    file_text: Option<String>,
+    file_keys: BTreeSet<String>,
+    env: Vec<(String, String)>,
+    flags: Vec<&'static str>,
+}
+
+/// `server.data_dir` → `--data-dir`.
+fn flag_name(key: &str) -> String {
+    format!(
+        "--{}",
+        key.rsplit('.').next().unwrap_or(key).replace('_', "-")
+    )
+}
+
+impl Places<'_> {
+    fn env_var(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Where the value in effect for `key` comes from, as a prefix for a problem about it.
     fn origin(&self, key: &str) -> String {
-        if self.flags().iter().any(|(k, _)| *k == key) {
-            return format!(
-                "--{}: ",
-                key.rsplit('.').next().unwrap_or(key).replace('_', "-")
-            );
+        if self.flags.contains(&key) {
+            return format!("{}: ", flag_name(key));
         }
-        if let Some((_, var)) = self.env_keys().into_iter().find(|(k, _)| k == key) {
+        if let Some(var) = self.env_var(key) {
             return format!("environment variable {var}: ");
         }
-        if let Some(path) = self.file {
-            let at = std::fs::read_to_string(path).ok().and_then(|text| {
-                let parts: Vec<String> = key.split('.').map(String::from).collect();
-                error::locate(&text, &parts)
-            });
-            if let Some((line, col)) = at {
+        if let (Some(path), Some(text)) = (self.file, &self.file_text) {
+            let parts: Vec<String> = key.split('.').map(String::from).collect();
+            if let Some((line, col)) = error::locate(text, &parts) {
                 return format!("{}:{line}:{col}: ", path.display());
             }
         }
@@ -196,30 +202,22 @@ impl Sources<'_> {
 
     /// Every key set in more than one place, and which place wins.
     fn overridden(&self) -> Vec<String> {
-        let file = self.file_keys();
-        let env = self.env_keys();
-        let flags = self.flags();
-        let mut keys: BTreeSet<String> = file.iter().cloned().collect();
-        keys.extend(env.iter().map(|(k, _)| k.clone()));
-        keys.extend(flags.iter().map(|(k, _)| k.to_string()));
+        let mut keys = self.file_keys.clone();
+        keys.extend(self.env.iter().map(|(k, _)| k.clone()));
+        keys.extend(self.flags.iter().map(|k| k.to_string()));
         let mut out = Vec::new();
         for key in keys {
             let mut places = Vec::new();
-            if file.contains(&key) {
-                let file = self.file.map_or(PathBuf::new(), Path::to_path_buf);
+            if let (true, Some(file)) = (self.file_keys.contains(&key), self.file) {
                 places.push(format!("the file {}", file.display()));
             }
-            if let Some((_, var)) = env.iter().find(|(k, _)| *k == key) {
+            if let Some(var) = self.env_var(&key) {
                 places.push(format!("the environment variable {var}"));
             }
-            if flags.iter().any(|(k, _)| *k == key) {
-                places.push(format!(
-                    "the flag {}",
-                    self.origin(&key).trim_end_matches(": ")
-                ));
+            if self.flags.contains(&key.as_str()) {
+                places.push(format!("the flag {}", flag_name(&key)));
             }
-            if places.len() > 1 {
-                let effect = places.last().cloned().unwrap_or_default();
+            if let [_, .., effect] = places.as_slice() {
                 out.push(format!(
                     "`{key}` is set by {}; the value of {effect} is in effect",
                     places.join(" and by ")
@@ -297,6 +295,7 @@ pub fn check(sources: &Sources) -> Report {
             effective = cfg;
         }
     }
+    let places = sources.places();
     if let Some(mut cfg) = effective {
         let mut semantic: Vec<ConfigError> = Vec::new();
         if let Err(e) = cfg.read_secret_files() {
@@ -306,13 +305,13 @@ pub fn check(sources: &Sources) -> Report {
         for e in semantic {
             let line = match &e {
                 ConfigError::Invalid { key, message } => {
-                    format!("{}`{key}`: {message}", sources.origin(key))
+                    format!("{}`{key}`: {message}", places.origin(key))
                 }
                 ConfigError::Parse(m) => m.clone(),
             };
             push(&mut report, line);
         }
     }
-    report.overridden = sources.overridden();
+    report.overridden = places.overridden();
     report
 }

@@ -381,6 +381,38 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
 }
 
+impl Overrides {
+    /// The config keys the flags given set, in the order they are merged.
+    pub fn keys(&self) -> Vec<&'static str> {
+        [
+            ("server.grpc_addr", self.grpc_addr.is_some()),
+            ("server.http_addr", self.http_addr.is_some()),
+            ("server.admin_addr", self.admin_addr.is_some()),
+            ("server.data_dir", self.data_dir.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, given)| given.then_some(k))
+        .collect()
+    }
+
+    /// `fig` with the flags given merged over it (they win over everything else).
+    pub fn merge_into(&self, mut fig: Figment) -> Figment {
+        if let Some(v) = self.grpc_addr {
+            fig = fig.merge(("server.grpc_addr", v));
+        }
+        if let Some(v) = self.http_addr {
+            fig = fig.merge(("server.http_addr", v));
+        }
+        if let Some(v) = self.admin_addr {
+            fig = fig.merge(("server.admin_addr", v));
+        }
+        if let Some(v) = &self.data_dir {
+            fig = fig.merge(("server.data_dir", v));
+        }
+        fig
+    }
+}
+
 /// The configuration's environment variables: only `TRACEGATE_<SECTION>__<KEY>` is config;
 /// other TRACEGATE_* variables (e.g. used by scripts) are not ours to refuse.
 fn env() -> Env {
@@ -427,29 +459,13 @@ impl Config {
                 .map_err(|e| ConfigError::Parse(error::describe_figment(&e)))?;
         }
         fig = fig.merge(env);
-        let o = overrides;
         // A flag hides the value it overrides from the extraction below: check the file and the
         // environment on their own first, so a bad value there is an error, not ignored.
-        if o.grpc_addr.is_some()
-            || o.http_addr.is_some()
-            || o.admin_addr.is_some()
-            || o.data_dir.is_some()
-        {
+        if !overrides.keys().is_empty() {
             fig.extract::<Config>()
                 .map_err(|e| ConfigError::Parse(error::describe_figment(&e)))?;
         }
-        if let Some(v) = o.grpc_addr {
-            fig = fig.merge(("server.grpc_addr", v));
-        }
-        if let Some(v) = o.http_addr {
-            fig = fig.merge(("server.http_addr", v));
-        }
-        if let Some(v) = o.admin_addr {
-            fig = fig.merge(("server.admin_addr", v));
-        }
-        if let Some(v) = &o.data_dir {
-            fig = fig.merge(("server.data_dir", v));
-        }
+        let fig = overrides.merge_into(fig);
         let mut cfg: Config = fig
             .extract()
             .map_err(|e| ConfigError::Parse(error::describe_figment(&e)))?;
