@@ -4,11 +4,13 @@
 set -euo pipefail
 
 # Build prerequisites: the Rust toolchain, a C compiler and make (zstd-sys and librdkafka, via
-# rdkafka-sys, build C from source; librdkafka runs its own ./configure + make). No protoc,
-# cmake or libclang needed.
+# rdkafka-sys, build C from source; librdkafka runs its own ./configure + make, and its OpenSSL
+# is built from source too, whose Configure is Perl: Debian's build-essential brings it, a bare
+# gcc does not). No protoc, cmake or libclang needed.
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc)
 command -v make >/dev/null || need_apt+=(make)
+perl -MIPC::Cmd -MFindBin -e1 2>/dev/null || need_apt+=(perl)
 # openssl s_client drives the TLS handshake tests (gateway/tests/tls_proxy.rs); libFuzzer (the
 # PROXY parser fuzz target, scripts/fuzz.sh) is C++.
 command -v openssl >/dev/null || need_apt+=(openssl)

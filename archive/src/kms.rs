@@ -3,10 +3,8 @@
 //! object's encryption context, so KMS itself refuses to unwrap a data key for another tenant or
 //! group (and CloudTrail records which tenant's data was decrypted).
 //!
-//! Region, endpoint and credentials come from the SDK's usual sources (`AWS_REGION`,
-//! `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_KMS`, `AWS_ACCESS_KEY_ID`…, profiles, IMDS, web
-//! identity). The HTTPS client is rustls with the ring provider (no aws-lc-sys build), with
-//! bounded timeouts and the SDK's standard retries.
+//! Region, endpoint (`AWS_ENDPOINT_URL_KMS`) and credentials come from the SDK's usual sources
+//! (`aws.rs`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -39,22 +37,7 @@ impl Kms {
     /// Builds a client from the environment. `timeout` bounds one attempt; the SDK retries
     /// transient errors (3 attempts in all).
     pub async fn from_env(timeout: Duration) -> Self {
-        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(http)
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(timeout)
-                    .operation_attempt_timeout(timeout)
-                    .operation_timeout(timeout * 3)
-                    .build(),
-            )
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
-            .load()
-            .await;
+        let conf = crate::aws::sdk_config(timeout).await;
         Self {
             client: aws_sdk_kms::Client::new(&conf),
         }

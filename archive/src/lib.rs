@@ -17,6 +17,8 @@
 //! No dependency on the gateway: its writers, `tracegate archive`, the load tool's `verify`
 //! and the fuzz targets build on this crate.
 
+#[cfg(feature = "stores")]
+pub mod aws;
 pub mod config;
 pub mod crypto;
 pub mod format;

@@ -515,6 +515,14 @@ impl Config {
                 ch.password = read("clickhouse.password_file", path)?;
             }
         }
+        if let Some(k) = &mut self.kafka {
+            if let Some(path) = &k.sasl.password_file {
+                if !k.sasl.password.is_empty() {
+                    return Err(both("kafka.sasl.password_file", "kafka.sasl.password"));
+                }
+                k.sasl.password = read("kafka.sasl.password_file", path)?;
+            }
+        }
         Ok(())
     }
 }

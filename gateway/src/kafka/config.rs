@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
+use super::security::{self, KafkaSasl, KafkaTls, SecurityProtocol};
 use crate::config::error::{zstd_level, ConfigError, Problems};
 
 /// Kafka record key, which decides the partition (murmur2, as Java clients do).
@@ -38,6 +39,11 @@ fn invalid_key(key: &'static str, message: String) -> ConfigError {
 }
 
 impl KafkaConfig {
+    /// The MSK cluster's region when the clients authenticate with MSK IAM tokens.
+    pub fn msk_iam_region(&self) -> Option<&str> {
+        security::msk_iam_region(self.security_protocol, &self.sasl)
+    }
+
     /// The zstd level at which the gateway compresses plain payloads itself, if it does.
     pub fn gateway_payload_zstd(&self) -> Option<i32> {
         (self.compression == Compression::PayloadZstd).then_some(self.payload_zstd_level)
@@ -104,8 +110,13 @@ pub struct KafkaConfig {
     pub writer_max_buffered_bytes: usize,
     /// `/metrics`, `/healthz`, `/readyz` of `tracegate write` (flag `--admin-addr`).
     pub writer_admin_addr: SocketAddr,
-    /// Extra librdkafka properties for every client (e.g. `"security.protocol" = "ssl"`),
-    /// applied last. The properties that carry the delivery guarantees cannot be changed.
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (security.rs).
+    pub security_protocol: SecurityProtocol,
+    pub tls: KafkaTls,
+    pub sasl: KafkaSasl,
+    /// Extra librdkafka properties for every client (e.g. `"ssl.cipher.suites"`), applied
+    /// last. The properties that carry the delivery guarantees or the security settings
+    /// cannot be changed here.
     pub properties: BTreeMap<String, String>,
 }
 
@@ -146,6 +157,9 @@ impl Default for KafkaConfig {
             batch_max_age_ms: 1_000,
             writer_max_buffered_bytes: 256 * 1024 * 1024,
             writer_admin_addr: ([127, 0, 0, 1], 8889).into(),
+            security_protocol: SecurityProtocol::Plaintext,
+            tls: KafkaTls::default(),
+            sasl: KafkaSasl::default(),
             properties: BTreeMap::new(),
         }
     }
@@ -189,6 +203,11 @@ impl KafkaConfig {
         p.check(self.validate_sizes());
         p.check(self.validate_bounds());
         p.check(self.validate_writer());
+        p.check(security::validate(
+            self.security_protocol,
+            &self.tls,
+            &self.sasl,
+        ));
     }
 
     /// Brokers, topic and group.
@@ -343,6 +362,15 @@ impl KafkaConfig {
                     ),
                 ));
             }
+            if security::SECURITY_PROPERTIES.contains(&k.as_str()) {
+                return Err(invalid_key(
+                    "kafka.properties",
+                    format!(
+                        "{k:?} cannot be set here: use kafka.security_protocol, [kafka.tls] and \
+                         [kafka.sasl] (secrets from a file or the environment)"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -357,6 +385,7 @@ impl KafkaConfig {
             )
             // Come back quickly after a broker outage (librdkafka's default backs off to 10 s).
             .set("reconnect.backoff.max.ms", "1000");
+        security::apply(self.security_protocol, &self.tls, &self.sasl, &mut c);
         c
     }
 

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracegate_proto::v1::Batch;
 
 use super::config::{KafkaConfig, PartitionKey};
+use super::msk_iam;
 use super::owned;
 use super::split::{self, SplitError};
 use super::stats::{Reachability, StatsContext};
@@ -47,7 +48,8 @@ struct Pool {
 }
 
 impl Pool {
-    fn build(cfg: &KafkaConfig) -> anyhow::Result<Pool> {
+    /// `tokens`: the current MSK IAM token, set on each new producer (msk_iam.rs).
+    fn build(cfg: &KafkaConfig, tokens: Option<&msk_iam::Tokens>) -> anyhow::Result<Pool> {
         // One reachability for the pool: they talk to the same brokers, and a fatal error in
         // any of them must stop the pool from taking work.
         let reach = Arc::new(Reachability::default());
@@ -61,11 +63,13 @@ impl Pool {
                 config.set("statistics.interval.ms", "0");
             }
             let ctx = StatsContext::with_reach("producer", reach.clone());
-            producers.push(
-                config
-                    .create_with_context(ctx)
-                    .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?,
-            );
+            let p: ThreadedProducer<StatsContext> = config
+                .create_with_context(ctx)
+                .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?;
+            if let Some(t) = tokens {
+                t.apply_to(p.client());
+            }
+            producers.push(p);
         }
         Ok(Pool { producers, reach })
     }
@@ -77,6 +81,8 @@ struct Inner {
     rebuilding: AtomicBool,
     /// For building a replacement pool.
     cfg: KafkaConfig,
+    /// The MSK IAM token, when SASL/OAUTHBEARER is used.
+    tokens: Option<Arc<msk_iam::Tokens>>,
     next: AtomicUsize,
     topic: String,
     /// `topic` for librdkafka (checked for NUL bytes once, at start).
@@ -151,12 +157,16 @@ impl KafkaQueue {
     /// Creates the producers and starts their reachability probe (a metadata request for the
     /// topic). Must run inside a tokio runtime.
     pub fn start(cfg: &KafkaConfig) -> anyhow::Result<(Self, ProducerHandle)> {
-        let pool = Pool::build(cfg)?;
+        let tokens = cfg
+            .msk_iam_region()
+            .map(|_| Arc::new(msk_iam::Tokens::default()));
+        let pool = Pool::build(cfg, tokens.as_deref())?;
         metrics::gauge!(m::KAFKA_PRODUCER_QUEUE_BYTES_LIMIT).set(cfg.queue_max_bytes as f64);
         let inner = Arc::new(Inner {
             pool: ArcSwap::from_pointee(pool),
             rebuilding: AtomicBool::new(false),
             cfg: cfg.clone(),
+            tokens: tokens.clone(),
             next: AtomicUsize::new(0),
             topic: cfg.topic.clone(),
             topic_c: std::ffi::CString::new(cfg.topic.clone())
@@ -169,6 +179,18 @@ impl KafkaQueue {
         });
         inner.report_queue();
         let stop = CancellationToken::new();
+        if let (Some(region), Some(tokens)) = (cfg.msk_iam_region(), tokens) {
+            // Each new token goes to the producers of the pool in use then.
+            let i = inner.clone();
+            let apply = move |t: &msk_iam::Token| {
+                for p in &i.pool.load().producers {
+                    if let Err(e) = msk_iam::set_token(p.client(), t) {
+                        tracing::error!(error = %e, "kafka: could not set the MSK IAM token");
+                    }
+                }
+            };
+            msk_iam::keep_fresh(region.to_string(), tokens, apply, stop.clone());
+        }
         let probe = tokio::spawn(probe_loop(inner.clone(), stop.clone()));
         Ok((
             Self {
@@ -250,7 +272,7 @@ fn rebuild(inner: &Arc<Inner>) {
     }
     let inner = inner.clone();
     tokio::task::spawn_blocking(move || {
-        match Pool::build(&inner.cfg) {
+        match Pool::build(&inner.cfg, inner.tokens.as_deref()) {
             Ok(pool) => {
                 pool.reach.set_up(true);
                 let old = inner.pool.swap(Arc::new(pool));

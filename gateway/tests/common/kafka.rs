@@ -13,10 +13,16 @@ pub struct TestBroker {
 impl TestBroker {
     /// Starts a one-broker cluster with `topics` (name, partitions) created.
     pub fn start(topics: &[(&str, i32)]) -> TestBroker {
+        Self::start_with(topics, &[])
+    }
+
+    /// The same with more arguments (`--tls-cert`, `--sasl-user`, …: a TLS / SASL front).
+    pub fn start_with(topics: &[(&str, i32)], args: &[&str]) -> TestBroker {
         let mut cmd = Command::new(broker_bin());
         for (t, p) in topics {
             cmd.arg("--topic").arg(format!("{t}:{p}"));
         }
+        cmd.args(args);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -24,6 +24,8 @@ pub struct Gateway {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
     pub data_dir: PathBuf,
+    /// Every stderr line so far (its logs).
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Why a start attempt failed (used to retry binding on restart).
@@ -130,7 +132,8 @@ impl Gateway {
                 }
             }
         });
-        forward_stderr(stderr, pid);
+        let keep = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        forward_stderr_as(stderr, "tracegate", pid, Some(keep.clone()));
 
         let deadline = Instant::now() + START_TIMEOUT;
         let line = loop {
@@ -166,7 +169,13 @@ impl Gateway {
             grpc: grpc_addr,
             admin: admin_addr,
             data_dir: data_dir.to_path_buf(),
+            stderr: keep,
         })
+    }
+
+    /// Its logs so far, one line each.
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
     }
 
     /// PID of the server process.
@@ -275,15 +284,6 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-pub(crate) fn forward_stderr(stderr: std::process::ChildStderr, pid: u32) {
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            eprintln!("[tracegate {pid} stderr] {line}");
-        }
-    });
 }
 
 /// Parses `tracegate listening otlp_grpc=A otlp_http=B admin=C` into (grpc, http, admin).

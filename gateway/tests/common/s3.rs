@@ -13,6 +13,12 @@ pub(crate) fn moto_sh(args: &[&str]) -> Output {
     )
 }
 
+/// The python of moto's venv: it has boto3 and botocore, for checks against AWS's own code.
+pub fn moto_python() -> PathBuf {
+    let py = moto_sh(&["python"]);
+    PathBuf::from(String::from_utf8_lossy(&py.stdout).trim())
+}
+
 pub struct Moto {
     dir: tempfile::TempDir,
     /// `http://127.0.0.1:PORT`
@@ -45,8 +51,7 @@ impl Moto {
             .unwrap_or_default()
             .to_string();
         assert!(endpoint.starts_with("http://127.0.0.1:"), "{stdout:?}");
-        let py = moto_sh(&["python"]);
-        let python = PathBuf::from(String::from_utf8_lossy(&py.stdout).trim());
+        let python = moto_python();
         eprintln!("[harness] moto started in {:?} at {endpoint}", t.elapsed());
         Moto {
             dir,

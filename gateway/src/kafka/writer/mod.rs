@@ -40,6 +40,7 @@ use tokio::net::TcpListener;
 use tracegate_proto::v1::Batch;
 
 use super::config::KafkaConfig;
+use super::msk_iam;
 use super::stats::{self, StatsContext};
 use crate::config::Config;
 use crate::metrics as m;

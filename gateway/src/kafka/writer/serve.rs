@@ -127,6 +127,17 @@ fn start_driver(
 
     let (done_tx, done_rx) = mpsc::channel();
     let consumer = Arc::new(consumer);
+    if let Some(region) = kcfg.msk_iam_region() {
+        // Ends with the process (the consumer lives until then).
+        let c = consumer.clone();
+        let apply = move |t: &msk_iam::Token| {
+            if let Err(e) = msk_iam::set_token(c.client(), t) {
+                tracing::error!(error = %e, "kafka: could not set the MSK IAM token");
+            }
+        };
+        let tokens = Arc::new(msk_iam::Tokens::default());
+        msk_iam::keep_fresh(region.to_string(), tokens, apply, Default::default());
+    }
     let (commit_tx, commit_req_rx) = mpsc::channel();
     let (commit_done_tx, commit_rx) = mpsc::channel();
     let committer_thread = {
