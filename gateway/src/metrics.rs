@@ -48,6 +48,10 @@ pub const CLICKHOUSE_INSERT_DURATION: &str = "tracegate_clickhouse_insert_durati
 pub const CLICKHOUSE_ENCODE_DURATION: &str = "tracegate_clickhouse_encode_duration_seconds";
 pub const CLICKHOUSE_WRITE_DURATION: &str = "tracegate_clickhouse_write_duration_seconds";
 pub const CLICKHOUSE_DEAD_LETTER_BATCHES: &str = "tracegate_clickhouse_dead_letter_batches_total";
+/// 1 while an endpoint of `clickhouse.url` takes inserts, by position in the list.
+pub const CLICKHOUSE_ENDPOINT_UP: &str = "tracegate_clickhouse_endpoint_up";
+/// Inserts moved to the next endpoint after a failure.
+pub const CLICKHOUSE_FAILOVERS: &str = "tracegate_clickhouse_failovers_total";
 
 // Kafka transport (gateway/src/kafka). `client` label: producer | consumer.
 pub const KAFKA_PRODUCED_MESSAGES: &str = "tracegate_kafka_produced_messages_total";
@@ -489,6 +493,7 @@ fn register_clickhouse() {
     histogram(CLICKHOUSE_ENCODE_DURATION, &[]);
     histogram(CLICKHOUSE_WRITE_DURATION, &[]);
     zero_counter(CLICKHOUSE_DEAD_LETTER_BATCHES, &[]);
+    zero_counter(CLICKHOUSE_FAILOVERS, &[]);
 }
 
 /// The Kafka producer (serve) or consumer (write).

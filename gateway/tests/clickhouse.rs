@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{ChFront, Gateway};
+use common::{counts, send_sequenced, ChFront, Gateway};
 use opentelemetry::trace::{
     Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
     Tracer as _, TracerProvider as _,
@@ -434,91 +434,6 @@ fn round_trip_from_the_otel_exporter_keeps_every_field() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Sends `requests` requests of `per_request` sequence-numbered spans from `threads` threads;
-/// each request is retried until it gets a 200. Returns (spans acknowledged, non-200 answers).
-fn send_sequenced(
-    gw: &Gateway,
-    key: &str,
-    prefix: &'static str,
-    requests: u64,
-    per_request: u64,
-    threads: u64,
-    stop_by: Instant,
-) -> (u64, u64) {
-    let acked = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(AtomicU64::new(0));
-    let next = Arc::new(AtomicU64::new(0));
-    let url = gw.traces_url();
-    let mut handles = vec![];
-    for _ in 0..threads {
-        let (acked, failures, next, url, key) = (
-            acked.clone(),
-            failures.clone(),
-            next.clone(),
-            url.clone(),
-            key.to_string(),
-        );
-        handles.push(thread::spawn(move || {
-            let client = common::http_client_with_timeout(Duration::from_secs(180));
-            let auth = format!("Bearer {key}");
-            loop {
-                let r = next.fetch_add(1, Ordering::SeqCst);
-                if r >= requests {
-                    return;
-                }
-                let body = common::encode(&common::request_n(prefix, r * per_request, per_request));
-                loop {
-                    assert!(
-                        Instant::now() < stop_by,
-                        "request {r} not acknowledged in time"
-                    );
-                    match common::try_post(
-                        &client,
-                        &url,
-                        &[
-                            ("content-type", "application/x-protobuf"),
-                            ("authorization", &auth),
-                        ],
-                        body.clone(),
-                    ) {
-                        Ok((200, _, _)) => {
-                            acked.fetch_add(per_request, Ordering::SeqCst);
-                            break;
-                        }
-                        Ok((status, _, b)) => {
-                            failures.fetch_add(1, Ordering::SeqCst);
-                            eprintln!("request {r}: HTTP {status} {}", String::from_utf8_lossy(&b));
-                            thread::sleep(Duration::from_millis(200));
-                        }
-                        Err(e) => {
-                            failures.fetch_add(1, Ordering::SeqCst);
-                            eprintln!("request {r}: {e}");
-                            thread::sleep(Duration::from_millis(200));
-                        }
-                    }
-                }
-            }
-        }));
-    }
-    for h in handles {
-        h.join().expect("client thread");
-    }
-    (
-        acked.load(Ordering::SeqCst),
-        failures.load(Ordering::SeqCst),
-    )
-}
-
-/// (count(), uniqExact(TraceId, SpanId)) of the project's spans.
-fn counts(front: &ChFront, db: &str, project: &str) -> (u64, u64) {
-    let out = front.query(&format!(
-        "SELECT count(), uniqExact(TraceId, SpanId) FROM {db}.otel_traces \
-         WHERE ProjectId = '{project}' FORMAT TSV"
-    ));
-    let mut it = out.split_whitespace().map(|v| v.parse::<u64>().unwrap());
-    (it.next().unwrap(), it.next().unwrap())
 }
 
 /// Both insert codecs reach the engine intact: the writer frames ClickHouse's native blocks

@@ -31,7 +31,9 @@ pub enum InsertCompression {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
-    /// HTTP(S) endpoint, e.g. `http://127.0.0.1:8123` or `https://…clickhouse.cloud:8443`.
+    /// HTTP(S) endpoint, e.g. `http://127.0.0.1:8123` or `https://…clickhouse.cloud:8443`; or
+    /// several, comma-separated, all `http://` or all `https://`: the replicas of one cluster,
+    /// with failover between them (endpoints.rs). `tracegate migrate` uses the first.
     pub url: String,
     /// TLS for an `https://` URL: CA, client certificate, server name.
     pub tls: super::tls::ClickHouseTls,
@@ -111,11 +113,26 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl ClickHouseConfig {
-    /// A `clickhouse` client for the configured endpoint (TLS for `https://`), with LZ4
-    /// compression (asks for compressed answers to queries). The schema and the sink both
-    /// build theirs here. Fails when a TLS file cannot be read.
+    /// The endpoints of `url`, in order.
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// A `clickhouse` client for the first endpoint (the schema, `tenant-reader`).
     pub fn client(&self) -> anyhow::Result<clickhouse::Client> {
-        let mut c = super::tls::client(&self.url, &self.tls)?
+        let first = self.urls().first().copied().unwrap_or_default();
+        self.client_for(first)
+    }
+
+    /// A `clickhouse` client for endpoint `url` (TLS for `https://`), with LZ4 compression
+    /// (asks for compressed answers to queries). The schema and the sink both build theirs
+    /// here. Fails when a TLS file cannot be read.
+    pub fn client_for(&self, url: &str) -> anyhow::Result<clickhouse::Client> {
+        let mut c = super::tls::client(url, &self.tls)?
             .with_user(&self.user)
             .with_compression(clickhouse::Compression::Lz4);
         if !self.password.is_empty() {
@@ -125,22 +142,26 @@ impl ClickHouseConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.url.is_empty() {
+        let urls = self.urls();
+        if urls.is_empty() {
             return Err(invalid(
                 "clickhouse.url",
                 "is required when the [clickhouse] section is present",
             ));
         }
-        let https = self.url.starts_with("https://");
+        let https = urls[0].starts_with("https://");
         let scheme = if https { "https://" } else { "http://" };
-        let ok_url = self.url.starts_with(scheme)
-            && self.url.len() > scheme.len()
-            && http::Uri::try_from(self.url.as_str()).is_ok();
-        if !ok_url {
-            return Err(invalid(
-                "clickhouse.url",
-                "must be an http:// or https:// URL, e.g. http://127.0.0.1:8123",
-            ));
+        for url in &urls {
+            let ok_url = url.starts_with(scheme)
+                && url.len() > scheme.len()
+                && http::Uri::try_from(*url).is_ok();
+            if !ok_url {
+                return Err(invalid(
+                    "clickhouse.url",
+                    "must be an http:// or https:// URL, e.g. http://127.0.0.1:8123, or several \
+                     separated by commas, all with the same scheme",
+                ));
+            }
         }
         self.tls.validate(https)?;
         if self.database.is_empty()
@@ -183,5 +204,29 @@ impl ClickHouseConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_urls_share_one_scheme() {
+        let cfg = |url: &str| ClickHouseConfig {
+            url: url.into(),
+            ..Default::default()
+        };
+        let c = cfg(" https://r1:8443 , https://r2:8443,");
+        c.validate().unwrap();
+        assert_eq!(c.urls(), ["https://r1:8443", "https://r2:8443"]);
+        for bad in [
+            "http://r1:8123,https://r2:8443",
+            "http://r1:8123,r2:8123",
+            ",",
+        ] {
+            let e = cfg(bad).validate().unwrap_err().to_string();
+            assert!(e.contains("clickhouse.url"), "{bad}: {e}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod blocks;
 pub mod config;
+pub mod endpoints;
 pub mod migrations;
 pub mod pb;
 pub mod rows;

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracegate_proto::v1::Batch;
 
 use super::config::{ClickHouseConfig, InsertCompression};
+use super::endpoints::Endpoints;
 use super::rows::{EncodeOptions, Encoded, Encoder};
 use super::schema;
 use crate::metrics as m;
@@ -159,14 +160,16 @@ fn encode_group(
     }
 }
 
-/// The client inserts go through: the body is already in native compressed blocks
-/// (`blocks.rs`), so the crate must send it as it is (no compression of its own) and only ask
-/// ClickHouse to decompress it.
-fn insert_client(cfg: &ClickHouseConfig) -> Result<clickhouse::Client> {
-    Ok(cfg
-        .client()?
-        .with_compression(Compression::None)
-        .with_setting("decompress", "1"))
+/// The clients inserts go through, one per endpoint: the body is already in native compressed
+/// blocks (`blocks.rs`), so the crate must send it as it is (no compression of its own) and
+/// only ask ClickHouse to decompress it.
+fn insert_endpoints(cfg: &ClickHouseConfig) -> Result<Endpoints> {
+    Endpoints::new(&cfg.urls(), |url| {
+        Ok(cfg
+            .client_for(url)?
+            .with_compression(Compression::None)
+            .with_setting("decompress", "1"))
+    })
 }
 
 /// The configured codec in the `clickhouse` crate's terms.
@@ -186,7 +189,7 @@ enum InsertError {
 
 struct Inner {
     cfg: ClickHouseConfig,
-    client: clickhouse::Client,
+    endpoints: Arc<Endpoints>,
     spans_sql: String,
     payloads_sql: String,
     dead_letter: Arc<ArchiveStore>,
@@ -201,8 +204,11 @@ pub struct ClickHouseSink {
 impl ClickHouseSink {
     /// `dead_letter` is the archive's dead-letter area ([`ArchiveStore::open_dead_letters`]):
     /// batches ClickHouse refuses are kept there, encrypted like every archive object.
+    /// Must run inside a tokio runtime (the endpoints' checks).
     pub fn new(cfg: &ClickHouseConfig, dead_letter: Arc<ArchiveStore>) -> Result<Self> {
-        let client = insert_client(cfg)?;
+        let endpoints = Arc::new(insert_endpoints(cfg)?);
+        let stopping = CancellationToken::new();
+        endpoints.clone().spawn_checks(stopping.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 spans_sql: schema::insert_sql(
@@ -216,13 +222,13 @@ impl ClickHouseSink {
                     schema::PAYLOAD_COLUMNS,
                 ),
                 dead_letter,
-                stopping: CancellationToken::new(),
+                stopping,
                 opts: EncodeOptions {
                     payload_threshold_bytes: cfg.payload_threshold_bytes,
                     payload_preview_bytes: cfg.payload_preview_bytes,
                 },
                 cfg: cfg.clone(),
-                client,
+                endpoints,
             }),
         })
     }
@@ -244,29 +250,29 @@ impl ClickHouseSink {
 /// with the reason, instead of every insert retrying forever. ClickHouse merely being down is
 /// not a configuration error: that is logged, and inserts retry as always.
 pub async fn check_at_startup(cfg: &ClickHouseConfig) -> Result<()> {
-    if !cfg.url.starts_with("https://") {
-        return Ok(());
-    }
-    let client = cfg.client()?;
-    let probe = client.query("SELECT 1").execute();
-    match tokio::time::timeout(Duration::from_secs(10), probe).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => match super::tls::tls_failure(&e) {
-            Some(reason) => anyhow::bail!(
-                "clickhouse.url: TLS with {} failed: {reason} (check clickhouse.tls.ca_file, \
-                 server_name, cert_file)",
-                cfg.url
-            ),
-            None => {
-                tracing::warn!(error = %e, "ClickHouse is not reachable at start-up; inserts will retry");
-                Ok(())
+    for url in cfg.urls() {
+        if !url.starts_with("https://") {
+            continue;
+        }
+        let client = cfg.client_for(url)?;
+        let probe = client.query("SELECT 1").execute();
+        match tokio::time::timeout(Duration::from_secs(10), probe).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => match super::tls::tls_failure(&e) {
+                Some(reason) => anyhow::bail!(
+                    "clickhouse.url: TLS with {url} failed: {reason} (check clickhouse.tls.ca_file, \
+                     server_name, cert_file)"
+                ),
+                None => {
+                    tracing::warn!(error = %e, "ClickHouse is not reachable at start-up; inserts will retry")
+                }
+            },
+            Err(_) => {
+                tracing::warn!("ClickHouse did not answer within 10 s at start-up; inserts will retry")
             }
-        },
-        Err(_) => {
-            tracing::warn!("ClickHouse did not answer within 10 s at start-up; inserts will retry");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 /// The sink for `config.clickhouse`, if configured, with the token that stops its retries at
@@ -416,7 +422,8 @@ impl Inner {
         let mut attempt = 0u32;
         loop {
             let started = Instant::now();
-            let r = self.insert_once(table, token, data.clone()).await;
+            let (endpoint, client) = self.endpoints.pick();
+            let r = self.insert_once(client, table, token, data.clone()).await;
             let t = table.name();
             match r {
                 Ok(()) => {
@@ -446,6 +453,11 @@ impl Inner {
                     if self.stopping.is_cancelled() {
                         return Err(InsertError::Stopped(e));
                     }
+                    // Another endpoint is up: the same insert (same token) goes there now.
+                    if self.endpoints.failed(endpoint, &e) {
+                        attempt += 1;
+                        continue;
+                    }
                     let wait = self.backoff(attempt);
                     // Log the first failures, then every 10th, so an outage does not flood.
                     if attempt < 3 || attempt.is_multiple_of(10) {
@@ -463,6 +475,7 @@ impl Inner {
 
     async fn insert_once(
         &self,
+        client: &clickhouse::Client,
         table: Table,
         token: &str,
         data: Bytes,
@@ -477,8 +490,7 @@ impl Inner {
             Table::Payloads => &self.payloads_sql,
         };
         let timeout = Duration::from_millis(self.cfg.insert_timeout_ms);
-        let mut ins = self
-            .client
+        let mut ins = client
             .insert_formatted_with(sql.clone())
             .with_timeouts(Some(timeout), Some(timeout))
             // Synchronous inserts: the answer means the rows are in a part on disk.
