@@ -1,4 +1,5 @@
-//! object_store's S3 client over our reqwest 0.12 (rustls with the ring provider, webpki roots).
+//! object_store's S3, GCS and Azure clients over our reqwest 0.12 (rustls with the ring
+//! provider, webpki roots).
 //!
 //! object_store 0.14 ships a connector for reqwest 0.13, whose rustls needs either aws-lc-rs
 //! (aws-lc-sys) or a process-wide crypto provider; enabling its rustls makes every other reqwest
@@ -70,15 +71,18 @@ impl HttpConnector for Reqwest012Connector {
         let allow_http = options
             .get_config_value(&ClientConfigKey::AllowHttp)
             .is_some_and(|v| v == "true");
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(self.timeout)
-            .https_only(!allow_http)
-            .build()
-            .map_err(|e| object_store::Error::Generic {
-                store: "S3",
-                source: Box::new(e),
-            })?;
+            .https_only(!allow_http);
+        // The writers' key headers (cloud.rs: CMEK, encryption scope) ride on every request.
+        if let Some(h) = options.get_default_headers() {
+            builder = builder.default_headers(h.clone());
+        }
+        let client = builder.build().map_err(|e| object_store::Error::Generic {
+            store: "archive",
+            source: Box::new(e),
+        })?;
         Ok(HttpClient::new(Service(client)))
     }
 }

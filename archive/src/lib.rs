@@ -19,6 +19,8 @@
 
 #[cfg(feature = "stores")]
 pub mod aws;
+#[cfg(feature = "stores")]
+pub mod cloud;
 pub mod config;
 pub mod crypto;
 pub mod format;

@@ -1,14 +1,15 @@
-//! The archive store: encrypted v2 objects (`crypto`) on a local directory or S3, through
-//! `object_store`.
+//! The archive store: encrypted v2 objects (`crypto`) on a local directory, S3, GCS or Azure
+//! Blob Storage (`cloud.rs`), through `object_store`.
 //!
 //! Object key: `<prefix>/<org>/<project>/<yyyy>/<mm>/<dd>/<group id>.tga`, the date being the UTC
 //! date of the group's first batch, so every object of one writer group shares a directory and
 //! the key depends only on the group. Objects are created with a conditional put
 //! (`PutMode::Create`: `If-None-Match: *` on S3, `link(2)` locally, file and directories
 //! fsynced), so a group written again (a retry, or a Kafka range re-read after a crash) keeps its
-//! first object and adds none. On S3 every object is written with SSE-KMS under the tenant's KMS
-//! key (`archive.tenant_kms_key_ids`) else the deployment's (`archive.kms_key_id`) else the
-//! bucket's AWS-managed key; that is on top of the client-side envelope encryption.
+//! first object and adds none. In the cloud every object is written under the tenant's
+//! customer-managed key (`archive.tenant_kms_key_ids`) else the deployment's
+//! (`archive.kms_key_id`) else the store's default (`cloud.rs`: SSE-KMS, CMEK, encryption
+//! scope); that is on top of the client-side envelope encryption.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,13 +20,13 @@ use anyhow::{bail, Context, Result};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
-use object_store::{ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use prost::Message;
 use tracegate_proto::v1::Batch;
 
+use crate::cloud::Cloud;
 use crate::config::{ArchiveConfig, ArchiveUrl};
 use crate::crypto::{self, EncryptionContext, Provider};
 use crate::format;
@@ -171,12 +172,13 @@ enum Backend {
         /// None while the directory does not exist (a reader finds nothing).
         store: Option<Arc<dyn ObjectStore>>,
     },
-    S3 {
-        bucket: String,
-        builder: Box<AmazonS3Builder>,
-        /// Reads and lists (no SSE headers needed).
+    Cloud {
+        /// `s3://bucket`, `gs://bucket`, `az://container`.
+        root: String,
+        cloud: Cloud,
+        /// Reads and lists (no key headers needed).
         read: Arc<dyn ObjectStore>,
-        /// Writers by SSE-KMS key id (None: the bucket's AWS-managed key).
+        /// Writers by key (None: the store's default key).
         writers: Mutex<HashMap<Option<String>, Arc<dyn ObjectStore>>>,
     },
 }
@@ -195,33 +197,31 @@ impl std::fmt::Debug for ArchiveStore {
     }
 }
 
-fn s3_builder(bucket: &str, timeout: Duration) -> AmazonS3Builder {
-    let ms = format!("{}ms", timeout.as_millis());
-    let mut b = AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .with_http_connector(crate::http::Reqwest012Connector { timeout })
-        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), &ms)
-        .with_config(
-            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-            &ms,
-        )
-        .with_retry(object_store::RetryConfig {
-            backoff: object_store::BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(2),
-                base: 2.0,
-            },
-            max_retries: 3,
-            retry_timeout: timeout * 3,
-        });
-    // An explicit plain-HTTP endpoint (a local S3-compatible store) is allowed as such.
-    let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
-    if endpoint.is_some_and(|e| e.starts_with("http://")) {
-        b = b.with_allow_http(true);
-    }
-    b
+/// A cloud archive's backend and its prefix segments.
+fn cloud_backend(
+    root: String,
+    cloud: Cloud,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<(Backend, Vec<String>)> {
+    let read = cloud
+        .reader(timeout)
+        .with_context(|| format!("the archive store at {root}"))?;
+    let prefix = prefix
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    let writers = Mutex::new(HashMap::new());
+    Ok((
+        Backend::Cloud {
+            root,
+            cloud,
+            read,
+            writers,
+        },
+        prefix,
+    ))
 }
 
 impl ArchiveStore {
@@ -258,29 +258,24 @@ impl ArchiveStore {
                 };
                 (Backend::Local { root, store }, vec![])
             }
-            ArchiveUrl::S3 { bucket, prefix } => {
-                let builder = s3_builder(&bucket, timeout);
-                let read = Arc::new(
-                    builder
-                        .clone()
-                        .build()
-                        .with_context(|| format!("S3 client for bucket {bucket}"))?,
-                );
-                let prefix = prefix
-                    .split('/')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect();
-                (
-                    Backend::S3 {
-                        bucket,
-                        builder: Box::new(builder),
-                        read,
-                        writers: Mutex::new(HashMap::new()),
-                    },
-                    prefix,
-                )
-            }
+            ArchiveUrl::S3 { bucket, prefix } => cloud_backend(
+                format!("s3://{bucket}"),
+                Cloud::s3(&bucket, timeout),
+                &prefix,
+                timeout,
+            )?,
+            ArchiveUrl::Gcs { bucket, prefix } => cloud_backend(
+                format!("gs://{bucket}"),
+                Cloud::gcs(&bucket, timeout),
+                &prefix,
+                timeout,
+            )?,
+            ArchiveUrl::Azure { container, prefix } => cloud_backend(
+                format!("az://{container}"),
+                Cloud::azure(&container, timeout),
+                &prefix,
+                timeout,
+            )?,
         };
         if for_writing {
             keys.prepare_for_writing()?;
@@ -308,7 +303,7 @@ impl ArchiveStore {
                 let path = self.prefix.iter().fold(root.clone(), |p, s| p.join(s));
                 format!("file://{}", path.display())
             }
-            Backend::S3 { bucket, .. } => format!("s3://{bucket}/{}", self.prefix.join("/")),
+            Backend::Cloud { root, .. } => format!("{root}/{}", self.prefix.join("/")),
         }
     }
 
@@ -319,7 +314,7 @@ impl ArchiveStore {
     fn reader(&self) -> Option<&Arc<dyn ObjectStore>> {
         match &self.backend {
             Backend::Local { store, .. } => store.as_ref(),
-            Backend::S3 { read, .. } => Some(read),
+            Backend::Cloud { read, .. } => Some(read),
         }
     }
 
@@ -335,24 +330,14 @@ impl ArchiveStore {
                     .with_context(|| format!("archive directory {} is missing", root.display()))?,
                 None,
             )),
-            Backend::S3 {
-                builder, writers, ..
-            } => {
+            Backend::Cloud { cloud, writers, .. } => {
                 let key = self.cfg.kms_key_for(org, project).map(str::to_string);
                 let mut w = writers.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(s) = w.get(&key) {
                     return Ok((s.clone(), key));
                 }
-                let b = match &key {
-                    Some(k) => (**builder).clone().with_sse_kms_encryption(k),
-                    None => (**builder).clone().with_config(
-                        "aws_server_side_encryption"
-                            .parse::<AmazonS3ConfigKey>()
-                            .context("S3 encryption config key")?,
-                        "aws:kms",
-                    ),
-                };
-                let s: Arc<dyn ObjectStore> = Arc::new(b.build().context("S3 client")?);
+                let timeout = Duration::from_millis(self.cfg.timeout_ms);
+                let s = cloud.writer(key.as_deref(), timeout)?;
                 w.insert(key.clone(), s.clone());
                 Ok((s, key))
             }

@@ -25,6 +25,7 @@ use prost::Message;
 mod archive;
 mod certs;
 mod clickhouse;
+mod cloud;
 mod grpc;
 mod http;
 mod inproc;
@@ -49,6 +50,7 @@ pub fn manifest_dir() -> PathBuf {
 }
 pub use certs::*;
 pub use clickhouse::*;
+pub use cloud::*;
 pub use grpc::*;
 pub use http::*;
 pub use inproc::*;

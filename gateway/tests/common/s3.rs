@@ -166,10 +166,22 @@ pub struct SwitchProxy {
     loss_ppm: std::sync::Arc<AtomicU64>,
     /// Answers cut so far.
     pub cut: std::sync::Arc<AtomicU64>,
+    /// Everything clients sent through it, when started with `start_recording`.
+    pub sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl SwitchProxy {
     pub fn start(target: SocketAddr) -> SwitchProxy {
+        Self::start_with(target, false)
+    }
+
+    /// The same, keeping a copy of every byte clients send (`sent`): the requests as they went
+    /// on the wire, for checking their headers.
+    pub fn start_recording(target: SocketAddr) -> SwitchProxy {
+        Self::start_with(target, true)
+    }
+
+    fn start_with(target: SocketAddr, record: bool) -> SwitchProxy {
         use std::net::{TcpListener, TcpStream};
         use std::sync::atomic::AtomicBool;
         use std::sync::Arc;
@@ -183,6 +195,8 @@ impl SwitchProxy {
         let loss_ppm = Arc::new(AtomicU64::new(0));
         let cut = Arc::new(AtomicU64::new(0));
         let (loss, cuts) = (loss_ppm.clone(), cut.clone());
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tap = record.then(|| sent.clone());
         thread::spawn(move || {
             let mut seed = 0x2545_f491_4f6c_dd1du64;
             while !s.load(Ordering::Relaxed) {
@@ -206,6 +220,7 @@ impl SwitchProxy {
                 for (answers, (mut from, mut to)) in pairs.into_iter().enumerate() {
                     let (e, s) = (e.clone(), s.clone());
                     let (loss, cuts) = (loss.clone(), cuts.clone());
+                    let tap = tap.clone().filter(|_| answers == 0);
                     seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
                     let mut rng = seed;
                     thread::spawn(move || {
@@ -223,6 +238,9 @@ impl SwitchProxy {
                                     {
                                         cuts.fetch_add(1, Ordering::Relaxed);
                                         break;
+                                    }
+                                    if let Some(t) = &tap {
+                                        t.lock().unwrap().extend_from_slice(&buf[..n]);
                                     }
                                     if to.write_all(&buf[..n]).is_err() {
                                         break;
@@ -247,6 +265,7 @@ impl SwitchProxy {
             stop,
             loss_ppm,
             cut,
+            sent,
         }
     }
 
