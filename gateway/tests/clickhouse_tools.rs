@@ -315,3 +315,51 @@ fn tenant_reader_statements_parse_and_the_command_reaches_clickhouse() {
     let err = tenant_reader(&["--project", "x' OR 1=1"]);
     assert!(err.contains("--project must be"), "{err}");
 }
+
+/// Every statement `tracegate migrate --cluster` would run (all migrations, on a server with
+/// text indexes) is valid ClickHouse: the engine's own parser reads it back. Running them needs
+/// a cluster with Keeper, which cannot be installed here (docs/clickhouse.md, "Clusters"); the
+/// writer's side of it (inserts into the `_local` tables) is a unit test in cluster.rs.
+#[test]
+fn cluster_statements_parse() {
+    use tracegate::clickhouse::config::Engine;
+    use tracegate::clickhouse::schema::{statements_for, TEXT_INDEX};
+    let front = ChFront::start(&[]);
+    let cfg = ClickHouseConfig {
+        url: front.url(),
+        engine: Engine::ReplicatedMergeTree,
+        cluster: Some("prod-eu".into()),
+        ..Default::default()
+    };
+    let mut n = 0;
+    for m in MIGRATIONS {
+        for s in m.statements {
+            let s = s.strip_prefix(TEXT_INDEX).unwrap_or(s);
+            for sql in statements_for(s, &cfg).unwrap() {
+                let quoted = sql.replace('\\', "\\\\").replace('\'', "\\'");
+                let formatted = front.query(&format!("SELECT formatQuery('{quoted}')"));
+                assert!(
+                    formatted.contains("ON CLUSTER") || sql.starts_with("INSERT"),
+                    "{sql}\n→ {formatted}"
+                );
+                n += 1;
+            }
+        }
+    }
+    // Migration 1's 4 statements and migration 2's 15, most of them twice (local + Distributed).
+    assert!(n >= 25, "{n} statements");
+
+    // The command sends them: this engine has no cluster, and says so for the first one.
+    let env = clickhouse_env(&front, "clustered");
+    let out = run_tracegate(
+        &["migrate", "--cluster", "prod-eu"],
+        &env_refs(&env),
+        CMD_TIMEOUT,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ON CLUSTER `prod-eu`") && stderr.contains("CLUSTER_DOESNT_EXIST"),
+        "{stderr}"
+    );
+}

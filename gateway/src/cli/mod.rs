@@ -90,6 +90,10 @@ pub fn validate(args: &CommonArgs, out: &mut impl Write) -> Result<bool> {
 pub struct MigrateArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Create the schema on this ClickHouse cluster: replicated `<table>_local` tables ON
+    /// CLUSTER and `Distributed` tables under the usual names (overrides clickhouse.cluster).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
     #[command(subcommand)]
     pub command: Option<MigrateCommand>,
 }
@@ -118,7 +122,11 @@ pub enum MigrateCommand {
 impl MigrateArgs {
     /// `tracegate migrate [tenant-reader …]`.
     pub async fn run(self, out: &mut impl Write) -> Result<()> {
-        let cfg = self.common.load()?;
+        let mut cfg = self.common.load()?;
+        if let (Some(name), Some(ch)) = (self.cluster, cfg.clickhouse.as_mut()) {
+            ch.cluster = Some(name);
+            ch.validate()?;
+        }
         let Some(MigrateCommand::TenantReader {
             org,
             project,

@@ -46,6 +46,12 @@ pub struct ClickHouseConfig {
     pub password_file: Option<std::path::PathBuf>,
     /// Table engine used by `tracegate migrate` for new tables.
     pub engine: Engine,
+    /// A ClickHouse cluster (`remote_servers`): `tracegate migrate` creates the schema on it
+    /// (`<table>_local` replicated ON CLUSTER, `Distributed` tables under the usual names;
+    /// cluster.rs), and the writer inserts into the `_local` tables. `migrate --cluster` sets
+    /// it for one run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     /// Retention in days (partitions older than this are dropped whole); 0 = keep forever.
     /// `tracegate migrate` applies changes to existing tables.
     pub ttl_days: u32,
@@ -88,6 +94,7 @@ impl Default for ClickHouseConfig {
             password: String::new(),
             password_file: None,
             engine: Engine::MergeTree,
+            cluster: None,
             ttl_days: 30,
             deduplication_window: 1000,
             insert_deduplication: true,
@@ -177,6 +184,17 @@ impl ClickHouseConfig {
         }
         if self.user.is_empty() {
             return Err(invalid("clickhouse.user", "must not be empty"));
+        }
+        if let Some(c) = &self.cluster {
+            let ok = !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+            if !ok {
+                return Err(invalid(
+                    "clickhouse.cluster",
+                    "must be a cluster name of letters, digits, '_', '-' and '.'",
+                ));
+            }
         }
         zstd_level("clickhouse.zstd_level", self.zstd_level)?;
         for (key, v) in [

@@ -3,6 +3,7 @@
 //! and the writer sink. See docs/clickhouse.md.
 
 pub mod blocks;
+pub mod cluster;
 pub mod config;
 pub mod endpoints;
 pub mod migrations;

@@ -88,8 +88,9 @@ pub fn insert_sql(database: &str, table: &str, columns: &[&str]) -> String {
 
 pub use super::migrations::{Migration, MIGRATIONS, TEXT_INDEX};
 
-/// Tables whose TTL follows `clickhouse.ttl_days`, with the column their TTL is computed from.
-const TTL_TABLES: &[(&str, &str)] = &[
+/// Tables whose TTL follows `clickhouse.ttl_days`, with the column their TTL is computed from
+/// (every table of the schema: cluster.rs gives each a `_local` twin).
+pub(crate) const TTL_TABLES: &[(&str, &str)] = &[
     (SPANS_TABLE, "toDateTime(Timestamp)"),
     (PAYLOADS_TABLE, "toDateTime(Timestamp)"),
     ("otel_traces_trace_id_ts", "Start"),
@@ -135,6 +136,19 @@ pub fn render(sql: &str, cfg: &ClickHouseConfig) -> String {
         )
 }
 
+/// The statements one migration statement becomes: itself rendered, or on a cluster its
+/// cluster forms (cluster.rs).
+pub fn statements_for(stmt: &str, cfg: &ClickHouseConfig) -> Result<Vec<String>> {
+    let sql = render(stmt, cfg);
+    match &cfg.cluster {
+        None => Ok(vec![sql]),
+        Some(c) => {
+            let tables: Vec<&str> = TTL_TABLES.iter().map(|(t, _)| *t).collect();
+            super::cluster::rewrite(&sql, &cfg.database, c, &tables)
+        }
+    }
+}
+
 /// Whether a ClickHouse `version()` has text indexes (`TYPE text`, 26.2 and later). Older
 /// servers keep migration 1's bloom filters on the attribute values, as the Collector does.
 fn has_text_index(version: &str) -> bool {
@@ -177,11 +191,25 @@ async fn exec(client: &clickhouse::Client, sql: &str) -> Result<()> {
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport> {
     let client = cfg.client()?;
     let db = &cfg.database;
-    exec(&client, &format!("CREATE DATABASE IF NOT EXISTS `{db}`")).await?;
+    // On a cluster every table is replicated, and every statement runs ON CLUSTER.
+    let mut cfg = cfg.clone();
+    if cfg.cluster.is_some() {
+        cfg.engine = Engine::ReplicatedMergeTree;
+    }
+    let cfg = &cfg;
+    let on = match &cfg.cluster {
+        Some(c) => format!(" ON CLUSTER `{c}`"),
+        None => String::new(),
+    };
+    exec(
+        &client,
+        &format!("CREATE DATABASE IF NOT EXISTS `{db}`{on}"),
+    )
+    .await?;
     exec(
         &client,
         &format!(
-            "CREATE TABLE IF NOT EXISTS `{db}`.{MIGRATIONS_TABLE} (version UInt32, name String, \
+            "CREATE TABLE IF NOT EXISTS `{db}`.{MIGRATIONS_TABLE}{on} (version UInt32, name String, \
              applied_at DateTime64(3) DEFAULT now64(3)) ENGINE = {} ORDER BY version",
             match cfg.engine {
                 Engine::MergeTree => "MergeTree",
@@ -211,7 +239,9 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport> {
                 Some(rest) => rest,
                 None => stmt,
             };
-            exec(&client, &render(stmt, cfg)).await?;
+            for sql in statements_for(stmt, cfg)? {
+                exec(&client, &sql).await?;
+            }
         }
         exec(
             &client,
@@ -226,6 +256,7 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport> {
     }
     // Retention is configuration: bring each table's TTL to `clickhouse.ttl_days`.
     for (table, column) in TTL_TABLES {
+        let table = &super::cluster::insert_table(table, cfg.cluster.as_deref());
         let engine_full = text(
             &client,
             &format!(
@@ -242,9 +273,9 @@ pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport> {
         };
         if !matches {
             let sql = if cfg.ttl_days == 0 {
-                format!("ALTER TABLE `{db}`.{table} REMOVE TTL")
+                format!("ALTER TABLE `{db}`.{table}{on} REMOVE TTL")
             } else {
-                format!("ALTER TABLE `{db}`.{table} MODIFY {want}")
+                format!("ALTER TABLE `{db}`.{table}{on} MODIFY {want}")
             };
             exec(&client, &sql).await?;
             report.ttl_changed.push(table.to_string());
@@ -263,6 +294,9 @@ pub async fn migrate_command(
     )?;
     let r = migrate(ch).await?;
     writeln!(out, "database: {}", ch.database)?;
+    if let Some(c) = &ch.cluster {
+        writeln!(out, "cluster: {c}")?;
+    }
     writeln!(out, "migrations applied: {:?}", r.applied)?;
     writeln!(out, "migrations already present: {:?}", r.already)?;
     writeln!(out, "ttl updated: {:?}", r.ttl_changed)?;

@@ -31,6 +31,7 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tracegate_proto::v1::Batch;
 
+use super::cluster::insert_table;
 use super::config::{ClickHouseConfig, InsertCompression};
 use super::endpoints::Endpoints;
 use super::rows::{EncodeOptions, Encoded, Encoder};
@@ -211,14 +212,15 @@ impl ClickHouseSink {
         endpoints.clone().spawn_checks(stopping.clone());
         Ok(Self {
             inner: Arc::new(Inner {
+                // On a cluster, the replica's own `_local` tables (cluster.rs).
                 spans_sql: schema::insert_sql(
                     &cfg.database,
-                    schema::SPANS_TABLE,
+                    &insert_table(schema::SPANS_TABLE, cfg.cluster.as_deref()),
                     schema::SPAN_COLUMNS,
                 ),
                 payloads_sql: schema::insert_sql(
                     &cfg.database,
-                    schema::PAYLOADS_TABLE,
+                    &insert_table(schema::PAYLOADS_TABLE, cfg.cluster.as_deref()),
                     schema::PAYLOAD_COLUMNS,
                 ),
                 dead_letter,
