@@ -274,7 +274,8 @@ fn tenant_reader_statements_parse_and_the_command_reaches_clickhouse() {
         user: Some("acme_dash".into()),
         password: Some("s3cret'pw".into()),
     };
-    let statements = t.statements("tools");
+    let mut statements = t.statements("tools", None);
+    statements.extend(t.statements("tools", Some("prod-eu")));
     assert!(statements.len() >= 8, "{statements:#?}");
     for sql in &statements {
         let quoted = sql.replace('\\', "\\\\").replace('\'', "\\'");

@@ -45,25 +45,34 @@ impl TenantReader {
     /// The statements, in order; each is idempotent (`IF NOT EXISTS`, GRANT). Names are
     /// validated tenant names (`[A-Za-z0-9._-]`), quoted as identifiers; the org and project
     /// are also string literals, which that alphabet cannot break out of.
-    pub fn statements(&self, db: &str) -> Vec<String> {
+    ///
+    /// On a cluster (`cluster`) every statement runs `ON CLUSTER`, and the `_local` tables get
+    /// the same policy and grant: a query on a `Distributed` table reads them on each shard as
+    /// the same user, and the policy that applies is the one on the table read (cluster.rs).
+    pub fn statements(&self, db: &str, cluster: Option<&str>) -> Vec<String> {
         let role = self.role();
-        let mut out = vec![format!("CREATE ROLE IF NOT EXISTS `{role}`")];
-        for table in TENANT_TABLES {
+        let on = cluster.map_or(String::new(), |c| format!(" ON CLUSTER `{c}`"));
+        let mut tables: Vec<String> = TENANT_TABLES.iter().map(|t| t.to_string()).collect();
+        if cluster.is_some() {
+            tables.extend(TENANT_TABLES.iter().map(|t| super::cluster::local(t)));
+        }
+        let mut out = vec![format!("CREATE ROLE IF NOT EXISTS `{role}`{on}")];
+        for table in &tables {
             out.push(format!(
-                "CREATE ROW POLICY IF NOT EXISTS `{role}` ON `{db}`.`{table}` AS PERMISSIVE \
+                "CREATE ROW POLICY IF NOT EXISTS `{role}`{on} ON `{db}`.`{table}` AS PERMISSIVE \
                  FOR SELECT USING OrgId = '{}' AND ProjectId = '{}' TO `{role}`",
                 self.org, self.project
             ));
-            out.push(format!("GRANT SELECT ON `{db}`.`{table}` TO `{role}`"));
+            out.push(format!("GRANT{on} SELECT ON `{db}`.`{table}` TO `{role}`"));
         }
         if let Some(user) = &self.user {
             let pw = self.password.as_deref().unwrap_or_default();
             out.push(format!(
-                "CREATE USER IF NOT EXISTS `{user}` IDENTIFIED WITH sha256_password BY '{}'",
+                "CREATE USER IF NOT EXISTS `{user}`{on} IDENTIFIED WITH sha256_password BY '{}'",
                 sql_string(pw)
             ));
-            out.push(format!("GRANT `{role}` TO `{user}`"));
-            out.push(format!("ALTER USER `{user}` DEFAULT ROLE `{role}`"));
+            out.push(format!("GRANT{on} `{role}` TO `{user}`"));
+            out.push(format!("ALTER USER `{user}`{on} DEFAULT ROLE `{role}`"));
         }
         out
     }
@@ -78,7 +87,7 @@ fn sql_string(s: &str) -> String {
 pub async fn create(cfg: &ClickHouseConfig, t: &TenantReader) -> Result<String> {
     t.validate()?;
     let client = cfg.client()?;
-    for sql in t.statements(&cfg.database) {
+    for sql in t.statements(&cfg.database, cfg.cluster.as_deref()) {
         // The password is in the CREATE USER statement: name the statement, never print it.
         let what = sql
             .split(" IDENTIFIED")
@@ -109,7 +118,7 @@ mod tests {
 
     #[test]
     fn every_tenant_table_gets_a_policy_and_a_grant() {
-        let s = reader(None).statements("tracegate");
+        let s = reader(None).statements("tracegate", None);
         for table in TENANT_TABLES {
             let policy = s
                 .iter()
@@ -126,8 +135,22 @@ mod tests {
     }
 
     #[test]
+    fn on_a_cluster_the_local_tables_too_and_everything_on_cluster() {
+        let s = reader(Some("u")).statements("tracegate", Some("prod"));
+        assert!(s.iter().all(|q| q.contains(" ON CLUSTER `prod`")), "{s:#?}");
+        for table in TENANT_TABLES {
+            let local = format!("`tracegate`.`{table}_local`");
+            assert!(
+                s.iter()
+                    .any(|q| q.contains("ROW POLICY") && q.contains(&local)),
+                "{s:#?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_password_is_escaped_and_names_are_checked() {
-        let s = reader(Some("acme_dash")).statements("tracegate");
+        let s = reader(Some("acme_dash")).statements("tracegate", None);
         assert!(s.iter().any(|q| q.contains("BY 'p\\'w\\\\d'")), "{s:#?}");
         let mut bad = reader(None);
         bad.project = "x' OR 1=1 --".into();
