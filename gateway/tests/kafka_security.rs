@@ -6,7 +6,8 @@
 //!   password is refused, retryably, and no password reaches a log or `/metrics`;
 //! - mutual TLS: without the client certificate, or with the wrong CA, nothing gets through;
 //! - PLAIN inside TLS (Confluent Cloud's API keys) and OAUTHBEARER with Amazon MSK IAM
-//!   tokens, which botocore (what AWS's Python signer uses) must find correctly signed.
+//!   tokens for the gateway and the writer, which botocore (what AWS's Python signer uses)
+//!   must find correctly signed.
 
 mod common;
 
@@ -246,6 +247,12 @@ fn plain_and_msk_iam_tokens_inside_tls() {
     ]);
     let mut msk = Gateway::start(&iam);
     send_all(&msk, "msk", 3);
+    // The writer's consumer authenticates the same way (its own token refresher).
+    let wr_dir = tempfile::tempdir().unwrap();
+    let mut writer = Writer::start(wr_dir.path(), None, &iam);
+    let want: Vec<String> = (0..30).map(|i| format!("msk-{i}")).collect();
+    let (missing, _) = common::wait_for_spans(wr_dir.path(), "msk", &want, Duration::from_secs(90));
+    assert!(missing.is_empty(), "the MSK IAM writer archived nothing");
     let logged = std::fs::read_to_string(&tokens).expect("the broker logged no token");
     let token = logged.lines().last().expect("a token").to_string();
     let python = common::moto_python();
@@ -268,6 +275,14 @@ fn plain_and_msk_iam_tokens_inside_tls() {
     // The secret key never leaves the process; the token (a credential while it lives) is
     // not logged either.
     assert_secret_free(&msk, &[SECRET, SESSION, &token]);
+    let wr_logs = writer.stderr.lock().unwrap().join("\n");
+    for secret in [SECRET, SESSION] {
+        assert!(
+            !wr_logs.contains(secret),
+            "a secret is in the writer's logs"
+        );
+    }
     assert!(gw.terminate().success());
     assert!(msk.terminate().success());
+    assert!(writer.terminate().success());
 }
