@@ -12,7 +12,9 @@ this script takes their fenced `sh` blocks out of README.md (nothing is copied h
    accept it without a restart (the README's curl block again, with that key);
 5. the README's `export OTEL_…` block: the variables must name the gateway and carry the key;
 6. the README's `archive cat` line: every span sent above must be there, under its project;
-7. SIGTERM: the gateway must exit 0.
+7. the README's log record curl (with `$KEY` the first start's key) and its `archive cat
+   --signal logs` line: the record must be there;
+8. SIGTERM: the gateway must exit 0.
 
 The README's test command is not run here: `readme-check.py --print-test-command` prints it
 from README.md, and .ci/run runs that last. The default ports (4317, 4318, 8888) and `./tracegate-data` must be free
@@ -96,7 +98,8 @@ def otlp_ok(code, out, err, what):
         body = json.loads(out)
     except ValueError:
         fail(f"{what}: the answer is not OTLP/JSON: {out!r}")
-    if "code" in body or body.get("partialSuccess", {}).get("rejectedSpans"):
+    rejected = body.get("partialSuccess", {})
+    if "code" in body or rejected.get("rejectedSpans") or rejected.get("rejectedLogRecords"):
         fail(f"{what}: not accepted: {out!r}")
 
 
@@ -110,9 +113,11 @@ def main():
         return
     serve_cmd = block_with(setup, "-- serve", "Set up").strip()
     keys_cmd = block_with(first, "keys create", "Send a first span")
-    curl_block = block_with(first, "curl ", "Send a first span")
+    curl_block = block_with(first, "/v1/traces", "Send a first span")
+    logs_block = block_with(first, "/v1/logs", "Send a first span")
     export_block = block_with(first, "export OTEL_EXPORTER_OTLP_ENDPOINT", "Send a first span")
-    cat_cmd = block_with(first, "archive cat", "Send a first span")
+    cat_cmd = block_with(first, "archive cat\n", "Send a first span")
+    cat_logs_cmd = block_with(first, "archive cat --signal logs", "Send a first span")
     if not re.search(r"^KEY=\S+", curl_block, flags=re.M):
         fail("the curl block no longer starts with a KEY= line to fill in")
 
@@ -131,6 +136,7 @@ def main():
     try:
         text = wait_for(log.name, r"^tracegate listening ", proc, BUILD_TIMEOUT_S)
         run_steps(text, keys_cmd, curl_block, export_block, cat_cmd)
+        run_log_steps(text, logs_block, cat_logs_cmd)
         proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(timeout=60)
@@ -189,6 +195,20 @@ def run_steps(text, keys_cmd, curl_block, export_block, cat_cmd):
     want = {"default": ["hello", "hello"], project: ["hello"]}
     if by_project != want:
         fail(f"archive cat shows {by_project}, expected {want}")
+
+
+def run_log_steps(text, logs_block, cat_logs_cmd):
+    """The log record curl, with the first start's key in $KEY (as the curl block above set
+    it), and `archive cat --signal logs`."""
+    key = re.findall(r"^\s+(tg_\S+)\s*$", text, flags=re.M)[0]
+    otlp_ok(*sh(f"KEY={key}\n{logs_block}"), "the README's log record curl")
+    code, out, err = sh(cat_logs_cmd)
+    if code != 0:
+        fail(f"archive cat --signal logs exited {code}: {err}")
+    records = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+    got = [(r["project_id"], r["log"]["body"]["stringValue"]) for r in records]
+    if got != [("default", "hello log")]:
+        fail(f"archive cat --signal logs shows {got}, expected the one README record")
 
 
 if __name__ == "__main__":

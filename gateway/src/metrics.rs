@@ -5,6 +5,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const SPANS_ACCEPTED: &str = "tracegate_spans_accepted_total";
 pub const SPANS_REJECTED: &str = "tracegate_spans_rejected_total";
+pub const LOG_RECORDS_ACCEPTED: &str = "tracegate_log_records_accepted_total";
+pub const LOG_RECORDS_REJECTED: &str = "tracegate_log_records_rejected_total";
 pub const REQUESTS: &str = "tracegate_requests_total";
 pub const REQUEST_DURATION: &str = "tracegate_request_duration_seconds";
 /// Phases of an export inside `REQUEST_DURATION`: reading the body after the headers (OTLP/HTTP
@@ -52,6 +54,8 @@ pub const CLICKHOUSE_DEAD_LETTER_BATCHES: &str = "tracegate_clickhouse_dead_lett
 pub const CLICKHOUSE_ENDPOINT_UP: &str = "tracegate_clickhouse_endpoint_up";
 /// Inserts moved to the next endpoint after a failure.
 pub const CLICKHOUSE_FAILOVERS: &str = "tracegate_clickhouse_failovers_total";
+/// Batches of a signal ClickHouse has no tables for yet (logs): in the archive only.
+pub const CLICKHOUSE_SKIPPED_BATCHES: &str = "tracegate_clickhouse_skipped_batches_total";
 
 // Kafka transport (gateway/src/kafka). `client` label: producer | consumer.
 pub const KAFKA_PRODUCED_MESSAGES: &str = "tracegate_kafka_produced_messages_total";
@@ -127,10 +131,21 @@ pub fn render(handle: &PrometheusHandle) -> String {
     handle.render()
 }
 
-fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+/// What each signal's ingest accepted and rejected.
+fn describe_signals() {
+    use metrics::describe_counter;
     describe_counter!(SPANS_ACCEPTED, "Spans accepted and durably queued");
     describe_counter!(SPANS_REJECTED, "Spans rejected, by reason");
+    describe_counter!(
+        LOG_RECORDS_ACCEPTED,
+        "Log records accepted and durably queued"
+    );
+    describe_counter!(LOG_RECORDS_REJECTED, "Log records rejected, by reason");
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_signals();
     describe_counter!(REQUESTS, "Export requests by transport and status");
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Export request latency");
     describe_histogram!(
@@ -440,6 +455,7 @@ fn register_receivers() {
     histogram(REQUEST_DECODE_DURATION, &[]);
     zero_counter(REQUEST_BYTES, &[]);
     zero_counter(SPANS_ACCEPTED, &[]);
+    zero_counter(LOG_RECORDS_ACCEPTED, &[]);
     for r in tracegate_otlp::validate::Reason::ALL {
         zero_counter(SPANS_REJECTED, &[("reason", r.label())]);
     }
@@ -494,6 +510,7 @@ fn register_clickhouse() {
     histogram(CLICKHOUSE_WRITE_DURATION, &[]);
     zero_counter(CLICKHOUSE_DEAD_LETTER_BATCHES, &[]);
     zero_counter(CLICKHOUSE_FAILOVERS, &[]);
+    zero_counter(CLICKHOUSE_SKIPPED_BATCHES, &[("signal", "logs")]);
 }
 
 /// The Kafka producer (serve) or consumer (write).

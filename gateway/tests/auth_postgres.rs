@@ -109,7 +109,8 @@ fn migrate_is_idempotent_and_keys_cli_manages_postgres_keys() {
     assert_eq!(row[1].len(), 64, "secret_hash is hex HMAC-SHA256: {row:?}");
     assert!(row[1].bytes().all(|b| b.is_ascii_hexdigit()));
     assert!(!secret.contains(&row[1]) && !row[1].contains(&secret[secret.len() - 20..]));
-    assert_eq!(row[3], "traces:write");
+    // A new key may send every signal an SDK exports by default.
+    assert_eq!(row[3], "traces:write,logs:write,metrics:write");
     assert_eq!(row[4], "5000");
     assert_eq!(row[5], "true");
 

@@ -1,4 +1,4 @@
-//! Capped decompression and decoding of OTLP trace export requests.
+//! Capped decompression and decoding of OTLP export requests (traces, logs).
 //!
 //! Errors are this module's own (`DecodeError`); the gateway maps them to its `ApiError` at the
 //! ingest edge (`tracegate::error`).
@@ -288,9 +288,18 @@ fn read_capped(mut r: impl Read, cap: usize, size_hint: usize) -> Result<Bytes, 
 
 /// Decodes a decompressed body.
 pub fn decode(format: Format, body: &[u8]) -> Result<ExportTraceServiceRequest, DecodeError> {
+    decode_as(format, body)
+}
+
+/// Decodes a decompressed body as any OTLP export request (traces, logs).
+pub fn decode_as<T>(format: Format, body: &[u8]) -> Result<T, DecodeError>
+where
+    T: Message + Default + serde::de::DeserializeOwned,
+{
     match format {
-        Format::Protobuf => ExportTraceServiceRequest::decode(body)
-            .map_err(|e| malformed(format!("malformed protobuf: {e}"))),
+        Format::Protobuf => {
+            T::decode(body).map_err(|e| malformed(format!("malformed protobuf: {e}")))
+        }
         Format::Json => {
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Err(malformed("malformed JSON: empty body"));

@@ -107,12 +107,14 @@ pub fn inflated_len(batch: &Batch, encoded_len: usize) -> usize {
     encoded_len.saturating_add(plain.saturating_sub(batch.otlp_request.len()))
 }
 
-/// Sets `batch`'s payload to the plain `otlp_request` (identity encoding, schema version 1).
+/// Sets `batch`'s payload to the plain `otlp_request` (identity encoding: schema version 1 for
+/// traces, 3 for other signals).
 pub fn set_plain(batch: &mut Batch, plain: Bytes) {
     batch.otlp_request = plain;
     batch.otlp_request_encoding = PayloadEncoding::Identity as i32;
     batch.otlp_request_plain_len = 0;
-    batch.schema_version = tracegate_proto::BATCH_SCHEMA_VERSION_IDENTITY;
+    batch.schema_version =
+        tracegate_proto::schema_version_of(batch.signal(), PayloadEncoding::Identity);
 }
 
 #[cfg(test)]

@@ -44,10 +44,12 @@ pub enum Reason {
     AttributeTooLarge,
     TooManyEvents,
     TooManyLinks,
+    /// A log record's severity number outside OTLP's 0-24.
+    Severity,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::TraceId,
         Reason::SpanId,
         Reason::ParentSpanId,
@@ -56,6 +58,7 @@ impl Reason {
         Reason::AttributeTooLarge,
         Reason::TooManyEvents,
         Reason::TooManyLinks,
+        Reason::Severity,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -67,6 +70,7 @@ impl Reason {
             Reason::AttributeTooLarge => "attribute_too_large",
             Reason::TooManyEvents => "too_many_events",
             Reason::TooManyLinks => "too_many_links",
+            Reason::Severity => "invalid_severity",
         }
     }
 }
@@ -93,7 +97,7 @@ impl Outcome {
         });
     }
 
-    fn reject(&mut self, n: usize, reason: Reason, msg: impl FnOnce() -> String) {
+    pub(crate) fn reject(&mut self, n: usize, reason: Reason, msg: impl FnOnce() -> String) {
         if n == 0 {
             return;
         }
@@ -107,11 +111,16 @@ impl Outcome {
     }
 
     pub fn error_message(&self) -> String {
+        self.error_message_for("span(s)")
+    }
+
+    /// `partial_success.error_message`, counting `noun` ("span(s)", "log record(s)").
+    pub fn error_message_for(&self, noun: &str) -> String {
         if self.rejected == 0 {
             return String::new();
         }
         let mut s = format!(
-            "{} span(s) rejected: {}",
+            "{} {noun} rejected: {}",
             self.rejected,
             self.messages.join("; ")
         );
@@ -133,7 +142,7 @@ fn check_id(id: &[u8], len: usize) -> Result<(), String> {
 }
 
 /// Checks a list of attributes against the limits.
-fn check_attributes(attrs: &[KeyValue], l: &SpanLimits) -> Result<(), (Reason, String)> {
+pub(crate) fn check_attributes(attrs: &[KeyValue], l: &SpanLimits) -> Result<(), (Reason, String)> {
     if attrs.len() > l.max_attributes {
         return Err((
             Reason::TooManyAttributes,
@@ -153,7 +162,7 @@ fn check_attributes(attrs: &[KeyValue], l: &SpanLimits) -> Result<(), (Reason, S
     Ok(())
 }
 
-fn truncate(s: &str) -> &str {
+pub(crate) fn truncate(s: &str) -> &str {
     let mut end = s.len().min(64);
     while !s.is_char_boundary(end) {
         end -= 1;
@@ -163,7 +172,7 @@ fn truncate(s: &str) -> &str {
 
 /// Recursion is bounded: the decoders stop at depth 100 (prost) / 128 (serde_json), and this
 /// check stops at `max_attribute_depth` (< 100, enforced by config validation).
-fn check_value(
+pub(crate) fn check_value(
     v: &AnyValue,
     depth: usize,
     l: &SpanLimits,

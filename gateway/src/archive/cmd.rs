@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use chrono::NaiveDate;
 use clap::Subcommand;
 use prost::Message;
+use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
+use tracegate_proto::v1::Signal;
 
 use super::replay;
 use crate::cli::common::CommonArgs;
@@ -36,11 +38,14 @@ pub enum ArchiveCommand {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// Print every archived span as one JSON line.
+    /// Print every archived span (or log record, `--signal logs`) as one JSON line.
     Cat {
         /// Only this project's spans.
         #[arg(long)]
         project: Option<String>,
+        /// Which signal to print.
+        #[arg(long, value_enum, default_value_t = SignalArg::Traces)]
+        signal: SignalArg,
         /// First UTC date (YYYY-MM-DD) of the object keys to include.
         #[arg(long, value_parser = parse_date)]
         from: Option<NaiveDate>,
@@ -82,6 +87,22 @@ pub enum ArchiveCommand {
         #[command(flatten)]
         common: CommonArgs,
     },
+}
+
+/// `archive cat --signal`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignalArg {
+    Traces,
+    Logs,
+}
+
+impl SignalArg {
+    fn of(self) -> Signal {
+        match self {
+            SignalArg::Traces => Signal::Traces,
+            SignalArg::Logs => Signal::Logs,
+        }
+    }
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate, String> {
@@ -128,6 +149,7 @@ pub fn run(cmd: ArchiveCommand, out: &mut impl Write) -> Result<()> {
         }
         ArchiveCommand::Cat {
             project,
+            signal,
             from,
             to,
             dead_letters,
@@ -136,7 +158,7 @@ pub fn run(cmd: ArchiveCommand, out: &mut impl Write) -> Result<()> {
             let cfg = common.load()?;
             let f = Filter { project, from, to };
             let store = open_for_reading(&cfg, dead_letters)?;
-            runtime()?.block_on(cat(&store, &f, out))
+            runtime()?.block_on(cat(&store, &f, signal.of(), out))
         }
         ArchiveCommand::Replay {
             from,
@@ -259,7 +281,7 @@ async fn ls(store: &ArchiveStore, f: &Filter, out: &mut impl Write) -> Result<()
     Ok(())
 }
 
-async fn cat(store: &ArchiveStore, f: &Filter, out: &mut impl Write) -> Result<()> {
+async fn cat(store: &ArchiveStore, f: &Filter, signal: Signal, out: &mut impl Write) -> Result<()> {
     let objects = store.list(f).await?;
     if objects.is_empty() {
         none_found(store, f);
@@ -267,7 +289,9 @@ async fn cat(store: &ArchiveStore, f: &Filter, out: &mut impl Write) -> Result<(
     for o in objects {
         let c = store.read(&o).await?;
         for (_, batch) in &c.batches {
-            if f.project.as_deref().is_some_and(|p| p != batch.project_id) {
+            if f.project.as_deref().is_some_and(|p| p != batch.project_id)
+                || batch.signal() != signal
+            {
                 continue;
             }
             let plain = tracegate_otlp::envelope::plain_request(
@@ -275,22 +299,43 @@ async fn cat(store: &ArchiveStore, f: &Filter, out: &mut impl Write) -> Result<(
                 tracegate_otlp::envelope::MAX_PLAIN_BYTES,
             )
             .with_context(|| format!("reading the OTLP payload in {}", o.location))?;
-            let req = ExportTraceServiceRequest::decode(plain)
-                .with_context(|| format!("decoding OTLP payload in {}", o.location))?;
-            for rs in &req.resource_spans {
-                for ss in &rs.scope_spans {
-                    for span in &ss.spans {
-                        let line = serde_json::json!({
-                            "project_id": batch.project_id,
-                            "org_id": batch.org_id,
-                            "batch_id": hex::encode(&batch.batch_id),
-                            "received_at_unix_nano": batch.received_at_unix_nano,
-                            "resource": rs.resource,
-                            "scope": ss.scope,
-                            "span": span,
-                        });
-                        serde_json::to_writer(&mut *out, &line)?;
-                        out.write_all(b"\n")?;
+            let context = || format!("decoding OTLP payload in {}", o.location);
+            let head = serde_json::json!({
+                "project_id": batch.project_id,
+                "org_id": batch.org_id,
+                "batch_id": hex::encode(&batch.batch_id),
+                "received_at_unix_nano": batch.received_at_unix_nano,
+            });
+            let mut line = |resource, scope, item: (&str, serde_json::Value)| -> Result<()> {
+                let mut l = head.clone();
+                l["resource"] = resource;
+                l["scope"] = scope;
+                l[item.0] = item.1;
+                serde_json::to_writer(&mut *out, &l)?;
+                out.write_all(b"\n")?;
+                Ok(())
+            };
+            match signal {
+                Signal::Traces => {
+                    let req = ExportTraceServiceRequest::decode(plain).with_context(context)?;
+                    for rs in &req.resource_spans {
+                        for ss in &rs.scope_spans {
+                            for span in &ss.spans {
+                                let (r, s) = (json(&rs.resource), json(&ss.scope));
+                                line(r, s, ("span", json(span)))?;
+                            }
+                        }
+                    }
+                }
+                Signal::Logs => {
+                    let req = ExportLogsServiceRequest::decode(plain).with_context(context)?;
+                    for rl in &req.resource_logs {
+                        for sl in &rl.scope_logs {
+                            for record in &sl.log_records {
+                                let (r, s) = (json(&rl.resource), json(&sl.scope));
+                                line(r, s, ("log", json(record)))?;
+                            }
+                        }
                     }
                 }
             }
@@ -298,6 +343,10 @@ async fn cat(store: &ArchiveStore, f: &Filter, out: &mut impl Write) -> Result<(
     }
     out.flush()?;
     Ok(())
+}
+
+fn json(v: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
 async fn run_replay(

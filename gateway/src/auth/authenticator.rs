@@ -358,6 +358,17 @@ impl Authenticator {
         credential: Option<&str>,
         origin: &Origin,
     ) -> Result<Arc<Principal>, ApiError> {
+        self.authenticate_for(credential, origin, SCOPE_TRACES_WRITE)
+            .await
+    }
+
+    /// Authenticates and authorizes a request that wants `scope` (one signal's `…:write`).
+    pub async fn authenticate_for(
+        &self,
+        credential: Option<&str>,
+        origin: &Origin,
+        scope: &str,
+    ) -> Result<Arc<Principal>, ApiError> {
         let Some(text) = credential else {
             return Err(self.refuse(
                 "-",
@@ -375,7 +386,7 @@ impl Authenticator {
         } else {
             self.principal_from_api_key(text, origin).await?
         };
-        self.authorize(principal, origin)
+        self.authorize(principal, origin, scope)
     }
 
     async fn principal_from_token(
@@ -489,14 +500,19 @@ impl Authenticator {
         Ok(principal.clone())
     }
 
-    fn authorize(&self, p: Arc<Principal>, origin: &Origin) -> Result<Arc<Principal>, ApiError> {
-        if !p.scopes.iter().any(|s| s == SCOPE_TRACES_WRITE) {
+    fn authorize(
+        &self,
+        p: Arc<Principal>,
+        origin: &Origin,
+        scope: &str,
+    ) -> Result<Arc<Principal>, ApiError> {
+        if !p.scopes.iter().any(|s| s == scope) {
             return Err(self.refuse(
                 &p.key_id,
                 "missing_scope",
                 &p.project_id,
                 origin,
-                ApiError::forbidden(format!("credential lacks the {SCOPE_TRACES_WRITE} scope")),
+                ApiError::forbidden(format!("credential lacks the {scope} scope")),
             ));
         }
         if p.region != self.region {

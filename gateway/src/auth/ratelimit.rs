@@ -92,18 +92,35 @@ impl RateLimits {
         spans: u64,
         bytes: u64,
     ) -> Result<(), ApiError> {
+        self.check_items(project, "spans", quota, spans, bytes)
+    }
+
+    /// The same for one signal's `items` ("spans", "log records"): each signal has buckets of
+    /// its own, sized by the key's quota, so a project's logs never use up its traces' share.
+    pub fn check_items(
+        &self,
+        project: &str,
+        items_name: &str,
+        quota: ProjectQuota,
+        spans: u64,
+        bytes: u64,
+    ) -> Result<(), ApiError> {
         if quota.is_unlimited() {
             return Ok(());
         }
         let burst_ms = quota.burst_ms.unwrap_or(1000).max(1);
-        let b = self.buckets.get_with((project.to_string(), quota), || {
+        let key = match items_name {
+            "spans" => project.to_string(),
+            other => format!("{project}\u{0}{other}"),
+        };
+        let b = self.buckets.get_with((key, quota), || {
             Arc::new(Buckets {
                 spans: bucket(quota.spans_per_sec, burst_ms),
                 bytes: bucket(quota.bytes_per_sec, burst_ms),
             })
         });
         if let (Some(s), Some(rate)) = (&b.spans, quota.spans_per_sec) {
-            self.take(s, spans, "spans", rate)?;
+            self.take(s, spans, items_name, rate)?;
         }
         if let (Some(s), Some(rate)) = (&b.bytes, quota.bytes_per_sec) {
             self.take(s, bytes, "bytes", rate)?;

@@ -4,6 +4,13 @@ use serde::{Deserialize, Serialize};
 
 /// Scope that allows sending traces.
 pub const SCOPE_TRACES_WRITE: &str = "traces:write";
+/// Scope that allows sending logs (OTLP `/v1/logs`, `LogsService`).
+pub const SCOPE_LOGS_WRITE: &str = "logs:write";
+/// Scope that allows sending metrics.
+pub const SCOPE_METRICS_WRITE: &str = "metrics:write";
+/// What a new key may do unless told otherwise: every signal an OpenTelemetry SDK exports by
+/// default. Keys made before logs existed keep `traces:write` alone, and send traces only.
+pub const DEFAULT_SCOPES: &[&str] = &[SCOPE_TRACES_WRITE, SCOPE_LOGS_WRITE, SCOPE_METRICS_WRITE];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default)]

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::key::ApiKey;
 use super::pepper::Pepper;
-use super::record::{validate_name, KeyRecord, SCOPE_TRACES_WRITE};
+use super::record::{validate_name, KeyRecord, DEFAULT_SCOPES};
 use super::store::KeyStore;
 use crate::audit::Audit;
 
@@ -37,7 +37,7 @@ impl NewKey {
             workspace_id: "default".into(),
             project_id: project.into(),
             region: region.into(),
-            scopes: vec![SCOPE_TRACES_WRITE.into()],
+            scopes: DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
             spans_per_sec: None,
             bytes_per_sec: None,
             burst_ms: None,

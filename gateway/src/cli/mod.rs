@@ -235,7 +235,11 @@ pub enum KeysCommand {
         #[arg(long)]
         region: Option<String>,
         /// Comma-separated scopes.
-        #[arg(long, default_value = "traces:write", value_delimiter = ',')]
+        #[arg(
+            long,
+            default_value = "traces:write,logs:write,metrics:write",
+            value_delimiter = ','
+        )]
         scopes: Vec<String>,
         /// Quota of the project: spans per second (over it: 429 with Retry-After) [default: none].
         #[arg(long)]

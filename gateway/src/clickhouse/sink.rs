@@ -8,6 +8,10 @@
 //! re-read after a writer crash) produces the same inserts with the same tokens and ClickHouse
 //! drops the copies.
 //!
+//! Log records have no ClickHouse tables yet: their batches are left to the archive (counted in
+//! `tracegate_clickhouse_skipped_batches_total{signal="logs"}`); `archive replay` can load them
+//! once the tables exist.
+//!
 //! Failures:
 //! - transient (network, timeout, server busy, unknown table…): the same insert is retried with
 //!   exponential backoff until it succeeds; the group is not acknowledged meanwhile, so the
@@ -29,7 +33,7 @@ use bytes::Bytes;
 use clickhouse::Compression;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
-use tracegate_proto::v1::Batch;
+use tracegate_proto::v1::{Batch, Signal};
 
 use super::cluster::insert_table;
 use super::config::{ClickHouseConfig, InsertCompression};
@@ -116,6 +120,8 @@ struct Encoding {
     chunks: Vec<Chunk>,
     /// Batches whose OTLP bytes could not be read: (index, error).
     undecodable: Vec<(usize, String)>,
+    /// Batches of a signal without ClickHouse tables yet (logs): kept in the archive only.
+    skipped: usize,
 }
 
 /// Encodes a group into insert chunks. Deterministic: same group, same chunks.
@@ -144,7 +150,12 @@ fn encode_group(
             parts: std::mem::take(parts),
         });
     };
+    let mut skipped = 0;
     for (i, b) in batches.iter().enumerate() {
+        if b.signal() != Signal::Traces {
+            skipped += 1;
+            continue;
+        }
         let (s0, p0) = (cur.spans.len(), cur.payloads.len());
         match enc.encode_batch(b, &mut cur) {
             Ok(()) => parts.push((i, s0..cur.spans.len(), p0..cur.payloads.len())),
@@ -158,6 +169,7 @@ fn encode_group(
     Encoding {
         chunks,
         undecodable,
+        skipped,
     }
 }
 
@@ -331,6 +343,10 @@ impl Inner {
                 .context("row encoding task")?;
         metrics::histogram!(m::CLICKHOUSE_ENCODE_DURATION).record(started.elapsed().as_secs_f64());
 
+        if encoding.skipped > 0 {
+            metrics::counter!(m::CLICKHOUSE_SKIPPED_BATCHES, "signal" => "logs")
+                .increment(encoding.skipped as u64);
+        }
         // Batch index -> reason it goes to the dead-letter archive.
         let mut dead: BTreeMap<usize, &'static str> = BTreeMap::new();
         for (i, err) in &encoding.undecodable {

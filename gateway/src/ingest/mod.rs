@@ -7,10 +7,14 @@
 //!   `tracegate.v1.Batch` envelope → the queue (`tracegate_pipeline::BatchQueue`) → the answer,
 //!   once the batch is durable.
 //!
+//! Traces and logs share both steps; only the CPU-heavy one differs (`prepare` for spans,
+//! `logs` for log records).
+//!
 //! It calls nothing in `server`: the transports call it, and it answers with `ApiError`, which
 //! they map to HTTP or gRPC.
 
 pub mod body;
+pub mod logs;
 pub mod prepare;
 
 use std::sync::Arc;
@@ -24,7 +28,7 @@ use tracegate_otlp::response::export_response;
 use tracegate_otlp::validate::Reason;
 use tracegate_pipeline::BatchQueue;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceResponse;
-use tracegate_proto::v1::{Batch, Source, Transport};
+use tracegate_proto::v1::{Batch, Signal, Source, Transport};
 
 use crate::admission::{Admission, BytesPermit};
 use crate::auth::authenticator::{Authenticator, Origin, Principal};
@@ -68,6 +72,8 @@ pub struct Arrival<'a> {
     /// Bytes of framing around the request (gRPC's 5-byte prefix): up to the cap plus this
     /// many are read.
     pub framing: usize,
+    /// The scope the request's signal needs (`traces:write`, `logs:write`).
+    pub scope: &'static str,
 }
 
 /// A request whose body has been read: who sent it, its bytes, and their reservation.
@@ -93,7 +99,10 @@ impl Ingest {
     /// Credential → auth → declared length → body (see the module header).
     pub async fn receive(&self, a: Arrival<'_>) -> Result<Received, ApiError> {
         let credential = Authenticator::key_from_headers(a.headers);
-        let principal = self.auth.authenticate(credential, &a.origin).await?;
+        let principal = self
+            .auth
+            .authenticate_for(credential, &a.origin, a.scope)
+            .await?;
         let cap = self.limits.max_request_bytes + a.framing;
         let declared = a
             .headers
@@ -177,26 +186,15 @@ impl Ingest {
         }
     }
 
-    pub async fn export(
+    /// The request's CPU class and a decode slot of it. A busy project's decode runs as bulk
+    /// work, in slots of its own, so a quiet project's request neither waits for it nor shares
+    /// the CPU with it evenly (`tracegate_pipeline::cpu`); slots are shared round robin between
+    /// projects (fair.rs), so a noisy project's backlog does not queue a quiet one behind it.
+    async fn decode_slot(
         &self,
-        principal: &Arc<Principal>,
-        raw: RawRequest,
-    ) -> Result<ExportTraceServiceResponse, ApiError> {
-        let p = principal.clone();
-        let RawRequest {
-            transport,
-            format,
-            compression,
-            body,
-            permit,
-            origin,
-        } = raw;
-        let decoding = Instant::now();
-        // Decode slots are shared round robin between projects (fair.rs): a noisy project's
-        // backlog does not queue a quiet project's request behind it.
+        p: &Principal,
+    ) -> (tracegate_pipeline::cpu::Class, crate::fair::Slot) {
         let tenant = p.tenant_key();
-        // A busy project's decode runs as bulk work, in slots of its own, so a quiet project's
-        // request neither waits for it nor shares the CPU with it evenly (`tracegate_pipeline::cpu`).
         let class = if self.admission.is_busy(&tenant) {
             tracegate_pipeline::cpu::Class::Bulk
         } else {
@@ -206,23 +204,52 @@ impl Ingest {
             tracegate_pipeline::cpu::Class::Bulk => &self.decode_slots.bulk,
             tracegate_pipeline::cpu::Class::Interactive => &self.decode_slots.interactive,
         };
-        let slot = slots.acquire(&tenant).await;
+        (class, slots.acquire(&tenant).await)
+    }
+
+    pub async fn export(
+        &self,
+        principal: &Arc<Principal>,
+        raw: RawRequest,
+    ) -> Result<ExportTraceServiceResponse, ApiError> {
+        let p = principal.clone();
+        let decoding = Instant::now();
+        let (class, slot) = self.decode_slot(&p).await;
+        let (format, compression) = (raw.format, raw.compression);
         let (prepared, permit) = self
-            .decode(&p, class, slot, (format, compression), body, permit)
+            .decode(&p, class, slot, (format, compression), raw.body, raw.permit)
             .await?;
         metrics::histogram!(m::REQUEST_DECODE_DURATION).record(decoding.elapsed().as_secs_f64());
+        let meta = (raw.transport, raw.origin, class);
+        let o = self
+            .accept(principal, prepared, permit, meta, &TRACES)
+            .await?;
+        Ok(export_response(o.rejected, o.error_message()))
+    }
+
+    /// After decode, for every signal: count, the project's quota for the signal, the tenant
+    /// stamped on a `tracegate.v1.Batch` envelope, the queue; returns once the batch is durable.
+    async fn accept(
+        &self,
+        principal: &Arc<Principal>,
+        prepared: Prepared,
+        permit: BytesPermit,
+        (transport, origin, class): (Transport, Origin, tracegate_pipeline::cpu::Class),
+        kind: &SignalKind,
+    ) -> Result<tracegate_otlp::validate::Outcome, ApiError> {
         // Held until the batch is durable: its bytes are still in memory until then.
         let _permit = permit;
         metrics::counter!(m::REQUEST_BYTES).increment(prepared.decompressed_len as u64);
         let o = &prepared.outcome;
         for (i, r) in Reason::ALL.iter().enumerate() {
             if o.by_reason[i] > 0 {
-                metrics::counter!(m::SPANS_REJECTED, "reason" => r.label())
+                metrics::counter!(kind.rejected_metric, "reason" => r.label())
                     .increment(o.by_reason[i] as u64);
             }
         }
-        if let Err(e) = self.rate_limits.check(
+        if let Err(e) = self.rate_limits.check_items(
             &principal.project_id,
+            kind.items,
             principal.quota,
             o.accepted as u64,
             prepared.decompressed_len as u64,
@@ -250,20 +277,42 @@ impl Ingest {
                 }),
                 span_count: o.accepted as u32,
                 key_id: principal.key_id.clone(),
+                // The same bytes sent as another signal are another request.
                 dedup_key: Bytes::copy_from_slice(&tracegate_pipeline::dedup::request_key(
                     &principal.org_id,
                     &principal.project_id,
-                    prepared.digest,
+                    prepared.digest ^ kind.dedup_salt,
                 )),
+                signal: kind.signal as i32,
                 ..Default::default()
             };
             prepared.set_payload(&mut batch);
             self.queue.publish(batch, class).await?;
-            metrics::counter!(m::SPANS_ACCEPTED).increment(o.accepted as u64);
+            metrics::counter!(kind.accepted_metric).increment(o.accepted as u64);
         }
-        Ok(export_response(o.rejected, o.error_message()))
+        Ok(prepared.outcome)
     }
 }
+
+/// What differs between signals after decode: the envelope's signal, what the quota counts,
+/// the metrics.
+pub struct SignalKind {
+    pub signal: Signal,
+    /// What a quota message counts ("spans", "log records"); also names the quota bucket.
+    pub items: &'static str,
+    pub accepted_metric: &'static str,
+    pub rejected_metric: &'static str,
+    /// Mixed into the dedup digest: 0 for traces (their keys stay what they were).
+    pub dedup_salt: u128,
+}
+
+pub const TRACES: SignalKind = SignalKind {
+    signal: Signal::Traces,
+    items: "spans",
+    accepted_metric: m::SPANS_ACCEPTED,
+    rejected_metric: m::SPANS_REJECTED,
+    dedup_salt: 0,
+};
 
 /// Plain protobuf bodies up to this size are scanned on the async worker that read them instead
 /// of on the blocking pool: handing a small request to another thread and back (two wake-ups,

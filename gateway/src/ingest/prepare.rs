@@ -67,10 +67,11 @@ impl Prepared {
         }
     }
 
-    /// Sets `batch`'s payload fields, and the schema version they need (1 for identity, so
-    /// such envelopes are what older builds wrote; 2 for a compressed payload).
+    /// Sets `batch`'s payload fields, and the schema version they need (traces: 1 for identity,
+    /// so such envelopes are what older builds wrote, 2 for a compressed payload; other
+    /// signals 3). Set `batch.signal` first.
     pub fn set_payload(&self, batch: &mut Batch) {
-        batch.schema_version = tracegate_proto::schema_version_for(self.encoding);
+        batch.schema_version = tracegate_proto::schema_version_of(batch.signal(), self.encoding);
         batch.otlp_request = self.otlp_request.clone();
         batch.otlp_request_encoding = self.encoding as i32;
         batch.otlp_request_plain_len = match self.encoding {

@@ -1,4 +1,5 @@
-//! OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export` (unary).
+//! OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export` and
+//! `opentelemetry.proto.collector.logs.v1.LogsService/Export` (unary).
 //!
 //! We read the length-prefixed message ourselves and decode it with the same capped pipeline as
 //! OTLP/HTTP, instead of tonic's generated service, because tonic's codec (a) inflates on the
@@ -19,6 +20,7 @@ use prost::Message;
 
 use super::listener::{Body, Handler};
 
+use crate::auth::record::{SCOPE_LOGS_WRITE, SCOPE_TRACES_WRITE};
 use crate::error::grpc_status_details;
 use crate::error::{ApiError, ErrorKind};
 use crate::ingest::{Arrival, Ingest, RawRequest};
@@ -27,6 +29,7 @@ use tracegate_otlp::codec::{Compression, Format};
 use tracegate_proto::v1::Transport;
 
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+pub const LOGS_EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 const ACCEPT_ENCODING: &str = "gzip,zstd,deflate,identity";
 
 pub struct GrpcReceiver {
@@ -117,12 +120,16 @@ impl GrpcReceiver {
         body: &mut Option<Incoming>,
         peer: SocketAddr,
     ) -> Result<Bytes, ApiError> {
-        if req.uri.path() != EXPORT_PATH {
-            return Err(ApiError::new(
-                ErrorKind::NotFound,
-                format!("unknown method {}", req.uri.path()),
-            ));
-        }
+        let (logs, scope) = match req.uri.path() {
+            EXPORT_PATH => (false, SCOPE_TRACES_WRITE),
+            LOGS_EXPORT_PATH => (true, SCOPE_LOGS_WRITE),
+            other => {
+                return Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    format!("unknown method {other}"),
+                ))
+            }
+        };
         let compression = Compression::from_header(
             req.headers
                 .get("grpc-encoding")
@@ -136,6 +143,7 @@ impl GrpcReceiver {
                 origin: super::conn::origin(&req.extensions, peer),
                 body,
                 framing: 5,
+                scope,
             })
             .await?;
         let (flag, msg) = super::grpc_frame::split_message(r.body)
@@ -150,21 +158,27 @@ impl GrpcReceiver {
             (1, c) => c,
             (f, _) => return Err(ApiError::invalid(format!("invalid compressed-flag {f}"))),
         };
-        let resp = self
-            .ingest
-            .export(
-                &r.principal,
-                RawRequest {
-                    transport: Transport::OtlpGrpc,
-                    format: Format::Protobuf,
-                    compression,
-                    body: msg,
-                    permit: r.permit,
-                    origin: r.origin,
-                },
-            )
-            .await?;
-        Ok(resp.encode_to_vec().into())
+        let raw = RawRequest {
+            transport: Transport::OtlpGrpc,
+            format: Format::Protobuf,
+            compression,
+            body: msg,
+            permit: r.permit,
+            origin: r.origin,
+        };
+        Ok(if logs {
+            self.ingest
+                .export_logs(&r.principal, raw)
+                .await?
+                .encode_to_vec()
+                .into()
+        } else {
+            self.ingest
+                .export(&r.principal, raw)
+                .await?
+                .encode_to_vec()
+                .into()
+        })
     }
 }
 

@@ -1,4 +1,5 @@
-//! OTLP/HTTP receiver: `POST /v1/traces`, protobuf or JSON, gzip/deflate/zstd.
+//! OTLP/HTTP receiver: `POST /v1/traces` and `POST /v1/logs`, protobuf or JSON,
+//! gzip/deflate/zstd.
 //!
 //! Checks run cheapest-first so that junk costs little: route and method → content type and
 //! encoding (no body needed) → API key (cached; before reading the body so unauthenticated
@@ -21,9 +22,21 @@ use crate::ingest::{Arrival, Ingest, RawRequest};
 use crate::metrics as m;
 use tracegate_otlp::codec::{Compression, Format};
 use tracegate_otlp::response::encode_export_response;
-use tracegate_proto::v1::Transport;
+use tracegate_proto::v1::{Signal, Transport};
+
+use crate::auth::record::{SCOPE_LOGS_WRITE, SCOPE_TRACES_WRITE};
 
 pub const TRACES_PATH: &str = "/v1/traces";
+pub const LOGS_PATH: &str = "/v1/logs";
+
+/// The signal a path names, with the scope its key needs.
+fn signal_of(path: &str) -> Option<(Signal, &'static str)> {
+    match path {
+        TRACES_PATH => Some((Signal::Traces, SCOPE_TRACES_WRITE)),
+        LOGS_PATH => Some((Signal::Logs, SCOPE_LOGS_WRITE)),
+        _ => None,
+    }
+}
 
 pub struct HttpReceiver {
     pub ingest: Arc<Ingest>,
@@ -56,7 +69,7 @@ impl Handler for HttpReceiver {
         if let Some(cors) = self
             .cors
             .as_ref()
-            .filter(|_| parts.method == Method::OPTIONS && parts.uri.path() == TRACES_PATH)
+            .filter(|_| parts.method == Method::OPTIONS && signal_of(parts.uri.path()).is_some())
         {
             return preflight(cors, &parts);
         }
@@ -178,15 +191,16 @@ impl HttpReceiver {
         peer: SocketAddr,
         format: &mut Format,
     ) -> Result<Bytes, ApiError> {
-        if req.uri.path() != TRACES_PATH {
+        let Some((signal, scope)) = signal_of(req.uri.path()) else {
             return Err(ApiError::new(
                 ErrorKind::NotFound,
                 format!(
-                    "no such path {:?}; OTLP traces go to POST {TRACES_PATH}",
+                    "no such path {:?}; OTLP traces go to POST {TRACES_PATH}, logs to POST \
+                     {LOGS_PATH}",
                     req.uri.path()
                 ),
             ));
-        }
+        };
         if req.method != Method::POST {
             return Err(ApiError::new(
                 ErrorKind::MethodNotAllowed,
@@ -218,6 +232,7 @@ impl HttpReceiver {
                 origin: super::conn::origin(&req.extensions, peer),
                 body,
                 framing: 0,
+                scope,
             })
             .await?;
         *body_read = true;
@@ -225,20 +240,23 @@ impl HttpReceiver {
             Format::Protobuf => Transport::OtlpHttpProtobuf,
             Format::Json => Transport::OtlpHttpJson,
         };
-        let resp = self
-            .ingest
-            .export(
-                &r.principal,
-                RawRequest {
-                    transport,
-                    format: *format,
-                    compression,
-                    body: r.body,
-                    permit: r.permit,
-                    origin: r.origin,
-                },
-            )
-            .await?;
-        Ok(encode_export_response(*format, &resp))
+        let raw = RawRequest {
+            transport,
+            format: *format,
+            compression,
+            body: r.body,
+            permit: r.permit,
+            origin: r.origin,
+        };
+        Ok(match signal {
+            Signal::Logs => {
+                let resp = self.ingest.export_logs(&r.principal, raw).await?;
+                tracegate_otlp::logs::encode_export_response(*format, &resp)
+            }
+            Signal::Traces => {
+                let resp = self.ingest.export(&r.principal, raw).await?;
+                encode_export_response(*format, &resp)
+            }
+        })
     }
 }
