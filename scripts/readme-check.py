@@ -12,8 +12,9 @@ this script takes their fenced `sh` blocks out of README.md (nothing is copied h
    accept it without a restart (the README's curl block again, with that key);
 5. the README's `export OTEL_…` block: the variables must name the gateway and carry the key;
 6. the README's `archive cat` line: every span sent above must be there, under its project;
-7. the README's log record curl (with `$KEY` the first start's key) and its `archive cat
-   --signal logs` line: the record must be there;
+7. the README's log record and metric curls (with `$KEY` the first start's key) and its
+   `archive cat --signal logs` / `--signal metrics` lines: the record and the metric must be
+   there;
 8. SIGTERM: the gateway must exit 0.
 
 The README's test command is not run here: `readme-check.py --print-test-command` prints it
@@ -99,7 +100,9 @@ def otlp_ok(code, out, err, what):
     except ValueError:
         fail(f"{what}: the answer is not OTLP/JSON: {out!r}")
     rejected = body.get("partialSuccess", {})
-    if "code" in body or rejected.get("rejectedSpans") or rejected.get("rejectedLogRecords"):
+    if "code" in body or any(
+        rejected.get(k) for k in ("rejectedSpans", "rejectedLogRecords", "rejectedDataPoints")
+    ):
         fail(f"{what}: not accepted: {out!r}")
 
 
@@ -115,9 +118,10 @@ def main():
     keys_cmd = block_with(first, "keys create", "Send a first span")
     curl_block = block_with(first, "/v1/traces", "Send a first span")
     logs_block = block_with(first, "/v1/logs", "Send a first span")
+    metrics_block = block_with(first, "/v1/metrics", "Send a first span")
     export_block = block_with(first, "export OTEL_EXPORTER_OTLP_ENDPOINT", "Send a first span")
     cat_cmd = block_with(first, "archive cat\n", "Send a first span")
-    cat_logs_cmd = block_with(first, "archive cat --signal logs", "Send a first span")
+    cat_signals = block_with(first, "archive cat --signal logs", "Send a first span")
     if not re.search(r"^KEY=\S+", curl_block, flags=re.M):
         fail("the curl block no longer starts with a KEY= line to fill in")
 
@@ -136,7 +140,7 @@ def main():
     try:
         text = wait_for(log.name, r"^tracegate listening ", proc, BUILD_TIMEOUT_S)
         run_steps(text, keys_cmd, curl_block, export_block, cat_cmd)
-        run_log_steps(text, logs_block, cat_logs_cmd)
+        run_signal_steps(text, logs_block, metrics_block, cat_signals)
         proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(timeout=60)
@@ -197,18 +201,22 @@ def run_steps(text, keys_cmd, curl_block, export_block, cat_cmd):
         fail(f"archive cat shows {by_project}, expected {want}")
 
 
-def run_log_steps(text, logs_block, cat_logs_cmd):
-    """The log record curl, with the first start's key in $KEY (as the curl block above set
-    it), and `archive cat --signal logs`."""
+def run_signal_steps(text, logs_block, metrics_block, cat_signals):
+    """The log record and metric curls, with the first start's key in $KEY (as the curl block
+    above set it), then the `archive cat --signal logs` / `--signal metrics` block."""
     key = re.findall(r"^\s+(tg_\S+)\s*$", text, flags=re.M)[0]
     otlp_ok(*sh(f"KEY={key}\n{logs_block}"), "the README's log record curl")
-    code, out, err = sh(cat_logs_cmd)
+    otlp_ok(*sh(f"KEY={key}\n{metrics_block}"), "the README's metric curl")
+    code, out, err = sh(cat_signals)
     if code != 0:
-        fail(f"archive cat --signal logs exited {code}: {err}")
+        fail(f"the archive cat --signal block exited {code}: {err}")
     records = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
-    got = [(r["project_id"], r["log"]["body"]["stringValue"]) for r in records]
-    if got != [("default", "hello log")]:
-        fail(f"archive cat --signal logs shows {got}, expected the one README record")
+    got = [
+        (r["project_id"], r["log"]["body"]["stringValue"] if "log" in r else r["metric"]["name"])
+        for r in records
+    ]
+    if got != [("default", "hello log"), ("default", "hello.requests")]:
+        fail(f"archive cat --signal logs / metrics show {got}, expected the README's record and metric")
 
 
 if __name__ == "__main__":

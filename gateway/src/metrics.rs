@@ -7,6 +7,8 @@ pub const SPANS_ACCEPTED: &str = "tracegate_spans_accepted_total";
 pub const SPANS_REJECTED: &str = "tracegate_spans_rejected_total";
 pub const LOG_RECORDS_ACCEPTED: &str = "tracegate_log_records_accepted_total";
 pub const LOG_RECORDS_REJECTED: &str = "tracegate_log_records_rejected_total";
+pub const DATA_POINTS_ACCEPTED: &str = "tracegate_data_points_accepted_total";
+pub const DATA_POINTS_REJECTED: &str = "tracegate_data_points_rejected_total";
 pub const REQUESTS: &str = "tracegate_requests_total";
 pub const REQUEST_DURATION: &str = "tracegate_request_duration_seconds";
 /// Phases of an export inside `REQUEST_DURATION`: reading the body after the headers (OTLP/HTTP
@@ -54,7 +56,7 @@ pub const CLICKHOUSE_DEAD_LETTER_BATCHES: &str = "tracegate_clickhouse_dead_lett
 pub const CLICKHOUSE_ENDPOINT_UP: &str = "tracegate_clickhouse_endpoint_up";
 /// Inserts moved to the next endpoint after a failure.
 pub const CLICKHOUSE_FAILOVERS: &str = "tracegate_clickhouse_failovers_total";
-/// Batches of a signal ClickHouse has no tables for yet (logs): in the archive only.
+/// Batches of a signal ClickHouse has no tables for yet (logs, metrics): in the archive only.
 pub const CLICKHOUSE_SKIPPED_BATCHES: &str = "tracegate_clickhouse_skipped_batches_total";
 
 // Kafka transport (gateway/src/kafka). `client` label: producer | consumer.
@@ -141,6 +143,14 @@ fn describe_signals() {
         "Log records accepted and durably queued"
     );
     describe_counter!(LOG_RECORDS_REJECTED, "Log records rejected, by reason");
+    describe_counter!(
+        DATA_POINTS_ACCEPTED,
+        "Metric data points accepted and durably queued"
+    );
+    describe_counter!(
+        DATA_POINTS_REJECTED,
+        "Metric data points rejected, by reason"
+    );
 }
 
 fn describe() {
@@ -456,6 +466,7 @@ fn register_receivers() {
     zero_counter(REQUEST_BYTES, &[]);
     zero_counter(SPANS_ACCEPTED, &[]);
     zero_counter(LOG_RECORDS_ACCEPTED, &[]);
+    zero_counter(DATA_POINTS_ACCEPTED, &[]);
     for r in tracegate_otlp::validate::Reason::ALL {
         zero_counter(SPANS_REJECTED, &[("reason", r.label())]);
     }
@@ -510,7 +521,9 @@ fn register_clickhouse() {
     histogram(CLICKHOUSE_WRITE_DURATION, &[]);
     zero_counter(CLICKHOUSE_DEAD_LETTER_BATCHES, &[]);
     zero_counter(CLICKHOUSE_FAILOVERS, &[]);
-    zero_counter(CLICKHOUSE_SKIPPED_BATCHES, &[("signal", "logs")]);
+    for signal in ["logs", "metrics"] {
+        zero_counter(CLICKHOUSE_SKIPPED_BATCHES, &[("signal", signal)]);
+    }
 }
 
 /// The Kafka producer (serve) or consumer (write).

@@ -1420,7 +1420,7 @@ fn default_limits() {
     }
 
     for (case, path) in [
-        ("http_post_v1_metrics_404", "/v1/metrics"),
+        ("http_post_v1_profiles_404", "/v1development/profiles"),
         ("http_post_foo_404", "/foo"),
     ] {
         l.begin(case);
@@ -1545,7 +1545,7 @@ fn default_limits() {
         ),
         (
             "grpc_unknown_service_12",
-            "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+            "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export",
         ),
     ] {
         l.begin(case);

@@ -5,7 +5,7 @@
 //! - `validate`, `prune`, `stamp`: the prost path's per-span checks, the cut of values too
 //!   deep for prost, and the tenant stamp;
 //! - `response`: `ExportTraceServiceResponse` with `partial_success`, in the request's format;
-//! - `logs`: the logs signal's validation, tenant stamp and response;
+//! - `logs`, `metrics`: the other signals' validation, tenant stamp and response;
 //! - `envelope`: the payload of a `tracegate.v1.Batch` (its encodings, the capped read back).
 //!
 //! Limits come in as `SpanLimits` (the gateway maps its `[limits]` section onto it), errors go
@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod envelope;
 pub mod logs;
+pub mod metrics;
 pub mod prune;
 pub mod response;
 pub mod scan;

@@ -46,10 +46,13 @@ pub enum Reason {
     TooManyLinks,
     /// A log record's severity number outside OTLP's 0-24.
     Severity,
+    /// A metric data point whose shape is inconsistent (buckets, scale, quantiles), or a
+    /// metric without a name.
+    DataPoint,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::TraceId,
         Reason::SpanId,
         Reason::ParentSpanId,
@@ -59,6 +62,7 @@ impl Reason {
         Reason::TooManyEvents,
         Reason::TooManyLinks,
         Reason::Severity,
+        Reason::DataPoint,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -71,6 +75,7 @@ impl Reason {
             Reason::TooManyEvents => "too_many_events",
             Reason::TooManyLinks => "too_many_links",
             Reason::Severity => "invalid_severity",
+            Reason::DataPoint => "invalid_data_point",
         }
     }
 }

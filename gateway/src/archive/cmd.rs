@@ -9,6 +9,7 @@ use chrono::NaiveDate;
 use clap::Subcommand;
 use prost::Message;
 use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
+use tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use tracegate_proto::v1::Signal;
 
@@ -38,7 +39,7 @@ pub enum ArchiveCommand {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// Print every archived span (or log record, `--signal logs`) as one JSON line.
+    /// Print every archived span (or log record, or metric: `--signal`) as one JSON line.
     Cat {
         /// Only this project's spans.
         #[arg(long)]
@@ -94,6 +95,7 @@ pub enum ArchiveCommand {
 pub enum SignalArg {
     Traces,
     Logs,
+    Metrics,
 }
 
 impl SignalArg {
@@ -101,6 +103,7 @@ impl SignalArg {
         match self {
             SignalArg::Traces => Signal::Traces,
             SignalArg::Logs => Signal::Logs,
+            SignalArg::Metrics => Signal::Metrics,
         }
     }
 }
@@ -323,6 +326,17 @@ async fn cat(store: &ArchiveStore, f: &Filter, signal: Signal, out: &mut impl Wr
                             for span in &ss.spans {
                                 let (r, s) = (json(&rs.resource), json(&ss.scope));
                                 line(r, s, ("span", json(span)))?;
+                            }
+                        }
+                    }
+                }
+                Signal::Metrics => {
+                    let req = ExportMetricsServiceRequest::decode(plain).with_context(context)?;
+                    for rm in &req.resource_metrics {
+                        for sm in &rm.scope_metrics {
+                            for metric in &sm.metrics {
+                                let (r, s) = (json(&rm.resource), json(&sm.scope));
+                                line(r, s, ("metric", json(metric)))?;
                             }
                         }
                     }

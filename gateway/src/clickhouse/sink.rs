@@ -8,9 +8,9 @@
 //! re-read after a writer crash) produces the same inserts with the same tokens and ClickHouse
 //! drops the copies.
 //!
-//! Log records have no ClickHouse tables yet: their batches are left to the archive (counted in
-//! `tracegate_clickhouse_skipped_batches_total{signal="logs"}`); `archive replay` can load them
-//! once the tables exist.
+//! Log records and metrics have no ClickHouse tables yet: their batches are left to the archive
+//! (counted in `tracegate_clickhouse_skipped_batches_total{signal}`); `archive replay` can load
+//! them once the tables exist.
 //!
 //! Failures:
 //! - transient (network, timeout, server busy, unknown table…): the same insert is retried with
@@ -120,8 +120,9 @@ struct Encoding {
     chunks: Vec<Chunk>,
     /// Batches whose OTLP bytes could not be read: (index, error).
     undecodable: Vec<(usize, String)>,
-    /// Batches of a signal without ClickHouse tables yet (logs): kept in the archive only.
-    skipped: usize,
+    /// Batches of a signal without ClickHouse tables yet (logs, metrics), by signal: kept in
+    /// the archive only.
+    skipped: [usize; 2],
 }
 
 /// Encodes a group into insert chunks. Deterministic: same group, same chunks.
@@ -150,11 +151,18 @@ fn encode_group(
             parts: std::mem::take(parts),
         });
     };
-    let mut skipped = 0;
+    let mut skipped = [0; 2];
     for (i, b) in batches.iter().enumerate() {
-        if b.signal() != Signal::Traces {
-            skipped += 1;
-            continue;
+        match b.signal() {
+            Signal::Traces => {}
+            Signal::Logs => {
+                skipped[0] += 1;
+                continue;
+            }
+            Signal::Metrics => {
+                skipped[1] += 1;
+                continue;
+            }
         }
         let (s0, p0) = (cur.spans.len(), cur.payloads.len());
         match enc.encode_batch(b, &mut cur) {
@@ -343,9 +351,11 @@ impl Inner {
                 .context("row encoding task")?;
         metrics::histogram!(m::CLICKHOUSE_ENCODE_DURATION).record(started.elapsed().as_secs_f64());
 
-        if encoding.skipped > 0 {
-            metrics::counter!(m::CLICKHOUSE_SKIPPED_BATCHES, "signal" => "logs")
-                .increment(encoding.skipped as u64);
+        for (n, signal) in encoding.skipped.into_iter().zip(["logs", "metrics"]) {
+            if n > 0 {
+                metrics::counter!(m::CLICKHOUSE_SKIPPED_BATCHES, "signal" => signal)
+                    .increment(n as u64);
+            }
         }
         // Batch index -> reason it goes to the dead-letter archive.
         let mut dead: BTreeMap<usize, &'static str> = BTreeMap::new();

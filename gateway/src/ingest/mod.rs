@@ -14,8 +14,8 @@
 //! they map to HTTP or gRPC.
 
 pub mod body;
-pub mod logs;
 pub mod prepare;
+pub mod signals;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

@@ -1,5 +1,5 @@
-//! OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export` and
-//! `opentelemetry.proto.collector.logs.v1.LogsService/Export` (unary).
+//! OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export`,
+//! `….logs.v1.LogsService/Export` and `….metrics.v1.MetricsService/Export` (unary).
 //!
 //! We read the length-prefixed message ourselves and decode it with the same capped pipeline as
 //! OTLP/HTTP, instead of tonic's generated service, because tonic's codec (a) inflates on the
@@ -20,16 +20,21 @@ use prost::Message;
 
 use super::listener::{Body, Handler};
 
-use crate::auth::record::{SCOPE_LOGS_WRITE, SCOPE_TRACES_WRITE};
+use crate::auth::record::{SCOPE_LOGS_WRITE, SCOPE_METRICS_WRITE, SCOPE_TRACES_WRITE};
 use crate::error::grpc_status_details;
 use crate::error::{ApiError, ErrorKind};
 use crate::ingest::{Arrival, Ingest, RawRequest};
 use crate::metrics as m;
 use tracegate_otlp::codec::{Compression, Format};
+use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
+use tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
+use tracegate_proto::v1::Signal;
 use tracegate_proto::v1::Transport;
 
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 pub const LOGS_EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+pub const METRICS_EXPORT_PATH: &str =
+    "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 const ACCEPT_ENCODING: &str = "gzip,zstd,deflate,identity";
 
 pub struct GrpcReceiver {
@@ -120,9 +125,10 @@ impl GrpcReceiver {
         body: &mut Option<Incoming>,
         peer: SocketAddr,
     ) -> Result<Bytes, ApiError> {
-        let (logs, scope) = match req.uri.path() {
-            EXPORT_PATH => (false, SCOPE_TRACES_WRITE),
-            LOGS_EXPORT_PATH => (true, SCOPE_LOGS_WRITE),
+        let (signal, scope) = match req.uri.path() {
+            EXPORT_PATH => (Signal::Traces, SCOPE_TRACES_WRITE),
+            LOGS_EXPORT_PATH => (Signal::Logs, SCOPE_LOGS_WRITE),
+            METRICS_EXPORT_PATH => (Signal::Metrics, SCOPE_METRICS_WRITE),
             other => {
                 return Err(ApiError::new(
                     ErrorKind::NotFound,
@@ -166,18 +172,23 @@ impl GrpcReceiver {
             permit: r.permit,
             origin: r.origin,
         };
-        Ok(if logs {
-            self.ingest
-                .export_logs(&r.principal, raw)
-                .await?
-                .encode_to_vec()
-                .into()
-        } else {
-            self.ingest
+        let ingest = &self.ingest;
+        Ok(match signal {
+            Signal::Logs => {
+                ingest
+                    .export_decoded::<ExportLogsServiceRequest>(&r.principal, raw)
+                    .await?
+            }
+            Signal::Metrics => {
+                ingest
+                    .export_decoded::<ExportMetricsServiceRequest>(&r.principal, raw)
+                    .await?
+            }
+            Signal::Traces => ingest
                 .export(&r.principal, raw)
                 .await?
                 .encode_to_vec()
-                .into()
+                .into(),
         })
     }
 }

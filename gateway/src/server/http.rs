@@ -1,5 +1,5 @@
-//! OTLP/HTTP receiver: `POST /v1/traces` and `POST /v1/logs`, protobuf or JSON,
-//! gzip/deflate/zstd.
+//! OTLP/HTTP receiver: `POST /v1/traces`, `POST /v1/logs` and `POST /v1/metrics`, protobuf or
+//! JSON, gzip/deflate/zstd.
 //!
 //! Checks run cheapest-first so that junk costs little: route and method → content type and
 //! encoding (no body needed) → API key (cached; before reading the body so unauthenticated
@@ -24,16 +24,20 @@ use tracegate_otlp::codec::{Compression, Format};
 use tracegate_otlp::response::encode_export_response;
 use tracegate_proto::v1::{Signal, Transport};
 
-use crate::auth::record::{SCOPE_LOGS_WRITE, SCOPE_TRACES_WRITE};
+use crate::auth::record::{SCOPE_LOGS_WRITE, SCOPE_METRICS_WRITE, SCOPE_TRACES_WRITE};
+use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
+use tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
 
 pub const TRACES_PATH: &str = "/v1/traces";
 pub const LOGS_PATH: &str = "/v1/logs";
+pub const METRICS_PATH: &str = "/v1/metrics";
 
 /// The signal a path names, with the scope its key needs.
 fn signal_of(path: &str) -> Option<(Signal, &'static str)> {
     match path {
         TRACES_PATH => Some((Signal::Traces, SCOPE_TRACES_WRITE)),
         LOGS_PATH => Some((Signal::Logs, SCOPE_LOGS_WRITE)),
+        METRICS_PATH => Some((Signal::Metrics, SCOPE_METRICS_WRITE)),
         _ => None,
     }
 }
@@ -196,7 +200,7 @@ impl HttpReceiver {
                 ErrorKind::NotFound,
                 format!(
                     "no such path {:?}; OTLP traces go to POST {TRACES_PATH}, logs to POST \
-                     {LOGS_PATH}",
+                     {LOGS_PATH}, metrics to POST {METRICS_PATH}",
                     req.uri.path()
                 ),
             ));
@@ -248,10 +252,17 @@ impl HttpReceiver {
             permit: r.permit,
             origin: r.origin,
         };
+        let ingest = &self.ingest;
         Ok(match signal {
             Signal::Logs => {
-                let resp = self.ingest.export_logs(&r.principal, raw).await?;
-                tracegate_otlp::logs::encode_export_response(*format, &resp)
+                ingest
+                    .export_decoded::<ExportLogsServiceRequest>(&r.principal, raw)
+                    .await?
+            }
+            Signal::Metrics => {
+                ingest
+                    .export_decoded::<ExportMetricsServiceRequest>(&r.principal, raw)
+                    .await?
             }
             Signal::Traces => {
                 let resp = self.ingest.export(&r.principal, raw).await?;

@@ -1,0 +1,161 @@
+//! The CPU-heavy step and the export of the signals other than traces: logs (`/v1/logs`,
+//! `LogsService/Export`) and metrics (`/v1/metrics`, `MetricsService/Export`). Decompress
+//! (capped), decode (protobuf or JSON), validate each record or data point
+//! (`tracegate_otlp::{logs, metrics}`), stamp the tenant, and hand the result to the shared
+//! `accept` (quota, envelope with the signal, queue). These have no scan fast path: a clean
+//! protobuf request still keeps the client's bytes (no re-encode), but it is decoded once.
+//!
+//! A value nested deeper than prost's limit (100) fails the whole request (400); spans have a
+//! pruning pass for that, these signals do not yet.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use prost::Message;
+use tracegate_otlp::codec::{self as decode, Compression, Format};
+use tracegate_otlp::logs;
+use tracegate_otlp::metrics as otlp_metrics;
+use tracegate_otlp::scan::Claim;
+use tracegate_otlp::validate::{Outcome, SpanLimits};
+use tracegate_pipeline::dedup;
+use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
+use tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
+use tracegate_proto::v1::{PayloadEncoding, Signal};
+
+use super::prepare::{tenant_claims, Prepared};
+use super::{Ingest, RawRequest, SignalKind};
+use crate::admission::BytesPermit;
+use crate::auth::authenticator::Principal;
+use crate::config::LimitsConfig;
+use crate::error::ApiError;
+use crate::metrics as m;
+
+/// An export request of a signal decoded whole (not scanned), with its checks.
+pub trait Decoded: Message + Default + serde::de::DeserializeOwned + Send + 'static {
+    const KIND: SignalKind;
+    /// What `partial_success.error_message` counts.
+    const NOUN: &'static str;
+    type Response: Message;
+    fn validate(&mut self, l: &SpanLimits) -> Outcome;
+    fn stamp(&mut self, claims: &[Claim<'_>]) -> bool;
+    fn response(rejected: usize, error_message: String) -> Self::Response;
+    /// The success body in the request's format.
+    fn encode_response(format: Format, r: &Self::Response) -> Bytes;
+}
+
+impl Decoded for ExportLogsServiceRequest {
+    const KIND: SignalKind = SignalKind {
+        signal: Signal::Logs,
+        items: "log records",
+        accepted_metric: m::LOG_RECORDS_ACCEPTED,
+        rejected_metric: m::LOG_RECORDS_REJECTED,
+        // "logs" in ASCII: the same bytes sent as another signal are another request.
+        dedup_salt: 0x6c6f_6773,
+    };
+    const NOUN: &'static str = logs::NOUN;
+    type Response = tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceResponse;
+    fn validate(&mut self, l: &SpanLimits) -> Outcome {
+        logs::validate(self, l)
+    }
+    fn stamp(&mut self, claims: &[Claim<'_>]) -> bool {
+        logs::stamp_tenant(self, claims)
+    }
+    fn response(rejected: usize, error_message: String) -> Self::Response {
+        logs::export_response(rejected, error_message)
+    }
+    fn encode_response(format: Format, r: &Self::Response) -> Bytes {
+        logs::encode_export_response(format, r)
+    }
+}
+
+impl Decoded for ExportMetricsServiceRequest {
+    const KIND: SignalKind = SignalKind {
+        signal: Signal::Metrics,
+        items: "data points",
+        accepted_metric: m::DATA_POINTS_ACCEPTED,
+        rejected_metric: m::DATA_POINTS_REJECTED,
+        // "metrics" in ASCII.
+        dedup_salt: 0x006d_6574_7269_6373,
+    };
+    const NOUN: &'static str = otlp_metrics::NOUN;
+    type Response = tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceResponse;
+    fn validate(&mut self, l: &SpanLimits) -> Outcome {
+        otlp_metrics::validate(self, l)
+    }
+    fn stamp(&mut self, claims: &[Claim<'_>]) -> bool {
+        otlp_metrics::stamp_tenant(self, claims)
+    }
+    fn response(rejected: usize, error_message: String) -> Self::Response {
+        otlp_metrics::export_response(rejected, error_message)
+    }
+    fn encode_response(format: Format, r: &Self::Response) -> Bytes {
+        otlp_metrics::encode_export_response(format, r)
+    }
+}
+
+/// Decompress, decode, validate and stamp a `T` request. Blocking: run it on the blocking pool.
+pub fn prepare_decoded<T: Decoded>(
+    format: Format,
+    compression: Compression,
+    body: Bytes,
+    limits: &LimitsConfig,
+    mut permit: BytesPermit,
+    tenant: (&[String], &Principal),
+) -> Result<(Prepared, BytesPermit), ApiError> {
+    let plain = decode::decompress(compression, body, limits.max_request_bytes)?;
+    let digest = dedup::digest(&plain);
+    permit.grow_to(plain.len())?;
+    let mut req: T = decode::decode_as(format, &plain)?;
+    let mut outcome = req.validate(&limits.span_limits());
+    outcome.modified |= req.stamp(&tenant_claims(tenant.0, tenant.1));
+    let otlp_request = if !outcome.modified && format == Format::Protobuf {
+        // Nothing removed or stamped: the client's bytes, no re-encode.
+        plain.clone()
+    } else {
+        Bytes::from(req.encode_to_vec())
+    };
+    Ok((
+        Prepared {
+            plain_len: otlp_request.len(),
+            otlp_request,
+            encoding: PayloadEncoding::Identity,
+            outcome,
+            decompressed_len: plain.len(),
+            digest,
+        },
+        permit,
+    ))
+}
+
+impl Ingest {
+    /// Export of a decoded signal (`T`: logs or metrics), answered in the request's format.
+    pub async fn export_decoded<T: Decoded>(
+        &self,
+        principal: &Arc<Principal>,
+        raw: RawRequest,
+    ) -> Result<Bytes, ApiError> {
+        let decoding = Instant::now();
+        let (class, slot) = self.decode_slot(principal).await;
+        let (limits, keys, p) = (
+            self.limits.clone(),
+            self.tenant_attribute_keys.clone(),
+            principal.clone(),
+        );
+        let (format, compression, body, permit) =
+            (raw.format, raw.compression, raw.body, raw.permit);
+        let (prepared, permit) = tracegate_pipeline::cpu::run(class, move || {
+            let _slot = slot;
+            prepare_decoded::<T>(format, compression, body, &limits, permit, (&keys, &p))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("decode task failed: {e}")))??;
+        metrics::histogram!(m::REQUEST_DECODE_DURATION).record(decoding.elapsed().as_secs_f64());
+        let meta = (raw.transport, raw.origin, class);
+        let o = self
+            .accept(principal, prepared, permit, meta, &T::KIND)
+            .await?;
+        let resp = T::response(o.rejected, o.error_message_for(T::NOUN));
+        Ok(T::encode_response(format, &resp))
+    }
+}
