@@ -8,15 +8,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{Gateway, TestBroker, Writer};
 use opentelemetry::logs::Severity;
 use opentelemetry::logs::{AnyValue as LogValue, LogRecord as _, Logger as _, LoggerProvider as _};
-use opentelemetry_otlp::{
-    LogExporter, Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig,
-};
+use opentelemetry_otlp::LogExporter;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::Resource;
 use prost::Message;
@@ -29,40 +26,10 @@ use tracegate_proto::otlp::resource::v1::Resource as PResource;
 
 const RECORDS: usize = 20;
 
-#[derive(Clone, Copy, Debug)]
-enum Transport {
-    HttpProtobuf,
-    HttpJson,
-    Grpc,
-}
+type Transport = common::OtlpTransport;
 
 fn exporter(gw: &Gateway, key: &str, t: Transport, rt: &tokio::runtime::Runtime) -> LogExporter {
-    let bearer = format!("Bearer {key}");
-    match t {
-        Transport::HttpProtobuf | Transport::HttpJson => LogExporter::builder()
-            .with_http()
-            .with_endpoint(format!("{}/v1/logs", gw.http_url()))
-            .with_protocol(match t {
-                Transport::HttpJson => Protocol::HttpJson,
-                _ => Protocol::HttpBinary,
-            })
-            .with_timeout(Duration::from_secs(10))
-            .with_headers(HashMap::from([("authorization".to_string(), bearer)]))
-            .build()
-            .expect("OTLP/HTTP log exporter"),
-        Transport::Grpc => {
-            let mut md = tonic::metadata::MetadataMap::new();
-            md.insert("authorization", bearer.parse().expect("metadata"));
-            let _guard = rt.enter();
-            LogExporter::builder()
-                .with_tonic()
-                .with_endpoint(gw.grpc_url())
-                .with_timeout(Duration::from_secs(10))
-                .with_metadata(md)
-                .build()
-                .expect("OTLP/gRPC log exporter")
-        }
-    }
+    otlp_exporter!(LogExporter::builder(), gw, key, t, "/v1/logs", rt)
 }
 
 /// GenAI-event-shaped records `{prefix}-{i}` (event name, body, attributes, trace context).

@@ -13,9 +13,7 @@ use std::time::Duration;
 use common::Gateway;
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::KeyValue as OtelKeyValue;
-use opentelemetry_otlp::{
-    MetricExporter, Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig,
-};
+use opentelemetry_otlp::MetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::Resource;
 use prost::Message;
@@ -30,40 +28,10 @@ use tracegate_proto::otlp::metrics::v1::{
     ResourceMetrics, ScopeMetrics, Summary, SummaryDataPoint,
 };
 
-#[derive(Clone, Copy, Debug)]
-enum Transport {
-    HttpProtobuf,
-    HttpJson,
-    Grpc,
-}
+type Transport = common::OtlpTransport;
 
 fn exporter(gw: &Gateway, key: &str, t: Transport, rt: &tokio::runtime::Runtime) -> MetricExporter {
-    let bearer = format!("Bearer {key}");
-    match t {
-        Transport::HttpProtobuf | Transport::HttpJson => MetricExporter::builder()
-            .with_http()
-            .with_endpoint(format!("{}/v1/metrics", gw.http_url()))
-            .with_protocol(match t {
-                Transport::HttpJson => Protocol::HttpJson,
-                _ => Protocol::HttpBinary,
-            })
-            .with_timeout(Duration::from_secs(10))
-            .with_headers(HashMap::from([("authorization".to_string(), bearer)]))
-            .build()
-            .expect("OTLP/HTTP metric exporter"),
-        Transport::Grpc => {
-            let mut md = tonic::metadata::MetadataMap::new();
-            md.insert("authorization", bearer.parse().expect("metadata"));
-            let _guard = rt.enter();
-            MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(gw.grpc_url())
-                .with_timeout(Duration::from_secs(10))
-                .with_metadata(md)
-                .build()
-                .expect("OTLP/gRPC metric exporter")
-        }
-    }
+    otlp_exporter!(MetricExporter::builder(), gw, key, t, "/v1/metrics", rt)
 }
 
 fn record(exporter: MetricExporter) {

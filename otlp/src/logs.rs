@@ -14,7 +14,6 @@ use prost::Message;
 use tracegate_proto::otlp::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
-use tracegate_proto::otlp::common::v1::{any_value::Value, AnyValue};
 use tracegate_proto::otlp::logs::v1::LogRecord;
 
 use crate::codec::Format;
@@ -106,25 +105,10 @@ pub fn validate(req: &mut ExportLogsServiceRequest, l: &SpanLimits) -> Outcome {
 /// Overwrites every resource attribute named by a claim with the claim's value (as for spans,
 /// `stamp.rs`). Returns whether anything changed.
 pub fn stamp_tenant(req: &mut ExportLogsServiceRequest, claims: &[Claim<'_>]) -> bool {
-    let mut changed = false;
-    for rl in &mut req.resource_logs {
-        let Some(res) = rl.resource.as_mut() else {
-            continue;
-        };
-        for kv in &mut res.attributes {
-            let Some(claim) = claims.iter().find(|c| c.key == kv.key) else {
-                continue;
-            };
-            let same = matches!(&kv.value, Some(AnyValue { value: Some(Value::StringValue(s)) }) if s == claim.want);
-            if !same {
-                kv.value = Some(AnyValue {
-                    value: Some(Value::StringValue(claim.want.to_string())),
-                });
-                changed = true;
-            }
-        }
-    }
-    changed
+    crate::stamp::stamp_resources(
+        req.resource_logs.iter_mut().map(|r| &mut r.resource),
+        claims,
+    )
 }
 
 pub fn export_response(rejected: usize, error_message: String) -> ExportLogsServiceResponse {
@@ -138,28 +122,23 @@ pub fn export_response(rejected: usize, error_message: String) -> ExportLogsServ
 }
 
 pub fn encode_export_response(format: Format, resp: &ExportLogsServiceResponse) -> Bytes {
-    match format {
-        Format::Protobuf => resp.encode_to_vec().into(),
-        Format::Json => {
-            // int64 as a decimal string (the protobuf JSON mapping).
-            let v = match &resp.partial_success {
-                Some(p) => serde_json::json!({
-                    "partialSuccess": {
-                        "rejectedLogRecords": p.rejected_log_records.to_string(),
-                        "errorMessage": p.error_message,
-                    }
-                }),
-                None => serde_json::json!({}),
-            };
-            serde_json::to_vec(&v).unwrap_or_default().into()
-        }
-    }
+    let partial = resp
+        .partial_success
+        .as_ref()
+        .map(|p| (p.rejected_log_records, p.error_message.as_str()));
+    crate::response::encode(
+        format,
+        || resp.encode_to_vec(),
+        "rejectedLogRecords",
+        partial,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tracegate_proto::otlp::common::v1::KeyValue;
+    use tracegate_proto::otlp::common::v1::{any_value::Value, AnyValue};
     use tracegate_proto::otlp::logs::v1::{ResourceLogs, ScopeLogs};
     use tracegate_proto::otlp::resource::v1::Resource;
 

@@ -19,7 +19,7 @@ use prost::Message;
 use tracegate_proto::otlp::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use tracegate_proto::otlp::common::v1::{any_value::Value, AnyValue, KeyValue};
+use tracegate_proto::otlp::common::v1::KeyValue;
 use tracegate_proto::otlp::metrics::v1::metric::Data;
 use tracegate_proto::otlp::metrics::v1::{
     Exemplar, ExponentialHistogramDataPoint, HistogramDataPoint, Metric, SummaryDataPoint,
@@ -237,25 +237,10 @@ pub fn validate(req: &mut ExportMetricsServiceRequest, l: &SpanLimits) -> Outcom
 /// Overwrites every resource attribute named by a claim with the claim's value (as for spans,
 /// `stamp.rs`). Returns whether anything changed.
 pub fn stamp_tenant(req: &mut ExportMetricsServiceRequest, claims: &[Claim<'_>]) -> bool {
-    let mut changed = false;
-    for rm in &mut req.resource_metrics {
-        let Some(res) = rm.resource.as_mut() else {
-            continue;
-        };
-        for kv in &mut res.attributes {
-            let Some(claim) = claims.iter().find(|c| c.key == kv.key) else {
-                continue;
-            };
-            let same = matches!(&kv.value, Some(AnyValue { value: Some(Value::StringValue(s)) }) if s == claim.want);
-            if !same {
-                kv.value = Some(AnyValue {
-                    value: Some(Value::StringValue(claim.want.to_string())),
-                });
-                changed = true;
-            }
-        }
-    }
-    changed
+    crate::stamp::stamp_resources(
+        req.resource_metrics.iter_mut().map(|r| &mut r.resource),
+        claims,
+    )
 }
 
 pub fn export_response(rejected: usize, error_message: String) -> ExportMetricsServiceResponse {
@@ -269,22 +254,16 @@ pub fn export_response(rejected: usize, error_message: String) -> ExportMetricsS
 }
 
 pub fn encode_export_response(format: Format, resp: &ExportMetricsServiceResponse) -> Bytes {
-    match format {
-        Format::Protobuf => resp.encode_to_vec().into(),
-        Format::Json => {
-            // int64 as a decimal string (the protobuf JSON mapping).
-            let v = match &resp.partial_success {
-                Some(p) => serde_json::json!({
-                    "partialSuccess": {
-                        "rejectedDataPoints": p.rejected_data_points.to_string(),
-                        "errorMessage": p.error_message,
-                    }
-                }),
-                None => serde_json::json!({}),
-            };
-            serde_json::to_vec(&v).unwrap_or_default().into()
-        }
-    }
+    let partial = resp
+        .partial_success
+        .as_ref()
+        .map(|p| (p.rejected_data_points, p.error_message.as_str()));
+    crate::response::encode(
+        format,
+        || resp.encode_to_vec(),
+        "rejectedDataPoints",
+        partial,
+    )
 }
 
 #[cfg(test)]

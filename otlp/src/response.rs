@@ -21,16 +21,27 @@ pub fn export_response(rejected: usize, error_message: String) -> ExportTraceSer
 }
 
 pub fn encode_export_response(format: Format, resp: &ExportTraceServiceResponse) -> Bytes {
+    let partial = resp
+        .partial_success
+        .as_ref()
+        .map(|p| (p.rejected_spans, p.error_message.as_str()));
+    encode(format, || resp.encode_to_vec(), "rejectedSpans", partial)
+}
+
+/// Any signal's export response: `protobuf` encodes it; in JSON it is written by hand so the
+/// int64 count (`rejected` names it) follows the protobuf JSON mapping (a decimal string).
+pub(crate) fn encode(
+    format: Format,
+    protobuf: impl FnOnce() -> Vec<u8>,
+    rejected: &str,
+    partial: Option<(i64, &str)>,
+) -> Bytes {
     match format {
-        Format::Protobuf => resp.encode_to_vec().into(),
+        Format::Protobuf => protobuf().into(),
         Format::Json => {
-            // Written by hand so int64 follows the protobuf JSON mapping (a decimal string).
-            let v = match &resp.partial_success {
-                Some(p) => serde_json::json!({
-                    "partialSuccess": {
-                        "rejectedSpans": p.rejected_spans.to_string(),
-                        "errorMessage": p.error_message,
-                    }
+            let v = match partial {
+                Some((n, message)) => serde_json::json!({
+                    "partialSuccess": { rejected: n.to_string(), "errorMessage": message }
                 }),
                 None => serde_json::json!({}),
             };

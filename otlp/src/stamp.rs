@@ -4,17 +4,26 @@
 
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use tracegate_proto::otlp::common::v1::{any_value::Value, AnyValue};
+use tracegate_proto::otlp::resource::v1::Resource;
 
 use crate::scan::Claim;
 
 /// Overwrites every resource attribute named by a claim with the claim's value. Returns whether
 /// anything changed.
 pub fn stamp_tenant(req: &mut ExportTraceServiceRequest, claims: &[Claim<'_>]) -> bool {
+    stamp_resources(
+        req.resource_spans.iter_mut().map(|rs| &mut rs.resource),
+        claims,
+    )
+}
+
+/// The same over any signal's resources (`logs.rs`, `metrics.rs`).
+pub fn stamp_resources<'a>(
+    resources: impl Iterator<Item = &'a mut Option<Resource>>,
+    claims: &[Claim<'_>],
+) -> bool {
     let mut changed = false;
-    for rs in &mut req.resource_spans {
-        let Some(res) = rs.resource.as_mut() else {
-            continue;
-        };
+    for res in resources.flatten() {
         for kv in &mut res.attributes {
             let Some(claim) = claims.iter().find(|c| c.key == kv.key) else {
                 continue;

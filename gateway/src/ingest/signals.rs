@@ -129,6 +129,32 @@ pub fn prepare_decoded<T: Decoded>(
 }
 
 impl Ingest {
+    /// Export of a request of `signal`, answered in its format: the transports' one call.
+    pub async fn export_signal(
+        &self,
+        signal: Signal,
+        principal: &Arc<Principal>,
+        raw: RawRequest,
+    ) -> Result<Bytes, ApiError> {
+        match signal {
+            Signal::Traces => {
+                let format = raw.format;
+                let resp = self.export(principal, raw).await?;
+                Ok(tracegate_otlp::response::encode_export_response(
+                    format, &resp,
+                ))
+            }
+            Signal::Logs => {
+                self.export_decoded::<ExportLogsServiceRequest>(principal, raw)
+                    .await
+            }
+            Signal::Metrics => {
+                self.export_decoded::<ExportMetricsServiceRequest>(principal, raw)
+                    .await
+            }
+        }
+    }
+
     /// Export of a decoded signal (`T`: logs or metrics), answered in the request's format.
     pub async fn export_decoded<T: Decoded>(
         &self,

@@ -16,7 +16,6 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use prost::Message;
 
 use super::listener::{Body, Handler};
 
@@ -26,8 +25,6 @@ use crate::error::{ApiError, ErrorKind};
 use crate::ingest::{Arrival, Ingest, RawRequest};
 use crate::metrics as m;
 use tracegate_otlp::codec::{Compression, Format};
-use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
-use tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
 use tracegate_proto::v1::Signal;
 use tracegate_proto::v1::Transport;
 
@@ -172,24 +169,7 @@ impl GrpcReceiver {
             permit: r.permit,
             origin: r.origin,
         };
-        let ingest = &self.ingest;
-        Ok(match signal {
-            Signal::Logs => {
-                ingest
-                    .export_decoded::<ExportLogsServiceRequest>(&r.principal, raw)
-                    .await?
-            }
-            Signal::Metrics => {
-                ingest
-                    .export_decoded::<ExportMetricsServiceRequest>(&r.principal, raw)
-                    .await?
-            }
-            Signal::Traces => ingest
-                .export(&r.principal, raw)
-                .await?
-                .encode_to_vec()
-                .into(),
-        })
+        self.ingest.export_signal(signal, &r.principal, raw).await
     }
 }
 

@@ -21,12 +21,9 @@ use crate::error::{ApiError, ErrorKind};
 use crate::ingest::{Arrival, Ingest, RawRequest};
 use crate::metrics as m;
 use tracegate_otlp::codec::{Compression, Format};
-use tracegate_otlp::response::encode_export_response;
 use tracegate_proto::v1::{Signal, Transport};
 
 use crate::auth::record::{SCOPE_LOGS_WRITE, SCOPE_METRICS_WRITE, SCOPE_TRACES_WRITE};
-use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
-use tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
 
 pub const TRACES_PATH: &str = "/v1/traces";
 pub const LOGS_PATH: &str = "/v1/logs";
@@ -252,22 +249,6 @@ impl HttpReceiver {
             permit: r.permit,
             origin: r.origin,
         };
-        let ingest = &self.ingest;
-        Ok(match signal {
-            Signal::Logs => {
-                ingest
-                    .export_decoded::<ExportLogsServiceRequest>(&r.principal, raw)
-                    .await?
-            }
-            Signal::Metrics => {
-                ingest
-                    .export_decoded::<ExportMetricsServiceRequest>(&r.principal, raw)
-                    .await?
-            }
-            Signal::Traces => {
-                let resp = self.ingest.export(&r.principal, raw).await?;
-                encode_export_response(*format, &resp)
-            }
-        })
+        self.ingest.export_signal(signal, &r.principal, raw).await
     }
 }

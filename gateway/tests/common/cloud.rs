@@ -246,3 +246,47 @@ pub fn archive_through_gateway(
     assert_eq!(objects.len(), 6, "{kind}: {objects:?}");
     CloudRun { objects }
 }
+
+/// The store as a library against `emu`: a group written twice keeps its first object and adds
+/// none (the create-only put). Sets the process's environment for the store: call it last in a
+/// binary whose only test it is (no other thread reads the environment then).
+pub fn assert_create_only(emu: &CloudEmulator, url: &str) {
+    for (k, v) in emu.env_for(&emu.endpoint, "lib") {
+        std::env::set_var(k, v);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tracegate::config::Config::default();
+    cfg.server.data_dir = dir.path().to_path_buf();
+    cfg.archive.url = url.to_string();
+    cfg.validate().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store =
+            tracegate_archive::store::ArchiveStore::open(&cfg.archive_settings(), true).unwrap();
+        let batch = tracegate_proto::v1::Batch {
+            schema_version: 1,
+            org_id: "acme".into(),
+            project_id: "web".into(),
+            batch_id: vec![7; 16].into(),
+            span_count: 1,
+            received_at_unix_nano: 1_700_000_000_000_000_000,
+            ..Default::default()
+        };
+        let group = std::sync::Arc::new(tracegate_pipeline::WriteGroup {
+            id: "traces:1:5-6".into(),
+            batches: vec![batch],
+            class: Default::default(),
+        });
+        assert_eq!(store.write_group(group.clone()).await.unwrap().len(), 1);
+        let again = store.write_group(group).await.unwrap();
+        assert!(
+            again.is_empty(),
+            "the second write replaced the object: {again:?}"
+        );
+        let objs = store
+            .list(&tracegate_archive::store::Filter::default())
+            .await
+            .unwrap();
+        assert_eq!(objs.len(), 1);
+    });
+}
