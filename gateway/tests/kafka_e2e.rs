@@ -374,7 +374,7 @@ fn kafka_config_errors_name_the_key() {
 }
 
 /// Envelopes produced straight to the topic: plain (v1), forwarded zstd / gzip (v2) and one of
-/// a future schema version (3). The writer archives the readable ones (decoding the compressed
+/// a future schema version (one past this build's). The writer archives the readable ones (decoding the compressed
 /// payloads for `archive cat`), quarantines the newer one byte for byte (never dropped, never
 /// misread) and goes on past it.
 #[test]
@@ -424,7 +424,11 @@ fn writer_reads_compressed_envelopes_and_quarantines_a_newer_schema() {
     let values = [
         envelope("q-plain", PayloadEncoding::Identity, 1),
         envelope("q-zstd", PayloadEncoding::Zstd, 2),
-        envelope("q-future", PayloadEncoding::Zstd, 3),
+        envelope(
+            "q-future",
+            PayloadEncoding::Zstd,
+            tracegate_proto::BATCH_SCHEMA_VERSION + 1,
+        ),
         envelope("q-gzip", PayloadEncoding::Gzip, 2),
     ];
     let producer: BaseProducer = rdkafka::ClientConfig::new()
