@@ -38,9 +38,12 @@ if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/d
 fi
 bash "$(dirname "$0")/chdb-venv.sh" >/dev/null
 bash "$(dirname "$0")/moto.sh" install
-# The archive's GCS and Azure tests: gcp-storage-emulator (PyPI) and Azurite (npm, needs Node).
+# The archive's GCS and Azure tests: gcp-storage-emulator (PyPI) and Azurite (npm, needs Node);
+# the Node SDK tests (npm).
 if ! command -v npm >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 bash "$(dirname "$0")/cloud-emulators.sh" install
+# The Node OpenTelemetry SDK, a real client for gateway/tests/node_sdk.rs.
+bash "$(dirname "$0")/node-otel.sh" install
