@@ -61,31 +61,7 @@ fn node_sdk_defaults_send_all_three_signals_over_each_protocol() {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let mut spans = common::span_names(&common::archive_spans_in(&gw.data_dir, Some(&project)));
-        spans.sort();
-        let want = |kind: &str| {
-            (0..3)
-                .map(|i| format!("{tag}-{kind}-{i}"))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(spans, want("span"), "{protocol}");
-        let logs = common::archive_cat(&gw.data_dir, Some(&project), &["--signal", "logs"]);
-        let mut bodies: Vec<String> = logs
-            .iter()
-            .filter_map(|l| l["log"]["body"]["stringValue"].as_str().map(String::from))
-            .collect();
-        bodies.sort();
-        assert_eq!(bodies, want("log"), "{protocol}");
-        let metrics = common::archive_cat(&gw.data_dir, Some(&project), &["--signal", "metrics"]);
-        let names: Vec<&str> = metrics
-            .iter()
-            .filter_map(|m| m["metric"]["name"].as_str())
-            .collect();
-        assert_eq!(
-            names,
-            [format!("{tag}.requests")],
-            "{protocol}: {metrics:#?}"
-        );
+        common::assert_all_three_signals(&gw.data_dir, &project, &tag, protocol);
     }
 
     // The check can fail: refused exports (a key that does not exist) are errors the SDK

@@ -79,30 +79,7 @@ fn all_three_signals_from_the_standard_variables_over_each_protocol() {
             let _guard = rt.enter();
             send_all_three(&tag);
         }
-        let spans = common::archive_spans_in(&gw.data_dir, Some(&project));
-        let mut names = common::span_names(&spans);
-        names.sort();
-        assert_eq!(
-            names,
-            (0..3)
-                .map(|i| format!("{tag}-span-{i}"))
-                .collect::<Vec<_>>(),
-            "{protocol}"
-        );
-        let logs = common::archive_cat(&gw.data_dir, Some(&project), &["--signal", "logs"]);
-        let mut bodies: Vec<String> = logs
-            .iter()
-            .filter_map(|l| l["log"]["body"]["stringValue"].as_str().map(String::from))
-            .collect();
-        bodies.sort();
-        assert_eq!(
-            bodies,
-            (0..3).map(|i| format!("{tag}-log-{i}")).collect::<Vec<_>>(),
-            "{protocol}"
-        );
-        let metrics = common::archive_cat(&gw.data_dir, Some(&project), &["--signal", "metrics"]);
-        assert_eq!(metrics.len(), 1, "{protocol}: {metrics:#?}");
-        assert_eq!(metrics[0]["metric"]["name"], format!("{tag}.requests"));
+        let metrics = common::assert_all_three_signals(&gw.data_dir, &project, &tag, protocol);
         assert_eq!(metrics[0]["metric"]["sum"]["dataPoints"][0]["asInt"], "3");
     }
 }

@@ -39,6 +39,31 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The `Prepared` of a request decoded with prost (any signal): the client's plain bytes
+    /// when nothing was removed or stamped from a protobuf body (no re-encode), else the
+    /// request re-`encode`d.
+    pub fn decoded(
+        plain: &Bytes,
+        format: Format,
+        encode: impl FnOnce() -> Vec<u8>,
+        outcome: validate::Outcome,
+        digest: u128,
+    ) -> Prepared {
+        let otlp_request = if !outcome.modified && format == Format::Protobuf {
+            plain.clone()
+        } else {
+            Bytes::from(encode())
+        };
+        Prepared {
+            plain_len: otlp_request.len(),
+            otlp_request,
+            encoding: PayloadEncoding::Identity,
+            outcome,
+            decompressed_len: plain.len(),
+            digest,
+        }
+    }
+
     /// Compresses a plain payload with zstd at `level`: one shot over contiguous bytes, with a
     /// context kept per thread, on the blocking pool next to the scan (so on every core, not in
     /// librdkafka's broker threads), and once: the writer decompresses it once and nothing in
@@ -234,23 +259,8 @@ pub fn prepare(
         limits.max_attribute_depth.min(prune::DECODER_DEPTH_LIMIT),
     );
     outcome.modified |= stamp_tenant(&mut req, &claims);
-    let otlp_request = if !outcome.modified && format == Format::Protobuf {
-        // Nothing removed or stamped: keep the client's bytes, no re-encode.
-        plain.clone()
-    } else {
-        Bytes::from(req.encode_to_vec())
-    };
-    Ok((
-        Prepared {
-            plain_len: otlp_request.len(),
-            otlp_request,
-            encoding: PayloadEncoding::Identity,
-            outcome,
-            decompressed_len: plain.len(),
-            digest,
-        },
-        permit,
-    ))
+    let prepared = Prepared::decoded(&plain, format, || req.encode_to_vec(), outcome, digest);
+    Ok((prepared, permit))
 }
 
 #[cfg(test)]

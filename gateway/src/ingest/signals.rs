@@ -21,7 +21,7 @@ use tracegate_otlp::validate::{Outcome, SpanLimits};
 use tracegate_pipeline::dedup;
 use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
-use tracegate_proto::v1::{PayloadEncoding, Signal};
+use tracegate_proto::v1::Signal;
 
 use super::prepare::{tenant_claims, Prepared};
 use super::{Ingest, RawRequest, SignalKind};
@@ -109,23 +109,8 @@ pub fn prepare_decoded<T: Decoded>(
     let mut req: T = decode::decode_as(format, &plain)?;
     let mut outcome = req.validate(&limits.span_limits());
     outcome.modified |= req.stamp(&tenant_claims(tenant.0, tenant.1));
-    let otlp_request = if !outcome.modified && format == Format::Protobuf {
-        // Nothing removed or stamped: the client's bytes, no re-encode.
-        plain.clone()
-    } else {
-        Bytes::from(req.encode_to_vec())
-    };
-    Ok((
-        Prepared {
-            plain_len: otlp_request.len(),
-            otlp_request,
-            encoding: PayloadEncoding::Identity,
-            outcome,
-            decompressed_len: plain.len(),
-            digest,
-        },
-        permit,
-    ))
+    let prepared = Prepared::decoded(&plain, format, || req.encode_to_vec(), outcome, digest);
+    Ok((prepared, permit))
 }
 
 impl Ingest {

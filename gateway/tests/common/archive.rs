@@ -291,3 +291,36 @@ pub fn parse_object_name(name: &str) -> Option<(i32, i64, i64)> {
         last.parse().ok()?,
     ))
 }
+
+/// What an application on an SDK's defaults sent for `tag` (`{tag}-span-0..2`,
+/// `{tag}-log-0..2`, counter `{tag}.requests`) is archived under `project`, each item once;
+/// returns the archived metrics (`archive cat --signal metrics`).
+pub fn assert_all_three_signals(
+    data_dir: &Path,
+    project: &str,
+    tag: &str,
+    what: &str,
+) -> Vec<serde_json::Value> {
+    let want = |kind: &str| {
+        (0..3)
+            .map(|i| format!("{tag}-{kind}-{i}"))
+            .collect::<Vec<_>>()
+    };
+    let mut spans = span_names(&archive_spans_in(data_dir, Some(project)));
+    spans.sort();
+    assert_eq!(spans, want("span"), "{what}");
+    let logs = archive_cat(data_dir, Some(project), &["--signal", "logs"]);
+    let mut bodies: Vec<String> = logs
+        .iter()
+        .filter_map(|l| l["log"]["body"]["stringValue"].as_str().map(String::from))
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, want("log"), "{what}");
+    let metrics = archive_cat(data_dir, Some(project), &["--signal", "metrics"]);
+    let names: Vec<&str> = metrics
+        .iter()
+        .filter_map(|m| m["metric"]["name"].as_str())
+        .collect();
+    assert_eq!(names, [format!("{tag}.requests")], "{what}: {metrics:#?}");
+    metrics
+}
