@@ -55,8 +55,8 @@ fn bench(c: &mut Criterion) {
     eprintln!(
         "request: {SPANS} spans, protobuf {} B, RowBinary {} B ({} B/span)",
         batch.otlp_request.len(),
-        out.spans.len(),
-        out.spans.len() / SPANS
+        out.data[0].len(),
+        out.data[0].len() / SPANS
     );
 
     // Spans per CPU-second of this thread: what "per core" means, even when other processes
@@ -74,12 +74,12 @@ fn bench(c: &mut Criterion) {
     per_cpu_second("rowbinary_encode+zstd-3", SPANS, rounds, || {
         out.clear();
         enc.encode_batch(&batch, &mut out).unwrap();
-        blocks(&out.spans)
+        blocks(&out.data[0])
     });
     per_cpu_second("rowbinary_encode+lz4", SPANS, rounds, || {
         out.clear();
         enc.encode_batch(&batch, &mut out).unwrap();
-        lz4_blocks(&out.spans)
+        lz4_blocks(&out.data[0])
     });
     // The writer as a whole, per group of GROUP Kafka messages: envelope decode (from the
     // message's bytes, so the OTLP payload is copied once, as rdkafka's borrowed payload
@@ -118,7 +118,7 @@ fn bench(c: &mut Criterion) {
             let b = Batch::decode(&m[..]).unwrap();
             enc.encode_batch(&b, out).unwrap();
         }
-        blocks(&out.spans)
+        blocks(&out.data[0])
     };
     let writer = |enc: &mut Encoder, out: &mut Encoded| writer_of(&messages, enc, out);
     if let Some(n) = profile {
@@ -151,7 +151,7 @@ fn bench(c: &mut Criterion) {
             enc.encode_batch(&b, &mut group_out).unwrap();
         }
     });
-    let rows = group_out.spans.clone();
+    let rows = group_out.data[0].clone();
     if let Some(path) = std::env::var_os("DUMP_ROWS") {
         std::fs::write(path, &rows).unwrap();
     }
@@ -167,7 +167,7 @@ fn bench(c: &mut Criterion) {
         lz4_blocks(&rows)
     });
     per_cpu_second("lz4_single_batch_rows", SPANS, rounds, || {
-        lz4_blocks(&out.spans)
+        lz4_blocks(&out.data[0])
     });
     per_cpu_second("prost_owned_decode_reference", SPANS, rounds / 4, || {
         ExportTraceServiceRequest::decode(batch.otlp_request.clone()).unwrap()
@@ -179,14 +179,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             enc.encode_batch(&batch, &mut out).unwrap();
-            out.span_rows
+            out.rows[0]
         })
     });
     g.bench_function("rowbinary_encode+lz4", |b| {
         b.iter(|| {
             out.clear();
             enc.encode_batch(&batch, &mut out).unwrap();
-            lz4_blocks(&out.spans)
+            lz4_blocks(&out.data[0])
         })
     });
     g.bench_function("prost_owned_decode_reference", |b| {

@@ -56,8 +56,6 @@ pub const CLICKHOUSE_DEAD_LETTER_BATCHES: &str = "tracegate_clickhouse_dead_lett
 pub const CLICKHOUSE_ENDPOINT_UP: &str = "tracegate_clickhouse_endpoint_up";
 /// Inserts moved to the next endpoint after a failure.
 pub const CLICKHOUSE_FAILOVERS: &str = "tracegate_clickhouse_failovers_total";
-/// Batches of a signal ClickHouse has no tables for yet (logs, metrics): in the archive only.
-pub const CLICKHOUSE_SKIPPED_BATCHES: &str = "tracegate_clickhouse_skipped_batches_total";
 
 // Kafka transport (gateway/src/kafka). `client` label: producer | consumer.
 pub const KAFKA_PRODUCED_MESSAGES: &str = "tracegate_kafka_produced_messages_total";
@@ -507,10 +505,7 @@ fn register_writers(parts: &Parts) {
 /// The ClickHouse sink, per table.
 fn register_clickhouse() {
     zero_counter(WRITE_ERRORS, &[("sink", "clickhouse")]);
-    for table in [
-        crate::clickhouse::schema::SPANS_TABLE,
-        crate::clickhouse::schema::PAYLOADS_TABLE,
-    ] {
+    for table in crate::clickhouse::schema::Table::ALL.map(|t| t.name()) {
         for result in ["ok", "error", "rejected"] {
             zero_counter(CLICKHOUSE_INSERTS, &[("table", table), ("result", result)]);
         }
@@ -521,9 +516,6 @@ fn register_clickhouse() {
     histogram(CLICKHOUSE_WRITE_DURATION, &[]);
     zero_counter(CLICKHOUSE_DEAD_LETTER_BATCHES, &[]);
     zero_counter(CLICKHOUSE_FAILOVERS, &[]);
-    for signal in ["logs", "metrics"] {
-        zero_counter(CLICKHOUSE_SKIPPED_BATCHES, &[("signal", signal)]);
-    }
 }
 
 /// The Kafka producer (serve) or consumer (write).

@@ -36,7 +36,7 @@ fn setup(
         env.push((k.to_string(), v.to_string()));
     }
     let out = common::migrate(&env);
-    assert!(out.contains("migrations applied: [1, 2]"), "{out}");
+    assert!(out.contains("migrations applied: [1, 2, 3]"), "{out}");
     (front, env)
 }
 
@@ -57,7 +57,10 @@ fn migrate_is_idempotent_versioned_and_applies_retention() {
     let (front, mut env) = setup("mig", &[], &[]);
     let out = common::migrate(&env);
     assert!(out.contains("migrations applied: []"), "{out}");
-    assert!(out.contains("migrations already present: [1, 2]"), "{out}");
+    assert!(
+        out.contains("migrations already present: [1, 2, 3]"),
+        "{out}"
+    );
     let tables = front
         .query("SELECT name FROM system.tables WHERE database = 'mig' ORDER BY name FORMAT TSV");
     for t in [
@@ -65,6 +68,13 @@ fn migrate_is_idempotent_versioned_and_applies_retention() {
         "otel_traces_payloads",
         "otel_traces_trace_id_ts",
         "otel_traces_trace_id_ts_mv",
+        "otel_logs",
+        "otel_logs_payloads",
+        "otel_metrics_gauge",
+        "otel_metrics_sum",
+        "otel_metrics_histogram",
+        "otel_metrics_exponential_histogram",
+        "otel_metrics_summary",
         "tracegate_schema_migrations",
     ] {
         assert!(tables.lines().any(|l| l == t), "{t} missing: {tables}");
@@ -88,11 +98,23 @@ fn migrate_is_idempotent_versioned_and_applies_retention() {
         "SELECT engine_full FROM system.tables WHERE database = 'mig' AND name = 'otel_traces_payloads'",
     );
     assert!(engine.contains("toIntervalDay(7)"), "{engine}");
+    // Every table of every signal: tenant first in the key, retention from the config.
+    for t in tracegate::clickhouse::schema::Table::ALL {
+        let engine = front.query(&format!(
+            "SELECT engine_full FROM system.tables WHERE database = 'mig' AND name = '{}'",
+            t.name()
+        ));
+        assert!(engine.contains("toIntervalDay(7)"), "{t:?}: {engine}");
+        assert!(
+            engine.contains("ORDER BY (OrgId, WorkspaceId, ProjectId"),
+            "{t:?}: {engine}"
+        );
+    }
     let out = common::migrate(&env);
     assert!(out.contains("ttl updated: []"), "{out}");
     assert_eq!(
         front.query_u64("SELECT count() FROM mig.tracegate_schema_migrations"),
-        2
+        3
     );
 }
 

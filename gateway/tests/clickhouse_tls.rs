@@ -78,7 +78,7 @@ fn https_with_a_ca_file_a_server_name_and_mutual_tls() {
             ("server_name", Path::new("clickhouse.test")),
         ],
     );
-    assert!(migrate(&env).contains("migrations applied: [1, 2]"));
+    assert!(migrate(&env).contains("migrations applied: [1, 2, 3]"));
     inserts_and_replay_once(&front, &env, "over-tls");
 
     // The same server without the name override: the certificate is not for 127.0.0.1, and
@@ -146,6 +146,6 @@ fn mutual_tls_client_certificate() {
         &url,
         &[("ca_file", &ca_pem), ("cert_file", &cc), ("key_file", &ck)],
     );
-    assert!(migrate(&env).contains("migrations applied: [1, 2]"));
+    assert!(migrate(&env).contains("migrations applied: [1, 2, 3]"));
     inserts_and_replay_once(&front, &env, "mtls");
 }

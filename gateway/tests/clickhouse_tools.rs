@@ -124,7 +124,7 @@ fn grafana_and_clickstack_queries_run_unchanged_on_an_upgraded_installation() {
     post_spans(&gw, &key, vec![root, retrieve]);
 
     let out = migrate(&env);
-    assert!(out.contains("migrations applied: [2]"), "{out}");
+    assert!(out.contains("migrations applied: [2, 3]"), "{out}");
     assert!(out.contains("migrations already present: [1]"), "{out}");
 
     // Written under the new one, and another tenant's span under the same trace id.

@@ -5,8 +5,8 @@
 //!   replica of every shard (the replica path is the server's default,
 //!   `/clickhouse/tables/{uuid}/{shard}`; ON CLUSTER gives all replicas one UUID).
 //! - A `Distributed` table under the original name reads all shards, sharded by
-//!   `cityHash64(TraceId)` for the rows written through it: Grafana, ClickStack and tenant
-//!   readers query the names they know.
+//!   `cityHash64(TraceId)` (metrics: `cityHash64(ServiceName, MetricName)`) for the rows
+//!   written through it: Grafana, ClickStack and tenant readers query the names they know.
 //! - The trace-id lookup's materialized view runs on each shard, `_local` to `_local`.
 //! - The writer inserts into the `_local` tables of the replica it talks to (`sink.rs`,
 //!   [`insert_table`]): replicas of one shard share the deduplication log through Keeper, so a
@@ -58,6 +58,16 @@ fn localize(sql: &str, db: &str, tables: &[&str]) -> String {
     out
 }
 
+/// How the Distributed table over `table` shards the rows written through it: by trace id
+/// where a table has one, a metric's series by its service and name.
+fn shard_key(table: &str) -> &'static str {
+    if table.starts_with("otel_metrics_") {
+        "cityHash64(ServiceName, MetricName)"
+    } else {
+        "cityHash64(TraceId)"
+    }
+}
+
 /// The cluster's statements for one rendered migration statement. `tables` are the schema's
 /// tables (those that get a `_local` twin).
 pub fn rewrite(sql: &str, db: &str, cluster: &str, tables: &[&str]) -> Result<Vec<String>> {
@@ -68,7 +78,8 @@ pub fn rewrite(sql: &str, db: &str, cluster: &str, tables: &[&str]) -> Result<Ve
             format!("CREATE TABLE IF NOT EXISTS `{db}`.{l} {on}{rest}"),
             format!(
                 "CREATE TABLE IF NOT EXISTS `{db}`.{name} {on} AS `{db}`.{l} \
-                 ENGINE = Distributed('{cluster}', '{db}', '{l}', cityHash64(TraceId))"
+                 ENGINE = Distributed('{cluster}', '{db}', '{l}', {})",
+                shard_key(name)
             ),
         ]);
     }

@@ -126,6 +126,7 @@ GROUP BY TraceId, OrgId, WorkspaceId, ProjectId"#,
         ],
     },
     V2,
+    super::migration_v3::V3,
 ];
 
 /// Parity with the clickhouseexporter and ClickStack DDL (issue 24): the attribute "items"

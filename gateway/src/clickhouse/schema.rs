@@ -1,6 +1,8 @@
 //! The ClickHouse schema (docs/clickhouse.md) as versioned, idempotent migrations, applied by
 //! `tracegate migrate`.
 //!
+//! The tables and their columns are in `tables.rs`.
+//!
 //! Every migration is a list of statements that are safe to run twice (`IF NOT EXISTS`), and
 //! its version is recorded in `<db>.tracegate_schema_migrations` once all of them succeeded. A
 //! run that dies half-way is simply run again. Settings that are configuration rather than
@@ -10,75 +12,29 @@ use anyhow::{Context, Result};
 
 use super::config::{ClickHouseConfig, Engine};
 
-pub const SPANS_TABLE: &str = "otel_traces";
-pub const PAYLOADS_TABLE: &str = "otel_traces_payloads";
+pub const SPANS_TABLE: &str = Table::Spans.name();
+pub const PAYLOADS_TABLE: &str = Table::Payloads.name();
 pub const MIGRATIONS_TABLE: &str = "tracegate_schema_migrations";
+
+pub use super::tables::{Table, TABLES};
 
 /// Every table holding tenants' rows (each has `OrgId` and `ProjectId`): the tables a tenant
 /// reader's row policies cover (`tenant_access.rs`).
-pub const TENANT_TABLES: &[&str] = &[SPANS_TABLE, PAYLOADS_TABLE, "otel_traces_trace_id_ts"];
-
-/// Columns of `otel_traces` in RowBinary order (see `rows.rs`); names as in the INSERT.
-pub const SPAN_COLUMNS: &[&str] = &[
-    "OrgId",
-    "WorkspaceId",
-    "ProjectId",
-    "Region",
-    "Timestamp",
-    "TraceId",
-    "SpanId",
-    "ParentSpanId",
-    "TraceState",
-    "SpanName",
-    "SpanKind",
-    "ServiceName",
-    "ResourceAttributes",
-    "ScopeName",
-    "ScopeVersion",
-    "SpanAttributes",
-    "Duration",
-    "StatusCode",
-    "StatusMessage",
-    "Events.Timestamp",
-    "Events.Name",
-    "Events.Attributes",
-    "Links.TraceId",
-    "Links.SpanId",
-    "Links.TraceState",
-    "Links.Attributes",
-    "ScopeAttributes",
-    "Flags",
-    "DroppedAttributesCount",
-    "DroppedEventsCount",
-    "DroppedLinksCount",
-    "GenAiProvider",
-    "GenAiOperation",
-    "GenAiRequestModel",
-    "GenAiResponseModel",
-    "GenAiInputTokens",
-    "GenAiOutputTokens",
-    "PayloadKeys",
-    "ReceivedAt",
-];
-
-/// Columns of `otel_traces_payloads` in RowBinary order.
-pub const PAYLOAD_COLUMNS: &[&str] = &[
-    "OrgId",
-    "WorkspaceId",
-    "ProjectId",
-    "Region",
-    "Timestamp",
-    "TraceId",
-    "SpanId",
-    "Location",
-    "EventIndex",
-    "Key",
-    "Value",
-    "ValueBytes",
+pub const TENANT_TABLES: &[&str] = &[
+    SPANS_TABLE,
+    PAYLOADS_TABLE,
+    "otel_traces_trace_id_ts",
+    Table::Logs.name(),
+    Table::LogPayloads.name(),
+    Table::Gauge.name(),
+    Table::Sum.name(),
+    Table::Histogram.name(),
+    Table::ExpHistogram.name(),
+    Table::Summary.name(),
 ];
 
 /// `INSERT INTO db.table (`c1`, …) FORMAT RowBinary`.
-pub fn insert_sql(database: &str, table: &str, columns: &[&str]) -> String {
+pub fn insert_sql(database: &str, table: &str, columns: &[&'static str]) -> String {
     let cols: Vec<String> = columns.iter().map(|c| format!("`{c}`")).collect();
     format!(
         "INSERT INTO `{database}`.`{table}` ({}) FORMAT RowBinary",
@@ -94,6 +50,13 @@ pub(crate) const TTL_TABLES: &[(&str, &str)] = &[
     (SPANS_TABLE, "toDateTime(Timestamp)"),
     (PAYLOADS_TABLE, "toDateTime(Timestamp)"),
     ("otel_traces_trace_id_ts", "Start"),
+    (Table::Logs.name(), "toDateTime(Timestamp)"),
+    (Table::LogPayloads.name(), "toDateTime(Timestamp)"),
+    (Table::Gauge.name(), "toDateTime(TimeUnix)"),
+    (Table::Sum.name(), "toDateTime(TimeUnix)"),
+    (Table::Histogram.name(), "toDateTime(TimeUnix)"),
+    (Table::ExpHistogram.name(), "toDateTime(TimeUnix)"),
+    (Table::Summary.name(), "toDateTime(TimeUnix)"),
 ];
 
 fn ttl_clause(column: &str, days: u32) -> String {
@@ -126,6 +89,10 @@ pub fn render(sql: &str, cfg: &ClickHouseConfig) -> String {
         .replace("{engine}", &engine)
         .replace("{ttl}", &ttl_clause("toDateTime(Timestamp)", cfg.ttl_days))
         .replace("{ttl_start}", &ttl_clause("Start", cfg.ttl_days))
+        .replace(
+            "{ttl_time_unix}",
+            &ttl_clause("toDateTime(TimeUnix)", cfg.ttl_days),
+        )
         .replace("{dedup}", &dedup)
         .replace(
             "{agg_engine}",

@@ -8,9 +8,10 @@
 //! re-read after a writer crash) produces the same inserts with the same tokens and ClickHouse
 //! drops the copies.
 //!
-//! Log records and metrics have no ClickHouse tables yet: their batches are left to the archive
-//! (counted in `tracegate_clickhouse_skipped_batches_total{signal}`); `archive replay` can load
-//! them once the tables exist.
+//! Every signal goes the same way: a group's batches become rows of the tables of their
+//! signal (`tables.rs`: spans, log records and metric data points, each with their encoder in
+//! `rows/`), inserted table by table in `Table::ALL` order, so a payload row never exists
+//! without the row that points to it.
 //!
 //! Failures:
 //! - transient (network, timeout, server busy, unknown table…): the same insert is retried with
@@ -25,6 +26,7 @@
 //!   blocks the rest.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,8 +40,9 @@ use tracegate_proto::v1::{Batch, Signal};
 use super::cluster::insert_table;
 use super::config::{ClickHouseConfig, InsertCompression};
 use super::endpoints::Endpoints;
-use super::rows::{EncodeOptions, Encoded, Encoder};
+use super::rows::{EncodeOptions, Encoded, Encoder, LogEncoder, MetricEncoder};
 use super::schema;
+use super::tables::{Table, TABLES};
 use crate::metrics as m;
 use tracegate_archive::store::ArchiveStore;
 use tracegate_pipeline::{Sink, WriteGroup};
@@ -80,39 +83,18 @@ pub fn is_rejection(e: &clickhouse::error::Error) -> bool {
     error_code(e).is_some_and(|c| REJECT_CODES.contains(&c))
 }
 
-/// Which table an insert goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Table {
-    Spans,
-    Payloads,
-}
-
-impl Table {
-    fn name(self) -> &'static str {
-        match self {
-            Table::Spans => schema::SPANS_TABLE,
-            Table::Payloads => schema::PAYLOADS_TABLE,
-        }
-    }
-}
-
-/// One insert's worth of rows: batches `first..first + parts.len()` of the group.
+/// One insert's worth of rows per table: consecutive batches of the group.
 struct Chunk {
     index: usize,
-    spans: Bytes,
-    span_rows: usize,
-    payloads: Bytes,
-    payload_rows: usize,
-    /// Per batch: (global batch index, span byte range, payload byte range).
-    parts: Vec<(usize, std::ops::Range<usize>, std::ops::Range<usize>)>,
+    data: [Bytes; TABLES],
+    rows: [usize; TABLES],
+    /// Per batch: (global batch index, its byte range in each table's data).
+    parts: Vec<(usize, [Range<usize>; TABLES])>,
 }
 
 impl Chunk {
     fn data(&self, t: Table) -> (&Bytes, usize) {
-        match t {
-            Table::Spans => (&self.spans, self.span_rows),
-            Table::Payloads => (&self.payloads, self.payload_rows),
-        }
+        (&self.data[t.index()], self.rows[t.index()])
     }
 }
 
@@ -120,9 +102,31 @@ struct Encoding {
     chunks: Vec<Chunk>,
     /// Batches whose OTLP bytes could not be read: (index, error).
     undecodable: Vec<(usize, String)>,
-    /// Batches of a signal without ClickHouse tables yet (logs, metrics), by signal: kept in
-    /// the archive only.
-    skipped: [usize; 2],
+}
+
+/// The three signals' encoders.
+struct Encoders {
+    traces: Encoder,
+    logs: LogEncoder,
+    metrics: MetricEncoder,
+}
+
+impl Encoders {
+    fn new(opts: EncodeOptions) -> Self {
+        Self {
+            traces: Encoder::new(opts),
+            logs: LogEncoder::new(opts),
+            metrics: MetricEncoder::new(),
+        }
+    }
+
+    fn encode(&mut self, b: &Batch, out: &mut Encoded) -> Result<(), super::pb::PbError> {
+        match b.signal() {
+            Signal::Traces => self.traces.encode_batch(b, out),
+            Signal::Logs => self.logs.encode_batch(b, out),
+            Signal::Metrics => self.metrics.encode_batch(b, out),
+        }
+    }
 }
 
 /// Encodes a group into insert chunks. Deterministic: same group, same chunks.
@@ -132,7 +136,7 @@ fn encode_group(
     max_rows: usize,
     max_bytes: usize,
 ) -> Encoding {
-    let mut enc = Encoder::new(opts);
+    let mut enc = Encoders::new(opts);
     let mut chunks = Vec::new();
     let mut undecodable = Vec::new();
     let mut cur = Encoded::default();
@@ -144,32 +148,21 @@ fn encode_group(
         let e = std::mem::take(cur);
         chunks.push(Chunk {
             index: chunks.len(),
-            spans: Bytes::from(e.spans),
-            span_rows: e.span_rows,
-            payloads: Bytes::from(e.payloads),
-            payload_rows: e.payload_rows,
+            data: e.data.map(Bytes::from),
+            rows: e.rows,
             parts: std::mem::take(parts),
         });
     };
-    let mut skipped = [0; 2];
     for (i, b) in batches.iter().enumerate() {
-        match b.signal() {
-            Signal::Traces => {}
-            Signal::Logs => {
-                skipped[0] += 1;
-                continue;
+        let (before, _) = cur.mark();
+        match enc.encode(b, &mut cur) {
+            Ok(()) => {
+                let (after, _) = cur.mark();
+                parts.push((i, std::array::from_fn(|t| before[t]..after[t])));
             }
-            Signal::Metrics => {
-                skipped[1] += 1;
-                continue;
-            }
-        }
-        let (s0, p0) = (cur.spans.len(), cur.payloads.len());
-        match enc.encode_batch(b, &mut cur) {
-            Ok(()) => parts.push((i, s0..cur.spans.len(), p0..cur.payloads.len())),
             Err(e) => undecodable.push((i, e.to_string())),
         }
-        if cur.span_rows >= max_rows || cur.spans.len() + cur.payloads.len() >= max_bytes {
+        if cur.primary_rows() >= max_rows || cur.total_bytes() >= max_bytes {
             flush(&mut cur, &mut parts, &mut chunks);
         }
     }
@@ -177,7 +170,6 @@ fn encode_group(
     Encoding {
         chunks,
         undecodable,
-        skipped,
     }
 }
 
@@ -211,8 +203,8 @@ enum InsertError {
 struct Inner {
     cfg: ClickHouseConfig,
     endpoints: Arc<Endpoints>,
-    spans_sql: String,
-    payloads_sql: String,
+    /// Per table, its INSERT statement.
+    sql: [String; TABLES],
     dead_letter: Arc<ArchiveStore>,
     stopping: CancellationToken,
     opts: EncodeOptions,
@@ -233,16 +225,13 @@ impl ClickHouseSink {
         Ok(Self {
             inner: Arc::new(Inner {
                 // On a cluster, the replica's own `_local` tables (cluster.rs).
-                spans_sql: schema::insert_sql(
-                    &cfg.database,
-                    &insert_table(schema::SPANS_TABLE, cfg.cluster.as_deref()),
-                    schema::SPAN_COLUMNS,
-                ),
-                payloads_sql: schema::insert_sql(
-                    &cfg.database,
-                    &insert_table(schema::PAYLOADS_TABLE, cfg.cluster.as_deref()),
-                    schema::PAYLOAD_COLUMNS,
-                ),
+                sql: Table::ALL.map(|t| {
+                    schema::insert_sql(
+                        &cfg.database,
+                        &insert_table(t.name(), cfg.cluster.as_deref()),
+                        &t.columns(),
+                    )
+                }),
                 dead_letter,
                 stopping,
                 opts: EncodeOptions {
@@ -351,12 +340,6 @@ impl Inner {
                 .context("row encoding task")?;
         metrics::histogram!(m::CLICKHOUSE_ENCODE_DURATION).record(started.elapsed().as_secs_f64());
 
-        for (n, signal) in encoding.skipped.into_iter().zip(["logs", "metrics"]) {
-            if n > 0 {
-                metrics::counter!(m::CLICKHOUSE_SKIPPED_BATCHES, "signal" => signal)
-                    .increment(n as u64);
-            }
-        }
         // Batch index -> reason it goes to the dead-letter archive.
         let mut dead: BTreeMap<usize, &'static str> = BTreeMap::new();
         for (i, err) in &encoding.undecodable {
@@ -364,8 +347,8 @@ impl Inner {
             dead.insert(*i, "undecodable");
         }
         for chunk in &encoding.chunks {
-            // Spans first: a payload row never exists without its span row.
-            for table in [Table::Spans, Table::Payloads] {
+            // In `Table::ALL` order: a payload row never exists without its row.
+            for table in Table::ALL {
                 let (data, n) = chunk.data(table);
                 if n == 0 {
                     continue;
@@ -381,11 +364,8 @@ impl Inner {
                     }
                     Err(InsertError::Rejected(e)) => {
                         tracing::warn!(group = %group.id, table = table.name(), error = %e, "ClickHouse rejected an insert as malformed; retrying its batches one by one");
-                        for (bi, sr, pr) in &chunk.parts {
-                            let range = match table {
-                                Table::Spans => sr.clone(),
-                                Table::Payloads => pr.clone(),
-                            };
+                        for (bi, ranges) in &chunk.parts {
+                            let range = ranges[table.index()].clone();
                             if range.is_empty() {
                                 continue;
                             }
@@ -513,10 +493,7 @@ impl Inner {
             .await
             .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?
             .map_err(|e| clickhouse::error::Error::Custom(format!("{e:#}")))?;
-        let sql = match table {
-            Table::Spans => &self.spans_sql,
-            Table::Payloads => &self.payloads_sql,
-        };
+        let sql = &self.sql[table.index()];
         let timeout = Duration::from_millis(self.cfg.insert_timeout_ms);
         let mut ins = client
             .insert_formatted_with(sql.clone())
@@ -612,11 +589,11 @@ mod tests {
         let e = encode_group(&batches, EncodeOptions::default(), 6, usize::MAX);
         assert_eq!(e.undecodable.len(), 1);
         assert_eq!(e.undecodable[0].0, 2);
-        let rows: Vec<usize> = e.chunks.iter().map(|c| c.span_rows).collect();
+        let rows: Vec<usize> = e.chunks.iter().map(|c| c.rows[0]).collect();
         assert_eq!(rows, vec![6, 6, 3]);
         let again = encode_group(&batches, EncodeOptions::default(), 6, usize::MAX);
         for (a, b) in e.chunks.iter().zip(&again.chunks) {
-            assert_eq!(a.spans, b.spans);
+            assert_eq!(a.data, b.data);
         }
     }
 
@@ -675,9 +652,8 @@ mod tests {
             let e = encode_group(&[b], EncodeOptions::default(), 100, usize::MAX);
             assert!(e.undecodable.is_empty());
             assert_eq!(e.chunks.len(), 1);
-            assert_eq!(e.chunks[0].spans, want.chunks[0].spans);
-            assert_eq!(e.chunks[0].payloads, want.chunks[0].payloads);
-            assert_eq!(e.chunks[0].span_rows, 4);
+            assert_eq!(e.chunks[0].data, want.chunks[0].data);
+            assert_eq!(e.chunks[0].rows[0], 4);
         }
         // A wrong declared length or an unknown encoding: dead-lettered, never rows of garbage.
         let mut short = z.clone();
@@ -692,6 +668,6 @@ mod tests {
         );
         let bad: Vec<usize> = e.undecodable.iter().map(|(i, _)| *i).collect();
         assert_eq!(bad, vec![0, 2]);
-        assert_eq!(e.chunks[0].span_rows, 4);
+        assert_eq!(e.chunks[0].rows[0], 4);
     }
 }

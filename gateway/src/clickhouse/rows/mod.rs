@@ -18,33 +18,27 @@
 use tracegate_proto::v1::Batch;
 
 use super::pb::{for_each, PbError, Reader};
+use super::tables::Table;
 
+mod encoded;
 mod genai;
+mod header;
+mod logs;
+mod metrics;
 mod rowbinary;
 mod values;
+
+pub use encoded::Encoded;
+pub use logs::LogEncoder;
+pub use metrics::MetricEncoder;
 
 use genai::*;
 use rowbinary::*;
 use values::*;
 pub use values::{format_double, span_kind, status_code};
 
-/// Rows encoded from one or more batches.
-#[derive(Debug, Default)]
-pub struct Encoded {
-    pub spans: Vec<u8>,
-    pub span_rows: usize,
-    pub payloads: Vec<u8>,
-    pub payload_rows: usize,
-}
-
-impl Encoded {
-    pub fn clear(&mut self) {
-        self.spans.clear();
-        self.payloads.clear();
-        self.span_rows = 0;
-        self.payload_rows = 0;
-    }
-}
+const SPANS: usize = Table::Spans.index();
+const PAYLOADS: usize = Table::Payloads.index();
 
 #[derive(Debug, Clone, Copy)]
 pub struct EncodeOptions {
@@ -163,18 +157,10 @@ impl Encoder {
     /// compressed payload is decompressed first (`envelope::plain_request`, capped at
     /// `envelope::MAX_PLAIN_BYTES`).
     pub fn encode_batch(&mut self, batch: &Batch, out: &mut Encoded) -> Result<(), PbError> {
-        let (s_len, s_rows, p_len, p_rows) = (
-            out.spans.len(),
-            out.span_rows,
-            out.payloads.len(),
-            out.payload_rows,
-        );
+        let mark = out.mark();
         let r = self.encode_inner(batch, out);
         if r.is_err() {
-            out.spans.truncate(s_len);
-            out.span_rows = s_rows;
-            out.payloads.truncate(p_len);
-            out.payload_rows = p_rows;
+            out.truncate(mark);
         }
         r
     }
@@ -281,7 +267,7 @@ impl Encoder {
         prefix: Option<&PayloadPrefix<'_>>,
         mut genai: Option<&mut GenAi<'a>>,
     ) -> Result<(), PbError> {
-        put_varint(&mut out.spans, kvs.len() as u64);
+        put_varint(&mut out.data[SPANS], kvs.len() as u64);
         let threshold = match prefix {
             Some(_) => self.opts.payload_threshold_bytes,
             None => usize::MAX,
@@ -296,8 +282,8 @@ impl Encoder {
                         g.observe(k, Any::Str(s));
                     }
                     if s.len() <= threshold {
-                        put_str(&mut out.spans, k);
-                        put_str(&mut out.spans, s);
+                        put_str(&mut out.data[SPANS], k);
+                        put_str(&mut out.data[SPANS], s);
                         continue;
                     }
                 }
@@ -308,32 +294,32 @@ impl Encoder {
                 g.observe(k, any);
             }
             let s = any_string(any, &mut self.json, &mut self.itoa)?;
-            put_str(&mut out.spans, k);
+            put_str(&mut out.data[SPANS], k);
             if s.len() <= threshold {
-                put_str(&mut out.spans, s);
+                put_str(&mut out.data[SPANS], s);
                 continue;
             }
             put_str(
-                &mut out.spans,
+                &mut out.data[SPANS],
                 utf8_prefix(s, self.opts.payload_preview_bytes),
             );
             // Payload row: tenant, Timestamp, TraceId, SpanId (the span's prefix), Location,
             // EventIndex, Key, Value, ValueBytes.
-            out.payloads.extend_from_slice(&self.tenant);
+            out.data[PAYLOADS].extend_from_slice(&self.tenant);
             if let Some(p) = prefix {
-                out.payloads.extend_from_slice(self.payload_prefix.get(p));
+                out.data[PAYLOADS].extend_from_slice(self.payload_prefix.get(p));
             }
             match loc {
                 Loc::Span => {
-                    put_str(&mut out.payloads, b"span");
-                    put_u32(&mut out.payloads, 0);
+                    put_str(&mut out.data[PAYLOADS], b"span");
+                    put_u32(&mut out.data[PAYLOADS], 0);
                     put_varint(&mut self.payload_keys, (k.len() + 5) as u64);
                     self.payload_keys.extend_from_slice(b"span:");
                     self.payload_keys.extend_from_slice(k);
                 }
                 Loc::Event(i) => {
-                    put_str(&mut out.payloads, b"event");
-                    put_u32(&mut out.payloads, i);
+                    put_str(&mut out.data[PAYLOADS], b"event");
+                    put_u32(&mut out.data[PAYLOADS], i);
                     let idx = self.itoa.format(i);
                     put_varint(&mut self.payload_keys, (k.len() + 7 + idx.len()) as u64);
                     self.payload_keys.extend_from_slice(b"event:");
@@ -343,10 +329,10 @@ impl Encoder {
                 }
             }
             self.payload_key_count += 1;
-            put_str(&mut out.payloads, k);
-            put_str(&mut out.payloads, s);
-            put_u64(&mut out.payloads, s.len() as u64);
-            out.payload_rows += 1;
+            put_str(&mut out.data[PAYLOADS], k);
+            put_str(&mut out.data[PAYLOADS], s);
+            put_u64(&mut out.data[PAYLOADS], s.len() as u64);
+            out.rows[PAYLOADS] += 1;
         }
         Ok(())
     }
@@ -389,7 +375,7 @@ impl Encoder {
         self.payload_keys.clear();
         self.payload_key_count = 0;
 
-        let o = &mut out.spans;
+        let o = &mut out.data[SPANS];
         // The row is about as long as the span's protobuf: grow once, not per column.
         o.reserve(msg.len() + self.resource_attrs.len() + self.scope_attrs.len() + 256);
         put_bytes(o, &self.tenant);
@@ -405,14 +391,14 @@ impl Encoder {
         put_bytes(o, &self.scope_name_version);
         let mut genai = GenAi::default();
         self.attr_map(out, msg, attrs, Loc::Span, Some(&prefix), Some(&mut genai))?;
-        let o = &mut out.spans;
+        let o = &mut out.data[SPANS];
         put_u64(o, s.end.saturating_sub(s.start));
         put_str(o, status_code(s.status_code).as_bytes());
         put_str(o, s.status_message);
         self.events(out, msg, events, &prefix)?;
         self.links(out, msg, links)?;
 
-        let o = &mut out.spans;
+        let o = &mut out.data[SPANS];
         put_bytes(o, &self.scope_attrs);
         put_u32(o, s.flags);
         put_u32(o, s.dropped_attributes);
@@ -432,7 +418,7 @@ impl Encoder {
         put_varint(o, self.payload_key_count as u64);
         o.extend_from_slice(&self.payload_keys);
         put_i64(o, self.received_at);
-        out.span_rows += 1;
+        out.rows[SPANS] += 1;
         Ok(())
     }
 
@@ -445,7 +431,7 @@ impl Encoder {
         events: &[(u32, u32)],
         prefix: &PayloadPrefix<'_>,
     ) -> Result<(), PbError> {
-        let o = &mut out.spans;
+        let o = &mut out.data[SPANS];
         if events.is_empty() {
             o.extend_from_slice(&[0, 0, 0]);
             return Ok(());
@@ -469,7 +455,7 @@ impl Encoder {
         for name in names {
             put_str(o, name);
         }
-        put_varint(&mut out.spans, events.len() as u64);
+        put_varint(&mut out.data[SPANS], events.len() as u64);
         let mut sub = Vec::new();
         for (i, &(from, to)) in events.iter().enumerate() {
             let ev = &msg[from as usize..to as usize];
@@ -488,11 +474,11 @@ impl Encoder {
         links: &[(u32, u32)],
     ) -> Result<(), PbError> {
         if links.is_empty() {
-            out.spans.extend_from_slice(&[0, 0, 0, 0]);
+            out.data[SPANS].extend_from_slice(&[0, 0, 0, 0]);
             return Ok(());
         }
         for field in [1u32, 2, 3] {
-            put_varint(&mut out.spans, links.len() as u64);
+            put_varint(&mut out.data[SPANS], links.len() as u64);
             for &(from, to) in links {
                 let mut r = Reader::new(&msg[from as usize..to as usize]);
                 let mut val: &[u8] = &[];
@@ -502,13 +488,13 @@ impl Encoder {
                     }
                 }
                 if field == 3 {
-                    put_str(&mut out.spans, val);
+                    put_str(&mut out.data[SPANS], val);
                 } else {
-                    put_hex(&mut out.spans, val);
+                    put_hex(&mut out.data[SPANS], val);
                 }
             }
         }
-        put_varint(&mut out.spans, links.len() as u64);
+        put_varint(&mut out.data[SPANS], links.len() as u64);
         let mut sub = Vec::new();
         for &(from, to) in links {
             let l = &msg[from as usize..to as usize];

@@ -125,6 +125,16 @@ pub(super) fn put_u32(out: &mut Vec<u8>, v: u32) {
 }
 
 #[inline]
+pub(super) fn put_i32(out: &mut Vec<u8>, v: i32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+#[inline]
+pub(super) fn put_f64(out: &mut Vec<u8>, v: f64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+#[inline]
 pub(super) fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
