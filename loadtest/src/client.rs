@@ -12,7 +12,7 @@ use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceResponse;
 
-use crate::payload::Encoding;
+use crate::payload::{Encoding, Signal};
 use crate::stats::Attempt;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Serialize)]
@@ -85,8 +85,6 @@ impl Codec for RawCodec {
     }
 }
 
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-
 #[derive(Clone)]
 pub enum Sender {
     Http {
@@ -98,6 +96,7 @@ pub enum Sender {
     },
     Grpc {
         channels: Vec<tonic::client::Grpc<tonic::transport::Channel>>,
+        path: &'static str,
     },
 }
 
@@ -105,6 +104,7 @@ pub struct SenderConfig<'a> {
     pub endpoint: &'a str,
     pub protocol: Protocol,
     pub encoding: Encoding,
+    pub signal: Signal,
     pub compression: Compression,
     pub ca_cert: Option<&'a Path>,
     pub local_addr: Option<std::net::IpAddr>,
@@ -127,13 +127,22 @@ fn rejected_from_json(body: &[u8]) -> u64 {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return 0;
     };
-    match &v["partialSuccess"]["rejectedSpans"] {
+    let p = &v["partialSuccess"];
+    // The field is named for the signal; only one is ever there.
+    let n = ["rejectedSpans", "rejectedLogRecords", "rejectedDataPoints"]
+        .iter()
+        .map(|k| &p[*k])
+        .find(|n| !n.is_null())
+        .unwrap_or(&serde_json::Value::Null);
+    match n {
         serde_json::Value::Number(n) => n.as_u64().unwrap_or(0),
         serde_json::Value::String(s) => s.parse().unwrap_or(0),
         _ => 0,
     }
 }
 
+/// The partial success's rejected count: field 1 of field 1 in every signal's response, so the
+/// traces response reads all three.
 fn rejected_from_pb(body: &[u8]) -> u64 {
     ExportTraceServiceResponse::decode(body)
         .ok()
@@ -162,10 +171,11 @@ impl Sender {
                         .tls_built_in_root_certs(false);
                 }
                 let base = c.endpoint.trim_end_matches('/');
-                let url = if base.ends_with("/v1/traces") {
+                let path = c.signal.http_path();
+                let url = if base.ends_with(path) {
                     base.to_string()
                 } else {
-                    format!("{base}/v1/traces")
+                    format!("{base}{path}")
                 };
                 Ok(Sender::Http {
                     client: b.build()?,
@@ -213,7 +223,10 @@ impl Sender {
                     }
                     channels.push(g);
                 }
-                Ok(Sender::Grpc { channels })
+                Ok(Sender::Grpc {
+                    channels,
+                    path: c.signal.grpc_path(),
+                })
             }
         }
     }
@@ -268,7 +281,7 @@ impl Sender {
                     },
                 }
             }
-            Sender::Grpc { channels } => {
+            Sender::Grpc { channels, path } => {
                 let mut g = channels[(id % channels.len() as u64) as usize].clone();
                 let mut req = tonic::Request::new(body);
                 match auth.parse() {
@@ -287,7 +300,7 @@ impl Sender {
                         label: "connect".into(),
                     };
                 }
-                let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
+                let path = http::uri::PathAndQuery::from_static(path);
                 match g.unary(req, path, RawCodec).await {
                     Ok(resp) => Attempt::Ok {
                         rejected_spans: rejected_from_pb(resp.get_ref()),

@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::client::{Compression, Protocol};
-use crate::payload::{Encoding, Shape};
+use crate::payload::{Encoding, Shape, Signal};
 
 /// Everything a run needs (from the command line); echoed in the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunConfig {
     pub endpoint: String,
     pub protocol: Protocol,
+    /// Traces, logs or metrics (`payload::Signal`); "spans" below are its items.
+    pub signal: Signal,
     pub encoding: Encoding,
     pub compression: Compression,
     pub compression_level: Option<i32>,

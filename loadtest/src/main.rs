@@ -44,7 +44,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use client::{Compression, Protocol};
-use payload::{Encoding, Shape};
+use payload::{Encoding, Shape, Signal};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -105,6 +105,10 @@ struct RunArgs {
     api_key_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "http")]
     protocol: Protocol,
+    /// The OTLP signal: each generated span becomes a log record (`logs`, with the span's
+    /// attributes) or a metric data point (`metrics`); figures labelled spans are then those.
+    #[arg(long, value_enum, default_value = "traces")]
+    signal: Signal,
     /// OTLP/HTTP body encoding (gRPC is always protobuf).
     #[arg(long, value_enum, default_value = "protobuf")]
     encoding: Encoding,
@@ -353,6 +357,7 @@ fn run_config(a: RunArgs) -> Result<(config::RunConfig, Option<PathBuf>, Option<
         endpoint,
         protocol: a.protocol,
         encoding: a.encoding,
+        signal: a.signal,
         compression: a.compression,
         compression_level: a.compression_level,
         projects: {

@@ -22,6 +22,39 @@ pub enum Encoding {
     Json,
 }
 
+/// The OTLP signal a run sends. Logs and metrics are the same models as spans
+/// (`tracegate_spangen::logs_request` / `metrics_request`): a log record per span (its
+/// attributes, prompts included), a data point per span (4 attributes, an exemplar with the
+/// ids); the report's "spans" are then log records or data points.
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signal {
+    #[default]
+    Traces,
+    Logs,
+    Metrics,
+}
+
+impl Signal {
+    /// The OTLP/HTTP path.
+    pub fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Logs => "/v1/logs",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+
+    /// The OTLP/gRPC method.
+    pub fn grpc_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+            Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        }
+    }
+}
+
 /// Placeholder ids of span `i`: random 64-bit bases from the seed, so they do not occur in the
 /// generated text (which is ASCII words and hex digits only in fixed-width values).
 struct Placeholders {
@@ -102,6 +135,12 @@ const RESOURCE: &[(&str, &str)] = &[
     ("deployment.environment", "production"),
 ];
 
+const FROM: Sender<'static> = Sender {
+    resource: RESOURCE,
+    scope: "tracegate-loadtest",
+    scope_version: env!("CARGO_PKG_VERSION"),
+};
+
 /// The template request in protobuf: the models' spans under one resource and scope.
 fn protobuf_request(models: &[SpanModel], ph: &Placeholders) -> Vec<u8> {
     let ids = |i: u64| SpanIds {
@@ -109,12 +148,36 @@ fn protobuf_request(models: &[SpanModel], ph: &Placeholders) -> Vec<u8> {
         span: ph.span(i),
         parent: (!models[i as usize].root).then(|| ph.parent(i)),
     };
-    let from = Sender {
-        resource: RESOURCE,
-        scope: "tracegate-loadtest",
-        scope_version: env!("CARGO_PKG_VERSION"),
+    tracegate_spangen::request(models, ids, &FROM).encode_to_vec()
+}
+
+/// A logs or metrics template (protobuf, or OTLP/JSON through the types' serde mapping, which
+/// writes ids in hex as OTLP/JSON wants). Records and points carry trace and span ids only.
+fn signal_request(
+    signal: Signal,
+    models: &[SpanModel],
+    ph: &Placeholders,
+    encoding: Encoding,
+) -> Result<Vec<u8>> {
+    let ids = |i: u64| SpanIds {
+        trace: ph.trace(i),
+        span: ph.span(i),
+        parent: None,
     };
-    tracegate_spangen::request(models, ids, &from).encode_to_vec()
+    Ok(match (signal, encoding) {
+        (Signal::Logs, Encoding::Protobuf) => {
+            tracegate_spangen::logs_request(models, ids, &FROM).encode_to_vec()
+        }
+        (Signal::Logs, Encoding::Json) => {
+            serde_json::to_vec(&tracegate_spangen::logs_request(models, ids, &FROM))?
+        }
+        (_, Encoding::Protobuf) => {
+            tracegate_spangen::metrics_request(models, ids, &FROM).encode_to_vec()
+        }
+        (_, Encoding::Json) => {
+            serde_json::to_vec(&tracegate_spangen::metrics_request(models, ids, &FROM))?
+        }
+    })
 }
 
 /// The same request in OTLP/JSON (hex ids, string nanoseconds).
@@ -158,15 +221,20 @@ fn json_request(models: &[SpanModel], ph: &Placeholders) -> Result<Vec<u8>> {
 }
 
 impl Template {
-    pub fn build(p: &ShapeParams, encoding: Encoding) -> Result<Template> {
+    pub fn build(p: &ShapeParams, encoding: Encoding, signal: Signal) -> Result<Template> {
         if p.spans == 0 {
             bail!("a request needs at least one span");
         }
         let ph = Placeholders::new(p.seed);
-        let models = tracegate_spangen::models(p);
-        let bytes = match encoding {
-            Encoding::Protobuf => protobuf_request(&models, &ph),
-            Encoding::Json => json_request(&models, &ph)?,
+        let mut models = tracegate_spangen::models(p);
+        let bytes = match (signal, encoding) {
+            (Signal::Traces, Encoding::Protobuf) => protobuf_request(&models, &ph),
+            (Signal::Traces, Encoding::Json) => json_request(&models, &ph)?,
+            _ => {
+                // No parents in log records and data points: every model patched like a root.
+                models.iter_mut().for_each(|m| m.root = true);
+                signal_request(signal, &models, &ph, encoding)?
+            }
         };
         let hexed = encoding == Encoding::Json;
         let pat = |b: &[u8]| -> Vec<u8> {
@@ -264,7 +332,8 @@ mod tests {
     #[test]
     fn protobuf_render_decodes_with_sequence_ids() {
         for shape in [Shape::Small, Shape::Realistic, Shape::Llm] {
-            let t = Template::build(&params(shape, 20), Encoding::Protobuf).unwrap();
+            let t =
+                Template::build(&params(shape, 20), Encoding::Protobuf, Signal::Traces).unwrap();
             let mut out = vec![];
             t.render(99, 41, &mut out);
             let req = ExportTraceServiceRequest::decode(out.as_slice()).unwrap();
@@ -285,14 +354,68 @@ mod tests {
         }
     }
 
+    /// Logs and metrics: every record / data point carries its sequence number's ids, in
+    /// protobuf and in OTLP/JSON (hex), and the gateway's own decoder reads the JSON.
+    #[test]
+    fn log_and_metric_templates_carry_sequence_ids() {
+        use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
+        use tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
+        use tracegate_proto::otlp::metrics::v1::metric::Data;
+        for encoding in [Encoding::Protobuf, Encoding::Json] {
+            let format = || match encoding {
+                Encoding::Protobuf => tracegate_otlp::codec::Format::Protobuf,
+                Encoding::Json => tracegate_otlp::codec::Format::Json,
+            };
+            let mut out = vec![];
+            let t = Template::build(&params(Shape::Llm, 9), encoding, Signal::Logs).unwrap();
+            t.render(7, 100, &mut out);
+            let req: ExportLogsServiceRequest =
+                tracegate_otlp::codec::decode_as(format(), &out).unwrap();
+            let records = &req.resource_logs[0].scope_logs[0].log_records;
+            assert_eq!(records.len(), 9);
+            for (i, r) in records.iter().enumerate() {
+                let seq = 100 + i as u64;
+                assert_eq!(
+                    ids::decode(7, &r.trace_id, &r.span_id),
+                    ids::Decoded::Ours(seq)
+                );
+                assert!(r.attributes.len() > 4, "the span's attributes");
+            }
+            let t =
+                Template::build(&params(Shape::Realistic, 9), encoding, Signal::Metrics).unwrap();
+            t.render(7, 100, &mut out);
+            let req: ExportMetricsServiceRequest =
+                tracegate_otlp::codec::decode_as(format(), &out).unwrap();
+            let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+            assert_eq!(metrics.len(), 3, "sum, histogram, gauge");
+            let mut seq = 100;
+            for m in metrics {
+                let exemplars: Vec<_> = match m.data.as_ref().unwrap() {
+                    Data::Sum(s) => s.data_points.iter().map(|p| &p.exemplars[0]).collect(),
+                    Data::Gauge(g) => g.data_points.iter().map(|p| &p.exemplars[0]).collect(),
+                    Data::Histogram(h) => h.data_points.iter().map(|p| &p.exemplars[0]).collect(),
+                    _ => unreachable!(),
+                };
+                assert_eq!(exemplars.len(), 3);
+                for e in exemplars {
+                    assert_eq!(
+                        ids::decode(7, &e.trace_id, &e.span_id),
+                        ids::Decoded::Ours(seq)
+                    );
+                    seq += 1;
+                }
+            }
+        }
+    }
+
     #[test]
     fn templates_of_other_seeds_share_shape_not_values() {
         // `--templates`: requests rendered from different seeds have the same size and ids but
         // different attribute values, so no compressor can match one request against another.
         let mut p = params(Shape::Realistic, 20);
-        let a = Template::build(&p, Encoding::Protobuf).unwrap();
+        let a = Template::build(&p, Encoding::Protobuf, Signal::Traces).unwrap();
         p.seed += 1;
-        let b = Template::build(&p, Encoding::Protobuf).unwrap();
+        let b = Template::build(&p, Encoding::Protobuf, Signal::Traces).unwrap();
         let (mut ra, mut rb) = (vec![], vec![]);
         a.render(5, 1, &mut ra);
         b.render(5, 1, &mut rb);
@@ -310,7 +433,12 @@ mod tests {
 
     #[test]
     fn json_render_has_hex_ids() {
-        let t = Template::build(&params(Shape::Realistic, 10), Encoding::Json).unwrap();
+        let t = Template::build(
+            &params(Shape::Realistic, 10),
+            Encoding::Json,
+            Signal::Traces,
+        )
+        .unwrap();
         let mut out = vec![];
         t.render(0xab, 11, &mut out);
         let v: Json = serde_json::from_slice(&out).unwrap();
@@ -322,7 +450,8 @@ mod tests {
 
     #[test]
     fn llm_values_within_bounds() {
-        let t = Template::build(&params(Shape::Llm, 16), Encoding::Protobuf).unwrap();
+        let t =
+            Template::build(&params(Shape::Llm, 16), Encoding::Protobuf, Signal::Traces).unwrap();
         // 16 spans x 2 values of 1000..=5000 bytes each.
         assert!(t.len() > 16 * 2 * 1000 && t.len() < 16 * (2 * 5000 + 2000));
     }

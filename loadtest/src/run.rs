@@ -280,7 +280,7 @@ async fn prepare(cfg: RunConfig, run_id: u64) -> Result<(Arc<Ctx>, (u64, u64))> 
     let mut templates: Vec<Template> = Vec::new();
     let mut template_bytes = 0;
     for k in 0..cfg.templates.max(1) {
-        let t = Template::build(&params(k), cfg.encoding)?;
+        let t = Template::build(&params(k), cfg.encoding, cfg.signal)?;
         if k > 0 && template_bytes + t.len() > TEMPLATE_BUDGET {
             break;
         }
@@ -305,6 +305,7 @@ async fn prepare(cfg: RunConfig, run_id: u64) -> Result<(Arc<Ctx>, (u64, u64))> 
         endpoint: &cfg.endpoint,
         protocol: cfg.protocol,
         encoding: cfg.encoding,
+        signal: cfg.signal,
         compression: cfg.compression,
         ca_cert: cfg.ca_cert.as_deref(),
         local_addr: cfg.local_addr,

@@ -30,6 +30,9 @@ pub struct ReportIds {
     pub refused_ranges: Vec<[u64; 2]>,
     #[serde(default)]
     pub unknown_ranges: Vec<[u64; 2]>,
+    /// The run's configuration (for its signal).
+    #[serde(default)]
+    pub config: serde_json::Value,
 }
 
 pub fn read_report(path: &std::path::Path) -> Result<ReportIds> {
@@ -39,6 +42,13 @@ pub fn read_report(path: &std::path::Path) -> Result<ReportIds> {
     if !r.ids_unique {
         bail!(
             "{}: the run used --body-pool, so its span ids repeat and cannot be verified",
+            path.display()
+        );
+    }
+    let signal = r.config["signal"].as_str().unwrap_or("traces");
+    if signal != "traces" {
+        bail!(
+            "{}: the run sent {signal}; verify counts spans (in otel_traces or the archive) only",
             path.display()
         );
     }
@@ -390,6 +400,7 @@ mod tests {
             acked_ranges: vec![[1, 16]],
             refused_ranges: vec![[17, 24]],
             unknown_ranges: vec![],
+            config: serde_json::Value::Null,
         }
     }
 

@@ -10,7 +10,11 @@
 //!
 //! `models` gives a request's spans without ids; `request` puts them, with the ids the caller
 //! chooses (`SpanIds`), under one resource and scope. The load tool encodes a template once and
-//! patches ids in place; the benches and tests build whole requests.
+//! patches ids in place; the benches and tests build whole requests. `logs_request` and
+//! `metrics_request` make the same models into the other two signals (`signals.rs`).
+
+mod signals;
+pub use signals::{log_record, logs_request, metrics_request, POINT_ATTRIBUTES};
 
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use tracegate_proto::otlp::common::v1::{
