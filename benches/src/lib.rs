@@ -59,6 +59,27 @@ impl IngestSetup {
         .unwrap()
         .0
     }
+
+    /// `ingest::signals::prepare_decoded` for a logs or metrics request (`T`): the gateway's
+    /// path for the other signals (decompress, prost decode, validate, stamp).
+    pub fn prepare_signal<T: tracegate::ingest::signals::Decoded>(
+        &self,
+        format: tracegate_otlp::codec::Format,
+        compression: tracegate_otlp::codec::Compression,
+        body: &bytes::Bytes,
+    ) -> tracegate::ingest::Prepared {
+        let permit = self.admission.try_reserve(body.len()).unwrap();
+        tracegate::ingest::signals::prepare_decoded::<T>(
+            format,
+            compression,
+            body.clone(),
+            &self.limits,
+            permit,
+            (&self.keys, &self.principal),
+        )
+        .unwrap()
+        .0
+    }
 }
 
 /// CPU time of the calling thread, in seconds (`CLOCK_THREAD_CPUTIME_ID`): unlike wall time it

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod prune;
 pub mod response;
 pub mod scan;
+pub mod scan_logs;
 pub mod stamp;
 pub mod validate;
 pub mod wire;

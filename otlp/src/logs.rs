@@ -1,7 +1,7 @@
 //! The logs signal (`opentelemetry.proto.collector.logs.v1`): per-record validation, the tenant
 //! stamp and the response with `partial_success` (`rejected_log_records`), on the prost path
-//! (decode with `codec::decode_as`). Spans have a scan fast path over their bytes; log records
-//! are decoded, which is what every other collector does for them.
+//! (decode with `codec::decode_as`). A clean protobuf request never gets here: `scan_logs`
+//! proves it clean over its bytes (the fast path), as `scan` does for spans.
 //!
 //! A log record may carry no trace context (both ids empty); ids that are present must have
 //! their lengths (16 and 8 bytes). The record's attributes and its body (an `AnyValue`: a GenAI

@@ -31,7 +31,7 @@ pub struct NeedsSlowPath;
 type R<T> = Result<T, NeedsSlowPath>;
 
 /// prost's `RECURSION_LIMIT`.
-const RECURSION_LIMIT: u32 = 100;
+pub(crate) const RECURSION_LIMIT: u32 = 100;
 
 const VARINT: u8 = 0;
 const I64: u8 = 1;
@@ -121,7 +121,7 @@ impl<'a> Cur<'a> {
 
     /// A `bytes` field.
     #[inline(always)]
-    fn bytes(&mut self, wt: u8) -> R<&'a [u8]> {
+    pub(crate) fn bytes(&mut self, wt: u8) -> R<&'a [u8]> {
         if wt != LEN {
             return Err(NeedsSlowPath);
         }
@@ -130,7 +130,7 @@ impl<'a> Cur<'a> {
 
     /// A `string` field: prost refuses one that is not UTF-8 (`is_utf8`).
     #[inline(always)]
-    fn string(&mut self, wt: u8) -> R<&'a [u8]> {
+    pub(crate) fn string(&mut self, wt: u8) -> R<&'a [u8]> {
         let s = self.bytes(wt)?;
         if is_utf8(s) {
             Ok(s)
@@ -149,7 +149,7 @@ impl<'a> Cur<'a> {
     }
 
     #[inline(always)]
-    fn fixed64(&mut self, wt: u8) -> R<()> {
+    pub(crate) fn fixed64(&mut self, wt: u8) -> R<()> {
         if wt != I64 {
             return Err(NeedsSlowPath);
         }
@@ -157,7 +157,7 @@ impl<'a> Cur<'a> {
     }
 
     #[inline(always)]
-    fn fixed32(&mut self, wt: u8) -> R<()> {
+    pub(crate) fn fixed32(&mut self, wt: u8) -> R<()> {
         if wt != I32 {
             return Err(NeedsSlowPath);
         }
@@ -167,7 +167,7 @@ impl<'a> Cur<'a> {
     /// A nested message field, merged by prost with the enclosing message's `budget`: it fails
     /// at 0, and the nested message's own fields get `budget - 1` (the caller passes that on).
     #[inline(always)]
-    fn msg(&mut self, wt: u8, budget: u32) -> R<&'a [u8]> {
+    pub(crate) fn msg(&mut self, wt: u8, budget: u32) -> R<&'a [u8]> {
         if wt != LEN || budget == 0 {
             return Err(NeedsSlowPath);
         }
@@ -191,14 +191,14 @@ impl<'a> Cur<'a> {
     }
 }
 
-struct Scanner<'l, 'c> {
-    l: &'l SpanLimits,
-    claims: &'c [Claim<'c>],
+pub(crate) struct Scanner<'l, 'c> {
+    pub(crate) l: &'l SpanLimits,
+    pub(crate) claims: &'c [Claim<'c>],
 }
 
 /// What an `AnyValue` turned out to be; only "a string" matters (tenant stamping).
 #[derive(Clone, Copy)]
-enum AnyKind<'a> {
+pub(crate) enum AnyKind<'a> {
     Str(&'a [u8]),
     Other,
 }
@@ -240,7 +240,7 @@ impl Scanner<'_, '_> {
         Ok(spans)
     }
 
-    fn resource(&self, buf: &[u8], b: u32) -> R<()> {
+    pub(crate) fn resource(&self, buf: &[u8], b: u32) -> R<()> {
         let mut c = Cur::new(buf);
         let mut attrs = 0usize;
         while !c.done() {
@@ -310,7 +310,7 @@ impl Scanner<'_, '_> {
         Ok(spans)
     }
 
-    fn scope(&self, buf: &[u8], b: u32) -> R<()> {
+    pub(crate) fn scope(&self, buf: &[u8], b: u32) -> R<()> {
         let mut c = Cur::new(buf);
         let mut attrs = 0usize;
         while !c.done() {
@@ -329,7 +329,7 @@ impl Scanner<'_, '_> {
     }
 
     #[inline]
-    fn attr_count(&self, n: usize) -> R<()> {
+    pub(crate) fn attr_count(&self, n: usize) -> R<()> {
         if n > self.l.max_attributes {
             Err(NeedsSlowPath)
         } else {
@@ -449,7 +449,11 @@ impl Scanner<'_, '_> {
     /// limited on its own, its value (nested values included) by `max_attribute_value_bytes`.
     /// Returns the key and what the value was, for tenant claims.
     #[inline]
-    fn attribute<'a>(&self, buf: &'a [u8], b: u32) -> R<(&'a [u8], Option<AnyKind<'a>>)> {
+    pub(crate) fn attribute<'a>(
+        &self,
+        buf: &'a [u8],
+        b: u32,
+    ) -> R<(&'a [u8], Option<AnyKind<'a>>)> {
         let mut size = 0usize;
         let (key, value) = self.key_value(buf, b, 1, &mut size)?;
         if key.len() > self.l.max_attribute_value_bytes {
@@ -490,7 +494,7 @@ impl Scanner<'_, '_> {
 
     /// An `AnyValue` at `depth` (1 = an attribute's own value), as `validate::check_value`
     /// sees it: depth, element counts and the running `size` of strings, bytes and kvlist keys.
-    fn any_value<'a>(
+    pub(crate) fn any_value<'a>(
         &self,
         buf: &'a [u8],
         b: u32,

@@ -368,7 +368,13 @@ pub fn realistic_request(n: usize, seed: u64) -> ExportTraceServiceRequest {
 /// [`realistic_request`] with one prompt attribute of exactly `attr_bytes` bytes per span (0:
 /// none): the large-value shapes of the benches (issue 21).
 pub fn realistic_with_prompts(n: usize, attr_bytes: usize, seed: u64) -> ExportTraceServiceRequest {
-    let models = models(&ShapeParams {
+    let models = bench_models(n, attr_bytes, seed);
+    request(&models, bench_ids(&models, seed), &BENCH_FROM)
+}
+
+/// The benches' models: `n` realistic spans from 2023-11-14 22:13:20 UTC.
+fn bench_models(n: usize, attr_bytes: usize, seed: u64) -> Vec<SpanModel> {
+    models(&ShapeParams {
         shape: Shape::Realistic,
         spans: n,
         llm_min_bytes: 0,
@@ -376,8 +382,12 @@ pub fn realistic_with_prompts(n: usize, attr_bytes: usize, seed: u64) -> ExportT
         attr_bytes,
         seed,
         start_unix_nano: 1_700_000_000_000_000_000,
-    });
-    let ids = |i: u64| {
+    })
+}
+
+/// The benches' ids: per seed, traces of `SPANS_PER_TRACE` spans.
+fn bench_ids(models: &[SpanModel], seed: u64) -> impl Fn(u64) -> SpanIds + '_ {
+    move |i: u64| {
         let id = seed.wrapping_mul(1_000_003).wrapping_add(i + 1);
         let mut trace = [0u8; 16];
         trace[..8].copy_from_slice(&seed.wrapping_add(1).to_be_bytes());
@@ -387,13 +397,32 @@ pub fn realistic_with_prompts(n: usize, attr_bytes: usize, seed: u64) -> ExportT
             span: id.to_be_bytes(),
             parent: (!models[i as usize].root).then(|| (id - 1).to_be_bytes()),
         }
-    };
-    let from = Sender {
-        resource: SERVICE,
-        scope: "tracegate-bench",
-        scope_version: "1",
-    };
-    request(&models, ids, &from)
+    }
+}
+
+const BENCH_FROM: Sender<'static> = Sender {
+    resource: SERVICE,
+    scope: "tracegate-bench",
+    scope_version: "1",
+};
+
+/// The log records of [`realistic_with_prompts`]'s spans (same models, same ids).
+pub fn realistic_logs(
+    n: usize,
+    attr_bytes: usize,
+    seed: u64,
+) -> tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest {
+    let models = bench_models(n, attr_bytes, seed);
+    logs_request(&models, bench_ids(&models, seed), &BENCH_FROM)
+}
+
+/// The data points of [`realistic_request`]'s spans (same models, ids in the exemplars).
+pub fn realistic_metrics(
+    n: usize,
+    seed: u64,
+) -> tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest {
+    let models = bench_models(n, 0, seed);
+    metrics_request(&models, bench_ids(&models, seed), &BENCH_FROM)
 }
 
 #[cfg(test)]

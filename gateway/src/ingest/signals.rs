@@ -42,6 +42,11 @@ pub trait Decoded: Message + Default + serde::de::DeserializeOwned + Send + 'sta
     fn response(rejected: usize, error_message: String) -> Self::Response;
     /// The success body in the request's format.
     fn encode_response(format: Format, r: &Self::Response) -> Bytes;
+    /// The signal's scan fast path over protobuf bytes, if it has one: `Some(items)` only when
+    /// decode + validate + stamp would accept every item and change nothing.
+    fn scan(_buf: &[u8], _l: &SpanLimits, _claims: &[Claim<'_>]) -> Option<usize> {
+        None
+    }
 }
 
 impl Decoded for ExportLogsServiceRequest {
@@ -66,6 +71,9 @@ impl Decoded for ExportLogsServiceRequest {
     }
     fn encode_response(format: Format, r: &Self::Response) -> Bytes {
         logs::encode_export_response(format, r)
+    }
+    fn scan(buf: &[u8], l: &SpanLimits, claims: &[Claim<'_>]) -> Option<usize> {
+        tracegate_otlp::scan_logs::scan_logs(buf, l, claims).ok()
     }
 }
 
@@ -106,9 +114,21 @@ pub fn prepare_decoded<T: Decoded>(
     let plain = decode::decompress(compression, body, limits.max_request_bytes)?;
     let digest = dedup::digest(&plain);
     permit.grow_to(plain.len())?;
+    let claims = tenant_claims(tenant.0, tenant.1);
+    if format == Format::Protobuf {
+        // A clean request is forwarded as its bytes, never decoded (`T::scan`).
+        if let Some(accepted) = T::scan(&plain, &limits.span_limits(), &claims) {
+            let outcome = Outcome {
+                accepted,
+                ..Default::default()
+            };
+            let prepared = Prepared::decoded(&plain, format, Vec::new, outcome, digest);
+            return Ok((prepared, permit));
+        }
+    }
     let mut req: T = decode::decode_as(format, &plain)?;
     let mut outcome = req.validate(&limits.span_limits());
-    outcome.modified |= req.stamp(&tenant_claims(tenant.0, tenant.1));
+    outcome.modified |= req.stamp(&claims);
     let prepared = Prepared::decoded(&plain, format, || req.encode_to_vec(), outcome, digest);
     Ok((prepared, permit))
 }

@@ -36,11 +36,12 @@ pub struct LogEncoder {
     header: Header,
     json: Vec<u8>,
     itoa: itoa::Buffer,
-    /// The current record's `RecordId`, `PayloadKeys` and payload-row prefix.
+    /// The current record's `RecordId` and `PayloadKeys`, and where its row's tenant,
+    /// Timestamp, TraceId and SpanId are in `otel_logs`' data: a payload row starts with them.
     record_id: Vec<u8>,
     payload_keys: Vec<u8>,
     payload_key_count: u64,
-    payload_prefix: Vec<u8>,
+    row_head: std::ops::Range<usize>,
     attrs: Vec<(u32, u32)>,
 }
 
@@ -72,7 +73,7 @@ impl LogEncoder {
             record_id: Vec::new(),
             payload_keys: Vec::new(),
             payload_key_count: 0,
-            payload_prefix: Vec::new(),
+            row_head: 0..0,
             attrs: Vec::new(),
         }
     }
@@ -144,20 +145,14 @@ impl LogEncoder {
         self.index += 1;
         self.payload_keys.clear();
         self.payload_key_count = 0;
-        // Payload rows start with the tenant, Timestamp, TraceId, SpanId and RecordId.
-        self.payload_prefix.clear();
-        self.payload_prefix.extend_from_slice(&self.tenant);
-        put_i64(&mut self.payload_prefix, ts as i64);
-        put_hex(&mut self.payload_prefix, rec.trace_id);
-        put_hex(&mut self.payload_prefix, rec.span_id);
-        put_str(&mut self.payload_prefix, &self.record_id);
-
         let o = &mut out.data[LOGS];
         o.reserve(msg.len() + self.header.resource_attrs.len() + 256);
+        let start = o.len();
         put_bytes(o, &self.tenant);
         put_i64(o, ts as i64);
         put_hex(o, rec.trace_id);
         put_hex(o, rec.span_id);
+        self.row_head = start..o.len();
         o.push(rec.flags as u8);
         put_str(o, rec.severity_text);
         o.push(rec.severity_number.min(255) as u8);
@@ -172,7 +167,7 @@ impl LogEncoder {
         } else {
             let preview = utf8_prefix(body, self.opts.payload_preview_bytes);
             put_str(&mut out.data[LOGS], preview);
-            payload_row(out, &self.payload_prefix, b"body", b"", body);
+            payload_row(out, &self.row_head, &self.record_id, b"body", b"", body);
             put_str(&mut self.payload_keys, b"body");
             self.payload_key_count += 1;
         }
@@ -219,6 +214,17 @@ impl LogEncoder {
         let threshold = self.opts.payload_threshold_bytes;
         for &(from, to) in attrs {
             let kv = msg.get(from as usize..to as usize).unwrap_or_default();
+            // Fast path (as for spans): a plain `key` + `string_value` below the threshold.
+            if let Some((k, v)) = kv_fast(kv) {
+                if let Some(s) = any_str_fast(v) {
+                    genai.observe(k, Any::Str(s));
+                    if s.len() <= threshold {
+                        put_str(&mut out.data[LOGS], k);
+                        put_str(&mut out.data[LOGS], s);
+                        continue;
+                    }
+                }
+            }
             let (k, v) = parse_kv(kv)?;
             let any = parse_any(v)?;
             genai.observe(k, any);
@@ -232,7 +238,7 @@ impl LogEncoder {
                 &mut out.data[LOGS],
                 utf8_prefix(s, self.opts.payload_preview_bytes),
             );
-            payload_row(out, &self.payload_prefix, b"attribute", k, s);
+            payload_row(out, &self.row_head, &self.record_id, b"attribute", k, s);
             put_varint(&mut self.payload_keys, (k.len() + 10) as u64);
             self.payload_keys.extend_from_slice(b"attribute:");
             self.payload_keys.extend_from_slice(k);
@@ -242,10 +248,21 @@ impl LogEncoder {
     }
 }
 
-/// One row of `otel_logs_payloads`.
-fn payload_row(out: &mut Encoded, prefix: &[u8], location: &[u8], key: &[u8], value: &[u8]) {
-    let o = &mut out.data[PAYLOADS];
-    o.extend_from_slice(prefix);
+/// One row of `otel_logs_payloads`: the record's row head (tenant, Timestamp, TraceId, SpanId)
+/// copied from its `otel_logs` row, then `RecordId`, `Location`, `Key`, `Value`, `ValueBytes`.
+fn payload_row(
+    out: &mut Encoded,
+    head: &std::ops::Range<usize>,
+    record_id: &[u8],
+    location: &[u8],
+    key: &[u8],
+    value: &[u8],
+) {
+    // `otel_logs` comes before its payload table (`Table::ALL`): split there.
+    let (logs, payloads) = out.data.split_at_mut(PAYLOADS);
+    let o = &mut payloads[0];
+    o.extend_from_slice(logs[LOGS].get(head.clone()).unwrap_or_default());
+    put_str(o, record_id);
     put_str(o, location);
     put_str(o, key);
     put_str(o, value);
@@ -258,17 +275,25 @@ fn scan_record<'a>(msg: &'a [u8], attrs: &mut Vec<(u32, u32)>) -> Result<Record<
     let mut rec = Record::default();
     let base = msg.as_ptr() as usize;
     let mut r = Reader::new(msg);
-    while let Some((n, v)) = r.next_field()? {
+    let range = |b: &[u8]| {
+        let from = (b.as_ptr() as usize - base) as u32;
+        (from, from + b.len() as u32)
+    };
+    loop {
+        // Attributes (field 6, tag 0x32) are most of a record's fields.
+        if let Some(kv) = r.take_tagged(0x32) {
+            attrs.push(range(kv));
+            continue;
+        }
+        let Some((n, v)) = r.next_field()? else {
+            break;
+        };
         match n {
             1 => rec.time = v.u64(),
             2 => rec.severity_number = v.u64(),
             3 => rec.severity_text = v.bytes(),
             5 => rec.body = Some(v.bytes()),
-            6 => {
-                let b = v.bytes();
-                let from = (b.as_ptr() as usize - base) as u32;
-                attrs.push((from, from + b.len() as u32));
-            }
+            6 => attrs.push(range(v.bytes())),
             8 => rec.flags = v.u64(),
             9 => rec.trace_id = v.bytes(),
             10 => rec.span_id = v.bytes(),
