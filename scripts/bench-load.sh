@@ -10,6 +10,11 @@
 #   scripts/bench-load.sh attack                                 4x capacity from one project + connection attacks
 #                                                                under a memory cap, a quiet project at 10 %: PASS/FAIL
 #   scripts/bench-load.sh writer [SPANS]                         Kafka backlog -> tracegate write -> ClickHouse (chdb front) + archive
+#   scripts/bench-load.sh signals [embedded|kafka] [none|zstd]   the three signals (issue 25): max load of traces,
+#                                                                logs and metrics from the same span models (and
+#                                                                traces / logs with 8 KiB prompts), rounds
+#                                                                alternating, in items and OTLP bytes per
+#                                                                gateway CPU-second
 #   scripts/bench-load.sh profile [embedded|kafka] [none|zstd]   perf profile of the gateway at max load
 #   scripts/bench-load.sh shapes [embedded|kafka] [none|zstd]    cost follows bytes (issue 21): max load per
 #                                                                shape (871-B spans, 8 KiB / 64 KiB prompts,
@@ -368,7 +373,7 @@ EOF
   "$BIN/loadtest" verify --report "$OUT/writer-backlog.json" --clickhouse "$CH" 2>/dev/null || true
   "$BIN/loadtest" verify --report "$OUT/writer-backlog.json" --data-dir "$WORK/wr" 2>/dev/null || true
   ;;
-shapes)
+shapes|signals)
   # One gateway, every shape in turn, ROUNDS (default 2) rounds with the order reversed every
   # other round; closed loop at 16 in flight with pre-built bodies (as `gateway` max). Per shape:
   # the median over rounds of spans and uncompressed OTLP bytes per gateway CPU-second, and the
@@ -382,6 +387,8 @@ shapes)
   fi
   start_gateway "$WORK/gw.toml"
   SHAPES=(${SHAPE_LIST:-"512:0" "512:8192" "64:65536" "64:0"})
+  # `signals` mode: SIGNAL:SPANS:PROMPT entries (traces first: the reference).
+  [ "$MODE" != signals ] || SHAPES=(${SIGNAL_LIST:-"traces:512:0" "logs:512:0" "metrics:512:0" "traces:512:8192" "logs:512:8192"})
   # Fresh bodies on the embedded path, whose gateway stores a repeated request once (see `gateway`).
   SHAPE_POOL="$([ "$TRANSPORT" = embedded ] && echo 0 || echo 16)"
   load --endpoint "http://$HTTP" --api-key "$KEY" --compression "$COMP" --duration 3s --concurrency 8 --body-pool 16 >/dev/null
@@ -389,11 +396,12 @@ shapes)
     ORDER=("${SHAPES[@]}")
     if [ $(( round % 2 )) -eq 0 ]; then ORDER=(); for (( i=${#SHAPES[@]}-1; i>=0; i-- )); do ORDER+=("${SHAPES[$i]}"); done; fi
     for sh in "${ORDER[@]}"; do
-      spr="${sh%%:*}"; ab="${sh##*:}"; tag="shape-$TRANSPORT-$COMP-$spr-$ab-r$round"
-      load --endpoint "http://$HTTP" --api-key "$KEY" --compression "$COMP" --spans-per-request "$spr" --attr-bytes "$ab" \
+      sig=traces; [ "$MODE" != signals ] || { sig="${sh%%:*}"; sh="${sh#*:}"; }
+      spr="${sh%%:*}"; ab="${sh##*:}"; tag="shape-$TRANSPORT-$COMP-$sig-$spr-$ab-r$round"
+      load --endpoint "http://$HTTP" --api-key "$KEY" --compression "$COMP" --signal "$sig" --spans-per-request "$spr" --attr-bytes "$ab" \
         --duration "${MAX_SECS:-15}s" --concurrency "${MAX_CONC:-16}" --body-pool "$SHAPE_POOL" --watch-pid "$GW:gateway" \
         --report "$OUT/$tag.json" > /dev/null
-      echo "SHAPE $spr spans x prompt $ab B, round $round: $(summary "$OUT/$tag.json")"
+      echo "SHAPE $sig $spr x prompt $ab B, round $round: $(summary "$OUT/$tag.json")"
     done
   done
   python3 - "$OUT" "$TRANSPORT-$COMP" "${SHAPES[@]}" <<'PY'
@@ -401,14 +409,14 @@ import glob, json, statistics, sys
 out, tag, shapes = sys.argv[1], sys.argv[2], sys.argv[3:]
 base = None
 for sh in shapes:
-    spr, ab = sh.split(":")
-    runs = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/shape-{tag}-{spr}-{ab}-r*.json"))]
+    sig, spr, ab = (sh if sh.count(":") == 2 else "traces:" + sh).split(":")
+    runs = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/shape-{tag}-{sig}-{spr}-{ab}-r*.json"))]
     per_span = runs[0]["request_bytes"] / runs[0]["spans_per_request"]
     cpu = statistics.median(r["watched"][0]["acked_spans_per_cpu_sec"] for r in runs)
     mb = cpu * per_span / 1e6
     base = base or (cpu, mb)
-    print(f"SHAPES {tag} {spr} spans x {ab} B prompt ({per_span:.0f} B/span): {cpu:,.0f} spans/gateway-cpu-s, "
-          f"{mb:,.1f} MB/gateway-cpu-s = {mb / base[1]:.2f}x the bytes and {cpu / base[0]:.2f}x the spans of the first shape "
+    print(f"SHAPES {tag} {sig} {spr} x {ab} B prompt ({per_span:.0f} B/item): {cpu:,.0f} items/gateway-cpu-s, "
+          f"{mb:,.1f} MB/gateway-cpu-s = {mb / base[1]:.2f}x the bytes and {cpu / base[0]:.2f}x the items of the first shape "
           f"(median of {len(runs)})")
 PY
   ;;

@@ -1,4 +1,4 @@
-//! Differential fuzzing of the ingest fast path: whenever the scan (`tracegate_otlp::scan`)
+//! Differential fuzzing of the ingest fast paths (spans; log records: `scan_logs`, same rule): whenever the scan (`tracegate_otlp::scan`)
 //! says "clean, n spans", prost's decode + `validate` + the tenant stamp (`tracegate_otlp::
 //! validate`, `stamp`) must agree: decoded, n spans accepted, none rejected, nothing modified,
 //! nothing to stamp. The scan must also never panic, whatever the bytes.
@@ -59,4 +59,21 @@ fuzz_target!(|data: &[u8]| {
             "the scan called a request clean that the prost path refuses or changes"
         );
     }
+    // The same bytes read as a logs request: `scan_logs` holds to the same claim.
+    if let Ok(n) = tracegate_otlp::scan_logs::scan_logs(body, &l, &CLAIMS) {
+        assert_eq!(
+            slow_logs(body, &l),
+            Some((n, true)),
+            "scan_logs called a request clean that the prost path refuses or changes"
+        );
+    }
 });
+
+/// `slow` for `ExportLogsServiceRequest`.
+fn slow_logs(buf: &[u8], l: &SpanLimits) -> Option<(usize, bool)> {
+    use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
+    let mut req = ExportLogsServiceRequest::decode(buf).ok()?;
+    let o = tracegate_otlp::logs::validate(&mut req, l);
+    let stamped = tracegate_otlp::logs::stamp_tenant(&mut req, &CLAIMS);
+    Some((o.accepted, o.rejected == 0 && !o.modified && !stamped))
+}

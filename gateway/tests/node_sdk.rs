@@ -34,7 +34,11 @@ fn node_modules() -> PathBuf {
 #[test]
 fn node_sdk_defaults_send_all_three_signals_over_each_protocol() {
     let modules = node_modules();
-    let gw = Gateway::start(&[]);
+    // With ClickHouse: the records land in the Collector's tables too (issue 25's "done when").
+    let front = common::ChFront::start(&[]);
+    let env = common::clickhouse_env(&front, "node");
+    common::migrate(&env);
+    let gw = Gateway::start(&common::env_refs(&env));
     for (protocol, endpoint) in [
         ("http/protobuf", gw.http_url()),
         ("http/json", gw.http_url()),
@@ -62,6 +66,7 @@ fn node_sdk_defaults_send_all_three_signals_over_each_protocol() {
         );
 
         common::assert_all_three_signals(&gw.data_dir, &project, &tag, protocol);
+        common::assert_all_three_in_clickhouse(&front, "node", &project, &tag);
     }
 
     // The check can fail: refused exports (a key that does not exist) are errors the SDK

@@ -3,7 +3,8 @@
 //! the standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`,
 //! `OTEL_EXPORTER_OTLP_HEADERS`), for each protocol the SDK speaks (`http/protobuf`,
 //! `http/json`, `grpc`). Every export succeeds (no exporter error) and every span, log record
-//! and data point is archived once under the key's project.
+//! and data point is archived once under the key's project, and lands once in ClickHouse's
+//! `otel_traces`, `otel_logs` and `otel_metrics_sum`.
 //!
 //! One test in this binary: it sets the process's environment, which the exporters read.
 
@@ -58,7 +59,11 @@ fn send_all_three(tag: &str) {
 
 #[test]
 fn all_three_signals_from_the_standard_variables_over_each_protocol() {
-    let gw = Gateway::start(&[]);
+    // With ClickHouse: all three land in the Collector's tables as well as the archive.
+    let front = common::ChFront::start(&[]);
+    let env = common::clickhouse_env(&front, "sdk");
+    common::migrate(&env);
+    let gw = Gateway::start(&common::env_refs(&env));
     let rt = tokio::runtime::Runtime::new().unwrap();
     for (protocol, endpoint) in [
         ("http/protobuf", gw.http_url()),
@@ -81,5 +86,6 @@ fn all_three_signals_from_the_standard_variables_over_each_protocol() {
         }
         let metrics = common::assert_all_three_signals(&gw.data_dir, &project, &tag, protocol);
         assert_eq!(metrics[0]["metric"]["sum"]["dataPoints"][0]["asInt"], "3");
+        common::assert_all_three_in_clickhouse(&front, "sdk", &project, &tag);
     }
 }

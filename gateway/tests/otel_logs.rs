@@ -198,6 +198,29 @@ fn invalid_records_are_rejected_one_by_one_and_the_scope_is_required() {
         .filter_map(|r| r["log"]["body"]["stringValue"].as_str().map(String::from))
         .collect();
     assert_eq!(bodies, ["kept-1", "kept-2"]);
+
+    // A body nested deeper than the decoder follows (60 arrays: prost's recursion limit fails
+    // the whole request) costs its record alone.
+    let mut deep = AnyValue {
+        value: Some(any_value::Value::StringValue("leaf".into())),
+    };
+    for _ in 0..60 {
+        deep = AnyValue {
+            value: Some(any_value::Value::ArrayValue(
+                tracegate_proto::otlp::common::v1::ArrayValue { values: vec![deep] },
+            )),
+        };
+    }
+    let mut too_deep = record("too-deep");
+    too_deep.body = Some(deep);
+    let (status, _, body) = post_logs(&gw, &key, &request(vec![record("kept-3"), too_deep]));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let ps = ExportLogsServiceResponse::decode(&body[..])
+        .unwrap()
+        .partial_success
+        .expect("partial_success");
+    assert_eq!(ps.rejected_log_records, 1, "{ps:?}");
+    assert!(ps.error_message.contains("nested deeper"), "{ps:?}");
     let m = gw.metrics();
     assert!(
         m.contains(r#"tracegate_log_records_rejected_total{reason="invalid_severity"} 1"#),

@@ -1,4 +1,5 @@
-//! Per-span rejection of attribute values nested deeper than the decoder can follow.
+//! Per-span (and per-log-record) rejection of attribute values nested deeper than the decoder
+//! can follow.
 //!
 //! prost refuses a message nested more than 100 levels deep (`RECURSION_LIMIT`), and an
 //! `AnyValue` costs two levels per level of nesting (AnyValue → ArrayValue/KeyValueList →
@@ -34,8 +35,20 @@ pub struct Pruned {
 /// Cuts out the spans holding a value nested deeper than `max_depth` (capped at
 /// [`DECODER_DEPTH_LIMIT`]); `None` when there is none or the bytes are malformed.
 pub fn prune_deep_spans(buf: &[u8], max_depth: usize) -> Option<Pruned> {
+    prune_deep(buf, max_depth, Walk::span_too_deep)
+}
+
+/// [`prune_deep_spans`] for an `ExportLogsServiceRequest`: cuts out the log records whose
+/// attributes or body hold a value nested deeper than `max_depth` (the field numbers of
+/// `ResourceLogs` and `ScopeLogs` are those of `ResourceSpans` and `ScopeSpans`).
+pub fn prune_deep_log_records(buf: &[u8], max_depth: usize) -> Option<Pruned> {
+    prune_deep(buf, max_depth, Walk::log_record_too_deep)
+}
+
+fn prune_deep(buf: &[u8], max_depth: usize, item_too_deep: ItemCheck) -> Option<Pruned> {
     let w = Walk {
         limit: max_depth.min(DECODER_DEPTH_LIMIT),
+        item_too_deep,
     };
     let mut rejected = 0usize;
     let out = w.rebuild(buf, &mut rejected, |w, tag, field, rejected| match tag {
@@ -55,8 +68,12 @@ enum Edit {
     Drop,
 }
 
+/// Whether one item (a span, a log record) holds a too-deep value.
+type ItemCheck = fn(&Walk, &[u8]) -> Option<bool>;
+
 struct Walk {
     limit: usize,
+    item_too_deep: ItemCheck,
 }
 
 impl Walk {
@@ -116,7 +133,7 @@ impl Walk {
         }
         let before = *rejected;
         let out = self.rebuild(buf, rejected, |w, tag, span, rejected| {
-            if tag == 2 && w.span_too_deep(span)? {
+            if tag == 2 && (w.item_too_deep)(w, span)? {
                 *rejected += 1;
                 return Some(Edit::Drop);
             }
@@ -134,6 +151,14 @@ impl Walk {
             self.any_field(span, 9, |w, kv| w.key_value_too_deep(kv, 1))?
                 || self.any_field(span, 11, |w, event| w.attributes_too_deep(event, 3))?
                 || self.any_field(span, 13, |w, link| w.attributes_too_deep(link, 4))?,
+        )
+    }
+
+    /// A `LogRecord`: its attributes (6) and its body (5, an `AnyValue` at depth 1).
+    fn log_record_too_deep(&self, record: &[u8]) -> Option<bool> {
+        Some(
+            self.any_field(record, 6, |w, kv| w.key_value_too_deep(kv, 1))?
+                || self.any_field(record, 5, |w, body| w.value_too_deep(body, 1))?,
         )
     }
 
@@ -285,6 +310,43 @@ mod tests {
                 .map(|s| s.name.as_str())
                 .collect();
             assert_eq!(names, ["good-0", "good-1", "good-2"], "depth {depth}");
+        }
+    }
+
+    /// A log record with a too-deep body or attribute is cut; its neighbours decode.
+    #[test]
+    fn deep_log_records_are_cut_by_body_or_attribute() {
+        use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
+        use tracegate_proto::otlp::logs::v1::{LogRecord, ScopeLogs};
+        for depth in [49, 5000] {
+            let good = |name: &str| LogRecord {
+                event_name: name.into(),
+                ..Default::default()
+            };
+            let mut scope = ScopeLogs {
+                log_records: vec![good("a"), good("b")],
+                ..Default::default()
+            }
+            .encode_to_vec();
+            let mut deep_body = good("deep-body").encode_to_vec();
+            put(&mut deep_body, 5, &deep_value(depth));
+            let mut kv = field(1, b"k");
+            put(&mut kv, 2, &deep_value(depth));
+            let mut deep_attr = good("deep-attr").encode_to_vec();
+            put(&mut deep_attr, 6, &kv);
+            put(&mut scope, 2, &deep_body);
+            put(&mut scope, 2, &deep_attr);
+            let bytes = field(1, &field(2, &scope));
+            assert!(ExportLogsServiceRequest::decode(&bytes[..]).is_err());
+            let p = prune_deep_log_records(&bytes, 32).expect("pruned");
+            assert_eq!(p.rejected, 2, "depth {depth}");
+            let req = ExportLogsServiceRequest::decode(&p.request[..]).unwrap();
+            let names: Vec<_> = req.resource_logs[0].scope_logs[0]
+                .log_records
+                .iter()
+                .map(|r| r.event_name.as_str())
+                .collect();
+            assert_eq!(names, ["a", "b"]);
         }
     }
 

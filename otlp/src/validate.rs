@@ -97,8 +97,13 @@ const MAX_MESSAGES: usize = 5;
 impl Outcome {
     /// Counts `n` spans cut out before decoding for a value nested deeper than `limit`.
     pub fn reject_too_deep(&mut self, n: usize, limit: usize) {
+        self.reject_too_deep_items(n, limit, "span(s)");
+    }
+
+    /// [`Outcome::reject_too_deep`] for items named `noun` (`"log record(s)"`).
+    pub fn reject_too_deep_items(&mut self, n: usize, limit: usize, noun: &str) {
         self.reject(n, Reason::AttributeTooDeep, || {
-            format!("{n} span(s) hold a value nested deeper than {limit} levels")
+            format!("{n} {noun} hold a value nested deeper than {limit} levels")
         });
     }
 

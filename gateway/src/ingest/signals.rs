@@ -16,6 +16,7 @@ use prost::Message;
 use tracegate_otlp::codec::{self as decode, Compression, Format};
 use tracegate_otlp::logs;
 use tracegate_otlp::metrics as otlp_metrics;
+use tracegate_otlp::prune;
 use tracegate_otlp::scan::Claim;
 use tracegate_otlp::validate::{Outcome, SpanLimits};
 use tracegate_pipeline::dedup;
@@ -47,6 +48,11 @@ pub trait Decoded: Message + Default + serde::de::DeserializeOwned + Send + 'sta
     fn scan(_buf: &[u8], _l: &SpanLimits, _claims: &[Claim<'_>]) -> Option<usize> {
         None
     }
+    /// The request with its items holding a value nested too deep for prost cut out (so the
+    /// rest decodes, and they are rejected one by one), if the signal can do that.
+    fn prune_deep(_buf: &[u8], _max_depth: usize) -> Option<prune::Pruned> {
+        None
+    }
 }
 
 impl Decoded for ExportLogsServiceRequest {
@@ -74,6 +80,9 @@ impl Decoded for ExportLogsServiceRequest {
     }
     fn scan(buf: &[u8], l: &SpanLimits, claims: &[Claim<'_>]) -> Option<usize> {
         tracegate_otlp::scan_logs::scan_logs(buf, l, claims).ok()
+    }
+    fn prune_deep(buf: &[u8], max_depth: usize) -> Option<prune::Pruned> {
+        prune::prune_deep_log_records(buf, max_depth)
     }
 }
 
@@ -126,8 +135,21 @@ pub fn prepare_decoded<T: Decoded>(
             return Ok((prepared, permit));
         }
     }
-    let mut req: T = decode::decode_as(format, &plain)?;
+    let (mut req, deep): (T, usize) = match decode::decode_as(format, &plain) {
+        Ok(req) => (req, 0),
+        // A value nested too deep for prost fails the whole decode: cut the items holding one
+        // out of the bytes and decode the rest (as for spans, `prepare.rs`).
+        Err(e) if format == Format::Protobuf => {
+            match T::prune_deep(&plain, limits.max_attribute_depth) {
+                Some(p) => (decode::decode_as(format, &p.request)?, p.rejected),
+                None => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut outcome = req.validate(&limits.span_limits());
+    let depth = limits.max_attribute_depth.min(prune::DECODER_DEPTH_LIMIT);
+    outcome.reject_too_deep_items(deep, depth, T::NOUN);
     outcome.modified |= req.stamp(&claims);
     let prepared = Prepared::decoded(&plain, format, || req.encode_to_vec(), outcome, digest);
     Ok((prepared, permit))

@@ -324,3 +324,43 @@ pub fn counts(front: &ChFront, db: &str, project: &str) -> (u64, u64) {
     let mut it = out.split_whitespace().map(|v| v.parse::<u64>().unwrap());
     (it.next().unwrap(), it.next().unwrap())
 }
+
+/// `assert_all_three_signals` in ClickHouse: the project's rows in `otel_traces`, `otel_logs`
+/// and `otel_metrics_sum` are `{tag}-span-{0,1,2}`, `{tag}-log-{0,1,2}` (bodies) and one point
+/// of `{tag}.requests` with value 3, once each (waits for the writer up to 60 s).
+pub fn assert_all_three_in_clickhouse(front: &ChFront, db: &str, project: &str, tag: &str) {
+    let rows = |sql: String| -> Vec<String> {
+        front
+            .query(&format!("{sql} FORMAT TSV"))
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let spans = || {
+        rows(format!(
+            "SELECT SpanName FROM {db}.otel_traces WHERE ProjectId = '{project}' ORDER BY SpanName"
+        ))
+    };
+    let logs = || {
+        rows(format!(
+            "SELECT Body FROM {db}.otel_logs WHERE ProjectId = '{project}' ORDER BY Body"
+        ))
+    };
+    let sums = || {
+        rows(format!(
+            "SELECT MetricName, Value FROM {db}.otel_metrics_sum WHERE ProjectId = '{project}'"
+        ))
+    };
+    let want = |kind: &str| {
+        (0..3)
+            .map(|i| format!("{tag}-{kind}-{i}"))
+            .collect::<Vec<_>>()
+    };
+    let done = wait_until(Duration::from_secs(60), || {
+        spans().len() >= 3 && logs().len() >= 3 && !sums().is_empty()
+    });
+    assert!(done, "{project}: {:?} {:?} {:?}", spans(), logs(), sums());
+    assert_eq!(spans(), want("span"), "{project}");
+    assert_eq!(logs(), want("log"), "{project}");
+    assert_eq!(sums(), [format!("{tag}.requests\t3")], "{project}");
+}
