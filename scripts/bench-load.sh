@@ -361,7 +361,7 @@ EOF
     s=$(metric tracegate_kafka_writer_spans_total); now=$(date +%s.%N)
     if [ "$s" -gt "$last" ]; then last=$s; tl=$now; cl=$(cpu "$WR"); fi
     [ "$s" -ge "$TOTAL" ] && break
-    awk -v a="$now" -v b="$tl" 'BEGIN { exit !(a - b > 60) }' && { echo "writer stalled at $s of $TOTAL" >&2; break; }
+    awk -v a="$now" -v b="$tl" 'BEGIN { exit !(a - b > 60) }' && { echo "writer stalled at $s of $TOTAL; its log:" >&2; tail -20 "$WORK/wr.err" >&2; break; }
     sleep 0.2
   done
   awk -v n="$last" -v t0="$t0" -v t1="$tl" -v c0="$c0" -v c1="$cl" -v want="$TOTAL" 'BEGIN {

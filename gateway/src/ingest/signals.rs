@@ -197,9 +197,16 @@ impl Ingest {
         );
         let (format, compression, body, permit) =
             (raw.format, raw.compression, raw.body, raw.permit);
+        let zstd_level = self.payload_zstd_level;
         let (prepared, permit) = tracegate_pipeline::cpu::run(class, move || {
             let _slot = slot;
-            prepare_decoded::<T>(format, compression, body, &limits, permit, (&keys, &p))
+            let (mut prepared, mut permit) =
+                prepare_decoded::<T>(format, compression, body, &limits, permit, (&keys, &p))?;
+            // `kafka.compression = "payload_zstd"`: as for spans (`Ingest::prepare`).
+            if let Some(level) = zstd_level {
+                prepared.compress_plain(level, &mut permit);
+            }
+            Ok::<_, ApiError>((prepared, permit))
         })
         .await
         .map_err(|e| ApiError::internal(format!("decode task failed: {e}")))??;
