@@ -167,8 +167,16 @@ mod tests {
                 value: Some(any_value::Value::StringValue(format!("body {i}"))),
             }),
             attributes: vec![kv("gen_ai.request.model", "gpt-4o"), kv("k", "é")],
-            trace_id: if i % 2 == 0 { vec![i + 1; 16] } else { vec![] },
-            span_id: if i % 2 == 0 { vec![i + 1; 8] } else { vec![] },
+            trace_id: if i.is_multiple_of(2) {
+                vec![i + 1; 16]
+            } else {
+                vec![]
+            },
+            span_id: if i.is_multiple_of(2) {
+                vec![i + 1; 8]
+            } else {
+                vec![]
+            },
             flags: 1,
             ..Default::default()
         }

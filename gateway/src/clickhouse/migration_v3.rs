@@ -13,8 +13,6 @@
 //!   exponential histogram tables do, rather than holding the map itself in the key;
 //! - `otel_logs` keeps `EventName` (the exporter added it with the OTLP 1.5 field).
 
-use super::migrations::Migration;
-
 macro_rules! tenant_columns {
     () => {
         "    OrgId LowCardinality(String) CODEC(ZSTD(1)),
@@ -75,14 +73,12 @@ SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, {dedup}"
     };
 }
 
-pub(super) const V3: Migration = Migration {
-    version: 3,
-    name: "logs and metrics: otel_logs, otel_logs_payloads and the five otel_metrics_* tables",
-    statements: &[
-        concat!(
-            "CREATE TABLE IF NOT EXISTS `{db}`.otel_logs (\n",
-            tenant_columns!(),
-            "    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+/// Migration 3's statements (`migrations.rs` lists it; placeholders as there).
+pub(super) const STATEMENTS: &[&str] = &[
+    concat!(
+        "CREATE TABLE IF NOT EXISTS `{db}`.otel_logs (\n",
+        tenant_columns!(),
+        "    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
     TimestampTime DateTime DEFAULT toDateTime(Timestamp),
     TraceId String CODEC(ZSTD(1)),
     SpanId String CODEC(ZSTD(1)),
@@ -123,11 +119,11 @@ PRIMARY KEY (OrgId, WorkspaceId, ProjectId, ServiceName, TimestampTime)
 ORDER BY (OrgId, WorkspaceId, ProjectId, ServiceName, TimestampTime, Timestamp)
 {ttl}
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, {dedup}"
-        ),
-        concat!(
-            "CREATE TABLE IF NOT EXISTS `{db}`.otel_logs_payloads (\n",
-            tenant_columns!(),
-            "    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    ),
+    concat!(
+        "CREATE TABLE IF NOT EXISTS `{db}`.otel_logs_payloads (\n",
+        tenant_columns!(),
+        "    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
     TraceId String CODEC(ZSTD(1)),
     SpanId String CODEC(ZSTD(1)),
     RecordId String CODEC(ZSTD(1)),
@@ -141,52 +137,52 @@ PARTITION BY toDate(Timestamp)
 ORDER BY (OrgId, WorkspaceId, ProjectId, RecordId, Location, Key)
 {ttl}
 SETTINGS index_granularity = 1024, ttl_only_drop_parts = 1, {dedup}"
-        ),
-        concat!(
-            "CREATE TABLE IF NOT EXISTS `{db}`.otel_metrics_gauge (\n",
-            tenant_columns!(),
-            metric_columns!(),
-            "    Value Float64 CODEC(ZSTD(1)),
+    ),
+    concat!(
+        "CREATE TABLE IF NOT EXISTS `{db}`.otel_metrics_gauge (\n",
+        tenant_columns!(),
+        metric_columns!(),
+        "    Value Float64 CODEC(ZSTD(1)),
     Flags UInt32 CODEC(ZSTD(1)),
 ",
-            exemplars!(),
-            metric_tail!()
-        ),
-        concat!(
-            "CREATE TABLE IF NOT EXISTS `{db}`.otel_metrics_sum (\n",
-            tenant_columns!(),
-            metric_columns!(),
-            "    Value Float64 CODEC(ZSTD(1)),
+        exemplars!(),
+        metric_tail!()
+    ),
+    concat!(
+        "CREATE TABLE IF NOT EXISTS `{db}`.otel_metrics_sum (\n",
+        tenant_columns!(),
+        metric_columns!(),
+        "    Value Float64 CODEC(ZSTD(1)),
     Flags UInt32 CODEC(ZSTD(1)),
 ",
-            exemplars!(),
-            "    AggregationTemporality Int32 CODEC(ZSTD(1)),
+        exemplars!(),
+        "    AggregationTemporality Int32 CODEC(ZSTD(1)),
     IsMonotonic Boolean CODEC(Delta, ZSTD(1)),
 ",
-            metric_tail!()
-        ),
-        concat!(
-            "CREATE TABLE IF NOT EXISTS `{db}`.otel_metrics_histogram (\n",
-            tenant_columns!(),
-            metric_columns!(),
-            "    Count UInt64 CODEC(Delta, ZSTD(1)),
+        metric_tail!()
+    ),
+    concat!(
+        "CREATE TABLE IF NOT EXISTS `{db}`.otel_metrics_histogram (\n",
+        tenant_columns!(),
+        metric_columns!(),
+        "    Count UInt64 CODEC(Delta, ZSTD(1)),
     Sum Float64 CODEC(ZSTD(1)),
     BucketCounts Array(UInt64) CODEC(ZSTD(1)),
     ExplicitBounds Array(Float64) CODEC(ZSTD(1)),
 ",
-            exemplars!(),
-            "    Flags UInt32 CODEC(ZSTD(1)),
+        exemplars!(),
+        "    Flags UInt32 CODEC(ZSTD(1)),
     Min Float64 CODEC(ZSTD(1)),
     Max Float64 CODEC(ZSTD(1)),
     AggregationTemporality Int32 CODEC(ZSTD(1)),
 ",
-            metric_tail!()
-        ),
-        concat!(
-            "CREATE TABLE IF NOT EXISTS `{db}`.otel_metrics_exponential_histogram (\n",
-            tenant_columns!(),
-            metric_columns!(),
-            "    Count UInt64 CODEC(Delta, ZSTD(1)),
+        metric_tail!()
+    ),
+    concat!(
+        "CREATE TABLE IF NOT EXISTS `{db}`.otel_metrics_exponential_histogram (\n",
+        tenant_columns!(),
+        metric_columns!(),
+        "    Count UInt64 CODEC(Delta, ZSTD(1)),
     Sum Float64 CODEC(ZSTD(1)),
     Scale Int32 CODEC(ZSTD(1)),
     ZeroCount UInt64 CODEC(ZSTD(1)),
@@ -195,19 +191,19 @@ SETTINGS index_granularity = 1024, ttl_only_drop_parts = 1, {dedup}"
     NegativeOffset Int32 CODEC(ZSTD(1)),
     NegativeBucketCounts Array(UInt64) CODEC(ZSTD(1)),
 ",
-            exemplars!(),
-            "    Flags UInt32 CODEC(ZSTD(1)),
+        exemplars!(),
+        "    Flags UInt32 CODEC(ZSTD(1)),
     Min Float64 CODEC(ZSTD(1)),
     Max Float64 CODEC(ZSTD(1)),
     AggregationTemporality Int32 CODEC(ZSTD(1)),
 ",
-            metric_tail!()
-        ),
-        concat!(
-            "CREATE TABLE IF NOT EXISTS `{db}`.otel_metrics_summary (\n",
-            tenant_columns!(),
-            metric_columns!(),
-            "    Count UInt64 CODEC(Delta, ZSTD(1)),
+        metric_tail!()
+    ),
+    concat!(
+        "CREATE TABLE IF NOT EXISTS `{db}`.otel_metrics_summary (\n",
+        tenant_columns!(),
+        metric_columns!(),
+        "    Count UInt64 CODEC(Delta, ZSTD(1)),
     Sum Float64 CODEC(ZSTD(1)),
     ValueAtQuantiles Nested (
         Quantile Float64,
@@ -215,7 +211,6 @@ SETTINGS index_granularity = 1024, ttl_only_drop_parts = 1, {dedup}"
     ) CODEC(ZSTD(1)),
     Flags UInt32 CODEC(ZSTD(1)),
 ",
-            metric_tail!()
-        ),
-    ],
-};
+        metric_tail!()
+    ),
+];

@@ -126,7 +126,11 @@ GROUP BY TraceId, OrgId, WorkspaceId, ProjectId"#,
         ],
     },
     V2,
-    super::migration_v3::V3,
+    Migration {
+        version: 3,
+        name: "logs and metrics: otel_logs, otel_logs_payloads and the five otel_metrics_* tables",
+        statements: super::migration_v3::STATEMENTS,
+    },
 ];
 
 /// Parity with the clickhouseexporter and ClickStack DDL (issue 24): the attribute "items"
