@@ -597,6 +597,51 @@ mod tests {
         }
     }
 
+    /// One group of all three signals: each batch's rows go to its signal's tables, the cut is
+    /// the same every time, and an unreadable log batch is set aside alone.
+    #[test]
+    fn a_mixed_group_fills_each_signals_tables() {
+        use tracegate_proto::v1::Signal;
+        let with = |signal: Signal, bytes: Vec<u8>, n: u32| {
+            let mut b = Batch {
+                batch_id: vec![9; 16].into(),
+                span_count: n,
+                otlp_request: bytes.into(),
+                ..Default::default()
+            };
+            b.set_signal(signal);
+            b
+        };
+        let spans = prost::Message::encode_to_vec(&tracegate_spangen::realistic_request(6, 1));
+        let logs = prost::Message::encode_to_vec(&tracegate_spangen::realistic_logs(6, 0, 1));
+        let points = prost::Message::encode_to_vec(&tracegate_spangen::realistic_metrics(6, 1));
+        let group = vec![
+            with(Signal::Logs, logs.clone(), 6),
+            with(Signal::Traces, spans, 6),
+            with(Signal::Metrics, points, 6),
+            with(Signal::Logs, vec![0x0a, 0x05, 1], 1),
+            with(Signal::Logs, logs, 6),
+        ];
+        let e = encode_group(&group, EncodeOptions::default(), 1000, usize::MAX);
+        let bad: Vec<usize> = e.undecodable.iter().map(|(i, _)| *i).collect();
+        assert_eq!(bad, vec![3]);
+        assert_eq!(e.chunks.len(), 1);
+        let rows = |t: Table| e.chunks[0].rows[t.index()];
+        assert_eq!(rows(Table::Spans), 6);
+        assert_eq!(rows(Table::Logs), 12);
+        // A third each of sums, histograms and gauges (`tracegate_spangen::metrics_request`).
+        assert_eq!(
+            (rows(Table::Sum), rows(Table::Histogram), rows(Table::Gauge)),
+            (2, 2, 2)
+        );
+        assert_eq!(rows(Table::Payloads) + rows(Table::LogPayloads), 0);
+        // Each batch's byte ranges are in its own signal's tables only.
+        let (_, ranges) = &e.chunks[0].parts[0];
+        assert!(!ranges[Table::Logs.index()].is_empty() && ranges[Table::Spans.index()].is_empty());
+        let again = encode_group(&group, EncodeOptions::default(), 1000, usize::MAX);
+        assert_eq!(again.chunks[0].data, e.chunks[0].data);
+    }
+
     #[test]
     fn compressed_payloads_encode_like_plain_ones() {
         use std::io::Write;
