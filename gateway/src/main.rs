@@ -51,7 +51,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .max_blocking_threads(blocking_threads())
                 .build()?;
-            rt.block_on(tracegate::kafka::writer::serve(cfg, shutdown_signal()))
+            rt.block_on(async move {
+                let shutdown = shutdown_signal()?;
+                tracegate::kafka::writer::serve(cfg, shutdown).await
+            })
         }
     }
 }
@@ -76,6 +79,11 @@ fn serve(cfg: tracegate::config::Config) -> anyhow::Result<()> {
         .max_blocking_threads(blocking_threads())
         .build()?;
     rt.block_on(async move {
+        // Before anything says "listening": a SIGTERM from then on is a graceful shutdown, never
+        // the default action (killed by the signal, exit status not 0). It was installed on the
+        // future's first poll, inside `app::run`, and a test that stopped a gateway right after
+        // its start saw that window.
+        let shutdown = shutdown_signal()?;
         if let (None, Some(ch)) = (&cfg.kafka, &cfg.clickhouse) {
             // The embedded writer inserts: a TLS setting that can never work stops start-up,
             // before anything listens.
@@ -90,21 +98,21 @@ fn serve(cfg: tracegate::config::Config) -> anyhow::Result<()> {
             out.flush()?;
         }
         tracing::info!(%grpc, %http, %admin, data_dir = %cfg.server.data_dir.display(), "tracegate started");
-        tracegate::app::run(cfg, listeners, shutdown_signal()).await
+        tracegate::app::run(cfg, listeners, shutdown).await
     })
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (inside the runtime) and returns the future
+/// that completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use anyhow::Context;
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install SIGTERM handler");
-            return std::future::pending().await;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
+    })
 }

@@ -24,8 +24,8 @@ use tracegate_proto::otlp::metrics::v1::exponential_histogram_data_point::Bucket
 use tracegate_proto::otlp::metrics::v1::metric::Data;
 use tracegate_proto::otlp::metrics::v1::summary_data_point::ValueAtQuantile;
 use tracegate_proto::otlp::metrics::v1::{
-    ExponentialHistogram, ExponentialHistogramDataPoint, Histogram, HistogramDataPoint, Metric,
-    ResourceMetrics, ScopeMetrics, Summary, SummaryDataPoint,
+    ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram, HistogramDataPoint,
+    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Summary, SummaryDataPoint,
 };
 
 type Transport = common::OtlpTransport;
@@ -216,6 +216,45 @@ fn bad_points_are_rejected_one_by_one_and_the_scope_is_required() {
         m.contains(r#"tracegate_data_points_rejected_total{reason="invalid_data_point"} 2"#),
         "{m}"
     );
+
+    // A point whose attribute is nested deeper than the decoder follows (60 arrays: prost's
+    // recursion limit would fail the whole request) costs that point alone.
+    use tracegate_proto::otlp::common::v1::{any_value, AnyValue, ArrayValue, KeyValue};
+    let mut deep = AnyValue {
+        value: Some(any_value::Value::IntValue(1)),
+    };
+    for _ in 0..60 {
+        deep = AnyValue {
+            value: Some(any_value::Value::ArrayValue(ArrayValue {
+                values: vec![deep],
+            })),
+        };
+    }
+    let point = |attributes: Vec<KeyValue>| NumberDataPoint {
+        attributes,
+        value: Some(tracegate_proto::otlp::metrics::v1::number_data_point::Value::AsInt(1)),
+        ..Default::default()
+    };
+    let deep_attr = KeyValue {
+        key: "deep".into(),
+        value: Some(deep),
+        ..Default::default()
+    };
+    let req_deep = request(vec![Metric {
+        name: "deep-gauge".into(),
+        data: Some(Data::Gauge(Gauge {
+            data_points: vec![point(vec![]), point(vec![deep_attr]), point(vec![])],
+        })),
+        ..Default::default()
+    }]);
+    let (status, _, body) = post_metrics(&gw, &key, &req_deep);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let ps = ExportMetricsServiceResponse::decode(&body[..])
+        .unwrap()
+        .partial_success
+        .expect("partial_success");
+    assert_eq!(ps.rejected_data_points, 1, "{ps:?}");
+    assert!(ps.error_message.contains("nested deeper"), "{ps:?}");
 
     let logs_only =
         common::create_key_with(&gw.data_dir, "raw-metrics", &["--scopes", "logs:write"]);

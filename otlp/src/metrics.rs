@@ -12,7 +12,8 @@
 //! - summary: quantiles within 0..=1.
 //!
 //! A metric without a name loses all its points; metrics, scopes and resources left without
-//! points are removed.
+//! points are removed. A point holding a value nested deeper than prost can decode is cut out of
+//! the bytes before decoding (`prune::prune_deep_data_points`), so it alone is rejected.
 
 use bytes::Bytes;
 use prost::Message;

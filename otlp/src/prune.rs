@@ -1,5 +1,5 @@
-//! Per-span (and per-log-record) rejection of attribute values nested deeper than the decoder
-//! can follow.
+//! Per-span (per-log-record, per-data-point) rejection of attribute values nested deeper than
+//! the decoder can follow.
 //!
 //! prost refuses a message nested more than 100 levels deep (`RECURSION_LIMIT`), and an
 //! `AnyValue` costs two levels per level of nesting (AnyValue → ArrayValue/KeyValueList →
@@ -35,20 +35,28 @@ pub struct Pruned {
 /// Cuts out the spans holding a value nested deeper than `max_depth` (capped at
 /// [`DECODER_DEPTH_LIMIT`]); `None` when there is none or the bytes are malformed.
 pub fn prune_deep_spans(buf: &[u8], max_depth: usize) -> Option<Pruned> {
-    prune_deep(buf, max_depth, Walk::span_too_deep)
+    prune_deep(buf, max_depth, SPANS)
 }
 
 /// [`prune_deep_spans`] for an `ExportLogsServiceRequest`: cuts out the log records whose
 /// attributes or body hold a value nested deeper than `max_depth` (the field numbers of
 /// `ResourceLogs` and `ScopeLogs` are those of `ResourceSpans` and `ScopeSpans`).
 pub fn prune_deep_log_records(buf: &[u8], max_depth: usize) -> Option<Pruned> {
-    prune_deep(buf, max_depth, Walk::log_record_too_deep)
+    prune_deep(buf, max_depth, LOG_RECORDS)
 }
 
-fn prune_deep(buf: &[u8], max_depth: usize, item_too_deep: ItemCheck) -> Option<Pruned> {
+/// [`prune_deep_spans`] for an `ExportMetricsServiceRequest`: cuts out, one by one, the data
+/// points whose attributes or exemplars' filtered attributes hold a value nested deeper than
+/// `max_depth` (a metric left without points is then removed by validation, as always). The
+/// items under a scope are `Metric`s here, each holding its points.
+pub fn prune_deep_data_points(buf: &[u8], max_depth: usize) -> Option<Pruned> {
+    prune_deep(buf, max_depth, METRICS)
+}
+
+fn prune_deep(buf: &[u8], max_depth: usize, items: Items) -> Option<Pruned> {
     let w = Walk {
         limit: max_depth.min(DECODER_DEPTH_LIMIT),
-        item_too_deep,
+        items,
     };
     let mut rejected = 0usize;
     let out = w.rebuild(buf, &mut rejected, |w, tag, field, rejected| match tag {
@@ -68,12 +76,34 @@ enum Edit {
     Drop,
 }
 
-/// Whether one item (a span, a log record) holds a too-deep value.
-type ItemCheck = fn(&Walk, &[u8]) -> Option<bool>;
+/// What the walk does with the items under a scope (field 2 of `ScopeSpans`, `ScopeLogs`,
+/// `ScopeMetrics`: the field numbers down to there are the same for the three signals).
+#[derive(Clone, Copy)]
+struct Items {
+    /// The item's fate; adds the rejections it made to the count.
+    edit: fn(&Walk, &[u8], &mut usize) -> Option<Edit>,
+    /// The rejections a whole item counts when its resource or scope takes it with them.
+    count: fn(&Walk, &[u8]) -> Option<usize>,
+}
+
+const SPANS: Items = Items {
+    edit: |w, span, n| w.whole(w.span_too_deep(span)?, n),
+    count: |_, _| Some(1),
+};
+
+const LOG_RECORDS: Items = Items {
+    edit: |w, record, n| w.whole(w.log_record_too_deep(record)?, n),
+    count: |_, _| Some(1),
+};
+
+const METRICS: Items = Items {
+    edit: Walk::metric_edit,
+    count: Walk::metric_points,
+};
 
 struct Walk {
     limit: usize,
-    item_too_deep: ItemCheck,
+    items: Items,
 }
 
 impl Walk {
@@ -111,7 +141,7 @@ impl Walk {
     fn resource_spans(&self, buf: &[u8], rejected: &mut usize) -> Option<Edit> {
         // A resource with a too-deep attribute: all of its spans go.
         if self.any_field(buf, 1, |w, r| w.attributes_too_deep(r, 1))? {
-            *rejected += self.count_spans(buf)?;
+            *rejected += self.count_items(buf)?;
             return Some(Edit::Drop);
         }
         let before = *rejected;
@@ -128,16 +158,13 @@ impl Walk {
 
     fn scope_spans(&self, buf: &[u8], rejected: &mut usize) -> Option<Edit> {
         if self.any_field(buf, 1, |w, scope| w.attributes_too_deep(scope, 3))? {
-            *rejected += self.fields(buf, 2)?;
+            *rejected += self.scope_items(buf)?;
             return Some(Edit::Drop);
         }
         let before = *rejected;
-        let out = self.rebuild(buf, rejected, |w, tag, span, rejected| {
-            if tag == 2 && (w.item_too_deep)(w, span)? {
-                *rejected += 1;
-                return Some(Edit::Drop);
-            }
-            Some(Edit::Keep)
+        let out = self.rebuild(buf, rejected, |w, tag, item, rejected| match tag {
+            2 => (w.items.edit)(w, item, rejected),
+            _ => Some(Edit::Keep),
         })?;
         Some(if *rejected == before {
             Edit::Keep
@@ -162,17 +189,87 @@ impl Walk {
         )
     }
 
-    fn count_spans(&self, resource_spans: &[u8]) -> Option<usize> {
-        let mut n = 0;
-        let mut c = Cur::new(resource_spans);
-        while !c.done() {
-            let (tag, wt) = c.key().ok()?;
-            if tag == 2 && wt == LEN {
-                n += self.fields(c.len_delimited().ok()?, 2)?;
-            } else {
-                c.skip(wt, 1).ok()?;
-            }
+    /// A span or log record: dropped whole (one rejection) when `too_deep`.
+    fn whole(&self, too_deep: bool, rejected: &mut usize) -> Option<Edit> {
+        if too_deep {
+            *rejected += 1;
+            return Some(Edit::Drop);
         }
+        Some(Edit::Keep)
+    }
+
+    /// A `Metric`: its data (5 gauge, 7 sum, 9 histogram, 10 exponential histogram, 11
+    /// summary) rebuilt without the too-deep points.
+    fn metric_edit(&self, metric: &[u8], rejected: &mut usize) -> Option<Edit> {
+        let before = *rejected;
+        let out = self.rebuild(metric, rejected, |w, kind, data, rejected| match kind {
+            5 | 7 | 9 | 10 | 11 => {
+                let before = *rejected;
+                let out = w.rebuild(data, rejected, |w, tag, point, rejected| {
+                    w.whole(tag == 1 && w.point_too_deep(kind, point)?, rejected)
+                })?;
+                Some(if *rejected == before {
+                    Edit::Keep
+                } else {
+                    Edit::Replace(out)
+                })
+            }
+            _ => Some(Edit::Keep),
+        })?;
+        Some(if *rejected == before {
+            Edit::Keep
+        } else {
+            Edit::Replace(out)
+        })
+    }
+
+    /// A data point of a metric of `kind` (its `Metric` field number): its attributes and its
+    /// exemplars' filtered attributes (7), whose field numbers depend on the kind.
+    fn point_too_deep(&self, kind: u32, point: &[u8]) -> Option<bool> {
+        let (attributes, exemplars) = match kind {
+            9 => (9, Some(8)),
+            10 => (1, Some(11)),
+            11 => (7, None),
+            _ => (7, Some(5)),
+        };
+        Some(
+            self.attributes_too_deep(point, attributes)?
+                || match exemplars {
+                    Some(f) => self.any_field(point, f, |w, e| w.attributes_too_deep(e, 7))?,
+                    None => false,
+                },
+        )
+    }
+
+    /// The data points of a `Metric`.
+    fn metric_points(&self, metric: &[u8]) -> Option<usize> {
+        let mut n = 0;
+        for kind in [5, 7, 9, 10, 11] {
+            self.any_field(metric, kind, |w, data| {
+                n += w.fields(data, 1)?;
+                Some(false)
+            })?;
+        }
+        Some(n)
+    }
+
+    /// The rejections of every item under a scope (`ScopeSpans` / `Logs` / `Metrics`).
+    fn scope_items(&self, scope: &[u8]) -> Option<usize> {
+        let mut n = 0;
+        self.any_field(scope, 2, |w, item| {
+            n += (w.items.count)(w, item)?;
+            Some(false)
+        })?;
+        Some(n)
+    }
+
+    /// The rejections of every item under a resource.
+    fn count_items(&self, resource: &[u8]) -> Option<usize> {
+        let mut n = 0;
+        self.any_field(resource, 2, |w, scope| {
+            n += w.scope_items(scope)?;
+            Some(false)
+        })?;
         Some(n)
     }
 
@@ -348,6 +445,85 @@ mod tests {
                 .collect();
             assert_eq!(names, ["a", "b"]);
         }
+    }
+
+    /// Data points with a too-deep attribute or exemplar attribute are cut one by one; a
+    /// histogram's deep point goes, its neighbour stays.
+    #[test]
+    fn deep_data_points_are_cut_one_by_one() {
+        use tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
+        use tracegate_proto::otlp::metrics::v1::{
+            Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ScopeMetrics,
+        };
+        let mut kv = field(1, b"k");
+        put(&mut kv, 2, &deep_value(60));
+        // Gauge: three points, the middle one with a deep attribute (field 7).
+        let point = |t: u64| NumberDataPoint {
+            time_unix_nano: t,
+            ..Default::default()
+        };
+        let mut deep_point = point(2).encode_to_vec();
+        put(&mut deep_point, 7, &kv);
+        let mut gauge = Gauge {
+            data_points: vec![point(1)],
+        }
+        .encode_to_vec();
+        put(&mut gauge, 1, &deep_point);
+        put(&mut gauge, 1, &point(3).encode_to_vec());
+        let mut gauge_metric = Metric {
+            name: "g".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        put(&mut gauge_metric, 5, &gauge);
+        // Histogram: a point whose exemplar (field 8) has a deep filtered attribute (7).
+        let exemplar = field(7, &kv);
+        let mut deep_hist = HistogramDataPoint::default().encode_to_vec();
+        put(&mut deep_hist, 8, &exemplar);
+        let mut hist = Histogram {
+            data_points: vec![HistogramDataPoint {
+                count: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        put(&mut hist, 1, &deep_hist);
+        let mut hist_metric = Metric {
+            name: "h".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        put(&mut hist_metric, 9, &hist);
+        let mut scope = ScopeMetrics::default().encode_to_vec();
+        put(&mut scope, 2, &gauge_metric);
+        put(&mut scope, 2, &hist_metric);
+        let bytes = field(1, &field(2, &scope));
+        assert!(ExportMetricsServiceRequest::decode(&bytes[..]).is_err());
+        let p = prune_deep_data_points(&bytes, 32).expect("pruned");
+        assert_eq!(p.rejected, 2);
+        let req = ExportMetricsServiceRequest::decode(&p.request[..]).unwrap();
+        let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+        let times: Vec<u64> = match &metrics[0].data {
+            Some(tracegate_proto::otlp::metrics::v1::metric::Data::Gauge(g)) => {
+                g.data_points.iter().map(|p| p.time_unix_nano).collect()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(times, [1, 3]);
+        match &metrics[1].data {
+            Some(tracegate_proto::otlp::metrics::v1::metric::Data::Histogram(h)) => {
+                assert_eq!(h.data_points.len(), 1);
+                assert_eq!(h.data_points[0].count, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A deep scope attribute takes all five points with it.
+        let mut scope_attr = field(3, &kv);
+        scope_attr = field(1, &scope_attr);
+        scope_attr.extend_from_slice(&scope);
+        let bytes = field(1, &field(2, &scope_attr));
+        assert_eq!(prune_deep_data_points(&bytes, 32).unwrap().rejected, 5);
     }
 
     #[test]

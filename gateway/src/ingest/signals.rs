@@ -109,6 +109,9 @@ impl Decoded for ExportMetricsServiceRequest {
     fn encode_response(format: Format, r: &Self::Response) -> Bytes {
         otlp_metrics::encode_export_response(format, r)
     }
+    fn prune_deep(buf: &[u8], max_depth: usize) -> Option<prune::Pruned> {
+        prune::prune_deep_data_points(buf, max_depth)
+    }
 }
 
 /// Decompress, decode, validate and stamp a `T` request. Blocking: run it on the blocking pool.
