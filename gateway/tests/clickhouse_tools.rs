@@ -86,6 +86,12 @@ fn grafana_and_clickstack_queries_run_unchanged_on_an_upgraded_installation() {
     install_first_schema(&front, &cfg);
     let env = clickhouse_env(&front, "default");
     let gw = Gateway::start(&env_refs(&env));
+    // The writer says the schema is behind it (its logs and metrics tables are missing).
+    let told = wait_until(Duration::from_secs(20), || {
+        gw.logs()
+            .contains("ClickHouse schema is at version 1, this writer needs 3")
+    });
+    assert!(told, "{}", gw.logs());
     let key = gw.create_key("chat");
     let ago = Duration::from_secs(30);
     let mut root = llm_span(

@@ -154,6 +154,20 @@ async fn exec(client: &clickhouse::Client, sql: &str) -> Result<()> {
     })
 }
 
+/// The newest migration applied to `cfg`'s database (an error when there is none, or
+/// ClickHouse cannot be asked).
+pub async fn applied_version(cfg: &ClickHouseConfig) -> Result<u32> {
+    let client = cfg.client()?;
+    let sql = format!(
+        "SELECT max(version) FROM `{}`.{MIGRATIONS_TABLE}",
+        cfg.database
+    );
+    let out = text(&client, &sql).await?;
+    out.trim()
+        .parse()
+        .with_context(|| format!("unexpected answer {out:?} to {sql}"))
+}
+
 /// Creates or upgrades the schema. Idempotent: a second run applies nothing.
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrateReport> {
     let client = cfg.client()?;

@@ -283,7 +283,27 @@ pub async fn check_at_startup(cfg: &ClickHouseConfig) -> Result<()> {
             }
         }
     }
+    tokio::spawn(warn_if_schema_is_behind(cfg.clone()));
     Ok(())
+}
+
+/// Says so at start-up when the schema is older than this build's: writers rolled out before
+/// `tracegate migrate` (docs/clickhouse.md, "Order on upgrade") retry inserts into tables the
+/// schema lacks until the migration runs. In the background: start-up never waits for it.
+async fn warn_if_schema_is_behind(cfg: ClickHouseConfig) {
+    let want = schema::MIGRATIONS.last().map_or(0, |m| m.version);
+    match tokio::time::timeout(Duration::from_secs(10), schema::applied_version(&cfg)).await {
+        Ok(Ok(v)) if v >= want => {}
+        Ok(Ok(v)) => tracing::error!(
+            "ClickHouse schema is at version {v}, this writer needs {want}: run `tracegate migrate`; \
+             inserts into what the schema lacks are retried until then"
+        ),
+        Ok(Err(e)) => tracing::warn!(
+            error = %format!("{e:#}"),
+            "could not read the ClickHouse schema version at start-up (`tracegate migrate` creates it)"
+        ),
+        Err(_) => {}
+    }
 }
 
 /// The sink for `config.clickhouse`, if configured, with the token that stops its retries at
