@@ -58,15 +58,7 @@ fn scope() -> Option<InstrumentationScope> {
 }
 
 fn post(gw: &Gateway, key: &str, path: &str, body: Vec<u8>) {
-    let auth = format!("Bearer {key}");
-    let r = common::post(
-        &format!("{}{path}", gw.http_url()),
-        &[
-            ("content-type", "application/x-protobuf"),
-            ("authorization", &auth),
-        ],
-        body,
-    );
+    let r = common::post_otlp(gw, key, path, body);
     assert_eq!(r.0, 200, "{path}: {}", String::from_utf8_lossy(&r.2));
 }
 

@@ -13,23 +13,14 @@ use common::{ChFront, Gateway};
 use prost::Message;
 use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
-use tracegate_proto::otlp::common::v1::{any_value, AnyValue, KeyValue};
+use tracegate_proto::otlp::common::v1::{any_value, AnyValue};
 use tracegate_proto::otlp::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use tracegate_proto::otlp::metrics::v1::{
     metric::Data, number_data_point, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
     ResourceMetrics, ScopeMetrics, Sum,
 };
 use tracegate_proto::otlp::resource::v1::Resource;
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
+use tracegate_spangen::kv_str as kv;
 
 fn resource() -> Option<Resource> {
     Some(Resource {
@@ -39,15 +30,7 @@ fn resource() -> Option<Resource> {
 }
 
 fn post(gw: &Gateway, key: &str, path: &str, body: Vec<u8>) {
-    let auth = format!("Bearer {key}");
-    let r = common::post(
-        &format!("{}{path}", gw.http_url()),
-        &[
-            ("content-type", "application/x-protobuf"),
-            ("authorization", &auth),
-        ],
-        body,
-    );
+    let r = common::post_otlp(gw, key, path, body);
     assert_eq!(r.0, 200, "{path}: {}", String::from_utf8_lossy(&r.2));
 }
 

@@ -163,15 +163,7 @@ fn request(records: Vec<LogRecord>) -> ExportLogsServiceRequest {
 }
 
 fn post_logs(gw: &Gateway, key: &str, req: &ExportLogsServiceRequest) -> common::HttpResponse {
-    let auth = format!("Bearer {key}");
-    common::post(
-        &format!("{}/v1/logs", gw.http_url()),
-        &[
-            ("content-type", "application/x-protobuf"),
-            ("authorization", &auth),
-        ],
-        req.encode_to_vec(),
-    )
+    common::post_otlp(gw, key, "/v1/logs", req.encode_to_vec())
 }
 
 #[test]

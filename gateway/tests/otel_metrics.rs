@@ -126,15 +126,7 @@ fn post_metrics(
     key: &str,
     req: &ExportMetricsServiceRequest,
 ) -> common::HttpResponse {
-    let auth = format!("Bearer {key}");
-    common::post(
-        &format!("{}/v1/metrics", gw.http_url()),
-        &[
-            ("content-type", "application/x-protobuf"),
-            ("authorization", &auth),
-        ],
-        req.encode_to_vec(),
-    )
+    common::post_otlp(gw, key, "/v1/metrics", req.encode_to_vec())
 }
 
 #[test]

@@ -76,6 +76,18 @@ enum Edit {
     Drop,
 }
 
+impl Edit {
+    /// A rebuilt message `out`: kept as it was when nothing was cut from it (the count still
+    /// `before`), else replaced.
+    fn of(before: usize, rejected: usize, out: Vec<u8>) -> Edit {
+        if rejected == before {
+            Edit::Keep
+        } else {
+            Edit::Replace(out)
+        }
+    }
+}
+
 /// What the walk does with the items under a scope (field 2 of `ScopeSpans`, `ScopeLogs`,
 /// `ScopeMetrics`: the field numbers down to there are the same for the three signals).
 #[derive(Clone, Copy)]
@@ -149,11 +161,7 @@ impl Walk {
             2 => w.scope_spans(field, rejected),
             _ => Some(Edit::Keep),
         })?;
-        Some(if *rejected == before {
-            Edit::Keep
-        } else {
-            Edit::Replace(out)
-        })
+        Some(Edit::of(before, *rejected, out))
     }
 
     fn scope_spans(&self, buf: &[u8], rejected: &mut usize) -> Option<Edit> {
@@ -166,11 +174,7 @@ impl Walk {
             2 => (w.items.edit)(w, item, rejected),
             _ => Some(Edit::Keep),
         })?;
-        Some(if *rejected == before {
-            Edit::Keep
-        } else {
-            Edit::Replace(out)
-        })
+        Some(Edit::of(before, *rejected, out))
     }
 
     fn span_too_deep(&self, span: &[u8]) -> Option<bool> {
@@ -208,19 +212,11 @@ impl Walk {
                 let out = w.rebuild(data, rejected, |w, tag, point, rejected| {
                     w.whole(tag == 1 && w.point_too_deep(kind, point)?, rejected)
                 })?;
-                Some(if *rejected == before {
-                    Edit::Keep
-                } else {
-                    Edit::Replace(out)
-                })
+                Some(Edit::of(before, *rejected, out))
             }
             _ => Some(Edit::Keep),
         })?;
-        Some(if *rejected == before {
-            Edit::Keep
-        } else {
-            Edit::Replace(out)
-        })
+        Some(Edit::of(before, *rejected, out))
     }
 
     /// A data point of a metric of `kind` (its `Metric` field number): its attributes and its

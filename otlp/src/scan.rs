@@ -48,17 +48,35 @@ pub struct Claim<'a> {
 
 /// Scans `buf`; `Ok(spans)` when the request is clean (see the module header).
 pub fn scan(buf: &[u8], limits: &SpanLimits, claims: &[Claim<'_>]) -> Result<usize, NeedsSlowPath> {
+    scan_items(buf, limits, claims, |s, span, b| s.span(span, b))
+}
+
+/// The request, resource and scope levels, which spans and log records share (field 1 of the
+/// request; 1 resource, 2 scopes, 3 schema URL; 1 scope, 2 items, 3 schema URL), with `item`
+/// checking each span or record (generic, so the hot path's call is direct). Returns the items.
+pub(crate) fn scan_items<F>(
+    buf: &[u8],
+    limits: &SpanLimits,
+    claims: &[Claim<'_>],
+    item: F,
+) -> Result<usize, NeedsSlowPath>
+where
+    F: Fn(&Scanner<'_, '_>, &[u8], u32) -> R<()> + Copy,
+{
     let s = Scanner { l: limits, claims };
     let mut c = Cur::new(buf);
-    let mut spans = 0usize;
+    let mut items = 0usize;
     while !c.done() {
         let (tag, wt) = c.key()?;
         match tag {
-            1 => spans += s.resource_spans(c.msg(wt, RECURSION_LIMIT)?, RECURSION_LIMIT - 1)?,
+            1 => {
+                let msg = c.msg(wt, RECURSION_LIMIT)?;
+                items += s.resource_items(msg, RECURSION_LIMIT - 1, item)?;
+            }
             _ => c.skip(wt, RECURSION_LIMIT)?,
         }
     }
-    Ok(spans)
+    Ok(items)
 }
 
 /// A bounded cursor over one message's bytes. Every read is checked; nothing can index out of
@@ -204,8 +222,12 @@ pub(crate) enum AnyKind<'a> {
 }
 
 impl Scanner<'_, '_> {
-    /// `ResourceSpans`; returns its span count. `b` is the budget its fields are merged with.
-    fn resource_spans(&self, buf: &[u8], b: u32) -> R<usize> {
+    /// `ResourceSpans` / `ResourceLogs`; returns its item count. `b` is the budget its fields
+    /// are merged with.
+    fn resource_items<F>(&self, buf: &[u8], b: u32, item: F) -> R<usize>
+    where
+        F: Fn(&Scanner<'_, '_>, &[u8], u32) -> R<()> + Copy,
+    {
         let mut c = Cur::new(buf);
         let mut spans = 0usize;
         let mut scope_spans = 0usize;
@@ -221,7 +243,7 @@ impl Scanner<'_, '_> {
                     self.resource(c.msg(wt, b)?, b.saturating_sub(1))?;
                 }
                 2 => {
-                    let n = self.scope_spans(c.msg(wt, b)?, b.saturating_sub(1))?;
+                    let n = self.scope_items(c.msg(wt, b)?, b.saturating_sub(1), item)?;
                     // validate() drops an empty ScopeSpans, which modifies the request.
                     if n == 0 {
                         return Err(NeedsSlowPath);
@@ -286,7 +308,11 @@ impl Scanner<'_, '_> {
         Ok(())
     }
 
-    fn scope_spans(&self, buf: &[u8], b: u32) -> R<usize> {
+    /// `ScopeSpans` / `ScopeLogs`; returns its item count.
+    fn scope_items<F>(&self, buf: &[u8], b: u32, item: F) -> R<usize>
+    where
+        F: Fn(&Scanner<'_, '_>, &[u8], u32) -> R<()> + Copy,
+    {
         let mut c = Cur::new(buf);
         let mut spans = 0usize;
         let mut scope = false;
@@ -300,7 +326,7 @@ impl Scanner<'_, '_> {
                     self.scope(c.msg(wt, b)?, b.saturating_sub(1))?;
                 }
                 2 => {
-                    self.span(c.msg(wt, b)?, b.saturating_sub(1))?;
+                    item(self, c.msg(wt, b)?, b.saturating_sub(1))?;
                     spans += 1;
                 }
                 3 => drop(c.string(wt)?),

@@ -4,90 +4,22 @@
 //! none and modifies nothing, and `logs::stamp_tenant` changes nothing — so the gateway forwards
 //! the client's bytes without decoding them. Anything else is `Err(NeedsSlowPath)`.
 //!
-//! The resource, scope, attribute and `AnyValue` rules are `scan.rs`'s (one scanner); what is
-//! the log record's own follows `logs::check_record`: ids empty or of their length (a record
-//! may have no trace context; unlike a span's, an all-zero id is not refused), a severity
-//! number of 0-24, a body held to an attribute value's limits. Measured in
+//! The request, resource, scope, attribute and `AnyValue` rules are `scan.rs`'s (one scanner,
+//! `scan_items`); what is the log record's own follows `logs::check_record`: ids empty or of
+//! their length (a record may have no trace context; unlike a span's, an all-zero id is not
+//! refused), a severity number of 0-24, a body held to an attribute value's limits. Measured in
 //! `benches/benches/signals.rs` (docs/benchmarks.md): prost decode + validate was ~7x the
 //! scan's CPU per request byte for records of 21 attributes.
 
-use crate::scan::{Claim, Cur, NeedsSlowPath, Scanner, RECURSION_LIMIT};
+use crate::scan::{scan_items, Claim, Cur, NeedsSlowPath, Scanner};
 use crate::validate::SpanLimits;
 
 type R<T> = Result<T, NeedsSlowPath>;
 
 /// Scans `buf`; `Ok(records)` when the request is clean (see the module header).
 pub fn scan_logs(buf: &[u8], limits: &SpanLimits, claims: &[Claim<'_>]) -> R<usize> {
-    let s = Scanner { l: limits, claims };
-    let mut c = Cur::new(buf);
-    let mut records = 0usize;
-    while !c.done() {
-        let (tag, wt) = c.key()?;
-        match tag {
-            1 => records += resource_logs(&s, c.msg(wt, RECURSION_LIMIT)?, RECURSION_LIMIT - 1)?,
-            _ => c.skip(wt, RECURSION_LIMIT)?,
-        }
-    }
-    Ok(records)
-}
-
-/// `ResourceLogs`; returns its record count. `b` is the budget its fields are merged with.
-fn resource_logs(s: &Scanner<'_, '_>, buf: &[u8], b: u32) -> R<usize> {
-    let mut c = Cur::new(buf);
-    let (mut records, mut scopes) = (0usize, 0usize);
-    let mut resource = false;
-    while !c.done() {
-        let (tag, wt) = c.key()?;
-        match tag {
-            1 => {
-                // A second `resource` would be merged into the first: not modelled.
-                if std::mem::replace(&mut resource, true) {
-                    return Err(NeedsSlowPath);
-                }
-                s.resource(c.msg(wt, b)?, b.saturating_sub(1))?;
-            }
-            2 => {
-                let n = scope_logs(s, c.msg(wt, b)?, b.saturating_sub(1))?;
-                // validate() drops an empty ScopeLogs, which modifies the request.
-                if n == 0 {
-                    return Err(NeedsSlowPath);
-                }
-                records += n;
-                scopes += 1;
-            }
-            3 => drop(c.string(wt)?),
-            _ => c.skip(wt, b)?,
-        }
-    }
-    // validate() drops a ResourceLogs without scope logs.
-    if scopes == 0 {
-        return Err(NeedsSlowPath);
-    }
-    Ok(records)
-}
-
-fn scope_logs(s: &Scanner<'_, '_>, buf: &[u8], b: u32) -> R<usize> {
-    let mut c = Cur::new(buf);
-    let mut records = 0usize;
-    let mut scope = false;
-    while !c.done() {
-        let (tag, wt) = c.key()?;
-        match tag {
-            1 => {
-                if std::mem::replace(&mut scope, true) {
-                    return Err(NeedsSlowPath);
-                }
-                s.scope(c.msg(wt, b)?, b.saturating_sub(1))?;
-            }
-            2 => {
-                log_record(s, c.msg(wt, b)?, b.saturating_sub(1))?;
-                records += 1;
-            }
-            3 => drop(c.string(wt)?),
-            _ => c.skip(wt, b)?,
-        }
-    }
-    Ok(records)
+    // `ResourceLogs` and `ScopeLogs` have the field numbers of `ResourceSpans`, `ScopeSpans`.
+    scan_items(buf, limits, claims, log_record)
 }
 
 fn log_record(s: &Scanner<'_, '_>, buf: &[u8], b: u32) -> R<()> {

@@ -40,14 +40,20 @@ pub fn post(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> HttpResponse 
 
 /// POST protobuf-encoded `req` to the gateway's `/v1/traces` with `Authorization: Bearer key`.
 pub fn post_protobuf(gw: &Gateway, key: &str, req: &ExportTraceServiceRequest) -> HttpResponse {
+    post_otlp(gw, key, "/v1/traces", encode(req))
+}
+
+/// POST a protobuf body to the gateway's OTLP/HTTP `path` (`/v1/logs`, `/v1/metrics`, …) with
+/// `Authorization: Bearer key`.
+pub fn post_otlp(gw: &Gateway, key: &str, path: &str, body: Vec<u8>) -> HttpResponse {
     let auth = format!("Bearer {key}");
     post(
-        &gw.traces_url(),
+        &format!("{}{path}", gw.http_url()),
         &[
             ("content-type", "application/x-protobuf"),
             ("authorization", &auth),
         ],
-        encode(req),
+        body,
     )
 }
 

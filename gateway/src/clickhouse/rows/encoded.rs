@@ -46,8 +46,33 @@ impl Encoded {
             .sum()
     }
 
+    /// Runs `f` on `self`; when it fails, `self` is as it was before (a batch's rows go in
+    /// whole or not at all).
+    pub fn atomically<E>(&mut self, f: impl FnOnce(&mut Self) -> Result<(), E>) -> Result<(), E> {
+        let mark = self.mark();
+        let r = f(self);
+        if r.is_err() {
+            self.truncate(mark);
+        }
+        r
+    }
+
     /// Bytes of every table.
     pub fn total_bytes(&self) -> usize {
         self.data.iter().map(Vec::len).sum()
+    }
+}
+
+/// The tenant columns every row starts with (`OrgId`, `WorkspaceId`, `ProjectId`, `Region`), in
+/// RowBinary, from the envelope (never from the client's data), replacing `out`.
+pub(super) fn tenant_columns(batch: &tracegate_proto::v1::Batch, out: &mut Vec<u8>) {
+    out.clear();
+    for v in [
+        &batch.org_id,
+        &batch.workspace_id,
+        &batch.project_id,
+        &batch.region,
+    ] {
+        super::rowbinary::put_str(out, v.as_bytes());
     }
 }

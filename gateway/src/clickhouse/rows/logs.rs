@@ -21,7 +21,7 @@ use super::genai::GenAi;
 use super::header::Header;
 use super::rowbinary::*;
 use super::values::*;
-use super::{EncodeOptions, Encoded};
+use super::{tenant_columns, EncodeOptions, Encoded};
 
 const LOGS: usize = Table::Logs.index();
 const PAYLOADS: usize = Table::LogPayloads.index();
@@ -81,20 +81,11 @@ impl LogEncoder {
     /// Appends the rows of `batch` (an `ExportLogsServiceRequest`) to `out`; on error `out` is
     /// as it was.
     pub fn encode_batch(&mut self, batch: &Batch, out: &mut Encoded) -> Result<(), PbError> {
-        let mark = out.mark();
-        let r = self.encode_inner(batch, out);
-        if r.is_err() {
-            out.truncate(mark);
-        }
-        r
+        out.atomically(|out| self.encode_inner(batch, out))
     }
 
     fn encode_inner(&mut self, batch: &Batch, out: &mut Encoded) -> Result<(), PbError> {
-        self.tenant.clear();
-        put_str(&mut self.tenant, batch.org_id.as_bytes());
-        put_str(&mut self.tenant, batch.workspace_id.as_bytes());
-        put_str(&mut self.tenant, batch.project_id.as_bytes());
-        put_str(&mut self.tenant, batch.region.as_bytes());
+        tenant_columns(batch, &mut self.tenant);
         self.received_at = batch.received_at_unix_nano as i64;
         self.batch.clear();
         for &b in batch.batch_id.iter() {

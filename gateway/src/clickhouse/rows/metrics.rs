@@ -13,7 +13,7 @@ use super::super::pb::{for_each, PbError, Reader, Value};
 use super::super::tables::Table;
 use super::header::{append_map, Header};
 use super::rowbinary::*;
-use super::Encoded;
+use super::{tenant_columns, Encoded};
 
 /// Reusable encoder for metric batches.
 #[derive(Default)]
@@ -37,20 +37,11 @@ impl MetricEncoder {
     /// Appends the rows of `batch` (an `ExportMetricsServiceRequest`) to `out`; on error `out`
     /// is as it was.
     pub fn encode_batch(&mut self, batch: &Batch, out: &mut Encoded) -> Result<(), PbError> {
-        let mark = out.mark();
-        let r = self.encode_inner(batch, out);
-        if r.is_err() {
-            out.truncate(mark);
-        }
-        r
+        out.atomically(|out| self.encode_inner(batch, out))
     }
 
     fn encode_inner(&mut self, batch: &Batch, out: &mut Encoded) -> Result<(), PbError> {
-        self.tenant.clear();
-        put_str(&mut self.tenant, batch.org_id.as_bytes());
-        put_str(&mut self.tenant, batch.workspace_id.as_bytes());
-        put_str(&mut self.tenant, batch.project_id.as_bytes());
-        put_str(&mut self.tenant, batch.region.as_bytes());
+        tenant_columns(batch, &mut self.tenant);
         let plain = tracegate_otlp::envelope::plain_request(
             batch,
             tracegate_otlp::envelope::MAX_PLAIN_BYTES,

@@ -28,6 +28,7 @@ mod metrics;
 mod rowbinary;
 mod values;
 
+use encoded::tenant_columns;
 pub use encoded::Encoded;
 pub use logs::LogEncoder;
 pub use metrics::MetricEncoder;
@@ -157,20 +158,11 @@ impl Encoder {
     /// compressed payload is decompressed first (`envelope::plain_request`, capped at
     /// `envelope::MAX_PLAIN_BYTES`).
     pub fn encode_batch(&mut self, batch: &Batch, out: &mut Encoded) -> Result<(), PbError> {
-        let mark = out.mark();
-        let r = self.encode_inner(batch, out);
-        if r.is_err() {
-            out.truncate(mark);
-        }
-        r
+        out.atomically(|out| self.encode_inner(batch, out))
     }
 
     fn encode_inner(&mut self, batch: &Batch, out: &mut Encoded) -> Result<(), PbError> {
-        self.tenant.clear();
-        put_str(&mut self.tenant, batch.org_id.as_bytes());
-        put_str(&mut self.tenant, batch.workspace_id.as_bytes());
-        put_str(&mut self.tenant, batch.project_id.as_bytes());
-        put_str(&mut self.tenant, batch.region.as_bytes());
+        tenant_columns(batch, &mut self.tenant);
         self.received_at = batch.received_at_unix_nano as i64;
         let plain = tracegate_otlp::envelope::plain_request(
             batch,
