@@ -108,7 +108,7 @@ impl Prepared {
 
 /// The envelope encoding under which a clean body in `compression` is forwarded as it is.
 /// Deflate is not forwarded (two wire forms, rarely used): it goes out plain.
-fn forwarded_encoding(compression: Compression) -> Option<PayloadEncoding> {
+pub(super) fn forwarded_encoding(compression: Compression) -> Option<PayloadEncoding> {
     match compression {
         Compression::Zstd => Some(PayloadEncoding::Zstd),
         Compression::Gzip => Some(PayloadEncoding::Gzip),
@@ -190,6 +190,28 @@ fn clean(
     }
 }
 
+/// The `Prepared` of a request the scan proved clean, `items` accepted: the client's compressed
+/// body (`original`, with its envelope encoding) when it may be forwarded, the plain bytes
+/// otherwise. Forwarding drops the plain buffer and shrinks the reservation back to the body.
+pub(super) fn forward_clean(
+    plain: Bytes,
+    original: Option<(PayloadEncoding, Bytes)>,
+    items: usize,
+    digest: u128,
+    permit: &mut BytesPermit,
+) -> Prepared {
+    let decompressed_len = plain.len();
+    let (otlp_request, encoding) = match original {
+        Some((enc, body)) if decompressed_len <= envelope::MAX_PLAIN_BYTES => {
+            drop(plain);
+            permit.shrink_to(body.len());
+            (body, enc)
+        }
+        _ => (plain, PayloadEncoding::Identity),
+    };
+    clean(otlp_request, encoding, items, decompressed_len, digest)
+}
+
 /// Decompress (capped), then scan-validate (protobuf) or decode, validate and stamp. Blocking:
 /// run it on the blocking pool.
 ///
@@ -222,19 +244,8 @@ pub fn prepare(
         // client's bytes go on as they are and no span is ever materialised.
         if let Ok(spans) = scan::scan(&plain, &span_limits, &claims) {
             metrics::counter!(m::VALIDATION_PATH, "path" => "scan").increment(1);
-            let decompressed_len = plain.len();
-            let (otlp_request, encoding) = match (forward, original) {
-                (Some(enc), Some(body)) if decompressed_len <= envelope::MAX_PLAIN_BYTES => {
-                    drop(plain);
-                    permit.shrink_to(body.len());
-                    (body, enc)
-                }
-                _ => (plain, PayloadEncoding::Identity),
-            };
-            return Ok((
-                clean(otlp_request, encoding, spans, decompressed_len, digest),
-                permit,
-            ));
+            let prepared = forward_clean(plain, forward.zip(original), spans, digest, &mut permit);
+            return Ok((prepared, permit));
         }
     }
     // Slow path (JSON, or anything the scan could not prove clean): prost gives the answer,

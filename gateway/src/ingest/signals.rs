@@ -24,7 +24,7 @@ use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
 use tracegate_proto::v1::Signal;
 
-use super::prepare::{tenant_claims, Prepared};
+use super::prepare::{forward_clean, forwarded_encoding, tenant_claims, Prepared};
 use super::{Ingest, RawRequest, SignalKind};
 use crate::admission::BytesPermit;
 use crate::auth::authenticator::Principal;
@@ -123,21 +123,21 @@ pub fn prepare_decoded<T: Decoded>(
     mut permit: BytesPermit,
     tenant: (&[String], &Principal),
 ) -> Result<(Prepared, BytesPermit), ApiError> {
+    // Kept (a refcount) while the body may yet be forwarded as the client compressed it.
+    let original = forwarded_encoding(compression).map(|enc| (enc, body.clone()));
     let plain = decode::decompress(compression, body, limits.max_request_bytes)?;
     let digest = dedup::digest(&plain);
     permit.grow_to(plain.len())?;
     let claims = tenant_claims(tenant.0, tenant.1);
     if format == Format::Protobuf {
-        // A clean request is forwarded as its bytes, never decoded (`T::scan`).
+        // A clean request is forwarded as its bytes (compressed as the client sent them, as for
+        // spans), never decoded (`T::scan`).
         if let Some(accepted) = T::scan(&plain, &limits.span_limits(), &claims) {
-            let outcome = Outcome {
-                accepted,
-                ..Default::default()
-            };
-            let prepared = Prepared::decoded(&plain, format, Vec::new, outcome, digest);
+            let prepared = forward_clean(plain, original, accepted, digest, &mut permit);
             return Ok((prepared, permit));
         }
     }
+    drop(original);
     let (mut req, deep): (T, usize) = match decode::decode_as(format, &plain) {
         Ok(req) => (req, 0),
         // A value nested too deep for prost fails the whole decode: cut the items holding one
@@ -220,5 +220,83 @@ impl Ingest {
             .await?;
         let resp = T::response(o.rejected, o.error_message_for(T::NOUN));
         Ok(T::encode_response(format, &resp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::admission::Admission;
+    use tracegate_proto::v1::{Batch, PayloadEncoding};
+
+    /// `prepare_decoded` for a logs body in `c`: (prepared, the envelope it would publish).
+    fn run(c: Compression, body: Bytes) -> (Prepared, Batch, BytesPermit) {
+        let limits = LimitsConfig::default();
+        let admission = Admission::new(1 << 30);
+        let permit = admission.try_reserve(body.len()).unwrap();
+        let p = Principal {
+            org_id: "o".into(),
+            project_id: "mine".into(),
+            ..Default::default()
+        };
+        let keys = crate::config::AuthConfig::default().tenant_attribute_keys;
+        let (prepared, permit) = prepare_decoded::<ExportLogsServiceRequest>(
+            Format::Protobuf,
+            c,
+            body,
+            &limits,
+            permit,
+            (&keys, &p),
+        )
+        .unwrap();
+        let mut batch = Batch::default();
+        prepared.set_payload(&mut batch);
+        (prepared, batch, permit)
+    }
+
+    /// A clean compressed logs request goes on as the client compressed it (the scan proved it
+    /// clean); one with a record to reject is decoded and goes on plain, without that record.
+    #[test]
+    fn clean_compressed_logs_are_forwarded_as_sent() {
+        let mut req = tracegate_spangen::realistic_logs(40, 0, 3);
+        let plain = req.encode_to_vec();
+        let gzip = |data: &[u8]| -> Bytes {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap().into()
+        };
+        for (c, body, enc) in [
+            (
+                Compression::Zstd,
+                Bytes::from(zstd::encode_all(&plain[..], 3).unwrap()),
+                PayloadEncoding::Zstd,
+            ),
+            (Compression::Gzip, gzip(&plain), PayloadEncoding::Gzip),
+        ] {
+            let (prepared, batch, permit) = run(c, body.clone());
+            assert_eq!(prepared.outcome.accepted, 40);
+            assert_eq!(
+                batch.otlp_request.as_ptr(),
+                body.as_ptr(),
+                "the client's bytes"
+            );
+            assert_eq!(batch.otlp_request_encoding, enc as i32);
+            assert_eq!(batch.otlp_request_plain_len, plain.len() as u64);
+            assert_eq!(permit.bytes(), body.len(), "the plain buffer is gone");
+        }
+        req.resource_logs[0].scope_logs[0].log_records[5].severity_number = 99;
+        let dirty = req.encode_to_vec();
+        let (prepared, batch, _) = run(Compression::Gzip, gzip(&dirty));
+        assert_eq!(
+            (prepared.outcome.accepted, prepared.outcome.rejected),
+            (39, 1)
+        );
+        assert_eq!(
+            batch.otlp_request_encoding,
+            PayloadEncoding::Identity as i32
+        );
+        assert!(batch.otlp_request.len() < dirty.len());
     }
 }
