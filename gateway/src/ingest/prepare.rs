@@ -12,6 +12,7 @@ use tracegate_otlp::scan::{self, Claim};
 use tracegate_otlp::stamp::stamp_tenant;
 use tracegate_otlp::validate;
 use tracegate_pipeline::dedup;
+use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use tracegate_proto::v1::{Batch, PayloadEncoding};
 
 use crate::admission::BytesPermit;
@@ -212,6 +213,28 @@ pub(super) fn forward_clean(
     clean(otlp_request, encoding, items, decompressed_len, digest)
 }
 
+/// Decodes `plain` as `T` (any signal's request). A value nested too deep for prost fails the
+/// whole decode: then `prune` cuts the items holding one out of the protobuf bytes and the
+/// rest is decoded; returns the request and how many items were cut (for `partial_success`).
+pub(super) fn decode_pruning<T>(
+    format: Format,
+    plain: &[u8],
+    max_depth: usize,
+    prune: fn(&[u8], usize) -> Option<prune::Pruned>,
+) -> Result<(T, usize), ApiError>
+where
+    T: Message + Default + serde::de::DeserializeOwned,
+{
+    match decode::decode_as(format, plain) {
+        Ok(req) => Ok((req, 0)),
+        Err(e) if format == Format::Protobuf => match prune(plain, max_depth) {
+            Some(p) => Ok((decode::decode_as(format, &p.request)?, p.rejected)),
+            None => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Decompress (capped), then scan-validate (protobuf) or decode, validate and stamp. Blocking:
 /// run it on the blocking pool.
 ///
@@ -252,18 +275,12 @@ pub fn prepare(
     // the per-span rejections and their messages.
     metrics::counter!(m::VALIDATION_PATH, "path" => "prost").increment(1);
     drop(original);
-    let (mut req, deep_spans) = match decode::decode(format, &plain) {
-        Ok(req) => (req, 0),
-        // A value nested too deep for prost fails the whole decode: cut the spans holding
-        // one out of the bytes, decode the rest, and report them in partial_success.
-        Err(e) if format == Format::Protobuf => {
-            match prune::prune_deep_spans(&plain, limits.max_attribute_depth) {
-                Some(p) => (decode::decode(format, &p.request)?, p.rejected),
-                None => return Err(e.into()),
-            }
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let (mut req, deep_spans): (ExportTraceServiceRequest, usize) = decode_pruning(
+        format,
+        &plain,
+        limits.max_attribute_depth,
+        prune::prune_deep_spans,
+    )?;
     let mut outcome = validate::validate(&mut req, &span_limits);
     outcome.reject_too_deep(
         deep_spans,

@@ -24,7 +24,7 @@ use tracegate_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tracegate_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
 use tracegate_proto::v1::Signal;
 
-use super::prepare::{forward_clean, forwarded_encoding, tenant_claims, Prepared};
+use super::prepare::{decode_pruning, forward_clean, forwarded_encoding, tenant_claims, Prepared};
 use super::{Ingest, RawRequest, SignalKind};
 use crate::admission::BytesPermit;
 use crate::auth::authenticator::Principal;
@@ -138,18 +138,8 @@ pub fn prepare_decoded<T: Decoded>(
         }
     }
     drop(original);
-    let (mut req, deep): (T, usize) = match decode::decode_as(format, &plain) {
-        Ok(req) => (req, 0),
-        // A value nested too deep for prost fails the whole decode: cut the items holding one
-        // out of the bytes and decode the rest (as for spans, `prepare.rs`).
-        Err(e) if format == Format::Protobuf => {
-            match T::prune_deep(&plain, limits.max_attribute_depth) {
-                Some(p) => (decode::decode_as(format, &p.request)?, p.rejected),
-                None => return Err(e.into()),
-            }
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let (mut req, deep): (T, usize) =
+        decode_pruning(format, &plain, limits.max_attribute_depth, T::prune_deep)?;
     let mut outcome = req.validate(&limits.span_limits());
     let depth = limits.max_attribute_depth.min(prune::DECODER_DEPTH_LIMIT);
     outcome.reject_too_deep_items(deep, depth, T::NOUN);
