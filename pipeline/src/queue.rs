@@ -36,5 +36,18 @@ pub trait BatchQueue: Send + Sync + 'static {
     /// Resolves once the batch is durable (or refused). Never acknowledges early. `class` says
     /// whether the batch is a busy project's (`cpu`): its write may go behind other work.
     fn publish(&self, batch: Batch, class: Class) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// `publish`, with `room`: the whole buffer the batch's payload (`otlp_request`) is a slice
+    /// of, with free bytes before it. A queue that frames the payload may write its framing
+    /// there instead of copying the payload (the Kafka producer, issue 21 goal 2); it may do
+    /// so only when it holds the buffer's last handle. By default the room is let go.
+    fn publish_in(
+        &self,
+        batch: Batch,
+        room: bytes::Bytes,
+        class: Class,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        drop(room);
+        self.publish(batch, class)
+    }
     fn is_ready(&self) -> bool;
 }

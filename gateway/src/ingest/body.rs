@@ -20,6 +20,22 @@ pub const DRAIN_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Longest we keep draining a refused request.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Free bytes kept before a body joined from several frames (`Body::room`): enough for the
+/// `tracegate.v1.Batch` fields the Kafka producer writes in front of it (~150-300 bytes with
+/// typical ids; a longer head falls back to a copy).
+pub const ROOM: usize = 512;
+
+/// A request body, and the buffer it was joined into when it came in several frames.
+pub struct Body {
+    pub bytes: Bytes,
+    /// The whole buffer `bytes` lies in, [`ROOM`] free bytes before it: the Kafka producer
+    /// writes the envelope there instead of copying the body into it, so a body is copied once
+    /// in user space between the socket and the broker (issue 21, goal 2;
+    /// `kafka::split::value_in_room`). `None` for a body of one frame (a slice of hyper's read
+    /// buffer, not ours to write around).
+    pub room: Option<Bytes>,
+}
+
 /// The reservation grows ahead of the bytes by at most this much, so a large body costs one
 /// semaphore operation per step rather than one per frame.
 const RESERVE_STEP: usize = 256 * 1024;
@@ -66,7 +82,7 @@ pub async fn read_capped(
     pace: BodyPace,
     admission: &Admission,
     project: &str,
-) -> Result<(Bytes, BytesPermit), ApiError> {
+) -> Result<(Body, BytesPermit), ApiError> {
     let started = tokio::time::Instant::now();
     // Nothing is charged for what the client only declares (one byte marks the request).
     let mut permit = admission.try_reserve_for(project, 0)?;
@@ -136,19 +152,26 @@ impl Frames {
         self.large.push(data);
     }
 
-    /// One contiguous body of `len` bytes: the frame itself when there is one, else one copy.
-    fn join(mut self, len: usize) -> Bytes {
+    /// One contiguous body of `len` bytes: the frame itself when there is one, else one copy,
+    /// into a buffer with [`ROOM`] free bytes before the body.
+    fn join(mut self, len: usize) -> Body {
         if !self.small.is_empty() {
             self.large.push(self.small.split().freeze());
         }
         if self.large.len() <= 1 {
-            return self.large.pop().unwrap_or_default();
+            let bytes = self.large.pop().unwrap_or_default();
+            return Body { bytes, room: None };
         }
-        let mut buf = BytesMut::with_capacity(len);
+        let mut buf = Vec::with_capacity(ROOM + len);
+        buf.resize(ROOM, 0);
         for f in &self.large {
             buf.extend_from_slice(f);
         }
-        buf.freeze()
+        let room = Bytes::from(buf);
+        Body {
+            bytes: room.slice(ROOM..),
+            room: Some(room),
+        }
     }
 }
 
@@ -173,7 +196,12 @@ mod tests {
         let big = Bytes::from(vec![7u8; SMALL_FRAME]);
         let mut one = Frames::default();
         one.push(big.clone());
-        assert_eq!(one.join(SMALL_FRAME).as_ptr(), big.as_ptr());
+        let joined = one.join(SMALL_FRAME);
+        assert_eq!(joined.bytes.as_ptr(), big.as_ptr());
+        assert!(
+            joined.room.is_none(),
+            "hyper's buffer is not ours to write around"
+        );
         let mut mixed = Frames::default();
         let mut want = Vec::new();
         for part in [&b"ab"[..], b"c", &big, b"d", b"e", &big, b"f"] {
@@ -182,8 +210,13 @@ mod tests {
         }
         // Small frames are gathered: one list entry per run of them, not one per frame.
         assert_eq!(mixed.large.len(), 4);
-        assert_eq!(mixed.join(want.len()), want);
-        assert!(Frames::default().join(0).is_empty());
+        let joined = mixed.join(want.len());
+        assert_eq!(joined.bytes, want);
+        // The body is the end of its room, `ROOM` bytes in.
+        let room = joined.room.expect("a joined body has room before it");
+        assert_eq!(room.len(), ROOM + want.len());
+        assert_eq!(joined.bytes.as_ptr(), room[ROOM..].as_ptr());
+        assert!(Frames::default().join(0).bytes.is_empty());
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct Arrival<'a> {
 pub struct Received {
     pub principal: Arc<Principal>,
     pub body: Bytes,
+    /// The buffer `body` was joined into, with room before it (`body::Body::room`).
+    pub room: Option<Bytes>,
     pub permit: BytesPermit,
     pub origin: Origin,
 }
@@ -90,6 +92,9 @@ pub struct RawRequest {
     pub format: Format,
     pub compression: Compression,
     pub body: Bytes,
+    /// The buffer `body` lies in, with room before it (`body::Body::room`): handed to the queue
+    /// with the batch when the payload is still those bytes.
+    pub room: Option<Bytes>,
     /// Reservation covering `body`; swapped for one covering the decompressed bytes.
     pub permit: BytesPermit,
     pub origin: Origin,
@@ -125,7 +130,8 @@ impl Ingest {
         metrics::histogram!(m::REQUEST_BODY_READ_DURATION).record(reading.elapsed().as_secs_f64());
         Ok(Received {
             principal,
-            body,
+            body: body.bytes,
+            room: body.room,
             permit,
             origin: a.origin,
         })
@@ -222,17 +228,19 @@ impl Ingest {
         metrics::histogram!(m::REQUEST_DECODE_DURATION).record(decoding.elapsed().as_secs_f64());
         let meta = (raw.transport, raw.origin, class);
         let o = self
-            .accept(principal, prepared, permit, meta, &TRACES)
+            .accept(principal, (prepared, raw.room), permit, meta, &TRACES)
             .await?;
         Ok(export_response(o.rejected, o.error_message()))
     }
 
     /// After decode, for every signal: count, the project's quota for the signal, the tenant
     /// stamped on a `tracegate.v1.Batch` envelope, the queue; returns once the batch is durable.
+    /// `room`, the buffer the body was read into, goes to the queue with the batch when the
+    /// payload still lies in it (the body forwarded as read).
     async fn accept(
         &self,
         principal: &Arc<Principal>,
-        prepared: Prepared,
+        (mut prepared, room): (Prepared, Option<Bytes>),
         permit: BytesPermit,
         (transport, origin, class): (Transport, Origin, tracegate_pipeline::cpu::Class),
         kind: &SignalKind,
@@ -287,11 +295,23 @@ impl Ingest {
                 ..Default::default()
             };
             prepared.set_payload(&mut batch);
-            self.queue.publish(batch, class).await?;
+            // The batch holds the payload now; a second handle would keep the queue from
+            // writing into its room.
+            prepared.otlp_request = Bytes::new();
+            match room.filter(|r| lies_in(&batch.otlp_request, r)) {
+                Some(room) => self.queue.publish_in(batch, room, class).await?,
+                None => self.queue.publish(batch, class).await?,
+            }
             metrics::counter!(kind.accepted_metric).increment(o.accepted as u64);
         }
         Ok(prepared.outcome)
     }
+}
+
+/// True when `part` is a non-empty slice of `whole`'s bytes.
+fn lies_in(part: &Bytes, whole: &Bytes) -> bool {
+    let (p, w) = (part.as_ptr() as usize, whole.as_ptr() as usize);
+    !part.is_empty() && p >= w && p + part.len() <= w + whole.len()
 }
 
 /// What differs between signals after decode: the envelope's signal, what the quota counts,

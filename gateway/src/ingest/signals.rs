@@ -206,7 +206,7 @@ impl Ingest {
         metrics::histogram!(m::REQUEST_DECODE_DURATION).record(decoding.elapsed().as_secs_f64());
         let meta = (raw.transport, raw.origin, class);
         let o = self
-            .accept(principal, prepared, permit, meta, &T::KIND)
+            .accept(principal, (prepared, raw.room), permit, meta, &T::KIND)
             .await?;
         let resp = T::response(o.rejected, o.error_message_for(T::NOUN));
         Ok(T::encode_response(format, &resp))

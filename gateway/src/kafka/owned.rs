@@ -12,6 +12,7 @@
 
 use std::ffi::{c_void, CStr};
 
+use bytes::Bytes;
 use rdkafka::bindings as rdsys;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
@@ -24,7 +25,7 @@ use super::stats::StatsContext;
 /// A message's buffers and where its delivery report goes.
 pub struct Owned {
     key: Vec<u8>,
-    value: Vec<u8>,
+    value: Bytes,
     report: oneshot::Sender<Result<(), KafkaError>>,
 }
 
@@ -53,10 +54,10 @@ pub fn send(
     producer: &ThreadedProducer<StatsContext>,
     topic: &CStr,
     key: Vec<u8>,
-    value: Vec<u8>,
+    value: Bytes,
 ) -> Result<Delivery, KafkaError> {
     let (report, delivery) = oneshot::channel();
-    // The heap buffers do not move when the Vecs move into the box.
+    // The heap buffers do not move when the Vec and the `Bytes` handle move into the box.
     let (kptr, klen) = (key.as_ptr() as *mut c_void, key.len());
     let (vptr, vlen) = (value.as_ptr() as *mut c_void, value.len());
     let opaque = Box::into_raw(Box::new(Owned { key, value, report }));
@@ -119,7 +120,7 @@ mod tests {
     async fn an_undeliverable_message_reports_its_error_and_gives_its_buffers_back() {
         let p = producer(&[]);
         let topic = c"t";
-        let d = send(&p, topic, b"k".to_vec(), vec![7; 100_000]).unwrap();
+        let d = send(&p, topic, b"k".to_vec(), Bytes::from(vec![7; 100_000])).unwrap();
         let r = tokio::time::timeout(std::time::Duration::from_secs(10), d)
             .await
             .expect("a report within the message timeout")
@@ -142,8 +143,8 @@ mod tests {
         // its buffers are freed here (a double free or a leak into librdkafka would crash or
         // show under the allocator's checks in debug builds).
         let p = producer(&[("queue.buffering.max.messages", "1")]);
-        let first = send(&p, c"t", vec![], vec![1; 10]).unwrap();
-        let e = send(&p, c"t", vec![], vec![2; 10]).unwrap_err();
+        let first = send(&p, c"t", vec![], Bytes::from(vec![1; 10])).unwrap();
+        let e = send(&p, c"t", vec![], Bytes::from(vec![2; 10])).unwrap_err();
         assert_eq!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::QueueFull));
         // The queued one still gets its report.
         let r = tokio::time::timeout(std::time::Duration::from_secs(10), first)

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use futures_util::future::{join_all, BoxFuture};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{Producer, PurgeConfig, ThreadedProducer};
@@ -348,14 +349,22 @@ impl Inner {
     }
 }
 
-/// The batch as Kafka messages (split.rs); a split that re-encodes runs off the async worker.
-async fn messages(inner: &Inner, batch: Batch) -> Result<Vec<split::KafkaMessage>, QueueError> {
+/// The batch as Kafka messages (split.rs); a split (a pass over the whole payload) runs off the
+/// async worker. An unsplit batch with `room` is written around its payload where it lies.
+async fn messages(
+    inner: &Inner,
+    batch: Batch,
+    room: Option<Bytes>,
+) -> Result<Vec<split::KafkaMessage>, QueueError> {
     let key_len = split::key(&batch, inner.key).len();
     let (strategy, max) = (inner.key, inner.max_message_bytes);
     let msgs = if split::needs_split(&batch, key_len, max) {
+        drop(room);
         tokio::task::spawn_blocking(move || split::to_messages(batch, strategy, max))
             .await
             .map_err(|e| QueueError::internal(format!("split task failed: {e}")))?
+    } else if let Some(room) = room {
+        Ok(vec![split::message_in_room(batch, room, strategy)])
     } else {
         split::to_messages(batch, strategy, max)
     };
@@ -384,11 +393,31 @@ fn delivered(
 impl BatchQueue for KafkaQueue {
     // The producer sends every batch alike: its work (librdkafka's threads) is not per request.
     fn publish(&self, batch: Batch, _class: Class) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.send(batch, None)
+    }
+
+    fn publish_in(
+        &self,
+        batch: Batch,
+        room: Bytes,
+        _class: Class,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.send(batch, Some(room))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.reach().is_up()
+    }
+}
+
+impl KafkaQueue {
+    /// `publish`, the envelope written into `room` when there is one (split.rs).
+    fn send(&self, batch: Batch, room: Option<Bytes>) -> BoxFuture<'_, Result<(), QueueError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
             let pool = inner.pool.load_full();
             inner.refuse_unless_up(&pool.reach)?;
-            let msgs = messages(&inner, batch).await?;
+            let msgs = messages(&inner, batch, room).await?;
             if msgs.len() > 1 {
                 metrics::counter!(m::KAFKA_SPLIT_BATCHES).increment(1);
             }
@@ -454,9 +483,5 @@ impl BatchQueue for KafkaQueue {
             metrics::counter!(m::KAFKA_PRODUCED_BYTES).increment(total as u64);
             Ok(())
         })
-    }
-
-    fn is_ready(&self) -> bool {
-        self.inner.reach().is_up()
     }
 }

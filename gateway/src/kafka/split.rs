@@ -23,7 +23,7 @@ const FIELD_OVERHEAD: usize = 11;
 #[derive(Debug, Clone)]
 pub struct KafkaMessage {
     pub key: Vec<u8>,
-    pub value: Vec<u8>,
+    pub value: Bytes,
     pub spans: u32,
 }
 
@@ -75,7 +75,7 @@ pub fn to_messages(
         let spans = batch.span_count;
         return Ok(vec![KafkaMessage {
             key,
-            value: batch.encode_to_vec(),
+            value: Bytes::from(batch.encode_to_vec()),
             spans,
         }]);
     }
@@ -122,11 +122,64 @@ pub fn to_messages(
             part.write(&plain, &mut value);
             KafkaMessage {
                 key: key.clone(),
-                value,
+                value: Bytes::from(value),
                 spans: part.spans,
             }
         })
         .collect())
+}
+
+/// The one message of a batch that needs no split, written around its payload where it lies:
+/// `room` is the whole buffer the payload (`otlp_request`, a slice of it) was read into, with
+/// free bytes before it (`ingest::body::Body::room`). The envelope's other fields, then the
+/// payload's tag and length, are written into those bytes, so the message is the buffer itself
+/// and the payload is not copied (issue 21, goal 2: before, the body was copied once to join its
+/// frames and once more into the envelope). Protobuf readers take fields in any order, so the
+/// payload may come last, as the split's parts have it. When the room is too small or another
+/// handle to it is alive (writing into it would be seen), the message is encoded with one
+/// copy, as `to_messages` does.
+pub fn message_in_room(batch: Batch, room: Bytes, strategy: PartitionKey) -> KafkaMessage {
+    let key = key(&batch, strategy);
+    let spans = batch.span_count;
+    let mut head = batch;
+    let payload = std::mem::take(&mut head.otlp_request);
+    let mut prefix = Vec::with_capacity(head.encoded_len() + FIELD_OVERHEAD);
+    head.encode_raw(&mut prefix);
+    prost::encoding::encode_key(
+        PAYLOAD_FIELD,
+        prost::encoding::WireType::LengthDelimited,
+        &mut prefix,
+    );
+    prost::encoding::encode_varint(payload.len() as u64, &mut prefix);
+    let (base, at, len) = (
+        room.as_ptr() as usize,
+        payload.as_ptr() as usize,
+        payload.len(),
+    );
+    let inside = at >= base && at + len <= base + room.len();
+    let payload = if inside && at - base >= prefix.len() {
+        let start = at - base;
+        // The payload's handle goes first: the room must be the buffer's only one.
+        drop(payload);
+        match room.try_into_mut() {
+            Ok(mut buf) => {
+                let from = start - prefix.len();
+                buf[from..start].copy_from_slice(&prefix);
+                let value = buf.freeze().slice(from..start + len);
+                return KafkaMessage { key, value, spans };
+            }
+            Err(room) => room.slice(start..start + len),
+        }
+    } else {
+        payload
+    };
+    let mut value = prefix;
+    value.extend_from_slice(&payload);
+    KafkaMessage {
+        key,
+        value: Bytes::from(value),
+        spans,
+    }
 }
 
 /// `tracegate.v1.Batch.otlp_request`'s field number (proto/tracegate/v1/envelope.proto).

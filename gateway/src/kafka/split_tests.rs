@@ -299,3 +299,91 @@ fn every_part_of_a_keyed_request_goes_to_its_partition_under_its_key() {
         assert_eq!(&p.dedup_key[..], &[9; 16]);
     }
 }
+
+/// A payload read into a buffer with `room` free bytes before it (as `ingest::body` joins a
+/// body of several frames), and `b` with that payload.
+fn in_room(b: &Batch, room: usize) -> (Batch, Bytes) {
+    let mut buf = vec![0xEE; room];
+    buf.extend_from_slice(&b.otlp_request);
+    let whole = Bytes::from(buf);
+    let mut b = b.clone();
+    b.otlp_request = whole.slice(room..);
+    (b, whole)
+}
+
+/// True when `part`'s bytes are inside the allocation that `ptr..ptr + len` spans.
+fn within(part: &[u8], ptr: usize, len: usize) -> bool {
+    let p = part.as_ptr() as usize;
+    p >= ptr && p + part.len() <= ptr + len
+}
+
+#[test]
+fn an_unsplit_message_is_written_around_its_payload_in_its_room() {
+    let want = batch(&request(2, 2, 20, 300));
+    let (b, whole) = in_room(&want, 512);
+    let (ptr, len) = (whole.as_ptr() as usize, whole.len());
+    let m = message_in_room(b, whole, PartitionKey::Project);
+    assert_eq!(m.key, b"org/proj");
+    assert_eq!(m.spans, want.span_count);
+    assert_eq!(Batch::decode(&m.value[..]).unwrap(), want);
+    // The message is the room itself: the envelope was written before the payload, which
+    // was not copied.
+    assert!(within(&m.value, ptr, len), "the value is the room's buffer");
+    assert_eq!(m.value.as_ptr() as usize + m.value.len(), ptr + len);
+}
+
+#[test]
+fn a_shared_or_small_room_falls_back_to_one_copy() {
+    let want = batch(&request(1, 1, 5, 100));
+    // Another handle to the buffer is alive: writing into it would be seen there.
+    let (b, whole) = in_room(&want, 512);
+    let (ptr, len, other) = (whole.as_ptr() as usize, whole.len(), whole.clone());
+    let m = message_in_room(b, whole, PartitionKey::Batch);
+    assert_eq!(Batch::decode(&m.value[..]).unwrap(), want);
+    assert!(!within(&m.value, ptr, len));
+    assert!(
+        other[..512].iter().all(|&x| x == 0xEE),
+        "the room is untouched"
+    );
+    // Too little room for the envelope's fields.
+    let (b, whole) = in_room(&want, 8);
+    let (ptr, len) = (whole.as_ptr() as usize, whole.len());
+    let m = message_in_room(b, whole, PartitionKey::Batch);
+    assert_eq!(Batch::decode(&m.value[..]).unwrap(), want);
+    assert!(!within(&m.value, ptr, len));
+    // A payload that is not in the room at all.
+    let (_, whole) = in_room(&want, 512);
+    let m = message_in_room(want.clone(), whole, PartitionKey::Batch);
+    assert_eq!(Batch::decode(&m.value[..]).unwrap(), want);
+}
+
+#[test]
+fn the_envelope_of_a_realistic_tenant_fits_the_room_a_body_is_read_into() {
+    // Ids as long as the control plane issues them, every field of the envelope set.
+    let mut b = batch(&request(1, 1, 1, 10));
+    let id = "0123456789abcdef0123456789abcdef";
+    b.org_id = format!("org_{id}");
+    b.workspace_id = format!("ws_{id}");
+    b.project_id = format!("proj_{id}");
+    b.region = "ap-southeast-2".into();
+    b.key_id = format!("key_{id}");
+    b.received_at_unix_nano = u64::MAX;
+    b.dedup_key = Bytes::from_static(&[9; 18]);
+    b.source = Some(tracegate_proto::v1::Source {
+        client_addr: "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535".into(),
+        vpc_endpoint_id: "vpce-0123456789abcdef0".into(),
+    });
+    let mut head = b.clone();
+    head.otlp_request = Bytes::new();
+    let room = crate::ingest::body::ROOM;
+    assert!(
+        head.encoded_len() + FIELD_OVERHEAD <= room,
+        "{} bytes of envelope need more than ROOM = {room}",
+        head.encoded_len() + FIELD_OVERHEAD
+    );
+    let (b2, whole) = in_room(&b, room);
+    let (ptr, len) = (whole.as_ptr() as usize, whole.len());
+    let m = message_in_room(b2, whole, PartitionKey::Project);
+    assert!(within(&m.value, ptr, len));
+    assert_eq!(Batch::decode(&m.value[..]).unwrap(), b);
+}

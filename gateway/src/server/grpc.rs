@@ -166,6 +166,7 @@ impl GrpcReceiver {
             format: Format::Protobuf,
             compression,
             body: msg,
+            room: r.room,
             permit: r.permit,
             origin: r.origin,
         };

@@ -246,6 +246,7 @@ impl HttpReceiver {
             format: *format,
             compression,
             body: r.body,
+            room: r.room,
             permit: r.permit,
             origin: r.origin,
         };
