@@ -63,6 +63,7 @@ pub const KAFKA_PRODUCED_BYTES: &str = "tracegate_kafka_produced_bytes_total";
 pub const KAFKA_DELIVERY_DURATION: &str = "tracegate_kafka_delivery_duration_seconds";
 pub const KAFKA_DELIVERY_FAILURES: &str = "tracegate_kafka_delivery_failures_total";
 pub const KAFKA_SPLIT_BATCHES: &str = "tracegate_kafka_split_batches_total";
+pub const KAFKA_IN_PLACE_MESSAGES: &str = "tracegate_kafka_in_place_messages_total";
 pub const KAFKA_PRODUCER_REBUILDS: &str = "tracegate_kafka_producer_rebuilds_total";
 pub const KAFKA_PRODUCER_QUEUE_BYTES: &str = "tracegate_kafka_producer_queue_bytes";
 pub const KAFKA_PRODUCER_QUEUE_BYTES_LIMIT: &str = "tracegate_kafka_producer_queue_bytes_limit";
@@ -273,6 +274,10 @@ fn describe_kafka() {
     describe_counter!(
         KAFKA_SPLIT_BATCHES,
         "Batches split into several Kafka messages"
+    );
+    describe_counter!(
+        KAFKA_IN_PLACE_MESSAGES,
+        "Kafka messages written around the request body in the buffer it was read into (the body not copied again)"
     );
     describe_gauge!(
         KAFKA_PRODUCER_QUEUE_BYTES,
@@ -544,6 +549,7 @@ fn register_kafka(parts: &Parts) {
         histogram(KAFKA_DELIVERY_DURATION, &[]);
         zero_counter(KAFKA_DELIVERY_FAILURES, &[]);
         zero_counter(KAFKA_SPLIT_BATCHES, &[]);
+        zero_counter(KAFKA_IN_PLACE_MESSAGES, &[]);
         zero_counter(KAFKA_PRODUCER_REBUILDS, &[]);
         zero_gauge(KAFKA_PRODUCER_QUEUE_BYTES, &[]);
         zero_gauge(KAFKA_PRODUCER_QUEUE_BYTES_LIMIT, &[]);

@@ -497,3 +497,89 @@ fn noise(x: &mut u64, n: usize, alphabet: &[u8]) -> String {
         })
         .collect()
 }
+
+/// A plain request of several hundred KB arrives in several frames and is joined into a buffer
+/// with room before it; with the defaults (no payload compression, 1 MB messages) its Kafka
+/// message is written around it there (`kafka::split::message_in_room`), and the writer reads
+/// every span of it once.
+#[test]
+fn a_large_plain_request_is_produced_from_the_buffer_it_was_read_into() {
+    const TOPIC: &str = "tracegate-room";
+    let broker = TestBroker::start(&[(TOPIC, 2)]);
+    let gw_dir = tempfile::Builder::new()
+        .prefix("tg-room-gw-")
+        .tempdir()
+        .unwrap();
+    let wr_dir = tempfile::Builder::new()
+        .prefix("tg-room-wr-")
+        .tempdir()
+        .unwrap();
+    let env = broker.env(TOPIC);
+    let mut gw = Gateway::start_in(gw_dir.path(), &common::env_refs(&env));
+    let cfg = wr_dir.path().join("writer.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"{TOPIC}\"\ngroup_id = \"room\"\n\
+             batch_max_age_ms = 200\nsession_timeout_ms = 6000\n",
+            broker.bootstrap
+        ),
+    )
+    .unwrap();
+    let mut writer = Writer::start(&wr_dir.path().join("data"), Some(&cfg), &[]);
+    let project = common::unique_project("kafka-room");
+    let key = gw.create_key(&project);
+    assert!(
+        common::wait_until(Duration::from_secs(20), || common::get(&format!(
+            "{}/readyz",
+            gw.admin_url()
+        ))
+        .0 == 200),
+        "gateway /readyz never became 200 with the broker up"
+    );
+
+    let mut req = common::request_n("room", 0, 200);
+    for s in &mut req.resource_spans[0].scope_spans[0].spans {
+        s.attributes
+            .push(common::kv_str("gen_ai.prompt", &"p".repeat(3000)));
+    }
+    // Over hyper's ~400 KB read buffer (so several frames), under one 1 MB message.
+    let len = common::encode(&req).len();
+    assert!((500_000..900_000).contains(&len), "{len} bytes");
+    let r = common::post_protobuf(&gw, &key, &req);
+    assert_eq!(r.0, 200, "{:?}", String::from_utf8_lossy(&r.2));
+    let gm = gw.metrics();
+    assert!(
+        common::metric_value(&gm, "tracegate_kafka_in_place_messages_total") >= 1.0,
+        "the message was not written in the body's buffer: {gm}"
+    );
+    assert_eq!(
+        common::metric_value(&gm, "tracegate_kafka_split_batches_total"),
+        0.0
+    );
+
+    let want: Vec<String> = (0..200).map(|i| format!("room-{i}")).collect();
+    let (missing, records) = common::wait_for_spans(
+        &wr_dir.path().join("data"),
+        &project,
+        &want,
+        Duration::from_secs(60),
+    );
+    assert!(
+        missing.is_empty(),
+        "missing spans: {:?}",
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(records.len(), want.len(), "every span exactly once");
+    for r in &records {
+        let attrs = r["span"]["attributes"].to_string();
+        assert!(
+            attrs.contains(&"p".repeat(3000)),
+            "the prompt arrived whole: {r}"
+        );
+    }
+    let s = writer.terminate();
+    assert!(s.success(), "writer SIGTERM exit status {s}");
+    let s = gw.terminate();
+    assert!(s.success(), "gateway SIGTERM exit status {s}");
+}

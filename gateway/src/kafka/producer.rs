@@ -364,7 +364,11 @@ async fn messages(
             .await
             .map_err(|e| QueueError::internal(format!("split task failed: {e}")))?
     } else if let Some(room) = room {
-        Ok(vec![split::message_in_room(batch, room, strategy)])
+        let (msg, in_place) = split::message_in_room(batch, room, strategy);
+        if in_place {
+            metrics::counter!(m::KAFKA_IN_PLACE_MESSAGES).increment(1);
+        }
+        Ok(vec![msg])
     } else {
         split::to_messages(batch, strategy, max)
     };

@@ -137,8 +137,8 @@ pub fn to_messages(
 /// frames and once more into the envelope). Protobuf readers take fields in any order, so the
 /// payload may come last, as the split's parts have it. When the room is too small or another
 /// handle to it is alive (writing into it would be seen), the message is encoded with one
-/// copy, as `to_messages` does.
-pub fn message_in_room(batch: Batch, room: Bytes, strategy: PartitionKey) -> KafkaMessage {
+/// copy, as `to_messages` does. The flag says whether the message was written in place.
+pub fn message_in_room(batch: Batch, room: Bytes, strategy: PartitionKey) -> (KafkaMessage, bool) {
     let key = key(&batch, strategy);
     let spans = batch.span_count;
     let mut head = batch;
@@ -166,7 +166,7 @@ pub fn message_in_room(batch: Batch, room: Bytes, strategy: PartitionKey) -> Kaf
                 let from = start - prefix.len();
                 buf[from..start].copy_from_slice(&prefix);
                 let value = buf.freeze().slice(from..start + len);
-                return KafkaMessage { key, value, spans };
+                return (KafkaMessage { key, value, spans }, true);
             }
             Err(room) => room.slice(start..start + len),
         }
@@ -175,11 +175,8 @@ pub fn message_in_room(batch: Batch, room: Bytes, strategy: PartitionKey) -> Kaf
     };
     let mut value = prefix;
     value.extend_from_slice(&payload);
-    KafkaMessage {
-        key,
-        value: Bytes::from(value),
-        spans,
-    }
+    let value = Bytes::from(value);
+    (KafkaMessage { key, value, spans }, false)
 }
 
 /// `tracegate.v1.Batch.otlp_request`'s field number (proto/tracegate/v1/envelope.proto).

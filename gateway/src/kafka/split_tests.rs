@@ -322,7 +322,8 @@ fn an_unsplit_message_is_written_around_its_payload_in_its_room() {
     let want = batch(&request(2, 2, 20, 300));
     let (b, whole) = in_room(&want, 512);
     let (ptr, len) = (whole.as_ptr() as usize, whole.len());
-    let m = message_in_room(b, whole, PartitionKey::Project);
+    let (m, in_place) = message_in_room(b, whole, PartitionKey::Project);
+    assert!(in_place);
     assert_eq!(m.key, b"org/proj");
     assert_eq!(m.spans, want.span_count);
     assert_eq!(Batch::decode(&m.value[..]).unwrap(), want);
@@ -338,7 +339,8 @@ fn a_shared_or_small_room_falls_back_to_one_copy() {
     // Another handle to the buffer is alive: writing into it would be seen there.
     let (b, whole) = in_room(&want, 512);
     let (ptr, len, other) = (whole.as_ptr() as usize, whole.len(), whole.clone());
-    let m = message_in_room(b, whole, PartitionKey::Batch);
+    let (m, in_place) = message_in_room(b, whole, PartitionKey::Batch);
+    assert!(!in_place, "a shared buffer is not written into");
     assert_eq!(Batch::decode(&m.value[..]).unwrap(), want);
     assert!(!within(&m.value, ptr, len));
     assert!(
@@ -348,12 +350,14 @@ fn a_shared_or_small_room_falls_back_to_one_copy() {
     // Too little room for the envelope's fields.
     let (b, whole) = in_room(&want, 8);
     let (ptr, len) = (whole.as_ptr() as usize, whole.len());
-    let m = message_in_room(b, whole, PartitionKey::Batch);
+    let (m, in_place) = message_in_room(b, whole, PartitionKey::Batch);
+    assert!(!in_place, "no room for the head");
     assert_eq!(Batch::decode(&m.value[..]).unwrap(), want);
     assert!(!within(&m.value, ptr, len));
     // A payload that is not in the room at all.
     let (_, whole) = in_room(&want, 512);
-    let m = message_in_room(want.clone(), whole, PartitionKey::Batch);
+    let (m, in_place) = message_in_room(want.clone(), whole, PartitionKey::Batch);
+    assert!(!in_place);
     assert_eq!(Batch::decode(&m.value[..]).unwrap(), want);
 }
 
@@ -383,7 +387,8 @@ fn the_envelope_of_a_realistic_tenant_fits_the_room_a_body_is_read_into() {
     );
     let (b2, whole) = in_room(&b, room);
     let (ptr, len) = (whole.as_ptr() as usize, whole.len());
-    let m = message_in_room(b2, whole, PartitionKey::Project);
+    let (m, in_place) = message_in_room(b2, whole, PartitionKey::Project);
+    assert!(in_place);
     assert!(within(&m.value, ptr, len));
     assert_eq!(Batch::decode(&m.value[..]).unwrap(), b);
 }
