@@ -81,6 +81,28 @@ fn sdk_exporter(gw: &Gateway, key: &str, how: &str, rt: &tokio::runtime::Runtime
     }
 }
 
+/// `dir/writer.toml` for a writer of `topic` on `broker` in consumer group `group`, short
+/// batches and sessions for tests, plus `extra` lines of `[kafka]`.
+fn writer_toml(
+    dir: &std::path::Path,
+    broker: &TestBroker,
+    topic: &str,
+    group: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let cfg = dir.join("writer.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"{topic}\"\ngroup_id = \"{group}\"\n\
+             batch_max_age_ms = 200\nsession_timeout_ms = 6000\n{extra}",
+            broker.bootstrap
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 #[test]
 fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
     let broker = TestBroker::start(&[(TOPIC, 4)]);
@@ -103,17 +125,13 @@ fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
     let mut gw = Gateway::start_in(gw_dir.path(), &common::env_refs(&env));
 
     // The writer reads a config file (brokers/topic from it, not from the env).
-    let cfg = wr_dir.path().join("writer.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[kafka]\nbrokers = \"{}\"\ntopic = \"{TOPIC}\"\ngroup_id = \"e2e\"\n\
-             batch_max_age_ms = 200\nsession_timeout_ms = 6000\n\
-             message_max_bytes = {MESSAGE_MAX_BYTES}\n",
-            broker.bootstrap
-        ),
-    )
-    .unwrap();
+    let cfg = writer_toml(
+        wr_dir.path(),
+        &broker,
+        TOPIC,
+        "e2e",
+        &format!("message_max_bytes = {MESSAGE_MAX_BYTES}\n"),
+    );
     let mut writer = Writer::start(&wr_dir.path().join("data"), Some(&cfg), &[]);
     let archive_dir = wr_dir.path().join("data");
 
@@ -389,16 +407,7 @@ fn writer_reads_compressed_envelopes_and_quarantines_a_newer_schema() {
         .prefix("tg-kafka-q-")
         .tempdir()
         .unwrap();
-    let cfg = wr_dir.path().join("writer.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[kafka]\nbrokers = \"{}\"\ntopic = \"{Q_TOPIC}\"\ngroup_id = \"q\"\n\
-             batch_max_age_ms = 200\nsession_timeout_ms = 6000\n",
-            broker.bootstrap
-        ),
-    )
-    .unwrap();
+    let cfg = writer_toml(wr_dir.path(), &broker, Q_TOPIC, "q", "");
     let data = wr_dir.path().join("data");
     let project = common::unique_project("kafka-q");
     let envelope = |prefix: &str, encoding: PayloadEncoding, version: u32| {
@@ -516,27 +525,11 @@ fn a_large_plain_request_is_produced_from_the_buffer_it_was_read_into() {
         .unwrap();
     let env = broker.env(TOPIC);
     let mut gw = Gateway::start_in(gw_dir.path(), &common::env_refs(&env));
-    let cfg = wr_dir.path().join("writer.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[kafka]\nbrokers = \"{}\"\ntopic = \"{TOPIC}\"\ngroup_id = \"room\"\n\
-             batch_max_age_ms = 200\nsession_timeout_ms = 6000\n",
-            broker.bootstrap
-        ),
-    )
-    .unwrap();
+    let cfg = writer_toml(wr_dir.path(), &broker, TOPIC, "room", "");
     let mut writer = Writer::start(&wr_dir.path().join("data"), Some(&cfg), &[]);
     let project = common::unique_project("kafka-room");
     let key = gw.create_key(&project);
-    assert!(
-        common::wait_until(Duration::from_secs(20), || common::get(&format!(
-            "{}/readyz",
-            gw.admin_url()
-        ))
-        .0 == 200),
-        "gateway /readyz never became 200 with the broker up"
-    );
+    gw.wait_ready(Duration::from_secs(20));
 
     let mut req = common::request_n("room", 0, 200);
     for s in &mut req.resource_spans[0].scope_spans[0].spans {
