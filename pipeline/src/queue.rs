@@ -31,6 +31,13 @@ impl QueueError {
     }
 }
 
+/// Where `part`'s bytes start in `whole`, when `part` is a non-empty slice of it: what makes
+/// `whole` a room for `part` (`BatchQueue::publish_in`).
+pub fn offset_in(part: &[u8], whole: &[u8]) -> Option<usize> {
+    let (p, w) = (part.as_ptr() as usize, whole.as_ptr() as usize);
+    (!part.is_empty() && p >= w && p + part.len() <= w + whole.len()).then(|| p - w)
+}
+
 /// Where the ingest entry puts a stamped batch (the embedded queue, or Kafka).
 pub trait BatchQueue: Send + Sync + 'static {
     /// Resolves once the batch is durable (or refused). Never acknowledges early. `class` says

@@ -31,7 +31,7 @@ pub struct Body {
     /// The whole buffer `bytes` lies in, [`ROOM`] free bytes before it: the Kafka producer
     /// writes the envelope there instead of copying the body into it, so a body is copied once
     /// in user space between the socket and the broker (issue 21, goal 2;
-    /// `kafka::split::value_in_room`). `None` for a body of one frame (a slice of hyper's read
+    /// `kafka::split::message_in_room`). `None` for a body of one frame (a slice of hyper's read
     /// buffer, not ours to write around).
     pub room: Option<Bytes>,
 }

@@ -26,6 +26,7 @@ use rand::RngCore;
 use tracegate_otlp::codec::{Compression, Format};
 use tracegate_otlp::response::export_response;
 use tracegate_otlp::validate::Reason;
+use tracegate_pipeline::queue::offset_in;
 use tracegate_pipeline::BatchQueue;
 use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceResponse;
 use tracegate_proto::v1::{Batch, Signal, Source, Transport};
@@ -298,7 +299,7 @@ impl Ingest {
             // The batch holds the payload now; a second handle would keep the queue from
             // writing into its room.
             prepared.otlp_request = Bytes::new();
-            match room.filter(|r| lies_in(&batch.otlp_request, r)) {
+            match room.filter(|r| offset_in(&batch.otlp_request, r).is_some()) {
                 Some(room) => self.queue.publish_in(batch, room, class).await?,
                 None => self.queue.publish(batch, class).await?,
             }
@@ -306,12 +307,6 @@ impl Ingest {
         }
         Ok(prepared.outcome)
     }
-}
-
-/// True when `part` is a non-empty slice of `whole`'s bytes.
-fn lies_in(part: &Bytes, whole: &Bytes) -> bool {
-    let (p, w) = (part.as_ptr() as usize, whole.as_ptr() as usize);
-    !part.is_empty() && p >= w && p + part.len() <= w + whole.len()
 }
 
 /// What differs between signals after decode: the envelope's signal, what the quota counts,

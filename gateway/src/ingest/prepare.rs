@@ -338,7 +338,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod forward_tests {
+pub(super) mod forward_tests {
     use super::*;
     use std::io::Write;
     use tracegate_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
@@ -421,17 +421,24 @@ mod forward_tests {
         }
     }
 
-    /// `prepare` as `Ingest::export` runs it, then the envelope it would publish.
-    fn run(format: Format, c: Compression, body: Bytes) -> (Prepared, Batch, BytesPermit) {
-        let limits = LimitsConfig::default();
-        let admission = Admission::new(1 << 30);
-        let permit = admission.try_reserve(body.len()).unwrap();
+    /// What a prepare step of a `len`-byte body needs in these tests: default limits, the
+    /// body's reservation, project "mine" of org "o", the default tenant attribute keys.
+    pub(in crate::ingest) fn fixture(
+        len: usize,
+    ) -> (LimitsConfig, BytesPermit, Principal, Vec<String>) {
+        let permit = Admission::new(1 << 30).try_reserve(len).unwrap();
         let p = Principal {
             org_id: "o".into(),
             project_id: "mine".into(),
             ..Default::default()
         };
         let keys = crate::config::AuthConfig::default().tenant_attribute_keys;
+        (LimitsConfig::default(), permit, p, keys)
+    }
+
+    /// `prepare` as `Ingest::export` runs it, then the envelope it would publish.
+    fn run(format: Format, c: Compression, body: Bytes) -> (Prepared, Batch, BytesPermit) {
+        let (limits, permit, p, keys) = fixture(body.len());
         let (prepared, permit) =
             prepare(format, c, body, &limits, permit, Some((&keys, &p))).unwrap();
         let mut batch = Batch::default();

@@ -218,20 +218,11 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::admission::Admission;
     use tracegate_proto::v1::{Batch, PayloadEncoding};
 
     /// `prepare_decoded` for a logs body in `c`: (prepared, the envelope it would publish).
     fn run(c: Compression, body: Bytes) -> (Prepared, Batch, BytesPermit) {
-        let limits = LimitsConfig::default();
-        let admission = Admission::new(1 << 30);
-        let permit = admission.try_reserve(body.len()).unwrap();
-        let p = Principal {
-            org_id: "o".into(),
-            project_id: "mine".into(),
-            ..Default::default()
-        };
-        let keys = crate::config::AuthConfig::default().tenant_attribute_keys;
+        let (limits, permit, p, keys) = crate::ingest::prepare::forward_tests::fixture(body.len());
         let (prepared, permit) = prepare_decoded::<ExportLogsServiceRequest>(
             Format::Protobuf,
             c,

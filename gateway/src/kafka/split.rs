@@ -151,14 +151,9 @@ pub fn message_in_room(batch: Batch, room: Bytes, strategy: PartitionKey) -> (Ka
         &mut prefix,
     );
     prost::encoding::encode_varint(payload.len() as u64, &mut prefix);
-    let (base, at, len) = (
-        room.as_ptr() as usize,
-        payload.as_ptr() as usize,
-        payload.len(),
-    );
-    let inside = at >= base && at + len <= base + room.len();
-    let payload = if inside && at - base >= prefix.len() {
-        let start = at - base;
+    let len = payload.len();
+    let start = tracegate_pipeline::queue::offset_in(&payload, &room);
+    let payload = if let Some(start) = start.filter(|s| *s >= prefix.len()) {
         // The payload's handle goes first: the room must be the buffer's only one.
         drop(payload);
         match room.try_into_mut() {
