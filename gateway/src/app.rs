@@ -137,6 +137,9 @@ pub async fn run(
             timeout: Duration::from_millis(config.server.body_timeout_ms),
             min_bytes_per_sec: config.server.min_body_bytes_per_sec,
         },
+        read_ahead: crate::ingest::readahead::ReadAhead::new(
+            config.limits.read_ahead_bytes_per_project,
+        ),
     });
     let shutting_down = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();

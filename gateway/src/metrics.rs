@@ -35,6 +35,8 @@ pub const AUTH_STORE_ERRORS: &str = "tracegate_auth_store_errors_total";
 pub const AUTH_REFUSED: &str = "tracegate_auth_refused_total";
 pub const CONNECTIONS_REFUSED: &str = "tracegate_connections_refused_total";
 pub const ADMISSION_REFUSED: &str = "tracegate_admission_refused_total";
+/// Requests that waited before their body for their project's decode backlog (ingest/readahead.rs).
+pub const READ_AHEAD_WAITS: &str = "tracegate_read_ahead_waits_total";
 pub const CONNECTIONS_SHED: &str = "tracegate_connections_shed_total";
 pub const CONNECTIONS_CLOSED: &str = "tracegate_connections_closed_total";
 pub const CONNECTIONS_OPEN: &str = "tracegate_connections_open";
@@ -152,6 +154,28 @@ fn describe_signals() {
     );
 }
 
+/// The listeners' connection series.
+fn describe_connections() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed before serving a request: PROXY header or TLS handshake refused, no request head in time, or no seat (max_connections, max_connections_per_client), by listener and reason"
+    );
+    describe_counter!(
+        CONNECTIONS_SHED,
+        "Idle connections asked to close to seat a new one, by limit (max_connections, max_connections_per_client)"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Connections closed by the gateway's deadlines, by listener and reason (idle, max_age)"
+    );
+    describe_gauge!(CONNECTIONS_OPEN, "Open connections, by listener");
+    describe_counter!(
+        CONNECTIONS_UNHELD,
+        "Refused connections closed at once, without the short hold that lets the client read its answer, because the most were already held (the client may see a reset)"
+    );
+}
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_signals();
@@ -160,7 +184,7 @@ fn describe() {
     describe_histogram!(
         REQUEST_BODY_READ_DURATION,
         Unit::Seconds,
-        "OTLP/HTTP: time to read the request body after its headers"
+        "OTLP/HTTP: time to read the request body after its headers, the wait for the project's read-ahead included"
     );
     describe_histogram!(
         REQUEST_DECODE_DURATION,
@@ -187,26 +211,14 @@ fn describe() {
     describe_counter!(AUTH_CACHE_LOOKUPS, "API key store lookups (cache misses)");
     describe_counter!(AUTH_STORE_ERRORS, "Key store lookups that failed");
     describe_counter!(AUTH_REFUSED, "Refused credentials, by reason");
-    describe_counter!(
-        CONNECTIONS_REFUSED,
-        "Connections closed before serving a request: PROXY header or TLS handshake refused, no request head in time, or no seat (max_connections, max_connections_per_client), by listener and reason"
-    );
-    describe_counter!(
-        CONNECTIONS_SHED,
-        "Idle connections asked to close to seat a new one, by limit (max_connections, max_connections_per_client)"
-    );
-    describe_counter!(
-        CONNECTIONS_CLOSED,
-        "Connections closed by the gateway's deadlines, by listener and reason (idle, max_age)"
-    );
-    describe_gauge!(CONNECTIONS_OPEN, "Open connections, by listener");
-    describe_counter!(
-        CONNECTIONS_UNHELD,
-        "Refused connections closed at once, without the short hold that lets the client read its answer, because the most were already held (the client may see a reset)"
-    );
+    describe_connections();
     describe_counter!(
         ADMISSION_REFUSED,
-        "Requests refused by in-flight byte admission, by limit (global: 503, project: 429)"
+        "Requests refused by in-flight byte admission, by limit (global: 503, project: 429, read_ahead: 429 after waiting server.body_timeout_ms for the project's decode backlog)"
+    );
+    describe_counter!(
+        READ_AHEAD_WAITS,
+        "Requests whose body waited unread, in the socket, while their project had limits.read_ahead_bytes_per_project waiting for decode"
     );
     describe_counter!(
         TLS_CERT_RELOADS,
@@ -483,6 +495,8 @@ fn register_receivers() {
     zero_counter(CONNECTIONS_UNHELD, &[]);
     zero_counter(ADMISSION_REFUSED, &[("limit", "global")]);
     zero_counter(ADMISSION_REFUSED, &[("limit", "project")]);
+    zero_counter(ADMISSION_REFUSED, &[("limit", "read_ahead")]);
+    zero_counter(READ_AHEAD_WAITS, &[]);
     zero_counter(CONNECTIONS_CLOSED, &[]);
     zero_counter(RATE_LIMITED, &[]);
 }

@@ -4,7 +4,9 @@
 //! - `server.max_connections` caps open connections per listener: at the limit a new client
 //!   takes the seat of the longest-idle connection, or is refused at once when none is idle;
 //! - `limits.prefault_bytes` makes the heap resident before the first request, so a burst of
-//!   requests does not page-fault its memory in.
+//!   requests does not page-fault its memory in;
+//! - `limits.read_ahead_bytes_per_project`: while a project's bodies wait for decode, its next
+//!   HTTP/1.1 bodies wait unread, and every request still gets its answer; gRPC never waits.
 
 mod common;
 
@@ -234,4 +236,77 @@ fn prefault_makes_the_heap_resident_before_the_first_burst() {
         f_plain > 2_000 && f_warm * 4 < f_plain,
         "minor faults for the burst: {f_warm} with prefault, {f_plain} without"
     );
+}
+
+/// Requests of one project, one of each `tag`'s spans invalid (so each takes the slow decode
+/// path, tens of milliseconds for ~4 MB), sent 10 ms apart over HTTP/1.1 or gRPC, each answered
+/// 200 / OK with its invalid span rejected; returns the gateway's read-ahead waits after them.
+fn staggered(gw: &Gateway, key: &str, tag: &str, grpc: bool) -> f64 {
+    const SPANS: u64 = 48_000;
+    let requests: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            let mut req = request_n(&format!("{tag}-{i}"), 0, SPANS);
+            req.resource_spans[0].scope_spans[0].spans[0].trace_id = Vec::new();
+            req
+        })
+        .collect();
+    let auth = format!("Bearer {key}");
+    std::thread::scope(|s| {
+        for req in requests {
+            let auth = &auth;
+            s.spawn(move || {
+                if grpc {
+                    assert_eq!(grpc_export(gw, key, req).0, tonic::Code::Ok);
+                } else {
+                    let headers = [
+                        ("content-type", "application/x-protobuf"),
+                        ("authorization", auth.as_str()),
+                    ];
+                    let r = post(&gw.traces_url(), &headers, encode(&req));
+                    assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
+                    let rejected = decode_response(&r.2)
+                        .partial_success
+                        .map(|p| p.rejected_spans);
+                    assert_eq!(rejected, Some(1));
+                }
+            });
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let m = gw.metrics();
+    assert_eq!(
+        metric_value(&m, "tracegate_admission_refused_total"),
+        0.0,
+        "a request was refused instead of waiting"
+    );
+    metric_value(&m, "tracegate_read_ahead_waits_total")
+}
+
+const REQUESTS: u64 = 12;
+
+#[test]
+fn a_project_behind_on_decode_leaves_its_next_bodies_unread_until_a_decode_starts() {
+    // One decode at a time, and a bound of one byte: while one body decodes and another waits
+    // for the slot, every further body of the project waits unread.
+    let gw = Gateway::start(&[
+        ("TRACEGATE_LIMITS__DECODE_CONCURRENCY", "1"),
+        ("TRACEGATE_LIMITS__READ_AHEAD_BYTES_PER_PROJECT", "1"),
+    ]);
+    let key = gw.create_key(&unique_project("readahead"));
+    // gRPC streams share their connection's window: they are never held.
+    let waits = staggered(&gw, &key, "grpc", true);
+    assert_eq!(waits, 0.0, "gRPC requests waited for read-ahead");
+    let waits = staggered(&gw, &key, "http", false);
+    assert!(
+        waits >= 1.0,
+        "{REQUESTS} requests 10 ms apart, each decoding for tens of ms in one slot, and none \
+         waited before its body"
+    );
+    let spans = metric_value(&gw.metrics(), "tracegate_spans_accepted_total");
+    assert_eq!(
+        spans,
+        (2 * REQUESTS * 47_999) as f64,
+        "every valid span accepted"
+    );
+    eprintln!("{waits} of {REQUESTS} HTTP/1.1 requests waited before their body");
 }

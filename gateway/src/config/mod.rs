@@ -199,6 +199,10 @@ pub struct LimitsConfig {
     /// Requests decoded and validated at once; more wait their turn, oldest first. 0: one per
     /// CPU this process may run on.
     pub decode_concurrency: usize,
+    /// Bytes of one project's bodies read and waiting for a decode slot before its next body
+    /// waits, unread, in the socket (HTTP/1.1; 0: no bound). Keeps a burst's backlog in the
+    /// clients' sockets instead of the gateway's memory (ingest/readahead.rs).
+    pub read_ahead_bytes_per_project: usize,
     /// Heap made resident at start-up (0: off; at most 1 GiB and twice `max_inflight_bytes`).
     /// A burst that needs more memory than the heap has held so far otherwise pays a page
     /// fault per 4 KiB while it is behind. RSS starts near this much; the process then uses
@@ -252,6 +256,7 @@ impl Default for LimitsConfig {
             max_events_per_span: span.max_events_per_span,
             max_links_per_span: span.max_links_per_span,
             decode_concurrency: 0,
+            read_ahead_bytes_per_project: 16 * 1024 * 1024,
             prefault_bytes: 0,
         }
     }

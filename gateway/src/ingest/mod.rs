@@ -15,6 +15,7 @@
 
 pub mod body;
 pub mod prepare;
+pub mod readahead;
 pub mod signals;
 
 use std::sync::Arc;
@@ -60,6 +61,9 @@ pub struct Ingest {
     /// How long a body may take, and at what rate at least (`server.body_timeout_ms`,
     /// `server.min_body_bytes_per_sec`).
     pub body_pace: BodyPace,
+    /// Each project's bodies read and waiting for a decode slot, bounded
+    /// (`limits.read_ahead_bytes_per_project`, readahead.rs).
+    pub read_ahead: Arc<readahead::ReadAhead>,
 }
 
 /// A request as a transport hands it to the entry: its head, and its body not yet read.
@@ -75,6 +79,9 @@ pub struct Arrival<'a> {
     pub framing: usize,
     /// The scope the request's signal needs (`traces:write`, `logs:write`).
     pub scope: &'static str,
+    /// Whether the body may wait, unread, for its project's decode backlog (readahead.rs):
+    /// HTTP/1.1 only, where an unread body holds nothing but its own connection.
+    pub read_ahead: bool,
 }
 
 /// A request whose body has been read: who sent it, its bytes, and their reservation.
@@ -85,6 +92,8 @@ pub struct Received {
     pub room: Option<Bytes>,
     pub permit: BytesPermit,
     pub origin: Origin,
+    /// `body` on its project's read-ahead backlog until its decode starts.
+    pub queued: readahead::Queued,
 }
 
 /// A body as received, with what the receiver learned about it.
@@ -99,6 +108,8 @@ pub struct RawRequest {
     /// Reservation covering `body`; swapped for one covering the decompressed bytes.
     pub permit: BytesPermit,
     pub origin: Origin,
+    /// Dropped when the decode starts (`Received::queued`).
+    pub queued: readahead::Queued,
 }
 
 impl Ingest {
@@ -123,19 +134,45 @@ impl Ingest {
         let Some(incoming) = a.body.take() else {
             return Err(ApiError::internal("request body already taken"));
         };
-        let reading = Instant::now();
-        // Bytes are charged to the project as they arrive, not as declared.
         let tenant = principal.tenant_key();
+        // The wait for the project's read-ahead is part of getting the body.
+        let reading = Instant::now();
+        let turn = match a.read_ahead {
+            true => self.read_ahead_turn(&tenant).await?,
+            false => None,
+        };
+        // Bytes are charged to the project as they arrive, not as declared.
         let (body, permit) =
             body::read_capped(incoming, cap, self.body_pace, &self.admission, &tenant).await?;
         metrics::histogram!(m::REQUEST_BODY_READ_DURATION).record(reading.elapsed().as_secs_f64());
+        let queued = match turn {
+            Some(turn) => turn.read(body.bytes.len()),
+            None => readahead::Queued::none(),
+        };
         Ok(Received {
             principal,
             body: body.bytes,
             room: body.room,
             permit,
             origin: a.origin,
+            queued,
         })
+    }
+
+    /// The project's turn to read a body (readahead.rs), waited for at most as long as a body
+    /// may take to arrive; then 429, the project's own backlog.
+    async fn read_ahead_turn(&self, tenant: &str) -> Result<Option<readahead::Turn>, ApiError> {
+        let turn = self.read_ahead.turn_within(tenant, self.body_pace.timeout);
+        match turn.await {
+            Some(turn) => Ok(Some(turn)),
+            None => {
+                metrics::counter!(m::ADMISSION_REFUSED, "limit" => "read_ahead").increment(1);
+                Err(ApiError::rate_limited(
+                    "project's requests are waiting for decode; retry later",
+                    std::time::Duration::from_secs(1),
+                ))
+            }
+        }
     }
 
     /// Decode + validate on the request's CPU class, holding its decode `slot` until done.
@@ -222,6 +259,8 @@ impl Ingest {
         let p = principal.clone();
         let decoding = Instant::now();
         let (class, slot) = self.decode_slot(&p).await;
+        // Off the project's read-ahead backlog: its next body may be read.
+        drop(raw.queued);
         let (format, compression) = (raw.format, raw.compression);
         let (prepared, permit) = self
             .decode(&p, class, slot, (format, compression), raw.body, raw.permit)

@@ -183,6 +183,7 @@ impl Ingest {
     ) -> Result<Bytes, ApiError> {
         let decoding = Instant::now();
         let (class, slot) = self.decode_slot(principal).await;
+        drop(raw.queued);
         let (limits, keys, p) = (
             self.limits.clone(),
             self.tenant_attribute_keys.clone(),

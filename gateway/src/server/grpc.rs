@@ -147,6 +147,8 @@ impl GrpcReceiver {
                 body,
                 framing: 5,
                 scope,
+                // HTTP/2: streams share the connection's window (readahead.rs).
+                read_ahead: false,
             })
             .await?;
         let (flag, msg) = super::grpc_frame::split_message(r.body)
@@ -167,6 +169,7 @@ impl GrpcReceiver {
             compression,
             body: msg,
             room: r.room,
+            queued: r.queued,
             permit: r.permit,
             origin: r.origin,
         };

@@ -234,6 +234,8 @@ impl HttpReceiver {
                 body,
                 framing: 0,
                 scope,
+                // Not on HTTP/2, where streams share the connection's window (readahead.rs).
+                read_ahead: req.version <= http::Version::HTTP_11,
             })
             .await?;
         *body_read = true;
@@ -247,6 +249,7 @@ impl HttpReceiver {
             compression,
             body: r.body,
             room: r.room,
+            queued: r.queued,
             permit: r.permit,
             origin: r.origin,
         };
