@@ -139,7 +139,7 @@ impl ReadAhead {
         }
     }
 
-    /// Bytes `project` has waiting for decode (tests and metrics).
+    /// Bytes `project` has waiting for decode.
     pub fn waiting(&self, project: &str) -> usize {
         self.lock().get(project).map_or(0, |p| p.waiting)
     }
@@ -170,7 +170,7 @@ impl Drop for Turn {
 }
 
 impl Queued {
-    /// Not on any backlog (a request that never waits: benches, tests).
+    /// On no backlog: a request that never waits (HTTP/2, gRPC, no bound).
     pub fn none() -> Self {
         Self {
             gate: None,
