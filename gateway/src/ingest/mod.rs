@@ -1,7 +1,8 @@
 //! The one ingest entry both transports (server/http.rs, server/grpc.rs) call, in two steps:
-//! - `receive`: credential → auth (cached) → the declared length → the body, read with a cap
-//!   and a pace and charged to admission (global bound, the project's share) as it arrives
-//!   (`body`). Nothing is read before the credential passed.
+//! - `receive`: credential → auth (cached) → the declared length → the project's turn to read
+//!   while its bodies wait for decode (`readahead`, HTTP/1.1) → the body, read with a cap and a
+//!   pace and charged to admission (global bound, the project's share) as it arrives (`body`).
+//!   Nothing is read before the credential passed.
 //! - `export`: decompress, scan-validate (or decode, validate, stamp) on a thread of the
 //!   request's CPU class (`prepare`) → the project's quota → the tenant stamped on a
 //!   `tracegate.v1.Batch` envelope → the queue (`tracegate_pipeline::BatchQueue`) → the answer,
