@@ -222,8 +222,10 @@ impl Layout {
 fn run(window_secs: u64, requests: u64, seed: u64) -> Outcome {
     let tag = if window_secs > 0 { "on" } else { "off" };
     let (topic, db) = (format!("tracegate-chaos-{tag}"), format!("chaos_{tag}"));
-    let tmp = |p: &str| tempfile::Builder::new().prefix(p).tempdir().unwrap();
-    let (gw_dir, wr_dir) = (tmp("tg-chaos-gw-"), tmp("tg-chaos-wr-"));
+    let (gw_dir, wr_dir) = (
+        common::temp_dir("tg-chaos-gw-"),
+        common::temp_dir("tg-chaos-wr-"),
+    );
     let mut l = Layout::start(&topic, &db, window_secs, gw_dir.path(), wr_dir.path());
     let project = common::unique_project(&format!("chaos-{tag}"));
     let (_, key) = l.keys.create(&project);

@@ -44,14 +44,8 @@ fn run(topic: &str, db: &str, dedup: bool, spans: u64, kills: usize) -> Outcome 
     let started = Instant::now();
     let broker = TestBroker::start(&[(topic, 8)]);
     let front = ChFront::start(&["--fault-ack-loss", "0.2", "--seed", "11"]);
-    let gw_dir = tempfile::Builder::new()
-        .prefix("tg-kch-gw-")
-        .tempdir()
-        .unwrap();
-    let wr_dir = tempfile::Builder::new()
-        .prefix("tg-kch-wr-")
-        .tempdir()
-        .unwrap();
+    let gw_dir = common::temp_dir("tg-kch-gw-");
+    let wr_dir = common::temp_dir("tg-kch-wr-");
     let mut env = broker.env(topic);
     env.extend(common::clickhouse_env(&front, db));
     for (k, v) in [

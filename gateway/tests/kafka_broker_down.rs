@@ -37,14 +37,8 @@ fn readyz(gw: &Gateway) -> u16 {
 fn slow_then_down_broker_under_load_refuses_with_503_stays_bounded_and_loses_nothing() {
     let down = Duration::from_secs(down_secs());
     let mut broker = TestBroker::start(&[(TOPIC, 2)]);
-    let gw_dir = tempfile::Builder::new()
-        .prefix("tg-kdown-gw-")
-        .tempdir()
-        .unwrap();
-    let wr_dir = tempfile::Builder::new()
-        .prefix("tg-kdown-wr-")
-        .tempdir()
-        .unwrap();
+    let gw_dir = common::temp_dir("tg-kdown-gw-");
+    let wr_dir = common::temp_dir("tg-kdown-wr-");
     let mut env = broker.env(TOPIC);
     env.extend([
         (

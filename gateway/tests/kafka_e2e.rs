@@ -106,14 +106,8 @@ fn writer_toml(
 #[test]
 fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
     let broker = TestBroker::start(&[(TOPIC, 4)]);
-    let gw_dir = tempfile::Builder::new()
-        .prefix("tg-kafka-gw-")
-        .tempdir()
-        .unwrap();
-    let wr_dir = tempfile::Builder::new()
-        .prefix("tg-kafka-wr-")
-        .tempdir()
-        .unwrap();
+    let gw_dir = common::temp_dir("tg-kafka-gw-");
+    let wr_dir = common::temp_dir("tg-kafka-wr-");
 
     let mut env = broker.env(TOPIC);
     env.push((
@@ -403,10 +397,7 @@ fn writer_reads_compressed_envelopes_and_quarantines_a_newer_schema() {
 
     const Q_TOPIC: &str = "tracegate-e2e-q";
     let broker = TestBroker::start(&[(Q_TOPIC, 1)]);
-    let wr_dir = tempfile::Builder::new()
-        .prefix("tg-kafka-q-")
-        .tempdir()
-        .unwrap();
+    let wr_dir = common::temp_dir("tg-kafka-q-");
     let cfg = writer_toml(wr_dir.path(), &broker, Q_TOPIC, "q", "");
     let data = wr_dir.path().join("data");
     let project = common::unique_project("kafka-q");
@@ -515,14 +506,8 @@ fn noise(x: &mut u64, n: usize, alphabet: &[u8]) -> String {
 fn a_large_plain_request_is_produced_from_the_buffer_it_was_read_into() {
     const TOPIC: &str = "tracegate-room";
     let broker = TestBroker::start(&[(TOPIC, 2)]);
-    let gw_dir = tempfile::Builder::new()
-        .prefix("tg-room-gw-")
-        .tempdir()
-        .unwrap();
-    let wr_dir = tempfile::Builder::new()
-        .prefix("tg-room-wr-")
-        .tempdir()
-        .unwrap();
+    let gw_dir = common::temp_dir("tg-room-gw-");
+    let wr_dir = common::temp_dir("tg-room-wr-");
     let env = broker.env(TOPIC);
     let mut gw = Gateway::start_in(gw_dir.path(), &common::env_refs(&env));
     let cfg = writer_toml(wr_dir.path(), &broker, TOPIC, "room", "");

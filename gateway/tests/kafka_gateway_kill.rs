@@ -16,14 +16,8 @@ const KILLS: usize = 10;
 #[test]
 fn gateway_kill9_ten_times_under_load_loses_no_acknowledged_span() {
     let broker = TestBroker::start(&[(TOPIC, 2)]);
-    let gw_dir = tempfile::Builder::new()
-        .prefix("tg-kgk-gw-")
-        .tempdir()
-        .unwrap();
-    let wr_dir = tempfile::Builder::new()
-        .prefix("tg-kgk-wr-")
-        .tempdir()
-        .unwrap();
+    let gw_dir = common::temp_dir("tg-kgk-gw-");
+    let wr_dir = common::temp_dir("tg-kgk-wr-");
     let mut env = broker.env(TOPIC);
     env.extend([
         (

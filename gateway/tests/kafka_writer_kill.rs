@@ -91,14 +91,8 @@ struct MidBatch {
 
 fn run_mid_batch_kill(topic: &str, erase_intents: bool) -> MidBatch {
     let broker = TestBroker::start(&[(topic, 2)]);
-    let gw_dir = tempfile::Builder::new()
-        .prefix("tg-kwk-gw-")
-        .tempdir()
-        .unwrap();
-    let wr_dir = tempfile::Builder::new()
-        .prefix("tg-kwk-wr-")
-        .tempdir()
-        .unwrap();
+    let gw_dir = common::temp_dir("tg-kwk-gw-");
+    let wr_dir = common::temp_dir("tg-kwk-wr-");
     let mut env = broker.env(topic);
     env.extend([
         (
@@ -302,14 +296,8 @@ fn negative_control_without_intents_the_batch_ids_change() {
 fn writer_kill9_under_load_leaves_disjoint_batches_and_loses_nothing() {
     const TOPIC: &str = "tracegate-wkill-load";
     let broker = TestBroker::start(&[(TOPIC, 2)]);
-    let gw_dir = tempfile::Builder::new()
-        .prefix("tg-kwl-gw-")
-        .tempdir()
-        .unwrap();
-    let wr_dir = tempfile::Builder::new()
-        .prefix("tg-kwl-wr-")
-        .tempdir()
-        .unwrap();
+    let gw_dir = common::temp_dir("tg-kwl-gw-");
+    let wr_dir = common::temp_dir("tg-kwl-wr-");
     let mut env = broker.env(TOPIC);
     env.extend([
         (
@@ -397,14 +385,8 @@ fn writer_kill9_under_load_leaves_disjoint_batches_and_loses_nothing() {
 fn writer_sigterm_flushes_commits_and_exits_0() {
     const TOPIC: &str = "tracegate-wterm";
     let broker = TestBroker::start(&[(TOPIC, 2)]);
-    let gw_dir = tempfile::Builder::new()
-        .prefix("tg-kwt-gw-")
-        .tempdir()
-        .unwrap();
-    let wr_dir = tempfile::Builder::new()
-        .prefix("tg-kwt-wr-")
-        .tempdir()
-        .unwrap();
+    let gw_dir = common::temp_dir("tg-kwt-gw-");
+    let wr_dir = common::temp_dir("tg-kwt-wr-");
     let mut env = broker.env(TOPIC);
     env.extend([
         (

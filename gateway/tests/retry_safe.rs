@@ -81,8 +81,11 @@ struct Outcome {
 }
 
 fn run(broker: &TestBroker, topic: &str, window_secs: u64) -> Outcome {
-    let tmp = |p: &str| tempfile::Builder::new().prefix(p).tempdir().unwrap();
-    let (gw_a_dir, gw_b_dir, wr_dir) = (tmp("tg-rs-gwa-"), tmp("tg-rs-gwb-"), tmp("tg-rs-wr-"));
+    let (gw_a_dir, gw_b_dir, wr_dir) = (
+        common::temp_dir("tg-rs-gwa-"),
+        common::temp_dir("tg-rs-gwb-"),
+        common::temp_dir("tg-rs-wr-"),
+    );
     let mut env = broker.env(topic);
     env.extend(
         [
@@ -209,10 +212,7 @@ fn a_request_sent_again_is_stored_once_across_gateways_encodings_splits_and_writ
 /// stored, and again after the gateway restarted on the same data dir. Returns the copies per
 /// span in the archive.
 fn embedded_run(window_secs: u64) -> Vec<usize> {
-    let dir = tempfile::Builder::new()
-        .prefix("tg-rs-emb-")
-        .tempdir()
-        .unwrap();
+    let dir = common::temp_dir("tg-rs-emb-");
     let env = [
         ("TRACEGATE_DEDUP__WINDOW_SECS", window_secs.to_string()),
         // Each group waits 1.5 s, so the first answer comes after the client gave up.

@@ -140,7 +140,8 @@ impl ReadAhead {
     }
 
     /// Bytes `project` has waiting for decode.
-    pub fn waiting(&self, project: &str) -> usize {
+    #[cfg(test)]
+    fn waiting(&self, project: &str) -> usize {
         self.lock().get(project).map_or(0, |p| p.waiting)
     }
 }

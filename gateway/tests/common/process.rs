@@ -408,6 +408,14 @@ pub(crate) fn forward_stderr_as(
     });
 }
 
+/// A fresh temporary directory named `prefix…`, removed when dropped.
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create a temp dir")
+}
+
 /// Sum of all samples of Prometheus metric `name` (any labels) in `text`; 0 when absent.
 pub fn metric_value(text: &str, name: &str) -> f64 {
     text.lines()
