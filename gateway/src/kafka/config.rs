@@ -91,8 +91,8 @@ pub struct KafkaConfig {
     pub producers: usize,
     /// How long a partition's messages wait for more before they are sent…
     pub linger_ms: u64,
-    /// …unless this many bytes are already waiting (librdkafka `batch.size`): a request this
-    /// large goes out at once instead of lingering.
+    /// …unless this many bytes are already waiting (librdkafka `batch.size`), which is also the
+    /// most one produce request carries for a partition.
     pub produce_batch_bytes: usize,
     /// How often librdkafka statistics are turned into metrics.
     pub statistics_interval_ms: u64,
@@ -137,18 +137,23 @@ impl Default for KafkaConfig {
             message_max_bytes: 1_000_000,
             queue_max_bytes: 64 * 1024 * 1024,
             delivery_timeout_ms: 10_000,
-            // The gateway answers only after the broker's ack, so linger is request latency:
-            // 2 ms cuts p50 by ~3 ms against librdkafka's 5 ms. 1 ms is better still with
-            // evenly spaced requests but gave p99 of 20-55 ms (and once a run that never
-            // recovered) with bursty ones, as real clients are (docs/benchmarks.md, p99).
-            linger_ms: 2,
+            // The gateway answers only after the broker's ack, so a linger is request latency,
+            // and it does not buy batching here: messages gather anyway while a connection's
+            // produce requests are in flight (librdkafka keeps at most 5 per connection with
+            // idempotence), i.e. exactly when the gateway is busy, and go out at once when it
+            // is not. No linger and a batch of up to 1 MB per produce request (batch.size is
+            // also the cap of one request's batch): small requests share produce requests, so
+            // the broker round trip, the broker thread's wake-ups and the delivery reports are
+            // paid per batch, not per request. Against 2 ms and 128 KiB, which cut a batch after
+            // two 64-span requests: 64-span requests +8-26 % spans per gateway CPU-second,
+            // 512-span ones unchanged, and p99 at 70 % load no worse (docs/benchmarks.md,
+            // "Issue 21, session 23"). A linger with a batch size above what is in flight made
+            // every request wait the whole linger (1 MB, 2 ms: p50 +1 ms).
+            linger_ms: 0,
             producers: 2,
-            // librdkafka's 1 MB made every message under 1 MB wait the full linger, even a
-            // 512-span request (~600 KB) that is a batch on its own and never shares one (two
-            // do not fit): 2 ms on every answer. At 128 KiB such a request is sent at once and
-            // small ones still gather for up to `linger_ms`. At 70 % of max: p50 3.0 -> 0.6 ms,
-            // p99 12-16 -> 7-10 ms, and ~7 % less gateway CPU per span (docs/benchmarks.md).
-            produce_batch_bytes: 128 * 1024,
+            // At most one produce request's batch of a partition (see `linger_ms`); the
+            // default message limit, so a batch holds as much as one message may.
+            produce_batch_bytes: 1_000_000,
             statistics_interval_ms: 1_000,
             group_id: "tracegate-writer".into(),
             session_timeout_ms: 45_000,
@@ -555,8 +560,8 @@ mod tests {
         assert_eq!(p.get("acks"), Some("all"));
         // Payloads travel as the client sent them: neither librdkafka nor the gateway compresses.
         assert_eq!(p.get("compression.type"), Some("none"));
-        assert_eq!(p.get("linger.ms"), Some("2"));
-        assert_eq!(p.get("batch.size"), Some("131072"));
+        assert_eq!(p.get("linger.ms"), Some("0"));
+        assert_eq!(p.get("batch.size"), Some("1000000"));
         assert_eq!(k.gateway_payload_zstd(), None);
         k.compression = Compression::PayloadZstd;
         assert_eq!(k.gateway_payload_zstd(), Some(1));
