@@ -83,6 +83,38 @@ fn sdk_exporter(gw: &Gateway, key: &str, how: &str, rt: &tokio::runtime::Runtime
 
 /// `dir/writer.toml` for a writer of `topic` on `broker` in consumer group `group`, short
 /// batches and sessions for tests, plus `extra` lines of `[kafka]`.
+/// Every librdkafka thread of the gateway (main, bootstrap and learned brokers, all of which
+/// exist once messages were acknowledged) runs under SCHED_BATCH (`kafka.producer_sched_batch`,
+/// kafka/sched.rs), and the async workers do not.
+fn librdkafka_threads_are_batch_scheduled(pid: u32) {
+    let mut rdk = Vec::new();
+    let mut others = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap();
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let tid: i32 = t.file_name().to_string_lossy().parse().unwrap();
+        // SAFETY: a plain system call about a thread id (0 or -1 if it has just ended).
+        let policy = unsafe { libc::sched_getscheduler(tid) };
+        if comm.starts_with("rdk:") {
+            rdk.push((comm.trim().to_string(), policy));
+        } else if comm.starts_with("tokio-rt-worker") {
+            assert_eq!(policy, libc::SCHED_OTHER, "an async worker: {comm}");
+            others += 1;
+        }
+    }
+    assert!(others > 0, "no async worker found");
+    assert!(
+        rdk.iter().any(|(c, _)| c == "rdk:main")
+            && rdk.iter().any(|(c, _)| c.starts_with("rdk:broker")),
+        "librdkafka's threads: {rdk:?}"
+    );
+    assert!(
+        rdk.iter().all(|(_, p)| *p == libc::SCHED_BATCH),
+        "librdkafka's threads and their policies (SCHED_BATCH = {}): {rdk:?}",
+        libc::SCHED_BATCH
+    );
+}
+
 fn writer_toml(
     dir: &std::path::Path,
     broker: &TestBroker,
@@ -116,6 +148,11 @@ fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
     ));
     // Not the default ("none"): this test covers the gateway compressing plain payloads too.
     env.push(("TRACEGATE_KAFKA__COMPRESSION".into(), "payload_zstd".into()));
+    // Not the default either: the producers' threads under SCHED_BATCH, checked below.
+    env.push((
+        "TRACEGATE_KAFKA__PRODUCER_SCHED_BATCH".into(),
+        "true".into(),
+    ));
     let mut gw = Gateway::start_in(gw_dir.path(), &common::env_refs(&env));
 
     // The writer reads a config file (brokers/topic from it, not from the env).
@@ -162,6 +199,7 @@ fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
     // 2. Raw posts, project p2: JSON, protobuf, and one request that needs several messages.
     let r = common::post_json(&gw, &k2, &common::request_n("raw-json", 0, 20));
     assert_eq!(r.0, 200, "JSON post: {:?}", String::from_utf8_lossy(&r.2));
+    librdkafka_threads_are_batch_scheduled(gw.pid());
     let r = common::post_protobuf(&gw, &k2, &common::request_n("raw-pb", 0, 20));
     assert_eq!(r.0, 200, "protobuf post");
     let mut big = common::request_n("raw-big", 0, 120);

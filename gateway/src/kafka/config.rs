@@ -89,6 +89,10 @@ pub struct KafkaConfig {
     /// an idempotent producer keeps at most 5 requests in flight per connection: a burst of
     /// large requests queues behind that limit (docs/benchmarks.md, session 6).
     pub producers: usize,
+    /// librdkafka's threads of the gateway's producers run under `SCHED_BATCH` (Linux), so
+    /// that waking them does not preempt the async worker (sched.rs). Off by default: small
+    /// requests gain much, large ones lose a little and their tail more (docs/benchmarks.md).
+    pub producer_sched_batch: bool,
     /// How long a partition's messages wait for more before they are sent…
     pub linger_ms: u64,
     /// …unless this many bytes are already waiting (librdkafka `batch.size`), which is also the
@@ -151,6 +155,7 @@ impl Default for KafkaConfig {
             // every request wait the whole linger (1 MB, 2 ms: p50 +1 ms).
             linger_ms: 0,
             producers: 2,
+            producer_sched_batch: false,
             // At most one produce request's batch of a partition (see `linger_ms`); the
             // default message limit, so a batch holds as much as one message may.
             produce_batch_bytes: 1_000_000,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod msk_iam;
 mod owned;
 pub mod producer;
+mod sched;
 pub mod security;
 pub mod split;
 pub mod stats;

@@ -30,6 +30,7 @@ use tracegate_proto::v1::Batch;
 use super::config::{KafkaConfig, PartitionKey};
 use super::msk_iam;
 use super::owned;
+use super::sched;
 use super::split::{self, SplitError};
 use super::stats::{Reachability, StatsContext};
 use crate::metrics as m;
@@ -64,9 +65,17 @@ impl Pool {
                 config.set("statistics.interval.ms", "0");
             }
             let ctx = StatsContext::with_reach("producer", reach.clone());
-            let p: ThreadedProducer<StatsContext> = config
-                .create_with_context(ctx)
-                .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?;
+            let create = || config.create_with_context::<_, ThreadedProducer<StatsContext>>(ctx);
+            let created = if cfg.producer_sched_batch {
+                let (created, set) = sched::inheriting_batch(create);
+                if !set && i == 0 {
+                    tracing::warn!("kafka: could not run the producer's threads under SCHED_BATCH; they keep the normal policy");
+                }
+                created
+            } else {
+                create()
+            };
+            let p = created.map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?;
             if let Some(t) = tokens {
                 t.apply_to(p.client());
             }
