@@ -81,12 +81,11 @@ fn sdk_exporter(gw: &Gateway, key: &str, how: &str, rt: &tokio::runtime::Runtime
     }
 }
 
-/// `dir/writer.toml` for a writer of `topic` on `broker` in consumer group `group`, short
-/// batches and sessions for tests, plus `extra` lines of `[kafka]`.
-/// Every librdkafka thread of the gateway (main, bootstrap and learned brokers, all of which
-/// exist once messages were acknowledged) runs under SCHED_BATCH (`kafka.producer_sched_batch`,
-/// kafka/sched.rs), and the async workers do not.
-fn librdkafka_threads_are_batch_scheduled(pid: u32) {
+/// With the defaults (`kafka.producers = 2`, `kafka.small_batch_bytes` > 0), the gateway has
+/// three librdkafka clients, and only the small batches' one runs under SCHED_BATCH
+/// (kafka/sched.rs): one `rdk:main` of three, some of the broker threads (its bootstrap broker
+/// at least), none of the async workers.
+fn only_the_small_batches_producer_is_batch_scheduled(pid: u32) {
     let mut rdk = Vec::new();
     let mut others = 0;
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
@@ -108,13 +107,23 @@ fn librdkafka_threads_are_batch_scheduled(pid: u32) {
             && rdk.iter().any(|(c, _)| c.starts_with("rdk:broker")),
         "librdkafka's threads: {rdk:?}"
     );
-    assert!(
-        rdk.iter().all(|(_, p)| *p == libc::SCHED_BATCH),
+    let count = |name: &str, policy: i32| {
+        rdk.iter()
+            .filter(|(c, p)| c.starts_with(name) && *p == policy)
+            .count()
+    };
+    let why = format!(
         "librdkafka's threads and their policies (SCHED_BATCH = {}): {rdk:?}",
         libc::SCHED_BATCH
     );
+    assert_eq!(count("rdk:main", libc::SCHED_BATCH), 1, "{why}");
+    assert_eq!(count("rdk:main", libc::SCHED_OTHER), 2, "{why}");
+    assert!(count("rdk:broker", libc::SCHED_BATCH) > 0, "{why}");
+    assert!(count("rdk:broker", libc::SCHED_OTHER) > 0, "{why}");
 }
 
+/// `dir/writer.toml` for a writer of `topic` on `broker` in consumer group `group`, short
+/// batches and sessions for tests, plus `extra` lines of `[kafka]`.
 fn writer_toml(
     dir: &std::path::Path,
     broker: &TestBroker,
@@ -148,11 +157,6 @@ fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
     ));
     // Not the default ("none"): this test covers the gateway compressing plain payloads too.
     env.push(("TRACEGATE_KAFKA__COMPRESSION".into(), "payload_zstd".into()));
-    // Not the default either: the producers' threads under SCHED_BATCH, checked below.
-    env.push((
-        "TRACEGATE_KAFKA__PRODUCER_SCHED_BATCH".into(),
-        "true".into(),
-    ));
     let mut gw = Gateway::start_in(gw_dir.path(), &common::env_refs(&env));
 
     // The writer reads a config file (brokers/topic from it, not from the env).
@@ -199,7 +203,7 @@ fn otel_exporter_to_gateway_to_broker_to_writer_to_archive() {
     // 2. Raw posts, project p2: JSON, protobuf, and one request that needs several messages.
     let r = common::post_json(&gw, &k2, &common::request_n("raw-json", 0, 20));
     assert_eq!(r.0, 200, "JSON post: {:?}", String::from_utf8_lossy(&r.2));
-    librdkafka_threads_are_batch_scheduled(gw.pid());
+    only_the_small_batches_producer_is_batch_scheduled(gw.pid());
     let r = common::post_protobuf(&gw, &k2, &common::request_n("raw-pb", 0, 20));
     assert_eq!(r.0, 200, "protobuf post");
     let mut big = common::request_n("raw-big", 0, 120);

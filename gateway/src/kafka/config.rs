@@ -89,10 +89,10 @@ pub struct KafkaConfig {
     /// an idempotent producer keeps at most 5 requests in flight per connection: a burst of
     /// large requests queues behind that limit (docs/benchmarks.md, session 6).
     pub producers: usize,
-    /// librdkafka's threads of the gateway's producers run under `SCHED_BATCH` (Linux), so
-    /// that waking them does not preempt the async worker (sched.rs). Off by default: 64-span
-    /// requests gain 25-40 %, 512-span ones lose 1-13 % at max (docs/benchmarks.md).
-    pub producer_sched_batch: bool,
+    /// A batch whose messages (keys and values) total fewer bytes goes through one more
+    /// producer, kept for such batches, whose librdkafka threads run under `SCHED_BATCH` (Linux,
+    /// sched.rs), so that small requests share produce requests. 0: no such producer.
+    pub small_batch_bytes: usize,
     /// How long a partition's messages wait for more before they are sent…
     pub linger_ms: u64,
     /// …unless this many bytes are already waiting (librdkafka `batch.size`), which is also the
@@ -155,7 +155,13 @@ impl Default for KafkaConfig {
             // every request wait the whole linger (1 MB, 2 ms: p50 +1 ms).
             linger_ms: 0,
             producers: 2,
-            producer_sched_batch: false,
+            // Half a produce request's batch: a batch under it leaves room for another in one
+            // produce request, which is what waiting under SCHED_BATCH gathers. Measured against
+            // none (docs/benchmarks.md, "Issue 21, session 24"): 64-, 128- and 256-span requests
+            // (78-312 KB) +17-83 % spans per gateway CPU-second; 512-span ones (625 KB, one per
+            // produce request) gained nothing and lost up to 8 % under SCHED_BATCH, so they stay
+            // on the pool's producers.
+            small_batch_bytes: 500_000,
             // At most one produce request's batch of a partition (see `linger_ms`); the
             // default message limit, so a batch holds as much as one message may.
             produce_batch_bytes: 1_000_000,
@@ -312,6 +318,12 @@ impl KafkaConfig {
         )?;
         bounded("kafka.linger_ms", self.linger_ms, 0, 900_000)?;
         bounded("kafka.producers", self.producers as u64, 1, 16)?;
+        bounded(
+            "kafka.small_batch_bytes",
+            self.small_batch_bytes as u64,
+            0,
+            1_000_000_000,
+        )?;
         bounded(
             "kafka.produce_batch_bytes",
             self.produce_batch_bytes as u64,
@@ -494,7 +506,7 @@ mod tests {
         assert!(err(KafkaConfig::default()).contains("kafka.brokers"));
         // One bad value at a time; the error names its key.
         type Spoil = fn(&mut KafkaConfig);
-        let bad: [(&str, Spoil); 7] = [
+        let bad: [(&str, Spoil); 8] = [
             ("kafka.brokers", |k| k.brokers = "nohost".into()),
             ("kafka.topic", |k| k.topic = "a b".into()),
             ("kafka.message_max_bytes", |k| k.message_max_bytes = 10),
@@ -502,6 +514,7 @@ mod tests {
             ("kafka.produce_batch_bytes", |k| k.produce_batch_bytes = 0),
             ("kafka.producers", |k| k.producers = 0),
             ("kafka.producers", |k| k.producers = 17),
+            ("kafka.small_batch_bytes", |k| k.small_batch_bytes = 1 << 31),
         ];
         for (key, spoil) in bad {
             let mut k = cfg();

@@ -42,11 +42,36 @@ const PROBE_DOWN: Duration = Duration::from_millis(500);
 const PROBE_UP: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `kafka.producers` clients, used in turn (the first one reports librdkafka statistics), and
-/// their shared reachability: replaced together after a fatal error.
+/// `kafka.producers` clients, used in turn (the first one reports librdkafka statistics), then
+/// the client kept for batches under `kafka.small_batch_bytes` if there is one (it reports
+/// statistics as `producer_small`), and their shared reachability: replaced together after a
+/// fatal error.
 struct Pool {
     producers: Vec<ThreadedProducer<StatsContext>>,
+    /// The last client is the one for small batches, its threads under `SCHED_BATCH`.
+    small: bool,
     reach: Arc<Reachability>,
+}
+
+/// Which of `n` clients takes a batch of `total` bytes: the last, when it is kept for small
+/// batches (`small`) and the batch is under `small_below`; otherwise one of the others, by
+/// `turn` (taken only for those, so they are used in turn).
+///
+/// Why two kinds: a small batch's message leaves room for more in one produce request, and the
+/// small batches' client, whose broker thread waits under `SCHED_BATCH` until the async worker
+/// waits, gathers them (sched.rs); a large one fills a produce request alone, gains nothing
+/// from the wait and lost up to 8 % under it (docs/benchmarks.md, "Issue 21, session 24").
+fn pick(
+    n: usize,
+    small: bool,
+    total: usize,
+    small_below: usize,
+    turn: impl FnOnce() -> usize,
+) -> usize {
+    if small && total < small_below {
+        return n - 1;
+    }
+    turn() % (n - usize::from(small))
 }
 
 impl Pool {
@@ -55,21 +80,28 @@ impl Pool {
         // One reachability for the pool: they talk to the same brokers, and a fatal error in
         // any of them must stop the pool from taking work.
         let reach = Arc::new(Reachability::default());
-        let mut producers = Vec::with_capacity(cfg.producers);
-        for i in 0..cfg.producers {
+        let small = cfg.small_batch_bytes > 0;
+        let mut producers = Vec::with_capacity(cfg.producers + 1);
+        for i in 0..cfg.producers + usize::from(small) {
+            let for_small = i == cfg.producers;
             let mut config = cfg.producer_config();
-            if i > 0 {
-                // Statistics come from the first producer only: the pool shares the load
-                // evenly, and librdkafka's counters of several clients cannot be set as one
-                // absolute value (docs/kafka.md, metrics).
+            if i > 0 && !for_small {
+                // Statistics come from the first of the pool's producers only: the pool shares
+                // the load evenly, and librdkafka's counters of several clients cannot be set as
+                // one absolute value (docs/kafka.md, metrics).
                 config.set("statistics.interval.ms", "0");
             }
-            let ctx = StatsContext::with_reach("producer", reach.clone());
+            let client = if for_small {
+                "producer_small"
+            } else {
+                "producer"
+            };
+            let ctx = StatsContext::with_reach(client, reach.clone());
             let create = || config.create_with_context::<_, ThreadedProducer<StatsContext>>(ctx);
-            let created = if cfg.producer_sched_batch {
+            let created = if for_small {
                 let (created, set) = sched::inheriting_batch(create);
-                if !set && i == 0 {
-                    tracing::warn!("kafka: could not run the producer's threads under SCHED_BATCH; they keep the normal policy");
+                if !set {
+                    tracing::warn!("kafka: could not run the small batches' producer under SCHED_BATCH; it keeps the normal policy");
                 }
                 created
             } else {
@@ -81,7 +113,11 @@ impl Pool {
             }
             producers.push(p);
         }
-        Ok(Pool { producers, reach })
+        Ok(Pool {
+            producers,
+            small,
+            reach,
+        })
     }
 }
 
@@ -106,9 +142,17 @@ struct Inner {
 }
 
 impl Inner {
-    /// The next producer of `pool`, round robin: all of one batch's messages go through it.
-    fn producer<'a>(&self, pool: &'a Pool) -> &'a ThreadedProducer<StatsContext> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.producers.len();
+    /// The producer of `pool` for a batch of `total` bytes (`pick`): all of one batch's messages
+    /// go through it.
+    fn producer<'a>(&self, pool: &'a Pool, total: usize) -> &'a ThreadedProducer<StatsContext> {
+        let turn = || self.next.fetch_add(1, Ordering::Relaxed);
+        let i = pick(
+            pool.producers.len(),
+            pool.small,
+            total,
+            self.cfg.small_batch_bytes,
+            turn,
+        );
         &pool.producers[i]
     }
 
@@ -449,7 +493,7 @@ impl KafkaQueue {
             let started = Instant::now();
             let mut futures = Vec::with_capacity(msgs.len());
             let mut send_err = None;
-            let producer = inner.producer(&pool);
+            let producer = inner.producer(&pool, total);
             let count = msgs.len();
             // The buffers go to librdkafka as they are (owned.rs: no copy); the permit covers
             // them until their delivery reports.
@@ -496,5 +540,31 @@ impl KafkaQueue {
             metrics::counter!(m::KAFKA_PRODUCED_BYTES).increment(total as u64);
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick;
+
+    #[test]
+    fn small_batches_go_to_the_last_client_and_the_others_take_turns() {
+        let mut next = 0;
+        let mut turn = || {
+            next += 1;
+            next - 1
+        };
+        // Two pooled clients and the small batches' one (index 2), small under 100 bytes.
+        let picks: Vec<usize> = [10, 99, 100, 5_000, 1, 5_000, 5_000]
+            .iter()
+            .map(|&total| pick(3, true, total, 100, &mut turn))
+            .collect();
+        assert_eq!(picks, [2, 2, 0, 1, 2, 0, 1], "small ones never take a turn");
+        // Without the small batches' client every batch takes its turn among all of them.
+        let picks: Vec<usize> = [10, 99, 5_000]
+            .iter()
+            .map(|&total| pick(2, false, total, 100, &mut turn))
+            .collect();
+        assert_eq!(picks, [0, 1, 0]);
     }
 }

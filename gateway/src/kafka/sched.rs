@@ -1,5 +1,5 @@
-//! librdkafka's threads under `SCHED_BATCH`, so that waking them never preempts the async
-//! worker (docs/benchmarks.md, "Issue 21, session 23").
+//! librdkafka's threads of the small batches' producer under `SCHED_BATCH`, so that waking
+//! them never preempts the async worker (docs/benchmarks.md, "Issue 21", sessions 23 and 24).
 //!
 //! Why: the gateway hands each message to librdkafka's broker thread, and a woken thread of
 //! the normal policy preempts the running one. On a busy core the broker thread then ran once
@@ -7,9 +7,10 @@
 //! context switches and its own round trip. A `SCHED_BATCH` thread is never woken into the
 //! core ahead of the running thread: the broker thread runs when the worker waits or its time
 //! slice ends, and takes every message queued by then into one produce request. Its share of
-//! the core is unchanged (same weight); only the wake-up preemption goes. Measured with
-//! `kafka.producer_sched_batch`: 64-span requests +25–40 % spans per gateway CPU-second, but
-//! 512-span ones −1–13 % at max, and a tail at 70 % no better; so it is off by default.
+//! the core is unchanged (same weight); only the wake-up preemption goes. Measured with every
+//! producer so: 64-span requests +25–40 % spans per gateway CPU-second, but 512-span ones
+//! −1–13 % at max: a ~600 KB message fills a produce request alone, so there is nothing to
+//! gather. Hence only the producer of batches under `kafka.small_batch_bytes` (producer.rs).
 //!
 //! Linux threads inherit the policy of the thread that creates them, and librdkafka creates
 //! its threads from the thread that creates the client (its main and bootstrap broker threads)

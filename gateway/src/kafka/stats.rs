@@ -1,7 +1,8 @@
 //! librdkafka client context shared by the producer and the writer's consumer: turns the
 //! statistics JSON (every `kafka.statistics_interval_ms`) into Prometheus metrics, routes
 //! librdkafka's logs and errors into `tracing`, and tracks whether any broker is reachable.
-//! Labels are bounded: `client` (producer | consumer), `kind`, and librdkafka error code names.
+//! Labels are bounded: `client` (producer | producer_small | consumer), `kind`, and librdkafka
+//! error code names.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -198,6 +199,11 @@ fn window_samples(w: &Window) -> Vec<(f64, usize)> {
     out
 }
 
+/// `producer` (the pool's first client) or `producer_small` (the client of small batches).
+fn is_producer(client: &str) -> bool {
+    client.starts_with("producer")
+}
+
 /// Statistics → metrics (see `crate::metrics` for the names).
 pub fn record(client: &'static str, s: &Statistics, reach: &Reachability) {
     let learned: Vec<_> = s.brokers.values().filter(|b| b.nodeid >= 0).collect();
@@ -220,7 +226,7 @@ pub fn record(client: &'static str, s: &Statistics, reach: &Reachability) {
                 rtt.record_many(value, count);
             }
         }
-        if client == "producer" {
+        if is_producer(client) {
             if let Some(w) = &b.int_latency {
                 for (value, count) in window_samples(w) {
                     queue.record_many(value, count);
@@ -238,7 +244,7 @@ pub fn record(client: &'static str, s: &Statistics, reach: &Reachability) {
         .absolute(timeouts);
     metrics::counter!(m::KAFKA_BROKER_ERRORS, "client" => client, "kind" => "retry")
         .absolute(retries);
-    if client == "producer" {
+    if is_producer(client) {
         metrics::gauge!(m::KAFKA_CLIENT_QUEUE_MESSAGES, "client" => client).set(s.msg_cnt as f64);
         metrics::gauge!(m::KAFKA_CLIENT_QUEUE_BYTES, "client" => client).set(s.msg_size as f64);
     } else {
