@@ -257,10 +257,19 @@ impl KafkaQueue {
 
 /// Keeps `reach` current: librdkafka connects lazily and reports "all brokers down" but not
 /// their return, so ask for the topic's metadata now and then.
+///
+/// Each client of the pool is asked in turn, so none sits idle for long: brokers close a
+/// connection idle for `connections.max.idle.ms` (10 min by default), and a client that had
+/// connected to every broker and saw all of them closed reports all brokers down (librdkafka
+/// counts brokers it never connected to as not down), which refuses requests on every client
+/// until statistics or the probe see one up again. The small batches' client is idle for as
+/// long as every request is large.
 async fn probe_loop(inner: Arc<Inner>, stop: CancellationToken) {
     let mut warned_missing = false;
+    let mut turn = 0usize;
     loop {
         let i = inner.clone();
+        turn = turn.wrapping_add(1);
         let r = tokio::task::spawn_blocking(move || {
             let pool = i.pool.load();
             // The authoritative check, should the FATAL log line ever not come.
@@ -271,7 +280,7 @@ async fn probe_loop(inner: Arc<Inner>, stop: CancellationToken) {
             {
                 pool.reach.mark_fatal();
             }
-            pool.producers[0]
+            pool.producers[turn % pool.producers.len()]
                 .client()
                 .fetch_metadata(Some(&i.topic), PROBE_TIMEOUT)
         })
