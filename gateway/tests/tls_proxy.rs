@@ -178,6 +178,29 @@ fn rustls_client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
 }
 
 /// Handshakes with `addr` and returns the serial (hex) of the certificate it serves.
+/// Waits up to 5 s for the listener at `addr` to serve the certificate of serial `want`
+/// (`what` names the wait in a failure); returns how long it took.
+fn wait_for_serial(
+    addr: SocketAddr,
+    cfg: &Arc<rustls::ClientConfig>,
+    want: &str,
+    what: &str,
+) -> Duration {
+    let since = Instant::now();
+    loop {
+        let got = served_serial(addr, cfg)
+            .unwrap_or_else(|e| panic!("{what}: probe handshake failed: {e}"));
+        if got == want {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "{what}: still serving {got}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn served_serial(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>) -> Result<String, String> {
     let mut conn = rustls::ClientConnection::new(cfg.clone(), "localhost".try_into().unwrap())
         .map_err(|e| e.to_string())?;
@@ -493,20 +516,7 @@ fn certificate_rotation_under_load() {
         let (c, k) = files.ca.leaf(1000 + r, true);
         let want = serial_of_pem(&c);
         files.install(&c, &k);
-        let changed = Instant::now();
-        loop {
-            let got = served_serial(gw.http, &probe_cfg)
-                .unwrap_or_else(|e| panic!("probe handshake failed at rotation {r}: {e}"));
-            if got == want {
-                break;
-            }
-            assert!(
-                changed.elapsed() < Duration::from_secs(5),
-                "rotation {r}: still serving {got}, want {want}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let took = changed.elapsed();
+        let took = wait_for_serial(gw.http, &probe_cfg, &want, &format!("rotation {r}"));
         worst = worst.max(took);
         if took > Duration::from_secs(1) {
             late.push((r, took));
@@ -515,18 +525,7 @@ fn certificate_rotation_under_load() {
     }
     // The gRPC listener reloads the same files, on its own watch: it may see the last rotation
     // a moment after the HTTP listener did (seen once, 044b against 044c, in session 24).
-    let since = Instant::now();
-    loop {
-        let got = served_serial(gw.grpc, &probe_cfg).unwrap();
-        if got == prev_serial {
-            break;
-        }
-        assert!(
-            since.elapsed() < Duration::from_secs(5),
-            "the gRPC listener still serves {got}, want {prev_serial}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_serial(gw.grpc, &probe_cfg, &prev_serial, "the gRPC listener");
     stop.store(true, Ordering::Relaxed);
     sender.join().unwrap();
     let failures = failures.lock().unwrap();
