@@ -48,30 +48,22 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// fatal error.
 struct Pool {
     producers: Vec<ThreadedProducer<StatsContext>>,
-    /// The last client is the one for small batches, its threads under `SCHED_BATCH`.
-    small: bool,
     reach: Arc<Reachability>,
 }
 
-/// Which of `n` clients takes a batch of `total` bytes: the last, when it is kept for small
-/// batches (`small`) and the batch is under `small_below`; otherwise one of the others, by
-/// `turn` (taken only for those, so they are used in turn).
+/// Which of `n` clients takes a batch of `total` bytes: the last, kept for small batches when
+/// `small_below` (`kafka.small_batch_bytes`) is not 0, if the batch is under it; otherwise one
+/// of the others, by `turn` (taken only for those, so they are used in turn).
 ///
 /// Why two kinds: a small batch's message leaves room for more in one produce request, and the
 /// small batches' client, whose broker thread waits under `SCHED_BATCH` until the async worker
 /// waits, gathers them (sched.rs); a large one fills a produce request alone, gains nothing
 /// from the wait and lost up to 8 % under it (docs/benchmarks.md, "Issue 21, session 24").
-fn pick(
-    n: usize,
-    small: bool,
-    total: usize,
-    small_below: usize,
-    turn: impl FnOnce() -> usize,
-) -> usize {
-    if small && total < small_below {
+fn pick(n: usize, total: usize, small_below: usize, turn: impl FnOnce() -> usize) -> usize {
+    if total < small_below {
         return n - 1;
     }
-    turn() % (n - usize::from(small))
+    turn() % (n - usize::from(small_below > 0))
 }
 
 impl Pool {
@@ -80,9 +72,9 @@ impl Pool {
         // One reachability for the pool: they talk to the same brokers, and a fatal error in
         // any of them must stop the pool from taking work.
         let reach = Arc::new(Reachability::default());
-        let small = cfg.small_batch_bytes > 0;
-        let mut producers = Vec::with_capacity(cfg.producers + 1);
-        for i in 0..cfg.producers + usize::from(small) {
+        let small = usize::from(cfg.small_batch_bytes > 0);
+        let mut producers = Vec::with_capacity(cfg.producers + small);
+        for i in 0..cfg.producers + small {
             let for_small = i == cfg.producers;
             let mut config = cfg.producer_config();
             if i > 0 && !for_small {
@@ -113,11 +105,7 @@ impl Pool {
             }
             producers.push(p);
         }
-        Ok(Pool {
-            producers,
-            small,
-            reach,
-        })
+        Ok(Pool { producers, reach })
     }
 }
 
@@ -148,7 +136,6 @@ impl Inner {
         let turn = || self.next.fetch_add(1, Ordering::Relaxed);
         let i = pick(
             pool.producers.len(),
-            pool.small,
             total,
             self.cfg.small_batch_bytes,
             turn,
@@ -566,13 +553,13 @@ mod tests {
         // Two pooled clients and the small batches' one (index 2), small under 100 bytes.
         let picks: Vec<usize> = [10, 99, 100, 5_000, 1, 5_000, 5_000]
             .iter()
-            .map(|&total| pick(3, true, total, 100, &mut turn))
+            .map(|&total| pick(3, total, 100, &mut turn))
             .collect();
         assert_eq!(picks, [2, 2, 0, 1, 2, 0, 1], "small ones never take a turn");
-        // Without the small batches' client every batch takes its turn among all of them.
+        // Without the small batches' client (`small_below` 0) every batch takes its turn.
         let picks: Vec<usize> = [10, 99, 5_000]
             .iter()
-            .map(|&total| pick(2, false, total, 100, &mut turn))
+            .map(|&total| pick(2, total, 0, &mut turn))
             .collect();
         assert_eq!(picks, [0, 1, 0]);
     }
